@@ -1,0 +1,1 @@
+"""The pipeline's library: params, tables, validation, models and the training loop."""

@@ -1,0 +1,205 @@
+"""Typed, frozen views of `params.yaml`.
+
+Every section is a pydantic model with `extra="forbid"` and strict types, so a misspelt key, a
+string where a number belongs or an impossible value is an error that names the key
+(`train.optimizer.lr`), raised before any stage does work.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DEFAULT_PATH = Path("params.yaml")
+
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+Positive = Annotated[int, Field(gt=0)]
+
+
+class ParamsError(ValueError):
+    """params.yaml is missing, unreadable or does not match the schema."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class DataParams(Section):
+    source: str
+    label: str
+    feature_prefix: str = ""
+    image_shape: list[Positive] | None = None
+    value_range: list[float] | None = None
+    classes: list[int | str]
+
+    @model_validator(mode="after")
+    def _check(self) -> DataParams:
+        if self.image_shape is not None and len(self.image_shape) != 2:
+            raise ValueError("image_shape must be [height, width] or null")
+        if self.value_range is not None and (len(self.value_range) != 2 or self.value_range[0] > self.value_range[1]):
+            raise ValueError("value_range must be [min, max] with min <= max, or null")
+        if len(self.classes) < 2 or len(set(self.classes)) != len(self.classes):
+            raise ValueError("classes must list at least two distinct labels")
+        return self
+
+    @property
+    def n_features(self) -> int | None:
+        """Feature count implied by the image shape (None for tabular rows)."""
+        return None if self.image_shape is None else self.image_shape[0] * self.image_shape[1]
+
+
+class EmbedParams(Section):
+    dataset: Literal["digits", "breast_cancer", "wine", "iris"] = "digits"
+    batches: Positive = 1
+    first_batch: str = "2026-01-05"
+    as_of: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> EmbedParams:
+        for name in ("first_batch", "as_of"):
+            value = getattr(self, name)
+            if value is not None:
+                try:
+                    dt.date.fromisoformat(value)
+                except ValueError:
+                    raise ValueError(f"{name} must be a date YYYY-MM-DD, got {value!r}") from None
+        return self
+
+
+class CleanParams(Section):
+    min_rows: Positive = 100
+    max_quarantine_share: Fraction = 0.05
+    max_duplicate_share: Fraction = 0.02
+
+
+class SplitParams(Section):
+    seed: int = 42
+    val_fraction: Fraction = 0.15
+    test_fraction: Fraction = 0.15
+    folds: list[int] = [0, 1, 2, 3, 4]
+
+    @model_validator(mode="after")
+    def _check(self) -> SplitParams:
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ValueError("val_fraction + test_fraction must leave rows for training (< 1)")
+        if sorted(self.folds) != list(range(len(self.folds))) or len(self.folds) < 2:
+            raise ValueError(f"folds must be the ids 0..k-1 with k >= 2, got {self.folds}")
+        return self
+
+
+class ModelParams(Section):
+    arch: Literal["cnn", "mlp"] = "cnn"
+    channels: list[Positive] = [32, 64]
+    hidden: list[Positive] = [128]
+    dropout: Fraction = 0.2
+
+
+class OptimizerParams(Section):
+    name: Literal["sgd", "adam", "adamw"] = "adamw"
+    lr: Annotated[float, Field(gt=0.0)] = 0.003
+    momentum: Fraction = 0.9
+    weight_decay: Annotated[float, Field(ge=0.0)] = 0.0001
+
+
+class ScheduleParams(Section):
+    name: Literal["constant", "cosine", "onecycle"] = "onecycle"
+    warmup_fraction: Fraction = 0.1
+
+
+class EarlyStoppingParams(Section):
+    metric: Literal["val_accuracy", "val_loss"] = "val_accuracy"
+    patience: Positive = 5
+
+
+class AugmentParams(Section):
+    enabled: bool = True
+    max_shift: Annotated[int, Field(ge=0)] = 1
+    max_rotation: Annotated[float, Field(ge=0.0, le=180.0)] = 10.0
+
+
+class TrainParams(Section):
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    mixed_precision: bool = True
+    epochs: Positive = 20
+    batch_size: Positive = 64
+    label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.05
+    model: ModelParams = ModelParams()
+    optimizer: OptimizerParams = OptimizerParams()
+    schedule: ScheduleParams = ScheduleParams()
+    early_stopping: EarlyStoppingParams = EarlyStoppingParams()
+    augment: AugmentParams = AugmentParams()
+
+
+class ExportParams(Section):
+    """export stage (ONNX, TorchScript, Triton repository entries)."""
+
+    model_name: str = "digits"
+
+
+class ServingParams(Section):
+    """The Triton server and the push/rollback commands."""
+
+
+class GateParams(Section):
+    """Champion vs challenger thresholds for the approval gate."""
+
+
+class AirflowParams(Section):
+    """The retraining DAG: schedule, queues, pools, approval."""
+
+
+class Params(Section):
+    data: DataParams
+    embed: EmbedParams = EmbedParams()
+    clean: CleanParams = CleanParams()
+    split: SplitParams = SplitParams()
+    train: TrainParams = TrainParams()
+    export: ExportParams = ExportParams()
+    serving: ServingParams = ServingParams()
+    gate: GateParams = GateParams()
+    airflow: AirflowParams = AirflowParams()
+
+    @model_validator(mode="after")
+    def _check(self) -> Params:
+        if self.train.model.arch == "cnn" and self.data.image_shape is None:
+            raise ValueError("train.model.arch 'cnn' needs data.image_shape; use 'mlp' for tabular rows")
+        return self
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    lines = [f"{source}: {error.error_count()} invalid parameter(s):"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"  - {key}: unknown key (check the spelling; see the comments in params.yaml)")
+        else:
+            got = "" if item["type"] == "missing" else f" (got {item['input']!r})"
+            lines.append(f"  - {key}: {item['msg']}{got}")
+    return "\n".join(lines)
+
+
+def parse_params(raw: Any, source: str = "params") -> Params:
+    """Validate an already-parsed mapping; raises ParamsError naming every bad key."""
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as error:
+        raise ParamsError(_describe(error, source)) from None
+
+
+def load_params(path: str | Path = DEFAULT_PATH) -> Params:
+    """Read and validate params.yaml."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: not found; run from the project root or pass --params") from None
+    except yaml.YAMLError as error:
+        raise ParamsError(f"{path}: not valid YAML: {error}") from None
+    return parse_params(raw, str(path))

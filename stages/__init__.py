@@ -1,0 +1,1 @@
+"""DVC stages. Each module is a pure core (`run(...)`) plus a thin CLI: `python -m stages.<name>`."""

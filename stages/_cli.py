@@ -1,0 +1,43 @@
+"""What every stage CLI shares: `--params`, logging, and turning expected failures into a clear
+one-paragraph message and a non-zero exit instead of a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+
+from pipeline.params import DEFAULT_PATH, Params, ParamsError, load_params
+
+
+class StageError(RuntimeError):
+    """An expected failure (bad data, bad params, failed check): the message says what to do."""
+
+
+# Failures a person can act on: printed without a traceback.
+EXPECTED: tuple[type[BaseException], ...] = (StageError, ParamsError, ValueError, FileNotFoundError)
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--params", default=str(DEFAULT_PATH), help="params file (default: %(default)s)")
+    return p
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Great Expectations logs its own start-up chatter at INFO.
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
+
+
+def main(stage: str, body: Callable[[argparse.Namespace, Params], None], args: argparse.Namespace) -> None:
+    """Run a stage body; expected failures exit 1 with `<stage> failed: <message>`."""
+    setup_logging()
+    log = logging.getLogger(f"stages.{stage}")
+    try:
+        body(args, load_params(args.params))
+    except EXPECTED as error:
+        log.error("%s failed: %s", stage, error)
+        print(f"\n{stage} failed: {error}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,89 @@
+"""split: stratified train/validation/test assignment, plus k-fold ids over the training part.
+
+The output is an assignment table (`row`, `split`, `fold`) rather than three copies of the data:
+row `i` of the clean table goes to `split` (train | val | test); training rows also carry the
+fold (0..k-1) they are held out in during cross-validation, other rows carry -1.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline import atomic
+from pipeline.params import SplitParams
+from pipeline.tables import read_parquet, write_parquet
+from stages import _cli
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+
+
+def split_stratified(labels: np.ndarray, params: SplitParams) -> pd.DataFrame:
+    """Assign each row to a split and each training row to a fold, stratified by label."""
+    from sklearn.model_selection import StratifiedKFold, train_test_split
+
+    counts = pd.Series(labels).value_counts()
+    k = len(params.folds)
+    # Each class needs a row in every split and at least one per fold in the training part.
+    need = k + 2
+    rare = counts[counts < need]
+    if len(rare):
+        raise _cli.StageError(
+            f"class {rare.index[0]!r} has only {rare.iloc[0]} row(s); a stratified split with {k} folds needs "
+            f"at least {need} per class. Add data, or lower the number of split.folds."
+        )
+    rows = np.arange(len(labels))
+    held = params.val_fraction + params.test_fraction
+    train, rest = train_test_split(rows, test_size=held, stratify=labels, random_state=params.seed)
+    val, test = train_test_split(
+        rest, test_size=params.test_fraction / held, stratify=labels[rest], random_state=params.seed
+    )
+    split = np.empty(len(labels), dtype=object)
+    split[train], split[val], split[test] = "train", "val", "test"
+    fold = np.full(len(labels), -1, dtype=np.int8)
+    folds = StratifiedKFold(n_splits=k, shuffle=True, random_state=params.seed)
+    for i, (_, held_out) in enumerate(folds.split(train, labels[train])):
+        fold[train[held_out]] = i
+    return pd.DataFrame({"row": rows.astype(np.int64), "split": pd.Categorical(split, SPLITS), "fold": fold})
+
+
+def class_counts(assignment: pd.DataFrame, labels: np.ndarray) -> dict[str, Any]:
+    """Rows per class in each split and each fold, for the metrics file."""
+    frame = assignment.assign(label=labels)
+    out: dict[str, Any] = {"rows": {s: int((frame["split"] == s).sum()) for s in SPLITS}}
+    for split in SPLITS:
+        part = frame[frame["split"] == split]
+        out[split] = {str(k): int(v) for k, v in part["label"].value_counts().sort_index().items()}
+    out["folds"] = {str(f): int((frame["fold"] == f).sum()) for f in sorted(frame["fold"].unique()) if f >= 0}
+    return out
+
+
+def run(labels: np.ndarray, params: SplitParams) -> tuple[pd.DataFrame, dict[str, Any]]:
+    assignment = split_stratified(labels, params)
+    metrics = class_counts(assignment, labels)
+    log.info("split %s rows into %s", len(labels), metrics["rows"])
+    return assignment, metrics
+
+
+def main() -> None:
+    p = _cli.parser(__doc__.splitlines()[0])
+    p.add_argument("--clean", required=True, help="clean table (Parquet)")
+    p.add_argument("--out", required=True, help="assignment table to write (Parquet)")
+    p.add_argument("--metrics", required=True, help="JSON metrics file")
+
+    def body(args, params):
+        labels = read_parquet(args.clean, columns=[params.data.label])[params.data.label].to_numpy()
+        assignment, metrics = run(labels, params.split)
+        write_parquet(assignment, args.out)
+        atomic.write_json(args.metrics, metrics)
+
+    _cli.main("split", body, p.parse_args())
+
+
+if __name__ == "__main__":
+    main()
