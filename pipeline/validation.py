@@ -46,6 +46,7 @@ class CheckResult:
     unexpected_count: int = 0
     examples: list[Any] = field(default_factory=list)
     row_level: bool = False
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ class ValidationOutcome:
         return [c for c in self.checks if not c.success and not c.row_level]
 
 
-def row_profile(table: pd.DataFrame, features: list[str], label: str, chunk: int = 65_536) -> pd.DataFrame:
+def row_profile(table: pd.DataFrame, features: list[str], label: str, chunk: int = 8_192) -> pd.DataFrame:
     """One row per table row: label, null count, min, max, non-finite count, duplicate flag.
 
     Works through the rows in chunks so a 700k x 784 table never exists as one float copy.
@@ -69,12 +70,20 @@ def row_profile(table: pd.DataFrame, features: list[str], label: str, chunk: int
     lo = np.full(n, np.inf, np.float64)
     hi = np.full(n, -np.inf, np.float64)
     for start in range(0, n, chunk):
-        part = table.iloc[start : start + chunk][features].to_numpy(dtype=np.float64, na_value=np.nan)
+        part = table.iloc[start : start + chunk][features].to_numpy()
         if part.shape[1] == 0:
             continue
+        stop = start + len(part)
+        if part.dtype.kind in "iu":  # integer pixels: no NaN or inf possible, skip the float copy
+            lo[start:stop], hi[start:stop] = part.min(axis=1), part.max(axis=1)
+            continue
+        part = (
+            part.astype(np.float64)
+            if part.dtype != object
+            else pd.DataFrame(part).to_numpy(np.float64, na_value=np.nan)
+        )
         isnan = np.isnan(part)
         isinf = np.isinf(part)
-        stop = start + len(part)
         nulls[start:stop] = isnan.sum(axis=1)
         nonfinite[start:stop] = isinf.sum(axis=1)
         finite = ~(isnan | isinf)
@@ -187,6 +196,7 @@ def validate(table: pd.DataFrame, contract: DataParams, clean: CleanParams) -> V
                     unexpected_count=int(info.get("unexpected_count") or 0),
                     examples=examples,
                     row_level=row_level,
+                    details=dict(info.get("details") or {}),
                 )
             )
             if row_level:
@@ -227,9 +237,8 @@ def describe_failure(check: CheckResult, contract: DataParams) -> str:
     if check.name == "label column present":
         return f"label column {contract.label!r} is missing (data.label in params.yaml names it)"
     if check.name == "no unexpected columns":
-        details = (check.observed or {}) if isinstance(check.observed, dict) else {}
-        missing = details.get("mismatched", {}).get("missing", []) if details else []
-        unexpected = details.get("mismatched", {}).get("unexpected", []) if details else []
+        mismatched = check.details.get("mismatched", {})
+        missing, unexpected = mismatched.get("missing", []), mismatched.get("unexpected", [])
         return (
             f"columns do not match the contract: missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]} "
             f"(features are the columns starting with {contract.feature_prefix!r})"

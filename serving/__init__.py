@@ -1,0 +1,1 @@
+"""Serving: Triton model configs, the local Triton server, and push / status / rollback."""

@@ -1,0 +1,115 @@
+"""The real `dvc repro` on a copy of the project: what runs, what is skipped, what survives.
+
+The copy points `data.source` at a CSV file of its own (as a user would), trains for only a few
+epochs with two folds, and is a fresh git repository with its own DVC cache.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+pytestmark = pytest.mark.integration
+
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "test",
+    "GIT_AUTHOR_EMAIL": "test@example.invalid",
+    "GIT_COMMITTER_NAME": "test",
+    "GIT_COMMITTER_EMAIL": "test@example.invalid",
+}
+DATA_STAGES = {"embed", "clean", "split"}
+
+
+def sh(cwd: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, **GIT_ENV}
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and result.returncode:
+        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def ran(result: subprocess.CompletedProcess) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", result.stdout + result.stderr))
+
+
+def edit_params(repo: Path, **changes) -> None:
+    path = repo / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    for dotted, value in changes.items():
+        node = params
+        *parents, key = dotted.split("__")
+        for part in parents:
+            node = node[part]
+        node[key] = value
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory, project_root) -> Path:
+    """A copy of the project's tracked files, as a new git repository with a user CSV source."""
+    repo = tmp_path_factory.mktemp("project")
+    files = sh(project_root, "git", "ls-files", "--cached", "--others", "--exclude-standard").stdout.split()
+    for name in files:
+        if (project_root / name).is_file():
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(project_root / name, repo / name)
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    table = pd.DataFrame(digits.data.astype(int), columns=[f"px_{i}" for i in range(64)])
+    table.insert(0, "label", digits.target)
+    (repo / "raw").mkdir()
+    table.to_csv(repo / "raw" / "digits.csv", index=False)
+    edit_params(repo, data__source="raw/digits.csv", train__epochs=2, split__folds=[0, 1])
+    sh(repo, "git", "init", "-q")
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", "copy")
+    return repo
+
+
+def test_full_repro_then_nothing_to_do(repo):
+    first = sh(repo, "dvc", "repro")
+    stages = ran(first)
+    assert stages >= DATA_STAGES, first.stdout
+    assert (repo / "data" / "clean.parquet").exists()
+    second = sh(repo, "dvc", "repro")
+    assert ran(second) == set(), second.stdout
+
+
+def test_split_seed_reruns_split_but_not_clean(repo):
+    edit_params(repo, split__seed=7)
+    result = sh(repo, "dvc", "repro")
+    assert "split" in ran(result)
+    assert not {"embed", "clean"} & ran(result)
+
+
+def test_train_lr_reruns_training_and_later_stages_only(repo):
+    edit_params(repo, train__optimizer__lr=0.002)
+    result = sh(repo, "dvc", "repro")
+    stages = ran(result)
+    assert {"train", "crossval@0", "crossval@1", "export", "evaluate"} <= stages, result.stdout
+    assert not DATA_STAGES & stages
+
+
+def test_corrupt_raw_file_fails_clean_and_last_good_outputs_restore(repo):
+    before = (repo / "data" / "clean.parquet").read_bytes()
+    raw = repo / "raw" / "digits.csv"
+    good = raw.read_bytes()
+    raw.write_text("label,px_0\n1,not-a-number\n")
+    failed = sh(repo, "dvc", "repro", check=False)
+    assert failed.returncode != 0
+    assert "clean failed" in failed.stderr + failed.stdout
+    assert "raw table failed validation" in failed.stderr + failed.stdout
+
+    # The last good outputs are still in the DVC cache and come back with `dvc checkout`.
+    sh(repo, "dvc", "checkout", "--force")
+    assert (repo / "data" / "clean.parquet").read_bytes() == before
+    raw.write_bytes(good)
+    assert ran(sh(repo, "dvc", "repro")) == set()
