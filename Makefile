@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint clean-outputs
+.PHONY: install run test lint clean-outputs triton-start triton-stop airflow
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,3 +30,17 @@ lint: install
 
 test: install lint
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
+
+# A real local Triton (the binary from the nvidia-pytriton wheel) on the ports and repository of
+# params.yaml's `serving` section; PID file and log in .triton/. Start reloads the pinned versions.
+triton-start: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m serving start
+
+triton-stop: install
+	$(BIN)/python -m serving stop
+
+# Airflow with its web UI (http://localhost:8080, `airflow standalone`) on the project's dags/,
+# AIRFLOW_HOME in the ignored .airflow/ folder: migrates the database, creates the GPU pool and
+# starts the local Triton when it is not running. Ctrl-C stops Airflow.
+airflow: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m orchestration ui

@@ -8,6 +8,7 @@ string where a number belongs or an impossible value is an error that names the 
 from __future__ import annotations
 
 import datetime as dt
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -138,19 +139,104 @@ class TrainParams(Section):
 class ExportParams(Section):
     """export stage (ONNX, TorchScript, Triton repository entries)."""
 
-    model_name: str = "digits"
+    # Triton uses the name as a folder in the model repository: no separators, dots or spaces.
+    model_name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+$", max_length=128)] = "digits"
+    opset: Annotated[int, Field(ge=13, le=20)] = 17
+    parity_tolerance: Annotated[float, Field(ge=0.0)] = 1e-4
+    golden_samples: Positive = 8
+    max_batch_size: Positive = 64
+    dynamic_batching: bool = True
+    max_queue_delay_microseconds: Annotated[int, Field(ge=0)] = 100
+    preferred_batch_sizes: list[Positive] = []
+    instance_count: Positive = 1
+    gpu_instance_count: Positive = 1
+
+    @model_validator(mode="after")
+    def _check(self) -> ExportParams:
+        too_big = [size for size in self.preferred_batch_sizes if size > self.max_batch_size]
+        if too_big:
+            raise ValueError(f"preferred_batch_sizes {too_big} exceed max_batch_size {self.max_batch_size}")
+        return self
+
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+Seconds = Annotated[float, Field(gt=0.0)]
 
 
 class ServingParams(Section):
-    """The Triton server and the push/rollback commands."""
+    """The Triton server and the push/rollback commands. Environment variables override the
+    connection keys (serving/client.py, serving/server.py); credentials come only from there."""
+
+    repository: str = ".triton/models"
+    state_dir: str = ".triton"
+    http_port: Port = 8000
+    grpc_port: Port = 8001
+    metrics_port: Port = 8002
+    url: str | None = None
+    protocol: Literal["http", "grpc"] = "http"
+    start_timeout_s: Seconds = 30.0
+    load_timeout_s: Seconds = 60.0
+    request_timeout_s: Seconds = 10.0
+    retries: Annotated[int, Field(ge=0)] = 3
+    backoff_s: Annotated[float, Field(ge=0.0)] = 0.5
+    retention: Positive = 5
+
+    @model_validator(mode="after")
+    def _check(self) -> ServingParams:
+        if len({self.http_port, self.grpc_port, self.metrics_port}) != 3:
+            raise ValueError("http_port, grpc_port and metrics_port must differ")
+        return self
 
 
 class GateParams(Section):
-    """Champion vs challenger thresholds for the approval gate."""
+    """Champion vs challenger thresholds for the approval gate (TFX-style): every metric named here
+    is one where higher is better, as reported by the evaluate stage."""
+
+    floors: dict[str, Fraction] = {"accuracy": 0.95, "f1_macro": 0.95}
+    max_regression: dict[str, Fraction] = {"accuracy": 0.01, "f1_macro": 0.01}
+    report: str = "reports/gate.json"
+
+    @model_validator(mode="after")
+    def _check(self) -> GateParams:
+        if not self.floors and not self.max_regression:
+            raise ValueError("name at least one metric in floors or max_regression")
+        return self
 
 
 class AirflowParams(Section):
     """The retraining DAG: schedule, queues, pools, approval."""
+
+    dag_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")] = "retrain"
+    schedule: str | None = "0 3 * * 1"
+    data_asset: str | None = "raw_data"
+    start_date: str = "2026-01-05"
+    catchup: bool = False
+    demo_batches: bool = True
+    gpu_stages: list[str] = ["train", "crossval", "export"]
+    gpu_queue: str = "gpu"
+    gpu_pool: str = "gpu"
+    gpu_pool_slots: Positive = 1
+    evaluate_stage: str = "evaluate"
+    require_approval: bool = False
+    approval_timeout_h: Annotated[float, Field(gt=0.0)] = 72.0
+    workspace: str = ".airflow/workspace"
+    dvc_remote: str | None = ".dvc-remote"
+    triton_conn_id: str = "triton_default"
+    stage_timeout_min: Positive = 120
+    infra_retries: Annotated[int, Field(ge=0)] = 3
+    infra_retry_delay_s: Annotated[float, Field(gt=0.0)] = 10.0
+    tag_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")] = "model-v"
+    git_author: str = "retrain-bot <retrain-bot@localhost>"
+
+    @model_validator(mode="after")
+    def _check(self) -> AirflowParams:
+        try:
+            dt.date.fromisoformat(self.start_date)
+        except ValueError:
+            raise ValueError(f"start_date must be a date YYYY-MM-DD, got {self.start_date!r}") from None
+        if not re.fullmatch(r"[^<>]+ <[^<>@\s]+@[^<>\s]+>", self.git_author):
+            raise ValueError(f"git_author must look like 'Name <email>', got {self.git_author!r}")
+        return self
 
 
 class Params(Section):

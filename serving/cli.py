@@ -1,0 +1,197 @@
+"""`python -m serving start|stop|status|push|rollback|prune|sample`: thin CLI over serving.push / serving.server.
+
+Human-readable tables by default; `--json` prints one JSON object as the last stdout line (for
+Airflow and scripts). Expected failures exit 1 with a one-paragraph message, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from pipeline.params import DEFAULT_PATH, Params, ParamsError, load_params
+from serving import push as ops
+from serving.client import ClientError, ServerUnreachable, TritonClient
+from serving.repository import RepositoryError, TritonRepository
+from serving.server import ServerError, ServerSettings, server_state, start_server, stop_server
+
+log = logging.getLogger("serving")
+
+EXPECTED = (ops.PushError, RepositoryError, ServerError, ServerUnreachable, ClientError, ParamsError, ValueError)
+
+
+def _metric_text(metrics: dict[str, Any]) -> str:
+    evaluate = metrics.get("evaluate")
+    source = evaluate if isinstance(evaluate, dict) else metrics
+    shown = [f"{k}={v:.4f}" for k, v in source.items() if isinstance(v, float)][:3]
+    return " ".join(shown) or "-"
+
+
+def _data_text(data: dict[str, Any]) -> str:
+    parts = [f"{k}:{str(v.get('md5', ''))[:8]}" for k, v in data.items() if isinstance(v, dict)]
+    return " ".join(parts) or "-"
+
+
+def format_status(status: ops.Status, server_process: str | None = None) -> str:
+    lines = [f"server: {status.server}"]
+    if server_process:
+        lines.append(f"local process: {server_process}")
+    if not status.models:
+        lines.append("no models in the repository")
+    for model in status.models:
+        live = {True: "ready", False: "NOT ready", None: "unknown"}[model.live_ready]
+        lines.append(f"\nmodel {model.model}: serving version {model.serving} ({live})")
+        header = f"  {'':1} {'version':>7}  {'state':<11} {'commit':<10} {'data':<22} {'pushed_at':<25} metrics"
+        lines.append(header)
+        for v in model.versions:
+            lines.append(
+                f"  {'*' if v.serving else '':1} {v.version:>7}  {v.state:<11} {(v.git_commit or '-')[:10]:<10} "
+                f"{_data_text(v.data)[:22]:<22} {(v.pushed_at or '-'):<25} {_metric_text(v.metrics)}"
+            )
+    return "\n".join(lines)
+
+
+def format_result(result: ops.PushResult) -> str:
+    if result.status == "unchanged":
+        return (
+            f"{result.model}: the candidate equals stored version {result.version}; nothing pushed. "
+            f"Serving: version {result.serving}."
+        )
+    timing = ", ".join(f"{k} {v:.2f}s" for k, v in result.seconds.items())
+    lines = [f"{result.model}: version {result.version} is serving ({result.status}; was {result.previous})"]
+    lines.append(f"  timings: {timing}")
+    if result.max_abs_diff is not None:
+        lines.append(f"  smoke test: max abs diff vs golden outputs {result.max_abs_diff:.2e}")
+    if result.pruned:
+        lines.append(f"  pruned versions: {result.pruned}")
+    return "\n".join(lines)
+
+
+# --- commands -------------------------------------------------------------------------------------
+def cmd_start(args: argparse.Namespace, params: Params) -> dict[str, Any]:
+    server = ServerSettings.from_params(params.serving)
+    state = start_server(server)
+    restored = {} if args.no_restore else ops.restore_pinned(ops.ServingSettings.from_params(params.serving))
+    print(f"tritonserver: {state.describe()}")
+    for name, version in restored.items():
+        print(f"loaded {name} version {version} (pinned in the repository)")
+    return {"pid": state.pid, "ready": state.ready, "log": str(server.log_file), "loaded": restored}
+
+
+def cmd_stop(args: argparse.Namespace, params: Params) -> dict[str, Any]:
+    pid = stop_server(ServerSettings.from_params(params.serving))
+    print(f"tritonserver stopped (pid {pid})" if pid else "no tritonserver was running")
+    return {"stopped": pid}
+
+
+def cmd_status(args: argparse.Namespace, params: Params) -> dict[str, Any]:
+    status = ops.serving_status(ops.ServingSettings.from_params(params.serving), args.model)
+    process = server_state(ServerSettings.from_params(params.serving)).describe()
+    if not args.json:
+        print(format_status(status, process))
+    return {**status.to_dict(), "local_process": process}
+
+
+def cmd_push(args: argparse.Namespace, params: Params) -> dict[str, Any]:
+    settings = ops.ServingSettings.from_params(params.serving)
+    result = ops.push_candidate(args.candidate, settings, metrics=args.metrics, prune=not args.no_prune)
+    if not args.json:
+        print(format_result(result))
+    return result.to_dict()
+
+
+def cmd_rollback(args: argparse.Namespace, params: Params) -> dict[str, Any]:
+    result = ops.rollback(
+        args.model or params.export.model_name, ops.ServingSettings.from_params(params.serving), to=args.to
+    )
+    if not args.json:
+        print(format_result(result))
+    return result.to_dict()
+
+
+def cmd_prune(args: argparse.Namespace, params: Params) -> dict[str, Any]:
+    name = args.model or params.export.model_name
+    removed = ops.prune_versions(name, ops.ServingSettings.from_params(params.serving), args.retention)
+    if not args.json:
+        print(f"{name}: pruned versions {removed}" if removed else f"{name}: nothing to prune")
+    return {"model": name, "pruned": removed}
+
+
+def cmd_sample(args: argparse.Namespace, params: Params) -> dict[str, Any]:
+    """Send the serving version's golden inputs through tritonclient and show the predictions."""
+    import numpy as np
+
+    name = args.model or params.export.model_name
+    settings = ops.ServingSettings.from_params(params.serving)
+    repo = TritonRepository(settings.repository)
+    version = repo.serving_version(name)
+    golden = repo.golden(name, version) if version is not None else None
+    if golden is None:
+        raise ops.PushError(f"{name} has no serving version with golden samples in {repo.root}; push one first")
+    with TritonClient(settings.client) as client:
+        probabilities = client.predict(name, np.asarray(golden["inputs"], dtype=np.float32))
+    classes = repo.card(name, version).get("classes") or list(range(probabilities.shape[1]))
+    predicted = [classes[i] for i in probabilities.argmax(axis=1)]
+    if not args.json:
+        print(f"{name} version {version} via {settings.client.describe()}")
+        print(f"  expected:  {golden.get('labels')}")
+        print(f"  predicted: {predicted}")
+    return {"model": name, "version": version, "expected": golden.get("labels"), "predicted": predicted}
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, Params], dict[str, Any]]] = {
+    "start": cmd_start,
+    "stop": cmd_stop,
+    "status": cmd_status,
+    "push": cmd_push,
+    "rollback": cmd_rollback,
+    "prune": cmd_prune,
+    "sample": cmd_sample,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m serving", description=__doc__.splitlines()[0])
+    p.add_argument("--params", default=str(DEFAULT_PATH), help="params file (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    sub = p.add_subparsers(dest="command", required=True)
+    start = sub.add_parser("start", help="start the local tritonserver and load the pinned versions")
+    start.add_argument("--no-restore", action="store_true", help="do not load the pinned versions")
+    sub.add_parser("stop", help="stop the local tritonserver (SIGTERM to the PID in its PID file)")
+    status = sub.add_parser("status", help="versions stored and serving, lineage, live readiness")
+    status.add_argument("--model", help="one model (default: every model in the repository)")
+    push = sub.add_parser("push", help="push an exported candidate as the next version")
+    push.add_argument("--candidate", required=True, help="candidate folder written by the export stage")
+    push.add_argument("--metrics", help="evaluate metrics JSON to store in the version's model card")
+    push.add_argument("--no-prune", action="store_true", help="keep old versions beyond serving.retention")
+    rollback = sub.add_parser("rollback", help="serve an earlier stored version")
+    rollback.add_argument("--model", help="model name (default: export.model_name)")
+    rollback.add_argument("--to", type=int, help="version to serve (default: the one before the serving one)")
+    prune = sub.add_parser("prune", help="delete versions beyond the retention count")
+    prune.add_argument("--model", help="model name (default: export.model_name)")
+    prune.add_argument("--retention", type=int, help="versions to keep (default: serving.retention)")
+    sample = sub.add_parser("sample", help="a sample prediction of the serving version's golden rows")
+    sample.add_argument("--model", help="model name (default: export.model_name)")
+    for command in (sub.choices["start"], sub.choices["stop"], status, push, rollback, prune, sample):
+        command.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        outcome = COMMANDS[args.command](args, load_params(args.params))
+    except EXPECTED as error:
+        log.error("%s failed: %s", args.command, error)
+        print(f"\n{args.command} failed: {error}", file=sys.stderr)
+        if args.json:
+            print(json.dumps({"ok": False, "command": args.command, "error": str(error)}))
+        return 1
+    if args.json:
+        print(json.dumps({"ok": True, "command": args.command, **outcome}, default=str))
+    return 0
