@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint clean-outputs triton-start triton-stop airflow
+.PHONY: install browser run repro test lint triton-start triton-stop airflow
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,15 +20,29 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
-# The main job: the whole DVC pipeline on the embedded data set.
+# Headless Chromium for the web-UI test (Debian packages). Where it cannot be installed (not root,
+# no apt-get) the UI test skips and says so.
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    chromium chromium-driver >/dev/null; \
+	else echo "note: chromium and chromium-driver are not installed; the web-UI test will skip"; fi
+
+# The main job: one full retrain cycle through Airflow (every DVC stage, gate, push to a local
+# Triton, publish) on the embedded data set; prints the served version and a sample prediction.
 run: install
-	$(BIN)/dvc repro
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m orchestration run-once
+
+# Only the DVC pipeline, in this checkout.
+repro: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: install lint
+test: install lint browser
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
 
 # A real local Triton (the binary from the nvidia-pytriton wheel) on the ports and repository of

@@ -1,0 +1,3 @@
+from orchestration.local import main
+
+main()

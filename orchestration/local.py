@@ -1,0 +1,168 @@
+"""Airflow on this machine, for people: one retrain cycle (`make run`) or the web UI (`make airflow`).
+
+Everything Airflow keeps (airflow.cfg, the SQLite database, task logs) and the DAG's workspace live
+in the ignored `.airflow/` folder of the project; the DAG folder is the project's `dags/`. The
+local Triton (`python -m serving start`) is started when it is not running.
+
+    python -m orchestration run-once [--date YYYY-MM-DD]   # airflow dags test retrain <date>, then what serves
+    python -m orchestration ui                               # airflow standalone (UI on :8080)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pipeline.params import Params, load_params
+
+log = logging.getLogger(__name__)
+
+AIRFLOW_DIR = ".airflow"
+# Lines of a `dags test` run worth showing a person: our task logs and the run's end.
+_SHOWN = re.compile(r"\[(orchestration|stages)\.[\w.]+\]|DagRun Finished|Marking task|ERROR")
+
+
+def airflow_env(project: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "AIRFLOW_HOME": str(project / AIRFLOW_DIR),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(project / "dags"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            # A local UI without a login; a shared deployment configures a real auth manager.
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+            "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
+        }
+    )
+    return env
+
+
+def airflow(env: dict[str, str], *args: str) -> str:
+    cmd = [str(Path(sys.executable).parent / "airflow"), *args]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if result.returncode:
+        raise SystemExit(f"airflow {' '.join(args)} failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
+    return result.stdout
+
+
+def prepare_airflow(env: dict[str, str], params: Params) -> None:
+    """Migrate the metadata database (idempotent) and make sure the GPU pool exists."""
+    started = time.perf_counter()
+    airflow(env, "db", "migrate")
+    af = params.airflow
+    airflow(env, "pools", "set", af.gpu_pool, str(af.gpu_pool_slots), "GPU stages of the retrain DAG (airflow.gpu_*)")
+    log.info("Airflow database ready in %s (%.1fs)", env["AIRFLOW_HOME"], time.perf_counter() - started)
+
+
+def ensure_triton(params: Params) -> None:
+    from serving.server import ServerSettings, start_server
+
+    state = start_server(ServerSettings.from_params(params.serving))
+    log.info("Triton: %s", state.describe())
+
+
+def last_batch(params: Params) -> dt.date:
+    """The date of the newest demo batch: a run on it ingests all of them."""
+    return dt.date.fromisoformat(params.embed.first_batch) + dt.timedelta(weeks=params.embed.batches - 1)
+
+
+def print_served(params: Params) -> None:
+    """The serving version, its lineage and metrics, and a prediction through tritonclient."""
+    import numpy as np
+
+    from serving.client import predict
+    from serving.push import ServingSettings, serving_status
+
+    settings = ServingSettings.from_params(params.serving)
+    status = serving_status(settings, params.export.model_name)
+    print(f"\nTriton: {status.server}")
+    for model in status.models:
+        print(f"model {model.model}: version {model.serving} serving (ready: {model.live_ready})")
+        for row in model.versions:
+            mark = "*" if row.serving else " "
+            scored = row.metrics.get("evaluate", row.metrics)  # the push stores evaluate's metrics there
+            metrics = {k: round(v, 4) for k, v in scored.items() if k in ("accuracy", "f1_macro")}
+            print(f"  {mark} v{row.version}  commit {str(row.git_commit)[:12]}  {metrics}  pushed {row.pushed_at}")
+        if model.serving is None:
+            continue
+        golden = settings.repository / model.model / str(model.serving) / "golden.json"
+        if golden.is_file():
+            import json
+
+            sample = json.loads(golden.read_text())
+            rows = np.asarray(sample["inputs"][:3], dtype=np.float32)
+            probabilities = predict(rows, model.model, settings=settings.client)
+            classes = params.data.classes
+            print(
+                "  sample prediction:",
+                [classes[i] for i in probabilities.argmax(axis=1)],
+                "expected",
+                [classes[i] for i in sample["labels"][:3]] if "labels" in sample else "?",
+            )
+
+
+def run_once(project: Path, date: str | None) -> int:
+    params = load_params(project / "params.yaml")
+    env = airflow_env(project)
+    prepare_airflow(env, params)
+    ensure_triton(params)
+    date = date or last_batch(params).isoformat()
+    logs = project / AIRFLOW_DIR / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    log_file = logs / f"run-once-{date}.log"
+    print(f"airflow dags test {params.airflow.dag_id} {date}  (full log: {log_file})", flush=True)
+    started = time.perf_counter()
+    state = "unknown"
+    with (
+        log_file.open("w") as out,
+        subprocess.Popen(
+            [str(Path(sys.executable).parent / "airflow"), "dags", "test", params.airflow.dag_id, date],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        ) as process,
+    ):
+        assert process.stdout is not None
+        for line in process.stdout:
+            out.write(line)
+            if _SHOWN.search(line):
+                print(line.rstrip()[:300], flush=True)
+            found = re.search(r"DagRun Finished: .*? state=(\w+)", line)
+            state = found.group(1) if found else state
+    print(f"\nrun {state} in {time.perf_counter() - started:.0f}s", flush=True)
+    print_served(params)
+    return 0 if state == "success" else 1
+
+
+def ui(project: Path) -> None:
+    params = load_params(project / "params.yaml")
+    env = airflow_env(project)
+    prepare_airflow(env, params)
+    ensure_triton(params)
+    print("Airflow UI: http://localhost:8080 (Ctrl-C stops it; Triton keeps running: `python -m serving stop`)")
+    airflow_bin = str(Path(sys.executable).parent / "airflow")
+    os.execve(airflow_bin, [airflow_bin, "standalone"], env)
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(prog="python -m orchestration", description=__doc__.splitlines()[0])
+    parser.add_argument("--project", default=".", help="project root (default: the current folder)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    once = commands.add_parser("run-once", help="one retrain cycle through Airflow, then print what serves")
+    once.add_argument("--date", help="logical date YYYY-MM-DD (default: the newest demo batch)")
+    commands.add_parser("ui", help="Airflow with the web UI (airflow standalone)")
+    args = parser.parse_args(argv)
+    project = Path(args.project).resolve()
+    os.chdir(project)  # params.yaml's relative paths (the Triton repository) are relative to it
+    if args.command == "run-once":
+        sys.exit(run_once(project, args.date))
+    ui(project)

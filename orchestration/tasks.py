@@ -1,0 +1,186 @@
+"""What the retraining DAG's tasks do when they run (dags/retrain.py only declares them).
+
+Each function is one task's body: idempotent, keyed by the run's data interval, returning a small
+dict for XCom (paths, versions, metrics; never data). Heavy imports happen here, at run time, on
+the worker that runs the task.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from orchestration import dvc_runner
+from orchestration.workspace import Workspace, publish, sync, tool_env
+
+log = logging.getLogger(__name__)
+
+
+# --- prepare --------------------------------------------------------------------------------
+def run_date(context: Mapping[str, Any]) -> dt.date:
+    """The date a run stands for: its data-interval end, else its logical date, else when it ran
+    (asset-triggered and manual runs may have no data interval in Airflow 3)."""
+    for key in ("data_interval_end", "logical_date"):
+        value = context.get(key)
+        if value is not None:
+            return value.date()
+    return context["dag_run"].run_after.date()
+
+
+def prepare(project: str | Path, context: Mapping[str, Any]) -> dict[str, Any]:
+    """Sync the workspace with the project; in demo mode, set embed.as_of to the run's date."""
+    ws = Workspace.resolve(project)
+    as_of = run_date(context).isoformat() if ws.params.demo_batches else None
+    return sync(ws, as_of)
+
+
+# --- stages ---------------------------------------------------------------------------------
+def stage(project: str | Path, name: str) -> dict[str, Any]:
+    return dvc_runner.run_stage(Workspace.resolve(project).root, name)
+
+
+# --- Triton settings ------------------------------------------------------------------------
+def triton_env(conn_id: str) -> dict[str, str]:
+    """TRITON_* variables (what serving/ reads) from the Airflow Connection `conn_id`.
+
+    URL from conn type + host + port (`http`, `https`, `grpc`, `grpcs`), an auth token from the
+    password, and from the extra: `headers` (JSON object), `model_repository` (the live repository
+    the push writes to), `ssl_ca_file`, `ssl_cert_file`, `ssl_key_file`, `ssl_insecure`. With no
+    such Connection, the environment and params.yaml `serving:` apply (the local server).
+    """
+    from airflow.sdk import Connection
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    try:
+        conn = Connection.get(conn_id)
+    except AirflowNotFoundException:
+        log.info("no Airflow Connection %r: Triton settings from TRITON_* / params.yaml serving:", conn_id)
+        return {}
+    env: dict[str, str] = {}
+    scheme = (conn.conn_type or "http").lower()
+    protocol = "grpc" if scheme.startswith("grpc") else "http"
+    if conn.host:
+        host = conn.host.split("://")[-1].rstrip("/")
+        env["TRITON_URL"] = f"{scheme if scheme in ('http', 'https', 'grpc', 'grpcs') else protocol}://{host}"
+        if conn.port:
+            env["TRITON_URL"] += f":{conn.port}"
+    env["TRITON_PROTOCOL"] = protocol
+    if conn.password:
+        env["TRITON_AUTH_TOKEN"] = conn.password
+    extra = conn.extra_dejson
+    if extra.get("headers"):
+        headers = extra["headers"]
+        env["TRITON_HEADERS"] = headers if isinstance(headers, str) else json.dumps(headers)
+    for key in ("model_repository", "ssl_ca_file", "ssl_cert_file", "ssl_key_file"):
+        if extra.get(key):
+            env[f"TRITON_{key.upper()}"] = str(extra[key])
+    if extra.get("ssl_insecure"):
+        env["TRITON_SSL_INSECURE"] = "1"
+    log.info("Triton from Connection %r: %s (%s)", conn_id, env.get("TRITON_URL", "local default"), protocol)
+    return env
+
+
+# --- gate -----------------------------------------------------------------------------------
+def gate(project: str | Path, evaluate_args: Mapping[str, str], conn_id: str) -> dict[str, Any]:
+    """Run `python -m stages.gate` in the workspace. A rejection skips the push (the run stays
+    green: rejecting a worse model is the gate doing its job) and the champion keeps serving."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from pipeline.params import load_params
+    from stages.gate import REJECTED_EXIT
+
+    ws = Workspace.resolve(project)
+    report_path = load_params(ws.root / "params.yaml").gate.report
+    cmd = [sys.executable, "-m", "stages.gate", *(f"--{k}={v}" for k, v in evaluate_args.items())]
+    cmd.append(f"--report={report_path}")
+    log.info("$ %s  (in %s)", " ".join(cmd[1:]), ws.root)
+    result = subprocess.run(cmd, cwd=ws.root, env={**tool_env(), **triton_env(conn_id)}, capture_output=True, text=True)
+    for line in (result.stdout + result.stderr).splitlines():
+        log.info("%s", line)
+    if result.returncode not in (0, REJECTED_EXIT):
+        raise RuntimeError(f"the gate failed (exit {result.returncode}); see the lines above")
+    report = json.loads((ws.root / report_path).read_text())
+    log.info("gate %s\n%s", report["reason"], report["diff_markdown"])
+    if not report["passed"]:
+        raise AirflowSkipException(f"candidate {report['reason']}; the champion keeps serving")
+    return report
+
+
+# --- push -----------------------------------------------------------------------------------
+def serving_settings(ws: Workspace, conn_id: str) -> Any:
+    """The serving code's settings: params `serving:` of the project, the Connection's TRITON_*
+    over the environment, and a relative model repository taken relative to the project (where
+    `python -m serving start` runs the local server)."""
+    from pipeline.params import load_params
+    from serving.push import ServingSettings
+
+    params = load_params(ws.project / "params.yaml").serving
+    env = {**os.environ, **triton_env(conn_id)}
+    repository = env.get("TRITON_MODEL_REPOSITORY") or params.repository
+    if "://" not in repository:
+        env["TRITON_MODEL_REPOSITORY"] = str(ws.project / repository)
+    return ServingSettings.from_params(params, env)
+
+
+def push(project: str | Path, evaluate_args: Mapping[str, str], conn_id: str) -> dict[str, Any]:
+    """Push the workspace's candidate with the serving code; an identical model pushes nothing.
+    An unreachable server raises for Airflow to retry; a candidate that fails to load or answers
+    wrongly fails the task at once (the serving code has put the previous version back)."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from serving.client import ServerUnreachable
+    from serving.push import PushError, push_candidate
+
+    ws = Workspace.resolve(project)
+    settings = serving_settings(ws, conn_id)
+    log.info(
+        "pushing %s to %s (repository %s)", evaluate_args["candidate"], settings.client.describe(), settings.repository
+    )
+    try:
+        result = push_candidate(
+            ws.root / evaluate_args["candidate"], settings, metrics=ws.root / evaluate_args["metrics"]
+        )
+    except PushError as error:
+        if isinstance(error.__cause__, ServerUnreachable):
+            raise  # infrastructure: Airflow retries with backoff
+        raise AirflowFailException(str(error)) from error
+    created = result.status == "pushed"
+    if created:
+        log.info("%s version %d is serving (was %s)", result.model, result.version, result.previous)
+    else:
+        log.info(
+            "%s: the candidate is stored already as version %d; nothing pushed, version %s keeps serving",
+            result.model,
+            result.version,
+            result.serving,
+        )
+    return {
+        "model": result.model,
+        "version": result.version,
+        "serving": result.serving,
+        "previous": result.previous,
+        "created": created,
+        "seconds": round(result.seconds.get("total", 0.0), 2),
+    }
+
+
+# --- publish --------------------------------------------------------------------------------
+def publish_run(project: str | Path, pushed: Mapping[str, Any], prepared: Mapping[str, Any]) -> dict[str, Any]:
+    """After a push that created a version: `dvc push`, commit and tag the workspace."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    if not pushed.get("created", True):
+        raise AirflowSkipException(
+            f"{pushed.get('model')} version {pushed.get('version')} already served this exact model; "
+            "nothing new to publish"
+        )
+    ws = Workspace.resolve(project)
+    summary = f"data as of {prepared.get('as_of') or 'all batches'}; source {prepared.get('source_commit')}"
+    return publish(ws, int(pushed["version"]), str(pushed.get("model", "")), summary)

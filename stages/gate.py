@@ -1,0 +1,200 @@
+"""gate: champion vs challenger, before a push.
+
+The challenger is the candidate's evaluate metrics (its ONNX file scored on the test split). The
+champion is the model Triton serves now, scored live through tritonclient on the same test rows
+with the same scoring code, so both are judged on the same data. Thresholds are TFX-style
+(`gate:` in params.yaml): absolute floors the challenger must reach, and a maximum regression
+against the champion. With no champion (the first deployment) the floors alone decide.
+
+Not a DVC stage: its answer depends on what serves right now. The retraining DAG runs it after
+evaluate; it writes a JSON report (decision, reason, per-metric diff) and exits 0 when the
+candidate passes, 3 when it is rejected, 1 on an error (unreachable server, missing metric).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline import atomic
+from pipeline.params import GateParams
+from stages import _cli
+
+log = logging.getLogger(__name__)
+
+REJECTED_EXIT = 3
+
+
+@dataclass(frozen=True)
+class Check:
+    metric: str
+    challenger: float
+    champion: float | None
+    floor: float | None
+    max_regression: float | None
+    passed: bool
+    why: str
+
+    @property
+    def delta(self) -> float | None:
+        return None if self.champion is None else self.challenger - self.champion
+
+
+@dataclass(frozen=True)
+class Decision:
+    passed: bool
+    reason: str
+    checks: list[Check]
+    champion_version: int | None = None
+    model: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["checks"] = [{**asdict(c), "delta": c.delta} for c in self.checks]
+        out["diff_markdown"] = diff_markdown(self)
+        return out
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def diff_markdown(decision: Decision) -> str:
+    """The metric diff as a Markdown table (the approval form and the task log show it)."""
+    champion = "champion" if decision.champion_version is None else f"champion (v{decision.champion_version})"
+    lines = [
+        f"| metric | challenger | {champion} | delta | floor | max regression | ok |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for c in decision.checks:
+        delta = "-" if c.delta is None else f"{c.delta:+.4f}"
+        lines.append(
+            f"| {c.metric} | {_fmt(c.challenger)} | {_fmt(c.champion)} | {delta} | {_fmt(c.floor)} | "
+            f"{_fmt(c.max_regression)} | {'yes' if c.passed else 'NO'} |"
+        )
+    return "\n".join(lines)
+
+
+def decide(challenger: Mapping[str, Any], champion: Mapping[str, Any] | None, params: GateParams) -> Decision:
+    """Apply the floors and, when there is a champion, the maximum regression to each metric."""
+    names = list(dict.fromkeys([*params.floors, *params.max_regression]))
+    for source, metrics in (("challenger", challenger), ("champion", champion)):
+        missing = [n for n in names if metrics is not None and not isinstance(metrics.get(n), int | float)]
+        if missing:
+            raise _cli.StageError(
+                f"the {source} metrics have no {missing} (have {sorted(metrics)}); "
+                "gate.floors / gate.max_regression must name metrics the evaluate stage reports"
+            )
+    checks = []
+    for name in names:
+        value = float(challenger[name])
+        best = None if champion is None else float(champion[name])
+        floor = params.floors.get(name)
+        allowed = params.max_regression.get(name)
+        problems = []
+        if floor is not None and value < floor:
+            problems.append(f"{name} {value:.4f} is below the floor {floor:.4f}")
+        if best is not None and allowed is not None and value < best - allowed:
+            problems.append(
+                f"{name} {value:.4f} is {best - value:.4f} below the champion's {best:.4f} "
+                f"(at most {allowed:.4f} allowed)"
+            )
+        checks.append(Check(name, value, best, floor, allowed, not problems, "; ".join(problems)))
+
+    failed = [c.why for c in checks if not c.passed]
+    if failed:
+        reason = "rejected: " + "; ".join(failed)
+    elif champion is None:
+        reason = "passed: first deployment (no champion serving), every floor met"
+    else:
+        reason = "passed: every floor met and no metric regressed beyond its allowance against the champion"
+    return Decision(passed=not failed, reason=reason, checks=checks)
+
+
+# --- the champion, scored live --------------------------------------------------------------
+def serving_version(client: Any, model: str) -> int | None:
+    """The newest READY version of `model` on the server, or None when none serves."""
+    versions = [
+        int(entry["version"])
+        for entry in client.repository_index()
+        if entry.get("name") == model and entry.get("state") == "READY" and str(entry.get("version", "")).isdigit()
+    ]
+    return max(versions, default=None)
+
+
+def champion_probabilities(client: Any, model: str, version: int, features: np.ndarray, batch: int) -> np.ndarray:
+    """Probabilities from the served model, in requests no larger than its max batch size."""
+    parts = [client.predict(model, features[i : i + batch], version=version) for i in range(0, len(features), batch)]
+    return np.concatenate(parts, axis=0)
+
+
+def score_champion(params: Any, model: str, test: Any) -> tuple[int, dict[str, Any]] | None:
+    """(version, metrics) of what Triton serves for `model`, on the test rows; None if nothing serves."""
+    from serving.client import ClientSettings, TritonClient
+    from stages.evaluate import score
+
+    settings = ClientSettings.from_params(params.serving)
+    with TritonClient(settings) as client:
+        version = serving_version(client, model)
+        if version is None:
+            log.info("no version of %s serves at %s: first deployment", model, settings.describe())
+            return None
+        probabilities = champion_probabilities(client, model, version, test.features, params.export.max_batch_size)
+    metrics = score(test.labels, probabilities.argmax(axis=1), list(params.data.classes)).metrics
+    log.info(
+        "champion %s v%d at %s on %d test rows: %s", model, version, settings.describe(), len(test.labels), metrics
+    )
+    return version, metrics
+
+
+def run(args: Any, params: Any) -> Decision:
+    from pipeline.tables import read_parquet
+    from serving.repository import load_candidate
+    from stages.export import split_rows
+
+    challenger = json.loads(Path(args.metrics).read_text())
+    model = load_candidate(args.candidate).name
+    test = split_rows(read_parquet(args.clean), read_parquet(args.split), params.data, "test")
+    champion = score_champion(params, model, test)
+    decision = decide(challenger, None if champion is None else champion[1], params.gate)
+    return Decision(
+        passed=decision.passed,
+        reason=decision.reason,
+        checks=decision.checks,
+        champion_version=None if champion is None else champion[0],
+        model=model,
+        extra={"test_rows": len(test.labels), "candidate": str(args.candidate)},
+    )
+
+
+def main() -> None:
+    p = _cli.parser(__doc__.splitlines()[0])
+    p.add_argument("--candidate", required=True, help="candidate folder written by export")
+    p.add_argument("--clean", required=True, help="clean table (Parquet)")
+    p.add_argument("--split", required=True, help="split assignment table (Parquet)")
+    p.add_argument("--metrics", required=True, help="the candidate's evaluate metrics (JSON)")
+    p.add_argument("--report", help="where to write the gate report (default: gate.report in params)")
+    decisions: list[Decision] = []
+
+    def body(args, params):
+        decision = run(args, params)
+        atomic.write_json(args.report or params.gate.report, decision.to_json())
+        log.info("gate %s\n%s", decision.reason, diff_markdown(decision))
+        decisions.append(decision)
+
+    _cli.main("gate", body, p.parse_args())
+    if not decisions[0].passed:
+        print(f"\ngate {decisions[0].reason}", file=sys.stderr)
+        sys.exit(REJECTED_EXIT)
+
+
+if __name__ == "__main__":
+    main()

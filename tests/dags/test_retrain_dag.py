@@ -1,0 +1,149 @@
+"""The DAG file as Airflow's DagBag sees it: no import errors, nothing heavy imported at parse time,
+one task per DVC stage wired like dvc.yaml, GPU stages on the GPU queue and pool.
+
+Parsing happens in a fresh interpreter (so `sys.modules` shows only what the DAG file pulled in),
+which prints what the tests check as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from orchestration.spec import pipeline_spec
+
+pytestmark = pytest.mark.airflow
+
+ROOT = Path(__file__).resolve().parents[2]
+HEAVY = ("torch", "great_expectations", "tritonclient", "onnx", "onnxruntime", "sklearn", "pandas", "dvc")
+
+PARSE = """
+import json, sys, time
+heavy = {heavy!r}
+from airflow.dag_processing.dagbag import DagBag
+started = time.perf_counter()
+bag = DagBag(dag_folder={dags!r})
+parse_s = time.perf_counter() - started
+dag = bag.dags.get("retrain")
+out = {{
+    "import_errors": {{str(k): str(v) for k, v in bag.import_errors.items()}},
+    "heavy": sorted(m for m in sys.modules if m.split(".")[0] in heavy),
+    "parse_s": parse_s,
+    "file_parse_s": [s.duration for s in bag.dagbag_stats] if hasattr(bag, "dagbag_stats") else None,
+}}
+if dag is not None:
+    out["description"] = dag.description
+    out["doc_md"] = dag.doc_md
+    out["max_active_runs"] = dag.max_active_runs
+    out["timetable"] = type(dag.timetable).__name__
+    out["tasks"] = {{
+        t.task_id: {{
+            "upstream": sorted(t.upstream_task_ids),
+            "queue": t.queue,
+            "pool": t.pool,
+            "retries": t.retries,
+            "doc_md": t.doc_md,
+            "op_kwargs": getattr(t, "op_kwargs", {{}}),
+        }}
+        for t in dag.tasks
+    }}
+print("JSON" + json.dumps(out, default=str))
+"""
+
+
+@pytest.fixture(scope="module")
+def parsed(make_airflow_home) -> dict:
+    env = make_airflow_home(ROOT / "dags")
+    script = PARSE.format(heavy=HEAVY, dags=str(ROOT / "dags"))
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    line = next(line for line in result.stdout.splitlines() if line.startswith("JSON"))
+    return json.loads(line[4:])
+
+
+@pytest.fixture(scope="module")
+def spec():
+    return pipeline_spec(ROOT)
+
+
+def test_dag_imports_without_errors_or_heavy_modules(parsed: dict) -> None:
+    assert parsed["import_errors"] == {}
+    assert parsed["heavy"] == [], f"parsing the DAG file imported {parsed['heavy']}"
+    assert "tasks" in parsed, "no DAG with id 'retrain' was found"
+
+
+def test_one_task_per_dvc_stage_wired_like_dvc_yaml(parsed: dict, spec) -> None:
+    tasks = parsed["tasks"]
+    by_stage = {t.stage.name: t.full_id for t in spec.stage_tasks}
+    assert set(by_stage) == set(spec.graph.stages)
+    assert {tasks[i]["op_kwargs"]["stage"] for i in by_stage.values()} == set(spec.graph.stages)
+    assert set(tasks) == {*by_stage.values(), "prepare_workspace", "gate", "push", "publish"} | (
+        {"approve"} if spec.airflow.require_approval else set()
+    )
+
+    # Airflow's ordering equals DVC's: the same ancestors for every stage (Airflow keeps only the
+    # direct edges of a transitive reduction; DVC lists every dep).
+    def ancestors(task_id: str) -> set[str]:
+        seen, todo = set(), list(tasks[task_id]["upstream"])
+        while todo:
+            up = todo.pop()
+            if up not in seen:
+                seen.add(up)
+                todo.extend(tasks[up]["upstream"])
+        return seen
+
+    for name, task_id in by_stage.items():
+        expected = {by_stage[a] for a in spec.graph.ancestors(name)} | {"prepare_workspace"}
+        assert ancestors(task_id) == expected, name
+    # foreach items are parallel: no fold waits for another
+    folds = [by_stage[n] for n in spec.graph.groups()["crossval"]]
+    assert len(folds) == len(spec.params.split.folds)
+    assert all(not set(tasks[f]["upstream"]) & set(folds) for f in folds)
+    # the tail: every stage before the gate, then push, then publish
+    assert ancestors("gate") >= set(by_stage.values())
+    assert "gate" in ancestors("push") and tasks["publish"]["upstream"] == ["push"]
+
+
+def test_gpu_stages_carry_queue_and_pool(parsed: dict, spec) -> None:
+    af = spec.airflow
+    for task in spec.stage_tasks:
+        info = parsed["tasks"][task.full_id]
+        if task.stage.group in af.gpu_stages:
+            assert (info["queue"], info["pool"]) == (af.gpu_queue, af.gpu_pool), task.full_id
+        else:
+            assert info["queue"] != af.gpu_queue and info["pool"] != af.gpu_pool, task.full_id
+    assert {t.stage.group for t in spec.stage_tasks if t.gpu} == {"train", "crossval", "export"}
+
+
+def test_retries_docs_and_description(parsed: dict, spec) -> None:
+    tasks = parsed["tasks"]
+    assert parsed["max_active_runs"] == 1
+    assert parsed["description"] and "dvc.yaml" in parsed["description"]
+    assert parsed["doc_md"] and "gate" in parsed["doc_md"]
+    assert parsed["timetable"] == "AssetOrTimeSchedule"
+    assert all(info["doc_md"] for info in tasks.values()), [k for k, v in tasks.items() if not v["doc_md"]]
+    assert tasks["push"]["retries"] == tasks["publish"]["retries"] == spec.airflow.infra_retries > 0
+    stage_ids = [t.full_id for t in spec.stage_tasks]
+    assert all(tasks[i]["retries"] == 0 for i in [*stage_ids, "gate", "prepare_workspace"])
+
+
+def test_parse_time_is_modest(parsed: dict) -> None:
+    # Dominated by importing Airflow itself; the DAG file adds reading two YAML files.
+    assert parsed["parse_s"] < 30
+
+
+def test_approval_sits_between_gate_and_push_when_required(project_copy: Path, make_airflow_home) -> None:
+    params = project_copy / "params.yaml"
+    params.write_text(params.read_text().replace("require_approval: false", "require_approval: true"))
+    env = make_airflow_home(project_copy / "dags")
+    script = PARSE.format(heavy=HEAVY, dags=str(project_copy / "dags"))
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    tasks = json.loads(next(x for x in result.stdout.splitlines() if x.startswith("JSON"))[4:])["tasks"]
+    assert tasks["approve"]["upstream"] == ["gate"]
+    assert tasks["push"]["upstream"] == ["approve"]
+    assert "metric diff" in tasks["approve"]["doc_md"]

@@ -1,0 +1,220 @@
+"""The retraining DAG end to end with `airflow dags test`, on the embedded data, against a real local
+Triton (started on free ports, stopped by its PID).
+
+One copy of the project goes through four runs, in order:
+1. first run: every stage runs, the gate passes on the floors alone, version 1 serves, tagged;
+2. same data again: no stage reruns, nothing is pushed or tagged;
+3. a worse candidate (forced by params): the gate rejects it, version 1 keeps serving;
+4. corrupted raw data: clean fails, nothing downstream runs, nothing is pushed.
+
+To keep it quick on two cores the copy trains for a few epochs on two folds, with floors to match.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+pytestmark = [pytest.mark.airflow, pytest.mark.triton, pytest.mark.integration]
+
+DAG_ID = "retrain"
+RUN_DATE = "2026-01-26"  # demo mode: the batches of 01-05 .. 01-26 (4 of 6)
+
+
+def edit_params(project: Path, **changes) -> None:
+    """Set dotted keys (`train__epochs=3`) in the copy's params.yaml."""
+    path = project / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    for dotted, value in changes.items():
+        node = params
+        *parents, key = dotted.split("__")
+        for part in parents:
+            node = node[part]
+        node[key] = value
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def triton(tmp_path_factory: pytest.TempPathFactory, helpers) -> Iterator:
+    from serving.server import ServerSettings, start_server, stop_server
+
+    state = tmp_path_factory.mktemp("triton")
+    http, grpc, metrics = helpers.free_ports(3)
+    settings = ServerSettings(
+        repository=state / "models",
+        state_dir=state / "state",
+        http_port=http,
+        grpc_port=grpc,
+        metrics_port=metrics,
+        start_timeout_s=60.0,
+    )
+    start_server(settings)
+    try:
+        yield settings
+    finally:
+        stop_server(settings)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory, helpers) -> Path:
+    project = helpers.copy_project(tmp_path_factory.mktemp("retrain-project"))
+    edit_params(
+        project,
+        split__folds=[0, 1],
+        train__epochs=6,
+        gate__floors={"accuracy": 0.85, "f1_macro": 0.85},
+        gate__max_regression={"accuracy": 0.02, "f1_macro": 0.02},
+    )
+    return project
+
+
+@pytest.fixture(scope="module")
+def env(make_airflow_home, project: Path, triton) -> dict[str, str]:
+    connection = {
+        "conn_type": "http",
+        "host": "127.0.0.1",
+        "port": triton.http_port,
+        "extra": {"model_repository": str(triton.repository)},
+    }
+    return make_airflow_home(project / "dags", AIRFLOW_CONN_TRITON_DEFAULT=json.dumps(connection))
+
+
+class Run:
+    def __init__(self, output: str, states: dict[str, str]):
+        self.output = output
+        self.states = states
+
+    def log_lines(self, pattern: str) -> list[str]:
+        return re.findall(pattern, self.output)
+
+
+def run_dag(env: dict[str, str], project: Path, helpers) -> Run:
+    result = subprocess.run(
+        [env["PATH"].split(":")[0] + "/airflow", "dags", "test", DAG_ID, RUN_DATE],
+        env=env,
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
+    output = result.stdout + result.stderr
+    run_id = re.findall(r"DagRun Finished: dag_id=retrain, .*?run_id=([^,]+),", output)
+    assert run_id, f"no finished run in the output:\n{output[-5000:]}"
+    rows = json.loads(
+        helpers.airflow(env, "tasks", "states-for-dag-run", DAG_ID, run_id[-1], "--output", "json")
+        .strip()
+        .splitlines()[-1]
+    )
+    return Run(output, {row["task_id"]: row["state"] for row in rows})
+
+
+def served(triton, model: str = "digits") -> tuple[list[int], list[int]]:
+    """(stored versions, READY versions) of the model on the test server."""
+    from serving.client import ClientSettings, TritonClient
+    from serving.repository import TritonRepository
+
+    with TritonClient(ClientSettings(url=f"127.0.0.1:{triton.http_port}", retries=1)) as client:
+        ready = sorted(
+            int(m["version"]) for m in client.repository_index() if m.get("name") == model and m.get("state") == "READY"
+        )
+    return TritonRepository(triton.repository).versions(model), ready
+
+
+def tags(project: Path) -> list[str]:
+    workspace = project / ".airflow" / "workspace"
+    return subprocess.run(["git", "tag"], cwd=workspace, capture_output=True, text=True, check=True).stdout.split()
+
+
+@pytest.fixture(scope="module")
+def first(env, project: Path, helpers) -> Run:
+    return run_dag(env, project, helpers)
+
+
+def stage_names(project: Path) -> set[str]:
+    from orchestration.dvc_graph import read_graph
+
+    return set(read_graph(project).stages)
+
+
+def test_first_run_deploys_version_1(first: Run, project: Path, triton) -> None:
+    assert set(first.states.values()) == {"success"}, first.states
+    assert set(first.log_lines(r"Running stage '([^']+)'")) == stage_names(project)
+    assert "passed: first deployment" in first.output
+    assert served(triton) == ([1], [1])
+    assert tags(project) == ["model-v1"]
+    # the DVC remote got the outputs; the tag holds dvc.lock with the data version of embed.as_of
+    assert any((project / ".dvc-remote").rglob("*")), "dvc push sent nothing"
+    workspace = project / ".airflow" / "workspace"
+    locked = subprocess.run(
+        ["git", "show", "model-v1:params.yaml"], cwd=workspace, capture_output=True, text=True, check=True
+    ).stdout
+    assert yaml.safe_load(locked)["embed"]["as_of"] == RUN_DATE
+
+    # the served model answers like the candidate's golden samples
+    from serving.client import ClientSettings, predict
+
+    golden = json.loads((workspace / "models" / "candidate" / "golden.json").read_text())
+    got = predict(
+        np.asarray(golden["inputs"], dtype=np.float32),
+        "digits",
+        settings=ClientSettings(url=f"127.0.0.1:{triton.http_port}", retries=1),
+    )
+    np.testing.assert_allclose(got, np.asarray(golden["outputs"]), atol=golden["atol"])
+
+
+@pytest.fixture(scope="module")
+def unchanged(first: Run, env, project: Path, helpers) -> Run:
+    return run_dag(env, project, helpers)
+
+
+def test_second_run_with_same_data_reruns_nothing_and_pushes_nothing(unchanged: Run, project: Path, triton) -> None:
+    assert unchanged.log_lines(r"Running stage '([^']+)'") == []
+    assert set(unchanged.log_lines(r"stage (\S+) was up to date")) == stage_names(project)
+    assert unchanged.states["publish"] == "skipped"
+    assert "nothing pushed" in unchanged.output
+    assert served(triton) == ([1], [1])
+    assert tags(project) == ["model-v1"]
+
+
+@pytest.fixture(scope="module")
+def worse(unchanged: Run, env, project: Path, helpers) -> Run:
+    edit_params(project, train__epochs=1, train__optimizer__lr=0.00001)
+    return run_dag(env, project, helpers)
+
+
+def test_worse_candidate_is_rejected_and_version_1_keeps_serving(worse: Run, project: Path, triton) -> None:
+    assert set(worse.log_lines(r"Running stage '([^']+)'")) >= {"train", "export", "evaluate"}
+    assert worse.states["gate"] == "skipped"
+    assert worse.states["push"] == worse.states["publish"] == "skipped"
+    assert "candidate rejected: accuracy" in worse.output
+    assert "the champion keeps serving" in worse.output
+    assert served(triton) == ([1], [1])
+    assert tags(project) == ["model-v1"]
+
+
+def test_corrupted_data_fails_at_clean_with_nothing_pushed(worse: Run, env, project: Path, helpers, triton) -> None:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    rows = np.column_stack([digits.target, digits.data]).astype(int)
+    rows[::4, 6] = -7  # a quarter of the rows hold a pixel outside data.value_range
+    incoming = project / "incoming"
+    incoming.mkdir(exist_ok=True)
+    header = ",".join(["label", *(f"px_{i}" for i in range(64))])
+    np.savetxt(incoming / "digits.csv", rows, fmt="%d", delimiter=",", header=header, comments="")
+    edit_params(project, data__source="incoming/digits.csv", train__epochs=6, train__optimizer__lr=0.003)
+
+    corrupted = run_dag(env, project, helpers)
+    assert corrupted.states["clean"] == "failed"
+    downstream = [t for t, s in corrupted.states.items() if t not in ("prepare_workspace", "embed", "clean")]
+    assert all(corrupted.states[t] in ("upstream_failed", "skipped") for t in downstream), corrupted.states
+    assert "clean failed" in corrupted.output and "px_" in corrupted.output
+    assert served(triton) == ([1], [1])
+    assert tags(project) == ["model-v1"]
