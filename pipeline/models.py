@@ -10,6 +10,7 @@ read with `torch.load(..., weights_only=True)`, which refuses anything that woul
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +119,13 @@ def save_model(path: str | Path, model: nn.Module, config: dict[str, Any], **ext
 
 def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a model from its file, in eval mode. Returns (model, the whole file's dict)."""
-    blob = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        # weights_only refuses any pickle that would import or call something; such a file is
+        # either corrupt or crafted, and is never loaded the unsafe way.
+        reason = str(error).splitlines()[0]
+        raise ValueError(f"{path}: refused, loading it would need to run code ({reason})") from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise ValueError(f"{path}: not a model file of this project (format {FORMAT!r} expected)")
     model = build_model(blob["config"])

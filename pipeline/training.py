@@ -1,0 +1,534 @@
+"""The training loop shared by the train and crossval stages.
+
+`fit` trains one model on in-memory rows and returns the weights that scored best on the
+validation rows. It is a plain function of (config, rows, params) so tests and both stages call the
+same code:
+
+- Rows live on the device as two tensors; each epoch indexes them with a seeded permutation, so no
+  Python loop ever touches single samples. Image augmentation (random shifts and rotations) is one
+  `affine_grid` + `grid_sample` call on the whole batch.
+- The device is CUDA when present (params can force one); mixed precision (bf16 where the GPU
+  supports it, else fp16 with loss scaling) is used on CUDA only.
+- All randomness comes from `train.seed` through two generators whose states travel in the
+  checkpoint, so a CPU run is repeatable bit for bit and a resumed run ends with exactly the weights
+  of an uninterrupted one.
+- After every epoch the whole training state is written atomically to the checkpoint. It carries a
+  fingerprint of the model config, the params, the data, the device and this code; a checkpoint
+  with another fingerprint is stale and ignored (logged), never resumed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import pickle
+import sys
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline import models
+from pipeline.atomic import atomic_path
+from pipeline.models import build_model, model_config
+from pipeline.params import DataParams, TrainParams
+from pipeline.tables import feature_columns
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "triton-retrain/checkpoint@1"
+EVAL_BATCH = 4096  # rows per forward pass when scoring; big enough to be one pass on small sets
+STD_FLOOR = 1e-6  # a tabular feature with a smaller spread is left unscaled (constant in training)
+
+# Called after each epoch (and for each epoch replayed from a checkpoint): (epoch, metrics row).
+EpochHook = Callable[[int, dict[str, float]], None]
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Feature rows (raw values, float32) and their class indices."""
+
+    x: np.ndarray
+    y: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def take(self, mask: np.ndarray) -> Rows:
+        return Rows(self.x[mask], self.y[mask])
+
+    def tensors(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """(features as float32, labels as int64) on `device`."""
+        x = torch.from_numpy(np.ascontiguousarray(self.x, np.float32))
+        return x.to(device), torch.from_numpy(np.ascontiguousarray(self.y, np.int64)).to(device)
+
+
+@dataclass
+class FitResult:
+    model: nn.Module  # the kept (best) weights, on CPU, in eval mode
+    metrics: dict[str, float]  # validation metrics (val_loss, val_accuracy, val_macro_f1) of the kept weights
+    best_epoch: int  # index into history (0-based, = the DVCLive step) of the kept weights
+    history: list[dict[str, float]] = field(default_factory=list)  # one row per epoch run
+    resumed_from: int = 0  # epochs taken from a checkpoint (0 = fresh start)
+
+
+# --- data ------------------------------------------------------------------------------------
+
+
+def table_rows(table: pd.DataFrame, features: list[str], data: DataParams) -> Rows:
+    """Features as float32 and labels as indices into `data.classes` (the model's output order)."""
+    index = {label: i for i, label in enumerate(data.classes)}
+    y = table[data.label].map(index)
+    if y.isna().any():
+        bad = table.loc[y.isna(), data.label].iloc[0]
+        raise ValueError(f"label {bad!r} is not in data.classes {data.classes}; add it there or clean the data")
+    return Rows(table[features].to_numpy(np.float32), y.to_numpy(np.int64))
+
+
+def assigned_rows(table: pd.DataFrame, assignment: pd.DataFrame, data: DataParams) -> tuple[Rows, pd.DataFrame]:
+    """All rows of the clean table, plus the split's assignment aligned with them row by row."""
+    assignment = assignment.sort_values("row", ignore_index=True)
+    if not np.array_equal(assignment["row"].to_numpy(), np.arange(len(table))):
+        raise ValueError(
+            f"the split assignment ({len(assignment)} rows) does not match the clean table ({len(table)} rows); rerun split"
+        )
+    return table_rows(table, feature_columns(list(table.columns), data), data), assignment
+
+
+def config_for(params: TrainParams, data: DataParams, n_features: int) -> dict[str, Any]:
+    """The model's architecture config from the params (stored in the model file)."""
+    m = params.model
+    return model_config(m.arch, n_features, data.classes, data.image_shape, m.channels, m.hidden, m.dropout)
+
+
+def input_scale(x: np.ndarray, data: DataParams) -> tuple[np.ndarray, np.ndarray]:
+    """(offset, factor) per feature so that (x - offset) * factor is roughly unit scale.
+
+    Images use one range for every pixel (data.value_range, else the training rows' min/max), so a
+    pixel that is always blank in training is not blown up; tabular rows are standardised.
+    """
+    n = x.shape[1]
+    if data.image_shape is not None:
+        lo, hi = data.value_range if data.value_range is not None else (float(x.min()), float(x.max()))
+        span = hi - lo if hi > lo else 1.0
+        return np.full(n, lo, np.float32), np.full(n, 1.0 / span, np.float32)
+    mean, std = x.mean(axis=0), x.std(axis=0)
+    return mean.astype(np.float32), np.where(std > STD_FLOOR, 1.0 / np.maximum(std, STD_FLOOR), 1.0).astype(np.float32)
+
+
+def fingerprint(config: dict[str, Any], params: TrainParams, data: DataParams, device: str, *rows: Rows) -> str:
+    """What a checkpoint must match to be resumed: everything that changes the weights, the
+    training code included (an edited loop must not pick up weights the old one made)."""
+    digest = hashlib.sha256()
+    for module in (sys.modules[__name__], models):
+        digest.update(Path(module.__file__).read_bytes())
+    spec = {
+        "format": CHECKPOINT_FORMAT,
+        "config": config,
+        "train": params.model_dump(mode="json"),
+        "data": data.model_dump(mode="json"),
+        "device": device,
+        "torch": torch.__version__,
+    }
+    digest.update(json.dumps(spec, sort_keys=True).encode())
+    for part in rows:
+        digest.update(np.ascontiguousarray(part.x).tobytes())
+        digest.update(np.ascontiguousarray(part.y).tobytes())
+    return digest.hexdigest()
+
+
+# --- pieces of the loop ----------------------------------------------------------------------
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("train.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+def autocast_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
+    """bf16 where the GPU has it (no loss scaling needed), else fp16; None = full precision."""
+    if device.type != "cuda" or not enabled:
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def make_optimizer(model: nn.Module, params: TrainParams) -> torch.optim.Optimizer:
+    opt = params.optimizer
+    if opt.name == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
+    cls = torch.optim.Adam if opt.name == "adam" else torch.optim.AdamW
+    return cls(model.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
+
+
+def lr_factor(step: int, total: int, name: str, warmup_fraction: float) -> float:
+    """Learning-rate multiplier at optimizer step `step` of `total` (a pure function of the step,
+    so the scheduler's state is just a counter and resumes exactly)."""
+    if name == "constant":
+        return 1.0
+    warmup = round(total * warmup_fraction) if name == "onecycle" else 0
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, params: TrainParams, total_steps: int):
+    schedule = params.schedule
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, total_steps, schedule.name, schedule.warmup_fraction)
+    )
+
+
+def augment_images(
+    x: torch.Tensor,
+    image_shape: list[int],
+    background: float,
+    max_shift: int,
+    max_rotation: float,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """Randomly shift (whole pixels) and rotate each image of a batch of flat rows, in one call.
+
+    Random numbers come from `generator` on the CPU (so CPU and GPU runs draw the same ones);
+    areas moved in from outside the image take the background value (the value range's minimum).
+    """
+    n, (h, w) = x.shape[0], image_shape
+    angle = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(max_rotation)
+    shift = torch.randint(-max_shift, max_shift + 1, (n, 2), generator=generator).float()
+    cos, sin = angle.cos(), angle.sin()
+    # affine_grid works in [-1, 1] coordinates: one pixel is 2 / size.
+    theta = torch.stack(
+        [torch.stack([cos, -sin, shift[:, 0] * 2 / w], 1), torch.stack([sin, cos, shift[:, 1] * 2 / h], 1)], 1
+    ).to(x.device, x.dtype)
+    grid = F.affine_grid(theta, [n, 1, h, w], align_corners=False)
+    moved = F.grid_sample((x - background).view(n, 1, h, w), grid, align_corners=False)
+    return (moved + background).view(n, h * w)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n_classes: int) -> dict[str, float]:
+    """Cross-entropy (no label smoothing), accuracy and macro F1 of `model` on (x, y)."""
+    model.eval()
+    logits = torch.cat([model(x[i : i + EVAL_BATCH]).float() for i in range(0, len(x), EVAL_BATCH)])
+    loss = F.cross_entropy(logits, y).item()
+    pred = logits.argmax(1)
+    return {"loss": loss, "accuracy": (pred == y).float().mean().item(), "macro_f1": macro_f1(y, pred, n_classes)}
+
+
+def macro_f1(y: torch.Tensor, pred: torch.Tensor, n_classes: int) -> float:
+    """Unweighted mean of per-class F1 over the classes that occur in y or pred."""
+    cm = torch.bincount(y * n_classes + pred, minlength=n_classes * n_classes).view(n_classes, n_classes)
+    tp = cm.diag().double()
+    support, predicted = cm.sum(1).double(), cm.sum(0).double()
+    seen = (support + predicted) > 0
+    f1 = 2 * tp[seen] / (support[seen] + predicted[seen])
+    return f1.mean().item()
+
+
+def _score(metric: str, row: dict[str, float]) -> list[float]:
+    """Early-stopping score, higher is better, compared as a list: accuracy ties (common on small
+    validation sets) go to the lower loss."""
+    return [row["val_accuracy"], -row["val_loss"]] if metric == "val_accuracy" else [-row["val_loss"]]
+
+
+@contextlib.contextmanager
+def _deterministic(device: torch.device) -> Iterator[None]:
+    """Ask torch for deterministic kernels on CPU for the duration of a fit, then restore the
+    caller's setting. (CUDA runs are fast rather than bit-exact; they would need a cuBLAS
+    workspace setting made before CUDA starts.)"""
+    import torch.utils.deterministic as deterministic
+
+    before = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    fill = deterministic.fill_uninitialized_memory
+    if device.type == "cpu" and not before:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        # Filling every new tensor with NaN (a debugging aid) cost ~5% of a step; our kernels
+        # overwrite what they allocate.
+        deterministic.fill_uninitialized_memory = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before, warn_only=warn_only)
+        deterministic.fill_uninitialized_memory = fill
+
+
+# --- checkpoints -----------------------------------------------------------------------------
+
+
+def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+
+
+def read_checkpoint(path: Path, expected: str) -> dict[str, Any] | None:
+    """The checkpoint's state if it belongs to this run, else None (with the reason logged).
+
+    Read with weights_only=True: a file that would need to run code to load is refused, and
+    since the checkpoint is only a cache it is then ignored (and overwritten), never executed.
+    """
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
+        log.warning("ignoring checkpoint %s: cannot be loaded safely (%s)", path, str(error).splitlines()[0])
+        return None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        log.warning("ignoring checkpoint %s: not a training checkpoint of this project", path)
+        return None
+    if state.get("fingerprint") != expected:
+        log.warning("ignoring stale checkpoint %s: it was made with other params, data, device or code", path)
+        return None
+    return state
+
+
+def write_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _frozen_copy(obj: Any) -> Any:
+    """A copy that later training steps cannot change (optimizer states are updated in place)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _frozen_copy(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_frozen_copy(v) for v in obj)
+    return obj
+
+
+class _CheckpointWriter:
+    """Writes checkpoints on one background thread, so serialising them overlaps the next epoch.
+
+    Writes stay in order and at most one is in flight; leaving the block waits for the last one,
+    also when training failed, so the last finished epoch is always on disk. A process killed
+    mid-write leaves the previous checkpoint intact (atomic rename), one epoch older.
+    """
+
+    def __init__(self, path: Path | None) -> None:
+        self.path, self.pending, self.pool = path, None, None
+
+    def __enter__(self) -> _CheckpointWriter:
+        if self.path is not None:
+            self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
+        return self
+
+    def submit(self, state: dict[str, Any]) -> None:
+        if self.pool is None:
+            return
+        self._wait()
+        self.pending = self.pool.submit(write_checkpoint, self.path, _frozen_copy(state))
+
+    def _wait(self) -> None:
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            pending.result()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.pool is not None:
+            try:
+                self._wait()
+            finally:
+                self.pool.shutdown()
+
+
+# --- the loop --------------------------------------------------------------------------------
+
+
+class _Learner:
+    """A model with everything that changes while it learns: optimizer, schedule, loss scaler and
+    the two random generators. `snapshot`/`restore` move all of it to and from plain data."""
+
+    def __init__(self, config: dict[str, Any], train: Rows, params: TrainParams, data: DataParams) -> None:
+        self.device = select_device(params.device)
+        self.amp = autocast_dtype(self.device, params.mixed_precision)
+        torch.manual_seed(params.seed)  # model init and dropout
+        self.generator = torch.Generator().manual_seed(params.seed)  # data order and augmentation
+        self.model = build_model(config)
+        offset, factor = input_scale(train.x, data)
+        self.model.scale.offset.copy_(torch.from_numpy(offset))
+        self.model.scale.factor.copy_(torch.from_numpy(factor))
+        self.model.to(self.device)
+        self.optimizer = make_optimizer(self.model, params)
+        total_steps = math.ceil(len(train) / params.batch_size) * params.epochs
+        self.scheduler = make_scheduler(self.optimizer, params, total_steps)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
+        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=params.label_smoothing)
+        self.augment = None
+        if params.augment.enabled and data.image_shape is not None:
+            a, background = params.augment, float(offset[0])
+            self.augment = lambda xb: augment_images(
+                xb, data.image_shape, background, a.max_shift, a.max_rotation, self.generator
+            )
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None)
+
+    def step(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        with self.autocast():
+            loss = self.loss_fn(self.model(xb), yb)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return loss.detach()
+
+    def train_epoch(self, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
+        """One pass over (x, y) in a seeded random order; returns the mean training loss."""
+        self.model.train()
+        total = torch.zeros((), device=x.device)
+        order = torch.randperm(len(y), generator=self.generator).to(x.device)
+        for start in range(0, len(y), batch_size):
+            idx = order[start : start + batch_size]
+            xb = x[idx] if self.augment is None else self.augment(x[idx])
+            total += self.step(xb, y[idx]) * len(idx)  # stays on the device: no sync per step
+        return total.item() / len(y)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Plain data only (tensors, numbers, strings, lists, dicts): loads with weights_only=True."""
+        rng = {"torch": torch.get_rng_state(), "data": self.generator.get_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {
+            "model": _cpu(self.model.state_dict()),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rng,
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        self.generator.set_state(state["rng"]["data"])
+        if self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+
+
+def fit(
+    config: dict[str, Any],
+    train: Rows,
+    val: Rows,
+    params: TrainParams,
+    data: DataParams,
+    checkpoint: str | Path | None = None,
+    on_epoch: EpochHook | None = None,
+    progress: bool | None = None,
+) -> FitResult:
+    """Train a model of `config` on `train`, early-stopping on `val`; return the best weights.
+
+    `checkpoint`: resume from this file when it matches this run, and rewrite it after every
+    epoch. `on_epoch` sees every epoch's metrics row, replayed ones first after a resume (so a
+    metrics log rebuilt from it equals an uninterrupted run's). `progress`: a progress bar
+    (default: when stderr is a terminal) instead of one log line per epoch.
+    """
+    learner = _Learner(config, train, params, data)
+    device = learner.device
+    key = fingerprint(config, params, data, device.type, train, val)
+    path = Path(checkpoint) if checkpoint is not None else None
+    state = read_checkpoint(path, key) if path is not None else None
+    if state is not None:
+        learner.restore(state)
+        log.info("resuming from %s after epoch %d", path, state["epoch"])
+    else:
+        state = {"epoch": 0, "done": False, "best": None, "best_epoch": -1, "bad_epochs": 0, "history": []}
+        state["best_state"], state["best_metrics"] = _cpu(learner.model.state_dict()), {}
+    resumed_from = state["epoch"]
+    history = [dict(row) for row in state["history"]]
+    for epoch, row in enumerate(history):
+        if on_epoch is not None:
+            on_epoch(epoch, row)
+
+    x_train, y_train = train.tensors(device)
+    x_val, y_val = val.tensors(device)
+    with (
+        _deterministic(device),
+        _progress_bar(params.epochs, resumed_from, progress) as bar,
+        _CheckpointWriter(path) as writer,
+    ):
+        while not state["done"]:
+            epoch = state["epoch"]
+            row = {"train_loss": learner.train_epoch(x_train, y_train, params.batch_size)}
+            with learner.autocast():
+                scores = evaluate(learner.model, x_val, y_val, config["n_classes"])
+            row |= {f"val_{k}": v for k, v in scores.items()} | {"lr": learner.optimizer.param_groups[0]["lr"]}
+            history.append(row)
+            score = _score(params.early_stopping.metric, row)
+            if state["best"] is None or score > state["best"]:
+                best_metrics = {k: v for k, v in row.items() if k.startswith("val_")}
+                state |= {"best": score, "best_epoch": epoch, "bad_epochs": 0, "best_metrics": best_metrics}
+                state["best_state"] = _cpu(learner.model.state_dict())
+            else:
+                state["bad_epochs"] += 1
+            stop = state["bad_epochs"] >= params.early_stopping.patience
+            state |= {"epoch": epoch + 1, "history": history, "done": stop or epoch + 1 >= params.epochs}
+            writer.submit({**state, **learner.snapshot(), "format": CHECKPOINT_FORMAT, "fingerprint": key})
+            _report(bar, epoch + 1, params.epochs, row, stop)
+            if on_epoch is not None:
+                on_epoch(epoch, row)
+
+    best = build_model(config)
+    best.load_state_dict(state["best_state"])
+    return FitResult(best.eval(), dict(state["best_metrics"]), state["best_epoch"], history, resumed_from)
+
+
+class _NoBar:
+    """Stands in for a tqdm bar when progress goes to the log instead."""
+
+    def __enter__(self) -> _NoBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix(self, **kwargs: Any) -> None:
+        pass
+
+
+def _progress_bar(epochs: int, done: int, progress: bool | None):
+    if progress is None:
+        progress = sys.stderr.isatty()
+    if not progress:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=epochs, initial=done, unit="epoch", desc="train", leave=False)
+
+
+def _report(bar, epoch: int, epochs: int, row: dict[str, float], stopped: bool) -> None:
+    if isinstance(bar, _NoBar):
+        log.info(
+            "epoch %d/%d: train_loss %.4f  val_loss %.4f  val_accuracy %.4f  lr %.2e",
+            epoch,
+            epochs,
+            row["train_loss"],
+            row["val_loss"],
+            row["val_accuracy"],
+            row["lr"],
+        )
+    else:
+        bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_acc=f"{row['val_accuracy']:.4f}", refresh=False)
+        bar.update(1)
+    if stopped:
+        log.info("early stop after epoch %d: no improvement for the patience window", epoch)

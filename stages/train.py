@@ -1,0 +1,87 @@
+"""train: fit the model on the train split, early-stopping on the validation split.
+
+Writes the model file (architecture config + state dict + the resolved train params + the kept
+weights' validation metrics), per-epoch metrics and curves through DVCLive, and a checkpoint after
+every epoch from which a rerun resumes after a crash.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pipeline.models import save_model
+from pipeline.params import Params
+from pipeline.tables import read_parquet
+from pipeline.training import EpochHook, FitResult, assigned_rows, config_for, fit
+from stages import _cli
+
+log = logging.getLogger(__name__)
+
+
+def run(
+    table: pd.DataFrame,
+    assignment: pd.DataFrame,
+    params: Params,
+    checkpoint: str | Path | None = None,
+    on_epoch: EpochHook | None = None,
+    progress: bool | None = None,
+) -> tuple[FitResult, dict[str, Any]]:
+    """Train on the train split, early-stop on the val split. Returns (result, model config)."""
+    rows, assignment = assigned_rows(table, assignment, params.data)
+    split = assignment["split"].to_numpy()
+    train, val = rows.take(split == "train"), rows.take(split == "val")
+    if len(train) == 0 or len(val) == 0:
+        raise _cli.StageError(f"need train and val rows, got {len(train)} and {len(val)}; check split params")
+    config = config_for(params.train, params.data, rows.x.shape[1])
+    log.info("training %s on %d rows, validating on %d", config["arch"], len(train), len(val))
+    result = fit(config, train, val, params.train, params.data, checkpoint, on_epoch, progress)
+    log.info("kept epoch %d: %s", result.best_epoch + 1, _fmt(result.metrics))
+    return result, config
+
+
+def _fmt(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+
+
+def main() -> None:
+    p = _cli.parser(__doc__.splitlines()[0])
+    p.add_argument("--clean", required=True, help="clean table (Parquet)")
+    p.add_argument("--split", required=True, help="split assignment table (Parquet)")
+    p.add_argument("--out", required=True, help="model file to write")
+    p.add_argument("--checkpoint", required=True, help="checkpoint to resume from and rewrite every epoch")
+    p.add_argument("--live", required=True, help="DVCLive folder for per-epoch metrics and plots")
+
+    def body(args, params: Params) -> None:
+        from dvclive import Live
+
+        def log_epoch(epoch: int, row: dict[str, float]) -> None:
+            for name, value in row.items():
+                live.log_metric(name, value)
+            live.next_step()
+
+        # No dvc.yaml of its own and no experiment commits: dvc.yaml already declares these files.
+        with Live(args.live, save_dvc_exp=False, dvcyaml=None) as live:
+            table, assignment = read_parquet(args.clean), read_parquet(args.split)
+            result, config = run(table, assignment, params, args.checkpoint, log_epoch)
+            for name, value in result.metrics.items():
+                live.log_metric(f"best/{name}", value, plot=False)
+            live.log_metric("best/step", result.best_epoch, plot=False)
+        save_model(
+            args.out,
+            result.model,
+            config,
+            params=params.train.model_dump(mode="json"),
+            metrics=result.metrics,
+            epochs=result.best_epoch + 1,  # epochs trained when the kept weights were taken
+        )
+        log.info("wrote %s", args.out)
+
+    _cli.main("train", body, p.parse_args())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,197 @@
+"""train: a tiny model learns, resumes exactly after a crash, repeats bit for bit, and refuses bad
+params and unsafe or stale checkpoints."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from pipeline.params import Params, ParamsError, parse_params
+from pipeline.training import Rows, augment_images, fit, lr_factor, read_checkpoint
+from stages import train
+from stages.split import split_stratified
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def raw_params(**train_overrides) -> dict:
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    tiny = {
+        "epochs": 4,
+        "batch_size": 16,
+        "model": {**raw["train"]["model"], "channels": [8], "hidden": [32], "dropout": 0.1},
+        "optimizer": {**raw["train"]["optimizer"], "lr": 0.01},
+        "early_stopping": {"metric": "val_accuracy", "patience": 50},
+        "device": "cpu",
+    }
+    raw["train"] = {**raw["train"], **tiny, **train_overrides}
+    return raw
+
+
+def tiny_params(**train_overrides) -> Params:
+    return parse_params(raw_params(**train_overrides))
+
+
+@pytest.fixture
+def assignment(image_table, params):
+    return split_stratified(image_table["label"].to_numpy(), params.split)
+
+
+def _states_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_tiny_model_learns(image_table, assignment):
+    history = []
+    params = tiny_params(epochs=5, augment={"enabled": False, "max_shift": 0, "max_rotation": 0.0})
+    result, config = train.run(image_table, assignment, params, on_epoch=lambda e, row: history.append(row))
+    assert config["arch"] == "cnn" and len(history) == 5
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert result.metrics["val_accuracy"] >= max(0.5, history[0]["val_accuracy"])
+    assert result.model(torch.zeros(2, 64)).shape == (2, 10)
+
+
+def test_scale_comes_from_the_value_range(image_table, assignment):
+    result, _ = train.run(image_table, assignment, tiny_params(epochs=1))
+    assert torch.all(result.model.scale.offset == 0) and torch.allclose(result.model.scale.factor, torch.tensor(1 / 16))
+
+
+def test_same_seed_gives_identical_weights(image_table, assignment):
+    first, _ = train.run(image_table, assignment, tiny_params(epochs=2))
+    again, _ = train.run(image_table, assignment, tiny_params(epochs=2))
+    other, _ = train.run(image_table, assignment, tiny_params(epochs=2, seed=1))
+    assert _states_equal(first.model.state_dict(), again.model.state_dict())
+    assert not _states_equal(first.model.state_dict(), other.model.state_dict())
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def test_resume_after_a_crash_matches_an_uninterrupted_run(image_table, assignment, tmp_path):
+    # Shifts and rotations on, so the augmentation's random stream must resume exactly too.
+    params = tiny_params(epochs=4, augment={"enabled": True, "max_shift": 1, "max_rotation": 10.0})
+    whole, _ = train.run(image_table, assignment, params, tmp_path / "whole.pt")
+
+    def crash_after_second_epoch(epoch, row):
+        if epoch == 1:
+            raise Crash
+
+    with pytest.raises(Crash):
+        train.run(image_table, assignment, params, tmp_path / "crashed.pt", crash_after_second_epoch)
+    seen = []
+    resumed, _ = train.run(image_table, assignment, params, tmp_path / "crashed.pt", lambda e, row: seen.append(e))
+
+    assert resumed.resumed_from == 2 and seen == [0, 1, 2, 3]  # epochs 0-1 replayed for the log
+    assert resumed.history == whole.history and resumed.best_epoch == whole.best_epoch
+    assert _states_equal(resumed.model.state_dict(), whole.model.state_dict())
+    last_whole = torch.load(tmp_path / "whole.pt", weights_only=True)
+    last_resumed = torch.load(tmp_path / "crashed.pt", weights_only=True)
+    assert _states_equal(last_whole["model"], last_resumed["model"])  # the last epoch's weights too
+
+
+def test_a_stale_checkpoint_is_ignored(image_table, assignment, tmp_path, caplog):
+    checkpoint = tmp_path / "ck.pt"
+    train.run(image_table, assignment, tiny_params(epochs=1), checkpoint)
+    result, _ = train.run(image_table, assignment, tiny_params(epochs=1, label_smoothing=0.2), checkpoint)
+    assert result.resumed_from == 0 and "stale checkpoint" in caplog.text
+
+
+def test_a_checkpoint_that_would_run_code_is_never_loaded(tmp_path, caplog):
+    class RunsCode:
+        def __reduce__(self):
+            return (Path.touch, (tmp_path / "pwned",))
+
+    torch.save({"format": "triton-retrain/checkpoint@1", "x": RunsCode()}, tmp_path / "ck.pt")
+    assert read_checkpoint(tmp_path / "ck.pt", "any") is None
+    assert not (tmp_path / "pwned").exists() and "cannot be loaded safely" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "change,key",
+    [
+        (lambda t: t["optimizer"].update(lrr=0.1), "train.optimizer.lrr"),
+        (lambda t: t.update(epochs="ten"), "train.epochs"),
+        (lambda t: t["optimizer"].update(lr=-0.1), "train.optimizer.lr"),
+        (lambda t: t["model"].update(dropout=1.5), "train.model.dropout"),
+        (lambda t: t["schedule"].update(name="step"), "train.schedule.name"),
+    ],
+)
+def test_bad_params_name_the_key(change, key):
+    raw = raw_params()
+    change(raw["train"])
+    with pytest.raises(ParamsError, match=key.replace(".", r"\.")):
+        parse_params(raw)
+
+
+def test_a_cnn_needs_an_image_shape():
+    raw = raw_params()
+    raw["data"]["image_shape"] = None
+    with pytest.raises(ParamsError, match="image_shape"):
+        parse_params(raw)
+
+
+def test_mlp_trains_on_tabular_rows():
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(120, 5)) * [1, 10, 100, 0, 1]).astype(np.float32)  # one constant feature
+    y = (x[:, 0] + x[:, 1] / 10 > 0).astype(np.int64)
+    raw = raw_params(epochs=3)
+    raw["data"] |= {"image_shape": None, "value_range": None, "classes": [0, 1]}
+    raw["train"]["model"]["arch"] = "mlp"
+    params = parse_params(raw)
+    config = train.config_for(params.train, params.data, 5)
+    result = fit(config, Rows(x[:90], y[:90]), Rows(x[90:], y[90:]), params.train, params.data)
+    assert torch.isfinite(result.model.scale.factor).all() and result.model.scale.factor[3] == 1.0
+    assert result.metrics["val_accuracy"] > 0.7
+
+
+def test_shifts_move_whole_pixels_and_fill_with_background():
+    image = torch.arange(64, dtype=torch.float32).view(1, 64) + 1
+    batch = image.repeat(32, 1)
+    moved = augment_images(batch, [8, 8], 0.0, 1, 0.0, torch.Generator().manual_seed(0))
+    grid = image.view(8, 8)
+    candidates = []
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            shifted = torch.zeros(10, 10)
+            shifted[1 + dy : 9 + dy, 1 + dx : 9 + dx] = grid
+            candidates.append(shifted[1:9, 1:9].reshape(64))
+    for row in moved:
+        assert any(torch.allclose(row, c, atol=1e-4) for c in candidates)
+
+
+def test_onecycle_warms_up_then_decays_to_zero():
+    factors = [lr_factor(s, 100, "onecycle", 0.1) for s in range(101)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == 1.0 and factors[100] == pytest.approx(0.0)
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:], strict=False))
+
+
+def test_cli_writes_model_metrics_and_plots(image_table, tmp_path):
+    from pipeline.models import load_model
+    from pipeline.tables import write_parquet
+
+    raw = raw_params(epochs=2)
+    raw["data"]["source"] = str(tmp_path / "unused.parquet")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    write_parquet(image_table, tmp_path / "clean.parquet")
+    write_parquet(
+        split_stratified(image_table["label"].to_numpy(), parse_params(raw).split), tmp_path / "split.parquet"
+    )
+    args = ["--clean", "clean.parquet", "--split", "split.parquet", "--out", "model.pt"]
+    args += ["--checkpoint", "ck.pt", "--live", "live", "--params", "params.yaml"]
+    env = {"PYTHONPATH": str(ROOT), "PATH": str(Path(sys.executable).parent)}
+    subprocess.run([sys.executable, "-m", "stages.train", *args], cwd=tmp_path, env=env, check=True)
+
+    model, blob = load_model(tmp_path / "model.pt")
+    assert blob["params"]["epochs"] == 2 and 0 <= blob["metrics"]["val_accuracy"] <= 1
+    summary = json.loads((tmp_path / "live" / "metrics.json").read_text())
+    assert summary["step"] == 1 and "val_accuracy" in summary["best"]
+    assert (tmp_path / "live" / "plots" / "metrics" / "val_accuracy.tsv").read_text().count("\n") == 3
+    assert not (tmp_path / "live" / "dvc.yaml").exists()
