@@ -8,23 +8,16 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
+from support import GIT_ENV, copy_project, edit_params
 
 pytestmark = pytest.mark.integration
 
-GIT_ENV = {
-    "GIT_AUTHOR_NAME": "test",
-    "GIT_AUTHOR_EMAIL": "test@example.invalid",
-    "GIT_COMMITTER_NAME": "test",
-    "GIT_COMMITTER_EMAIL": "test@example.invalid",
-}
 DATA_STAGES = {"embed", "clean", "split"}
 
 
@@ -41,27 +34,10 @@ def ran(result: subprocess.CompletedProcess) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", result.stdout + result.stderr))
 
 
-def edit_params(repo: Path, **changes) -> None:
-    path = repo / "params.yaml"
-    params = yaml.safe_load(path.read_text())
-    for dotted, value in changes.items():
-        node = params
-        *parents, key = dotted.split("__")
-        for part in parents:
-            node = node[part]
-        node[key] = value
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
-
-
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory, project_root) -> Path:
+def repo(tmp_path_factory) -> Path:
     """A copy of the project's tracked files, as a new git repository with a user CSV source."""
-    repo = tmp_path_factory.mktemp("project")
-    files = sh(project_root, "git", "ls-files", "--cached", "--others", "--exclude-standard").stdout.split()
-    for name in files:
-        if (project_root / name).is_file():
-            (repo / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(project_root / name, repo / name)
+    repo = copy_project(tmp_path_factory.mktemp("project"))
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -70,9 +46,8 @@ def repo(tmp_path_factory, project_root) -> Path:
     (repo / "raw").mkdir()
     table.to_csv(repo / "raw" / "digits.csv", index=False)
     edit_params(repo, data__source="raw/digits.csv", train__epochs=2, split__folds=[0, 1])
-    sh(repo, "git", "init", "-q")
     sh(repo, "git", "add", "-A")
-    sh(repo, "git", "commit", "-qm", "copy")
+    sh(repo, "git", "commit", "-qm", "user data")
     return repo
 
 

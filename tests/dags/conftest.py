@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -17,16 +16,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from support import copy_project, free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-
-GIT_ENV = {
-    "GIT_AUTHOR_NAME": "test",
-    "GIT_AUTHOR_EMAIL": "test@example.invalid",
-    "GIT_COMMITTER_NAME": "test",
-    "GIT_COMMITTER_EMAIL": "test@example.invalid",
-}
 
 
 def airflow_env(home: Path, dags: Path, **extra: str) -> dict[str, str]:
@@ -79,37 +72,6 @@ def make_airflow_home(tmp_path_factory: pytest.TempPathFactory, migrated_db: Pat
         return airflow_env(home, dags, **extra)
 
     return make
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
-def copy_project(target: Path) -> Path:
-    """The project's source files (what git would track) as a fresh git repository."""
-    files = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split("\0")
-    for name in files:
-        source = ROOT / name
-        if name and source.is_file() and "__pycache__" not in name and name != "dvc.lock":
-            (target / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target / name)
-    env = {**os.environ, **GIT_ENV}
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-q", "-m", "copy"]):
-        subprocess.run(cmd, cwd=target, env=env, check=True, capture_output=True)
-    return target
 
 
 @pytest.fixture

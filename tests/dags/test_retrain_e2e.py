@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from support import edit_params, local_triton
 
 pytestmark = [pytest.mark.airflow, pytest.mark.triton, pytest.mark.integration]
 
@@ -28,38 +29,10 @@ DAG_ID = "retrain"
 RUN_DATE = "2026-01-26"  # demo mode: the batches of 01-05 .. 01-26 (4 of 6)
 
 
-def edit_params(project: Path, **changes) -> None:
-    """Set dotted keys (`train__epochs=3`) in the copy's params.yaml."""
-    path = project / "params.yaml"
-    params = yaml.safe_load(path.read_text())
-    for dotted, value in changes.items():
-        node = params
-        *parents, key = dotted.split("__")
-        for part in parents:
-            node = node[part]
-        node[key] = value
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
-
-
 @pytest.fixture(scope="module")
-def triton(tmp_path_factory: pytest.TempPathFactory, helpers) -> Iterator:
-    from serving.server import ServerSettings, start_server, stop_server
-
-    state = tmp_path_factory.mktemp("triton")
-    http, grpc, metrics = helpers.free_ports(3)
-    settings = ServerSettings(
-        repository=state / "models",
-        state_dir=state / "state",
-        http_port=http,
-        grpc_port=grpc,
-        metrics_port=metrics,
-        start_timeout_s=60.0,
-    )
-    start_server(settings)
-    try:
+def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    with local_triton(tmp_path_factory.mktemp("triton")) as settings:
         yield settings
-    finally:
-        stop_server(settings)
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from support import free_ports, local_triton
 
 ROOT = Path(__file__).resolve().parents[2]
 BACKEND = ROOT / "serving" / "backend" / "model.py"
@@ -121,18 +121,6 @@ def build_candidate(
     return out
 
 
-def free_ports(count: int) -> list[int]:
-    """Ports nothing listens on right now (bound then released by the OS)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
 @pytest.fixture
 def unused_port() -> int:
     return free_ports(1)[0]
@@ -158,23 +146,8 @@ def make_candidate(tmp_path: Path) -> Callable[..., Path]:
 @pytest.fixture(scope="session")
 def triton_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     """One real tritonserver for the session, on free ports, stopped by its PID at the end."""
-    from serving.server import ServerSettings, start_server, stop_server
-
-    state = tmp_path_factory.mktemp("triton")
-    http, grpc, metrics = free_ports(3)
-    settings = ServerSettings(
-        repository=state / "models",
-        state_dir=state / "state",
-        http_port=http,
-        grpc_port=grpc,
-        metrics_port=metrics,
-        start_timeout_s=60.0,
-    )
-    start_server(settings)
-    try:
+    with local_triton(tmp_path_factory.mktemp("triton")) as settings:
         yield settings
-    finally:
-        stop_server(settings)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,89 @@
+"""Plain helpers shared by the test folders (importable: pytest puts tests/ on sys.path)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Tests commit in throwaway repositories; CI machines may have no git identity.
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "test",
+    "GIT_AUTHOR_EMAIL": "test@example.invalid",
+    "GIT_COMMITTER_NAME": "test",
+    "GIT_COMMITTER_EMAIL": "test@example.invalid",
+}
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports nothing listens on right now (bound then released by the OS)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def copy_project(target: Path) -> Path:
+    """The project's source files (what git would track, without dvc.lock) as a fresh git repository."""
+    files = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\0")
+    for name in files:
+        source = ROOT / name
+        if name and source.is_file() and "__pycache__" not in name and name != "dvc.lock":
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+    env = {**os.environ, **GIT_ENV}
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-q", "-m", "copy"]):
+        subprocess.run(cmd, cwd=target, env=env, check=True, capture_output=True)
+    return target
+
+
+def edit_params(project: Path, **changes) -> None:
+    """Set dotted keys, spelt with double underscores (`train__epochs=3`), in a copy's params.yaml."""
+    path = project / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    for dotted, value in changes.items():
+        node = params
+        *parents, key = dotted.split("__")
+        for part in parents:
+            node = node[part]
+        node[key] = value
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@contextlib.contextmanager
+def local_triton(state: Path) -> Iterator:
+    """A real tritonserver on free ports with its repository under `state`, stopped by its PID."""
+    from serving.server import ServerSettings, start_server, stop_server
+
+    http, grpc, metrics = free_ports(3)
+    settings = ServerSettings(
+        repository=state / "models",
+        state_dir=state / "state",
+        http_port=http,
+        grpc_port=grpc,
+        metrics_port=metrics,
+        start_timeout_s=60.0,
+    )
+    start_server(settings)
+    try:
+        yield settings
+    finally:
+        stop_server(settings)
