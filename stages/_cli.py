@@ -25,6 +25,12 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
+def add_split_inputs(p: argparse.ArgumentParser) -> None:
+    """--clean and --split: the inputs of every stage that works on the split rows."""
+    p.add_argument("--clean", required=True, help="clean table (Parquet)")
+    p.add_argument("--split", required=True, help="split assignment table (Parquet)")
+
+
 def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Great Expectations logs its own start-up chatter at INFO.

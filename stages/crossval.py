@@ -48,8 +48,7 @@ def run(table: pd.DataFrame, assignment: pd.DataFrame, params: Params, fold: int
 def main() -> None:
     p = _cli.parser(__doc__.splitlines()[0])
     p.add_argument("--fold", type=int, required=True, help="the fold id to hold out (one of split.folds)")
-    p.add_argument("--clean", required=True, help="clean table (Parquet)")
-    p.add_argument("--split", required=True, help="split assignment table (Parquet)")
+    _cli.add_split_inputs(p)
     p.add_argument("--metrics", required=True, help="JSON metrics file for this fold")
 
     def body(args, params: Params) -> None:

@@ -92,8 +92,7 @@ def run(candidate: Path, test: Rows, params: Params) -> Evaluation:
 def main() -> None:
     p = _cli.parser(__doc__.splitlines()[0])
     p.add_argument("--candidate", required=True, help="candidate folder written by export")
-    p.add_argument("--clean", required=True, help="clean table (Parquet)")
-    p.add_argument("--split", required=True, help="split assignment table (Parquet)")
+    _cli.add_split_inputs(p)
     p.add_argument("--metrics", required=True, help="JSON metrics file")
     p.add_argument("--confusion", required=True, help="CSV of actual,predicted per test row (DVC plot)")
     p.add_argument("--report", required=True, help="JSON per-class report")

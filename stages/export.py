@@ -284,8 +284,7 @@ def run(
 def main() -> None:
     p = _cli.parser(__doc__.splitlines()[0])
     p.add_argument("--model", required=True, help="model file written by train")
-    p.add_argument("--clean", required=True, help="clean table (Parquet)")
-    p.add_argument("--split", required=True, help="split assignment table (Parquet)")
+    _cli.add_split_inputs(p)
     p.add_argument("--out", required=True, help="candidate folder to write (replaced atomically)")
 
     def body(args, params):

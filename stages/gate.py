@@ -178,8 +178,7 @@ def run(args: Any, params: Any) -> Decision:
 def main() -> None:
     p = _cli.parser(__doc__.splitlines()[0])
     p.add_argument("--candidate", required=True, help="candidate folder written by export")
-    p.add_argument("--clean", required=True, help="clean table (Parquet)")
-    p.add_argument("--split", required=True, help="split assignment table (Parquet)")
+    _cli.add_split_inputs(p)
     p.add_argument("--metrics", required=True, help="the candidate's evaluate metrics (JSON)")
     p.add_argument("--report", help="where to write the gate report (default: gate.report in params)")
     decisions: list[Decision] = []

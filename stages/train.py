@@ -49,8 +49,7 @@ def _fmt(metrics: dict[str, float]) -> str:
 
 def main() -> None:
     p = _cli.parser(__doc__.splitlines()[0])
-    p.add_argument("--clean", required=True, help="clean table (Parquet)")
-    p.add_argument("--split", required=True, help="split assignment table (Parquet)")
+    _cli.add_split_inputs(p)
     p.add_argument("--out", required=True, help="model file to write")
     p.add_argument("--checkpoint", required=True, help="checkpoint to resume from and rewrite every epoch")
     p.add_argument("--live", required=True, help="DVCLive folder for per-epoch metrics and plots")
