@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from pipeline.errors import StageError
+
 FORMAT = "triton-retrain/model@1"
 
 
@@ -125,9 +127,9 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         # weights_only refuses any pickle that would import or call something; such a file is
         # either corrupt or crafted, and is never loaded the unsafe way.
         reason = str(error).splitlines()[0]
-        raise ValueError(f"{path}: refused, loading it would need to run code ({reason})") from None
+        raise StageError(f"{path}: refused, loading it would need to run code ({reason})") from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a model file of this project (format {FORMAT!r} expected)")
+        raise StageError(f"{path}: not a model file of this project (format {FORMAT!r} expected)")
     model = build_model(blob["config"])
     model.load_state_dict(blob["state_dict"])
     return model.eval(), blob

@@ -15,13 +15,15 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from pipeline.errors import StageError
+
 DEFAULT_PATH = Path("params.yaml")
 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 Positive = Annotated[int, Field(gt=0)]
 
 
-class ParamsError(ValueError):
+class ParamsError(StageError):
     """params.yaml is missing, unreadable or does not match the schema."""
 
 

@@ -14,12 +14,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.atomic import atomic_path
+from pipeline.errors import StageError
 from pipeline.params import DataParams
 
 TABLE_SUFFIXES = (".parquet", ".csv")
 
 
-class TableError(ValueError):
+class TableError(StageError):
     """The raw table cannot be read as a table at all (missing, empty, not CSV/Parquet)."""
 
 

@@ -40,6 +40,7 @@ from torch import nn
 
 from pipeline import models
 from pipeline.atomic import atomic_path
+from pipeline.errors import StageError
 from pipeline.models import build_model, model_config
 from pipeline.params import DataParams, TrainParams
 from pipeline.tables import feature_columns
@@ -91,7 +92,7 @@ def table_rows(table: pd.DataFrame, features: list[str], data: DataParams) -> Ro
     y = table[data.label].map(index)
     if y.isna().any():
         bad = table.loc[y.isna(), data.label].iloc[0]
-        raise ValueError(f"label {bad!r} is not in data.classes {data.classes}; add it there or clean the data")
+        raise StageError(f"label {bad!r} is not in data.classes {data.classes}; add it there or clean the data")
     return Rows(table[features].to_numpy(np.float32), y.to_numpy(np.int64))
 
 
@@ -99,7 +100,7 @@ def assigned_rows(table: pd.DataFrame, assignment: pd.DataFrame, data: DataParam
     """All rows of the clean table, plus the split's assignment aligned with them row by row."""
     assignment = assignment.sort_values("row", ignore_index=True)
     if not np.array_equal(assignment["row"].to_numpy(), np.arange(len(table))):
-        raise ValueError(
+        raise StageError(
             f"the split assignment ({len(assignment)} rows) does not match the clean table ({len(table)} rows); rerun split"
         )
     return table_rows(table, feature_columns(list(table.columns), data), data), assignment
@@ -154,7 +155,7 @@ def select_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("train.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+        raise StageError("train.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
     return torch.device(name)
 
 

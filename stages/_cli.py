@@ -1,5 +1,9 @@
 """What every stage CLI shares: `--params`, logging, and turning expected failures into a clear
-one-paragraph message and a non-zero exit instead of a traceback."""
+one-paragraph message and a non-zero exit instead of a traceback.
+
+Expected failures are named, not guessed: `pipeline.errors.StageError` (and its subclasses, such
+as `ParamsError` and `TableError`) print as `<stage> failed: <message>`. Anything else, a
+`ValueError` from inside numpy or torch included, is a bug and keeps its traceback."""
 
 from __future__ import annotations
 
@@ -8,15 +12,14 @@ import logging
 import sys
 from collections.abc import Callable
 
-from pipeline.params import DEFAULT_PATH, Params, ParamsError, load_params
+from pipeline.errors import StageError
+from pipeline.params import DEFAULT_PATH, Params, load_params
 
+__all__ = ["EXPECTED", "StageError", "add_split_inputs", "main", "parser", "setup_logging"]
 
-class StageError(RuntimeError):
-    """An expected failure (bad data, bad params, failed check): the message says what to do."""
-
-
-# Failures a person can act on: printed without a traceback.
-EXPECTED: tuple[type[BaseException], ...] = (StageError, ParamsError, ValueError, FileNotFoundError)
+# Failures a person can act on: printed without a traceback (ParamsError and TableError are
+# StageErrors too).
+EXPECTED: tuple[type[BaseException], ...] = (StageError,)
 
 
 def parser(description: str) -> argparse.ArgumentParser:

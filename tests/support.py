@@ -87,3 +87,63 @@ def local_triton(state: Path) -> Iterator:
         yield settings
     finally:
         stop_server(settings)
+
+
+# Throwaway credentials for the local S3 API server: moto accepts any key, and nothing real is
+# ever reachable from the tests.
+S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing-secret",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+@contextlib.contextmanager
+def moto_s3(*buckets: str, timeout_s: float = 30.0) -> Iterator[str]:
+    """A real S3 API server (moto's server mode, as DVC's own tests use) on a free 127.0.0.1 port,
+    with `buckets` created; yields its endpoint URL and stops the process afterwards.
+
+    Clients need S3_ENV (any key id and secret) and the endpoint URL."""
+    import sys
+    import time
+    import urllib.error
+    import urllib.request
+
+    (port,) = free_ports(1)
+    endpoint = f"http://127.0.0.1:{port}"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, **S3_ENV},
+    )
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1).close()  # noqa: S310 - 127.0.0.1
+                break
+            except (urllib.error.URLError, OSError):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"moto server did not start on {endpoint} (exit {process.poll()})") from None
+                time.sleep(0.1)
+        if buckets:
+            import boto3
+
+            s3 = boto3.client(
+                "s3",
+                endpoint_url=endpoint,
+                aws_access_key_id=S3_ENV["AWS_ACCESS_KEY_ID"],
+                aws_secret_access_key=S3_ENV["AWS_SECRET_ACCESS_KEY"],
+                region_name=S3_ENV["AWS_DEFAULT_REGION"],
+            )
+            for bucket in buckets:
+                s3.create_bucket(Bucket=bucket)
+        yield endpoint
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from pipeline.errors import StageError
 from pipeline.models import FORMAT, build_model, load_model, model_config, save_model
 
 
@@ -49,7 +50,7 @@ def test_a_model_file_that_would_run_code_is_refused(tmp_path):
     state = build_model(_config()).state_dict()
     torch.save({"format": FORMAT, "config": _config(), "state_dict": state, "x": _RunsCode(marker)}, path)
 
-    with pytest.raises(ValueError, match="refused"):
+    with pytest.raises(StageError, match="refused"):
         load_model(path)
     assert not marker.exists()
 
@@ -60,5 +61,5 @@ def test_a_model_file_that_would_run_code_is_refused(tmp_path):
 
 def test_a_file_of_another_format_is_refused(tmp_path):
     torch.save({"format": "something-else"}, tmp_path / "other.pt")
-    with pytest.raises(ValueError, match="not a model file"):
+    with pytest.raises(StageError, match="not a model file"):
         load_model(tmp_path / "other.pt")
