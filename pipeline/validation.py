@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import html
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,11 +102,32 @@ def row_profile(table: pd.DataFrame, features: list[str], label: str, chunk: int
     )
 
 
+def expected_features(features: list[str], contract: DataParams) -> list[str]:
+    """The feature names the contract expects, given the ones the table has.
+
+    Image rows are numbered pixels (`px_0`..`px_63`): a missing or renamed one shifts every later
+    pixel, so when every feature is the prefix plus a number the full numbered set is expected
+    (numbered from 0, or from 1 when that fits the table better). Otherwise the contract names no
+    columns and the table's own features are expected.
+    """
+    n = contract.n_features
+    pattern = re.compile(re.escape(contract.feature_prefix) + r"(\d+)")
+    numbers = [m and int(m.group(1)) for m in map(pattern.fullmatch, features)]
+    if n is None or not features or None in numbers:
+        return features
+    present = set(features)
+
+    def numbered(base: int) -> list[str]:
+        return [f"{contract.feature_prefix}{i}" for i in range(base, base + n)]
+
+    return min(numbered(0), numbered(1), key=lambda names: len(present.symmetric_difference(names)))
+
+
 def _expectations(contract: DataParams, clean: CleanParams, features: list[str]) -> dict[str, list]:
     import great_expectations as gx
 
     E = gx.expectations
-    expected_columns = [contract.label, *features]
+    expected_columns = [contract.label, *expected_features(features, contract)]
     table_checks = [
         ("label column present", E.ExpectColumnToExist(column=contract.label)),
         (
@@ -232,23 +254,44 @@ def row_reason(table: pd.DataFrame, row: int, failed: list[str], contract: DataP
     return "; ".join(parts)
 
 
-def describe_failure(check: CheckResult, contract: DataParams) -> str:
+def _natural(name: str) -> list:
+    """Sort key that puts px_2 before px_10."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def describe_failure(check: CheckResult, contract: DataParams, columns: list[str]) -> str:
     """One line a person can act on: which check, which column, an example value."""
     if check.name == "label column present":
         return f"label column {contract.label!r} is missing (data.label in params.yaml names it)"
     if check.name == "no unexpected columns":
         mismatched = check.details.get("mismatched", {})
-        missing, unexpected = mismatched.get("missing", []), mismatched.get("unexpected", [])
+        named = ", ".join(
+            f"{what} {sorted(map(str, names), key=_natural)[:5]}"
+            for what, names in (
+                ("missing", mismatched.get("missing") or []),
+                ("unexpected", mismatched.get("unexpected") or []),
+            )
+            if names
+        )
         return (
-            f"columns do not match the contract: missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]} "
+            f"columns do not match the contract: {named} "
             f"(features are the columns starting with {contract.feature_prefix!r})"
         )
     if check.name == "enough rows":
         return f"too few rows: {check.observed} (clean.min_rows requires more)"
     if check.name == "feature count matches image_shape":
+        features = feature_columns(columns, contract)
+        expected = expected_features(features, contract)
+        missing = [c for c in expected if c not in set(features)]
+        unexpected = [c for c in columns if c != contract.label and c not in set(expected)]
+        named = "".join(
+            f"; {what} {names[:5]}{' ...' if len(names) > 5 else ''}"
+            for what, names in (("missing", missing), ("unexpected", unexpected))
+            if names
+        )
         return (
             f"expected {contract.n_features} feature columns for image_shape {contract.image_shape} plus "
-            f"{contract.label!r}, found {check.observed} columns in all"
+            f"{contract.label!r}, found {len(features)} feature columns ({check.observed} columns in all){named}"
         )
     if check.name == "features are numeric":
         return f"non-numeric feature column(s) {check.examples} (wrong type; every feature must be a number)"

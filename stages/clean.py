@@ -9,6 +9,7 @@ so the outputs of the last good run stay as they were.
 from __future__ import annotations
 
 import logging
+import os
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +37,18 @@ class CleanResult:
     report_html: str
 
 
+def _what_happened_to_outputs() -> str:
+    """Nothing is written on failure, but under `dvc repro` (which sets DVC_STAGE for the command)
+    DVC has already removed the stage's outputs before it started; its cache still holds them."""
+    stage = os.environ.get("DVC_STAGE")
+    if stage:
+        return (
+            "This run wrote nothing, but DVC removed the previous outputs before the stage started; "
+            f"`dvc checkout {stage}` restores those of the last good run (recorded in dvc.lock)."
+        )
+    return "This run wrote nothing: the previous outputs are untouched."
+
+
 def run(raw: pd.DataFrame, contract: DataParams, params: CleanParams) -> CleanResult:
     """Validate `raw`; split it into kept rows and quarantined rows (with a reason each)."""
     outcome = validate(raw, contract, params)
@@ -49,7 +62,7 @@ def run(raw: pd.DataFrame, contract: DataParams, params: CleanParams) -> CleanRe
     }
     report = render_report(outcome.checks, summary, dict(reasons))
 
-    problems = [describe_failure(check, contract) for check in outcome.table_failures]
+    problems = [describe_failure(check, contract, list(raw.columns)) for check in outcome.table_failures]
     if share > params.max_quarantine_share:
         examples = []
         for name in ROW_REASONS:
@@ -66,7 +79,7 @@ def run(raw: pd.DataFrame, contract: DataParams, params: CleanParams) -> CleanRe
     if problems:
         raise ValidationFailed(
             "raw table failed validation:\n  - " + "\n  - ".join(problems) + "\nFix the data (or the contract in "
-            "params.yaml `data`/`clean`) and rerun; the previous outputs are untouched."
+            f"params.yaml `data`/`clean`) and rerun. {_what_happened_to_outputs()}"
         )
 
     bad = sorted(outcome.bad_rows)
