@@ -1,8 +1,9 @@
 """split: stratified train/validation/test assignment, plus k-fold ids over the training part.
 
-The output is an assignment table (`row`, `split`, `fold`) rather than three copies of the data:
-row `i` of the clean table goes to `split` (train | val | test); training rows also carry the
-fold (0..k-1) they are held out in during cross-validation, other rows carry -1.
+Only the label column of the clean table is read (a row's id is its position), never the
+features. The output is an assignment table (`row`, `split`, `fold`) rather than three copies of
+the data: row `i` of the clean table goes to `split` (train | val | test); training rows also
+carry the fold (0..k-1) they are held out in during cross-validation, other rows carry -1.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import numpy as np
 import pandas as pd
 
 from pipeline import atomic
-from pipeline.params import SplitParams
-from pipeline.tables import read_parquet, write_parquet
+from pipeline.engines import local
+from pipeline.params import Params, SplitParams
+from pipeline.tables import write_parquet
 from stages import _cli
 
 log = logging.getLogger(__name__)
@@ -70,6 +72,17 @@ def run(labels: np.ndarray, params: SplitParams) -> tuple[pd.DataFrame, dict[str
     return assignment, metrics
 
 
+def run_file(clean_path: str, params: Params) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Split the clean table at `clean_path`, reading only its label column, on params.engine."""
+    if params.engine.name == "spark":
+        from pipeline.engines import spark
+
+        labels = spark.read_labels(clean_path, params.data.label, params.engine)
+    else:
+        labels = local.read_labels(clean_path, params.data.label)
+    return run(labels, params.split)
+
+
 def main() -> None:
     p = _cli.parser(__doc__.splitlines()[0])
     p.add_argument("--clean", required=True, help="clean table (Parquet)")
@@ -77,8 +90,7 @@ def main() -> None:
     p.add_argument("--metrics", required=True, help="JSON metrics file")
 
     def body(args, params):
-        labels = read_parquet(args.clean, columns=[params.data.label])[params.data.label].to_numpy()
-        assignment, metrics = run(labels, params.split)
+        assignment, metrics = run_file(args.clean, params)
         write_parquet(assignment, args.out)
         atomic.write_json(args.metrics, metrics)
 
