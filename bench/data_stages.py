@@ -120,7 +120,7 @@ def measure(task: str, raw: Path, workdir: Path) -> dict:
         extra = {"kept": metrics["rows_kept"], "quarantined": metrics["rows_quarantined"]}
     else:
         assignment, _ = split.run_file(str(workdir / "clean-local.parquet"), params(path))
-        write_parquet(assignment, workdir / f"split-{path}.parquet")
+        write_parquet(assignment, workdir / f"split-{path}.parquet", **split.WRITE_OPTIONS)
     return {"seconds": time.perf_counter() - start, **extra}
 
 

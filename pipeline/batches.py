@@ -1,9 +1,9 @@
 """A raw table as a stream of Arrow record batches with one schema, in bounded memory.
 
-- Parquet goes through pyarrow's dataset scanner without pre-buffering, one file at a time, so
-  memory follows the batch and the file's row groups rather than the table. (A row group is the
-  smallest unit a Parquet reader decodes: a file written as one 1M-row group costs that much to
-  read whatever the batch size; `large_row_groups` names such files so the log can say so.)
+- Parquet is read one row group at a time, so memory follows the file's row groups and the batch
+  rather than the table. (A row group is the smallest unit a Parquet reader decodes: a file
+  written as one 1M-row group costs that much to read whatever the batch size;
+  `large_row_groups` names such files so the log can say so.)
 - CSV goes through pyarrow's streaming reader. Its type inference looks only at the first block,
   so feature columns are read as float64 from the start: a decimal point or a gap in a later
   block then reads as a number (or a null), and a word reads as a conversion error that names the
@@ -22,14 +22,12 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from pipeline.params import DataParams
 from pipeline.tables import TableError, feature_columns, source_files
 
 CSV_BLOCK_BYTES = 16 << 20  # CSV text parsed at a time; batches are then merged up to the batch size
-READ_BUFFER_BYTES = 1 << 20  # Parquet column chunks are read through a buffer of this size
 LARGE_ROW_GROUP_BYTES = 512 << 20  # above this much raw data per row group the log warns
 
 
@@ -145,9 +143,11 @@ def _file_schema(path: Path, contract: DataParams) -> pa.Schema:
 
 
 def _parquet_batches(path: Path, batch_rows: int) -> Iterator[pa.RecordBatch]:
-    options = ds.ParquetFragmentScanOptions(pre_buffer=False, use_buffered_stream=True, buffer_size=READ_BUFFER_BYTES)
-    dataset = ds.dataset(path, format=ds.ParquetFileFormat(default_fragment_scan_options=options))
-    yield from dataset.to_batches(batch_size=batch_rows, batch_readahead=0, fragment_readahead=0)
+    # One row group at a time, synchronously: pyarrow's dataset scanner reads ahead while a slow
+    # consumer (validation, the writer) works, and its queue grew to several row groups.
+    reader = pq.ParquetFile(path)
+    for group in range(reader.num_row_groups):
+        yield from reader.read_row_group(group).to_batches(max_chunksize=batch_rows)
 
 
 def _open_csv(path: Path, contract: DataParams | None) -> pacsv.CSVStreamingReader:

@@ -77,7 +77,7 @@ class CleanParams(Section):
     min_rows: Positive = 100
     max_quarantine_share: Fraction = 0.05
     max_duplicate_share: Fraction = 0.02
-    batch_mb: Annotated[float, Field(gt=0.0)] = 64.0
+    batch_mb: Annotated[float, Field(gt=0.0)] = 16.0
 
 
 class EngineParams(Section):

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 from pipeline.atomic import atomic_path
 from pipeline.batches import row_width
 
-ROW_GROUP_BYTES = 64 << 20  # raw bytes per row group, at most MAX_ROW_GROUP_ROWS rows
+ROW_GROUP_BYTES = 32 << 20  # raw bytes per row group, at most MAX_ROW_GROUP_ROWS rows
 MAX_ROW_GROUP_ROWS = 65_536
 _INTEGER_TYPES = (pa.uint8(), pa.int8(), pa.uint16(), pa.int16(), pa.int32(), pa.int64())
 
@@ -149,7 +149,7 @@ class CompactTypes:
         self._fractional: set[str] = set()
 
     @staticmethod
-    def _tracked(t: pa.DataType) -> bool:
+    def tracked(t: pa.DataType) -> bool:
         # uint8 is already the smallest type; booleans and text keep their type.
         return (pa.types.is_integer(t) or pa.types.is_floating(t)) and t != pa.uint8()
 
@@ -157,23 +157,30 @@ class CompactTypes:
         if batch.num_rows == 0:
             return
         for field, column in zip(self.schema, batch.columns, strict=True):
-            if not self._tracked(field.type):
+            if not self.tracked(field.type):
                 continue
             if pa.types.is_floating(field.type) and field.name not in self._fractional:
                 finite = pc.all(pc.is_finite(column)).as_py()
                 if not finite or not pc.all(pc.equal(column, pc.round(column))).as_py():
                     self._fractional.add(field.name)
             bounds = pc.min_max(column).as_py()
-            if bounds["min"] is not None:
-                self._lo[field.name] = min(self._lo.get(field.name, np.inf), bounds["min"])
-                self._hi[field.name] = max(self._hi.get(field.name, -np.inf), bounds["max"])
+            self.observe(field.name, bounds["min"], bounds["max"])
+
+    def observe(self, name: str, lo: float | None, hi: float | None, fractional: bool = False) -> None:
+        """Values from `lo` to `hi` were written to column `name` (some not whole numbers, if
+        `fractional`); None, None = no rows."""
+        if fractional:
+            self._fractional.add(name)
+        if lo is not None and hi is not None:
+            self._lo[name] = min(self._lo.get(name, np.inf), lo)
+            self._hi[name] = max(self._hi.get(name, -np.inf), hi)
 
     def types(self) -> pa.Schema:
         """The schema to commit with: each tracked column in its smallest exact type."""
         fields = []
         for field in self.schema:
             kind = field.type
-            if self._tracked(kind):
+            if self.tracked(kind):
                 if field.name in self._fractional:
                     kind = pa.float32()
                 elif field.name not in self._lo:  # no rows

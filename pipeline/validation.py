@@ -195,8 +195,11 @@ class GxView:
         import great_expectations as gx
 
         sources = context.data_sources
-        add = sources.add_pandas if source == "pandas" else sources.add_spark
-        asset = add(f"{key}_source").add_dataframe_asset(key)
+        if source == "pandas":
+            datasource = sources.add_pandas(f"{key}_source")
+        else:  # the caller's session and caching, not GX's own
+            datasource = sources.add_spark(f"{key}_source", persist=False)
+        asset = datasource.add_dataframe_asset(key)
         batch = asset.add_batch_definition_whole_dataframe(f"{key}_batch")
         suite = context.suites.add(gx.ExpectationSuite(name=f"{key}_suite"))
         for _, expectation in checks:
@@ -360,6 +363,14 @@ class StreamValidation:
                 self._results["rows", name] = check_result("rows", name, res)
         for name, check in self._rows.items():
             self._results["rows", name] = check.result()
+        return self.tally()
+
+    def record(self, view: str, name: str, result: CheckResult) -> None:
+        """A result found elsewhere (another engine's run of the same check)."""
+        self._results[view, name] = result
+
+    def tally(self) -> Tally:
+        """Every check's result so far, in the suite's order, with the row counts."""
         checks = [self._results[key] for key in self._order if key in self._results]
         return Tally(
             checks,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -67,7 +68,7 @@ def run_source(source: str, params: Params, out: str, quarantine: str) -> tuple[
     if params.engine.name == "spark":
         from pipeline.engines import spark
 
-        return spark.clean(source, params.data, params.clean, params.engine, open_sink)
+        return spark.clean(source, params.data, params.clean, params.engine, open_sink, staging=Path(out).parent)
     stream = batches.open_source(source, params.data, params.clean.batch_mb)
     return local.clean(stream, params.data, params.clean, open_sink)
 

@@ -100,4 +100,6 @@ def _reason(frame, rows: list[int], contract: DataParams, row: int, names: list[
 def read_labels(clean_path: str, label: str) -> np.ndarray:
     """The label column of the clean table, in row order (the row id is the position); the
     feature columns are never read."""
-    return pq.read_table(clean_path, columns=[label]).column(label).to_numpy()
+    reader = pq.ParquetFile(clean_path)
+    groups = [reader.read_row_group(i, columns=[label]).column(label) for i in range(reader.num_row_groups)]
+    return pa.chunked_array(groups, reader.schema_arrow.field(label).type).to_numpy()
