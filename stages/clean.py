@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -68,7 +67,7 @@ def run_source(source: str, params: Params, out: str, quarantine: str) -> tuple[
     if params.engine.name == "spark":
         from pipeline.engines import spark
 
-        return spark.clean(source, params.data, params.clean, params.engine, open_sink, staging=Path(out).parent)
+        return spark.clean(source, params.data, params.clean, params.engine, open_sink)
     stream = batches.open_source(source, params.data, params.clean.batch_mb)
     return local.clean(stream, params.data, params.clean, open_sink)
 
