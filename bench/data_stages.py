@@ -14,8 +14,10 @@ is read from /proc (VmHWM):
     python bench/data_stages.py --spark          # also Spark local[*] at each size
     python bench/data_stages.py --rows 7000 70000
 
-Seconds are wall-clock seconds of the stage's work (process start and imports excluded); `cpu s`
-is user+system CPU of the whole child. On a shared machine compare the ratios, not the seconds.
+Seconds are wall-clock seconds of the stage's work (process start and imports excluded; for
+Spark the session's start too); `cpu s` is user+system CPU of the Python process (Spark's JVM
+works outside it). Spark's peak is the Python driver's, plus its JVM's (which in local mode runs
+the executors too). On a shared machine compare the ratios, not the seconds.
 """
 
 from __future__ import annotations
@@ -100,6 +102,18 @@ def params(engine: str):
 
 def measure(task: str, raw: Path, workdir: Path) -> dict:
     """Run one stage in this process (called in a child); returns seconds and counts."""
+    path, stage = task.split("-")
+    if path == "spark":  # one session for the stage, whose JVM's peak memory is read before it stops
+        from pipeline.engines import spark
+
+        with spark.session(params("spark").engine, f"bench {stage}") as session:
+            result = _run(task, raw, workdir)
+            result["jvm_peak_mb"] = peak_mb(session.sparkContext._gateway.proc.pid)
+        return result
+    return _run(task, raw, workdir)
+
+
+def _run(task: str, raw: Path, workdir: Path) -> dict:
     sys.path.insert(0, str(ROOT / "bench"))
     from pipeline.tables import write_parquet
     from stages import clean, split
@@ -133,11 +147,11 @@ def child(*args: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def peak_mb() -> float:
-    """This process's peak resident memory. Not ru_maxrss: on Linux a child started from a big
+def peak_mb(pid: int | str = "self") -> float:
+    """A process's peak resident memory. Not ru_maxrss: on Linux a child started from a big
     parent inherits the parent's high-water mark there, which is how an earlier version of this
     bench reported ~1.6 GB for split."""
-    for line in Path("/proc/self/status").read_text().splitlines():
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -180,7 +194,8 @@ def main() -> None:
                     r = results[rows, path, stage] = child(f"{path}-{stage}", str(raw), str(work))
                     print(
                         f"{rows:>9,} {cells:>7.1f} {path:>6} {stage:>5} {r['seconds']:>8.2f} {r['cpu']:>7.1f} "
-                        f"{r['seconds'] / cells:>9.3f} {r['peak_mb']:>8.0f} {r['peak_mb'] / cells:>10.2f}",
+                        f"{r['seconds'] / cells:>9.3f} {r['peak_mb']:>8.0f} {r['peak_mb'] / cells:>10.2f}"
+                        + (f"  (+ Spark JVM {r['jvm_peak_mb']:.0f} MB)" if "jvm_peak_mb" in r else ""),
                         flush=True,
                     )
                     if stage == "clean":
@@ -202,7 +217,7 @@ def report(results: dict, sizes: list[int]) -> None:
         if spark and new:
             print(
                 f"  {rows:>9,} rows: spark/local clean time x{spark['seconds'] / new['seconds']:.2f}, "
-                f"driver peak x{spark['peak_mb'] / new['peak_mb']:.2f}"
+                f"driver peak (Python + JVM) x{(spark['peak_mb'] + spark['jvm_peak_mb']) / new['peak_mb']:.2f}"
             )
     print("targets:")
     at = {rows: results.get((rows, "local", "clean")) for rows in sizes}
