@@ -70,7 +70,10 @@ def edit_params(project: Path, **changes) -> None:
 
 @contextlib.contextmanager
 def local_triton(state: Path) -> Iterator:
-    """A real tritonserver on free ports with its repository under `state`, stopped by its PID."""
+    """A real tritonserver on free ports with its repository under `state`, stopped by its PID.
+
+    Its model control is restricted to its key: talk to it with `ClientSettings.local(settings)`,
+    or give a Connection the extra `control_key: settings.read_control_key()`."""
     from serving.server import ServerSettings, start_server, stop_server
 
     http, grpc, metrics = free_ports(3)

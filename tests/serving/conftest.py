@@ -156,5 +156,5 @@ def serving_settings(triton_server):
     from serving.client import ClientSettings
     from serving.push import ServingSettings
 
-    client = ClientSettings(url=f"127.0.0.1:{triton_server.http_port}", timeout_s=30.0, retries=1, backoff_s=0.1)
+    client = ClientSettings.local(triton_server, timeout_s=30.0, retries=1, backoff_s=0.1)
     return ServingSettings(client=client, repository=triton_server.repository, load_timeout_s=60.0, retention=3)
