@@ -151,6 +151,8 @@ class ExportParams(Section):
     max_queue_delay_microseconds: Annotated[int, Field(ge=0)] = 100
     preferred_batch_sizes: list[Positive] = []
     instance_count: Positive = 1
+    intra_op_threads: Annotated[int, Field(ge=0)] = 1
+    intra_op_spinning: bool = False
     gpu_instance_count: Positive = 1
 
     @model_validator(mode="after")
