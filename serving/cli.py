@@ -16,6 +16,7 @@ from typing import Any
 from pipeline.params import DEFAULT_PATH, Params, ParamsError, load_params
 from serving import push as ops
 from serving.client import ClientError, ServerUnreachable, TritonClient
+from serving.metrics import MetricsUnavailable, VersionCounters, live_counters
 from serving.repository import RepositoryError, TritonRepository
 from serving.server import ServerError, ServerSettings, server_state, start_server, stop_server
 
@@ -36,20 +37,46 @@ def _data_text(data: dict[str, Any]) -> str:
     return " ".join(parts) or "-"
 
 
-def format_status(status: ops.Status, server_process: str | None = None) -> str:
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _counter_text(counters: VersionCounters | None) -> str:
+    if counters is None:
+        return f"{'-':>9} {'-':>8} {'-':>9} {'-':>10}"
+    return (
+        f"{counters.requests:>9} {counters.failures:>8} {_ms(counters.avg_queue_ms):>9} "
+        f"{_ms(counters.avg_compute_ms):>10}"
+    )
+
+
+def format_status(
+    status: ops.Status,
+    server_process: str | None = None,
+    counters: dict[tuple[str, int], VersionCounters] | None = None,
+    counters_note: str | None = None,
+) -> str:
+    """The status table; live counters (since each version loaded) from Triton's metrics endpoint."""
+    counters = counters or {}
     lines = [f"server: {status.server}"]
     if server_process:
         lines.append(f"local process: {server_process}")
+    if counters_note:
+        lines.append(f"live counters: {counters_note}")
     if not status.models:
         lines.append("no models in the repository")
     for model in status.models:
         live = {True: "ready", False: "NOT ready", None: "unknown"}[model.live_ready]
         lines.append(f"\nmodel {model.model}: serving version {model.serving} ({live})")
-        header = f"  {'':1} {'version':>7}  {'state':<11} {'commit':<10} {'data':<22} {'pushed_at':<25} metrics"
+        header = (
+            f"  {'':1} {'version':>7}  {'state':<11} {'requests':>9} {'failures':>8} {'queue ms':>9} "
+            f"{'compute ms':>10}  {'commit':<10} {'data':<22} {'pushed_at':<25} metrics"
+        )
         lines.append(header)
         for v in model.versions:
             lines.append(
-                f"  {'*' if v.serving else '':1} {v.version:>7}  {v.state:<11} {(v.git_commit or '-')[:10]:<10} "
+                f"  {'*' if v.serving else '':1} {v.version:>7}  {v.state:<11} "
+                f"{_counter_text(counters.get((model.model, v.version)))}  {(v.git_commit or '-')[:10]:<10} "
                 f"{_data_text(v.data)[:22]:<22} {(v.pushed_at or '-'):<25} {_metric_text(v.metrics)}"
             )
     return "\n".join(lines)
@@ -89,11 +116,24 @@ def cmd_stop(args: argparse.Namespace, params: Params) -> dict[str, Any]:
 
 
 def cmd_status(args: argparse.Namespace, params: Params) -> dict[str, Any]:
-    status = ops.serving_status(ops.ServingSettings.from_params(params.serving), args.model)
+    settings = ops.ServingSettings.from_params(params.serving)
+    status = ops.serving_status(settings, args.model)
     process = server_state(ServerSettings.from_params(params.serving)).describe()
+    note = None
+    try:
+        counters = live_counters(settings.client.metrics_url)
+    except MetricsUnavailable as error:
+        counters, note = {}, str(error)
+    shown = {m.model for m in status.models}
+    counters = {key: value for key, value in counters.items() if key[0] in shown}
     if not args.json:
-        print(format_status(status, process))
-    return {**status.to_dict(), "local_process": process}
+        print(format_status(status, process, counters, note))
+    return {
+        **status.to_dict(),
+        "local_process": process,
+        "counters": [c.to_dict() for _, c in sorted(counters.items())],
+        "counters_error": note,
+    }
 
 
 def cmd_push(args: argparse.Namespace, params: Params) -> dict[str, Any]:

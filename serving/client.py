@@ -47,6 +47,7 @@ CLIENT_ENV = {
     "TRITON_PROTOCOL": "protocol",
     "TRITON_HTTP_PORT": "http_port",
     "TRITON_GRPC_PORT": "grpc_port",
+    "TRITON_METRICS_PORT": "metrics_port",
     "TRITON_STATE_DIR": "state_dir",
     "TRITON_REQUEST_TIMEOUT_S": "request_timeout_s",
     "TRITON_RETRIES": "retries",
@@ -79,6 +80,7 @@ class ClientSettings:
     backoff_s: float = 0.5
     control_key: str | None = field(default=None, repr=False)  # sent as serving.control.HEADER
     allow_insecure_token: bool = False  # send credentials without TLS (only when explicitly configured)
+    metrics_url: str | None = None  # Triton's Prometheus endpoint (live counters in `status`)
 
     def __post_init__(self) -> None:
         if self.ssl or self.allow_insecure_token:
@@ -111,7 +113,9 @@ class ClientSettings:
         skip verification, HTTP; any TRITON_SSL_* turns TLS on), TRITON_ALLOW_INSECURE_TOKEN (1 =
         send credentials without TLS), TRITON_CONTROL_KEY (the model-control key; default: the
         local server's key file in TRITON_STATE_DIR / serving.state_dir, when the URL is that
-        server's), TRITON_RETRIES, TRITON_BACKOFF_S, TRITON_REQUEST_TIMEOUT_S.
+        server's), TRITON_METRICS_URL (Triton's Prometheus endpoint; default: the local server's
+        metrics port, when the URL is that server's), TRITON_RETRIES, TRITON_BACKOFF_S,
+        TRITON_REQUEST_TIMEOUT_S.
         """
         env = os.environ if env is None else env
         resolved = apply_env(params, env, CLIENT_ENV)
@@ -128,9 +132,13 @@ class ClientSettings:
         url, scheme_ssl = split_url(resolved.url or f"127.0.0.1:{local_port}")
         ssl_files = {key: env.get(f"TRITON_SSL_{key.upper()}") or None for key in ("ca_file", "cert_file", "key_file")}
         insecure = _flag(env, "TRITON_SSL_INSECURE")
+        local = _is_local(url, local_port)
         key = env.get("TRITON_CONTROL_KEY") or None
-        if key is None and _is_local(url, local_port):
+        if key is None and local:
             key = control.read_key(Path(resolved.state_dir))
+        metrics_url = env.get("TRITON_METRICS_URL") or (
+            f"http://127.0.0.1:{resolved.metrics_port}/metrics" if local else None
+        )
         return cls(
             url=url,
             protocol=protocol,
@@ -145,6 +153,7 @@ class ClientSettings:
             backoff_s=resolved.backoff_s,
             control_key=key,
             allow_insecure_token=_flag(env, "TRITON_ALLOW_INSECURE_TOKEN"),
+            metrics_url=metrics_url,
         )
 
     @classmethod
@@ -154,7 +163,9 @@ class ClientSettings:
         key = server.read_control_key()
         if key is None:
             raise ParamsError(f"no model-control key in {server.state_dir}: is the server there running?")
-        return cls(url=f"127.0.0.1:{port}", protocol=protocol, control_key=key, **kwargs)
+        return cls(
+            url=f"127.0.0.1:{port}", protocol=protocol, control_key=key, metrics_url=server.metrics_url, **kwargs
+        )
 
     def describe(self) -> str:
         return f"{self.protocol}{'s' if self.ssl else ''}://{self.url}"

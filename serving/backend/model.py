@@ -76,7 +76,8 @@ class TritonPythonModel:
             )
 
     def execute(self, requests):
-        """One response per request, in order; one onnxruntime run for the whole batch."""
+        """One response per request, in order; one onnxruntime run for the whole batch (a failure
+        of that run fails every request of the batch)."""
         batches = [
             pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy().astype(self.input_dtype, copy=False)
             for request in requests
@@ -84,11 +85,11 @@ class TritonPythonModel:
         try:
             merged = batches[0] if len(batches) == 1 else np.concatenate(batches, axis=0)
             (outputs,) = self.session.run([self.output_name], {self.input_name: merged})
-        except Exception as error:  # onnxruntime raises its own types; every request gets the message
-            message = f"onnxruntime failed: {error}"
-            return [
-                pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message)) for _ in requests
-            ]
+        except Exception as error:  # onnxruntime raises its own types
+            # Raised, not returned as error responses: the Python backend then fails every request
+            # of the batch with this message, and Triton counts them as failures in its metrics
+            # (error responses count as successes there), so `serving status` shows them.
+            raise pb_utils.TritonModelException(f"onnxruntime failed: {error}") from error
         outputs = outputs.astype(self.output_dtype, copy=False)
         bounds = np.cumsum([len(batch) for batch in batches])[:-1]
         return [

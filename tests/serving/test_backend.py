@@ -103,7 +103,8 @@ def test_backend_refuses_config_that_does_not_match_the_onnx_file(tmp_path, para
         )
 
 
-def test_backend_answers_every_request_with_the_error_when_onnxruntime_fails(tmp_path, params, backend):
+def test_backend_fails_the_batch_with_the_error_when_onnxruntime_fails(tmp_path, params, backend):
+    """Raised, so that Triton fails each request of the batch and counts them as failures."""
     folder, config_json = _repository(tmp_path, params, SIGNATURE)
     model = backend.TritonPythonModel()
     model.initialize({"model_config": config_json, "model_repository": str(folder), "model_version": "1"})
@@ -111,8 +112,8 @@ def test_backend_answers_every_request_with_the_error_when_onnxruntime_fails(tmp
         {"input": _Tensor("input", np.zeros((1, 3), np.float32))},
         {"input": _Tensor("input", np.zeros((2, 3), np.float32))},
     ]
-    responses = model.execute(bad)
-    assert len(responses) == 2 and all("onnxruntime failed" in r.error for r in responses)
+    with pytest.raises(backend.pb_utils.TritonModelException, match="onnxruntime failed"):
+        model.execute(bad)
 
 
 def _initialized(tmp_path, params, backend, export):

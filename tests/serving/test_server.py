@@ -80,6 +80,13 @@ def test_start_push_restart_stop_by_pid(tmp_path, make_candidate, unused_ports):
         code, status = serving_cli("status", env=env)
         (model,) = status["models"]
         assert code == 0 and (model["model"], model["serving"], model["live_ready"]) == ("cli", 1, True)
+        # live counters of the restarted server: the golden rows of `sample` are its only request
+        code, sampled = serving_cli("sample", "--model", "cli", env=env)
+        assert code == 0 and sampled["predicted"] == sampled["expected"]
+        code, status = serving_cli("status", env=env)
+        (counters,) = status["counters"]
+        assert (counters["model"], counters["version"], counters["requests"], counters["failures"]) == ("cli", 1, 1, 0)
+        assert status["counters_error"] is None and counters["avg_compute_ms"] > 0
     finally:
         serving_cli("stop", env=env)
     assert not (state / "tritonserver.pid").exists()
