@@ -26,8 +26,16 @@ with the goals:
 - rows/s of ours / in-process onnxruntime with 64-row requests (goal >= 0.5);
 - p99/p50 latency of ours at c=16 (goal <= 2.5).
 The last line is the raw numbers as JSON. Without models/candidate the toy model of serving/toy.py
-(64 features, 10 classes) stands in. --perf-analyzer runs Triton's own load generator (a binary
-from the tritonclient 2.51.0 wheel, see the README) against ours and noop beside our figures.
+(64 features, 10 classes) stands in.
+
+--perf-analyzer PATH also runs Triton's own C++ load generator against ours and noop (1-row
+requests, c=1 and c=16) and prints its stack efficiency beside ours. The last wheel that ships a
+perf_analyzer this glibc runs is tritonclient 2.51.0 (manylinux1); take the binary out of it
+without installing that wheel over the client:
+
+    pip download --no-deps --only-binary=:all: --platform manylinux1_x86_64 tritonclient==2.51.0 -d /tmp/pa
+    unzip -j /tmp/pa/tritonclient-2.51.0-*.whl '*/bin/perf_analyzer' -d /tmp/pa && chmod +x /tmp/pa/perf_analyzer
+    python bench/serving_latency.py --perf-analyzer /tmp/pa/perf_analyzer
 """
 
 from __future__ import annotations
@@ -57,7 +65,14 @@ from pipeline.params import ExportParams, load_params  # noqa: E402
 from serving import configs  # noqa: E402
 from serving.client import ClientSettings, TritonClient  # noqa: E402
 from serving.repository import load_candidate, parse_config  # noqa: E402
-from serving.server import ServerSettings, free_ports, read_pid, start_server, stop_server  # noqa: E402
+from serving.server import (  # noqa: E402
+    ServerSettings,
+    _libs_dir,
+    free_ports,
+    read_pid,
+    start_server,
+    stop_server,
+)
 from serving.toy import BACKEND, NOOP_BACKEND, build_candidate  # noqa: E402
 
 CELLS = [(1, 1), (16, 1), (1, 64), (16, 64)]  # (concurrency, rows per request)
@@ -235,23 +250,43 @@ def budget(rows: int, requests: int, seconds: float) -> tuple[int, float]:
     return (requests if rows == 1 else max(requests // 8, 50)), seconds
 
 
-def perf_analyzer(binary: str, protocol: str, port: int, model: str, concurrency: int, rows: int) -> float | None:
-    """Triton's own load generator: infer/s at one concurrency (None when it fails)."""
+def perf_analyzer_env(scratch: Path) -> dict[str, str]:
+    """perf_analyzer 2.51 links libb64.so.0d and libcudart.so.12: the nvidia-pytriton wheel ships
+    both under hashed names, so link them under the names the loader looks for."""
+    import os
+
+    libs = _libs_dir()
+    links = scratch / "perf-analyzer-libs"
+    links.mkdir(exist_ok=True)
+    for pattern, name in (("libb64-*.so.0d", "libb64.so.0d"), ("libcudart-*.so.12*", "libcudart.so.12")):
+        found = sorted(libs.glob(pattern))
+        if found and not (links / name).exists():
+            (links / name).symlink_to(found[0])
+    return {**os.environ, "LD_LIBRARY_PATH": f"{links}:{libs}:{os.environ.get('LD_LIBRARY_PATH', '')}"}
+
+
+def perf_analyzer(
+    binary: str, env: dict[str, str], settings: ClientSettings, model: str, concurrency: int, rows: int
+) -> float | None:
+    """Triton's own load generator: infer/s at one concurrency (None when it fails). It reads the
+    model config first, a restricted call: it sends the control key header too."""
     command = [
         binary,
         "-m",
         model,
         "-i",
-        protocol,
+        settings.protocol,
         "-u",
-        f"127.0.0.1:{port}",
+        settings.url,
+        *(f"-H{name}:{value}" for name, value in settings.request_headers().items()),
         "-b",
         str(rows),
         f"--concurrency-range={concurrency}",
         "--measurement-interval=3000",
-        "--stability-percentage=50",
+        "--stability-percentage=100",  # a shared machine: accept noisy windows rather than none
+        "--max-trials=6",
     ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=180)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=180, env=env)
     for line in done.stdout.splitlines():
         if line.strip().startswith(f"Concurrency: {concurrency},") and "throughput:" in line:
             return float(line.split("throughput:")[1].split("infer/sec")[0].strip())
@@ -397,13 +432,19 @@ def main() -> None:
             ratios = report(results, names, protocol)
             everything[protocol] = {"ratios": ratios, "cells": results}
             if args.perf_analyzer:
-                port = server.grpc_port if protocol == "grpc" else server.http_port
-                print("  perf_analyzer infer/s (1 row):", end="")
-                for name in ("ours", "noop"):
-                    for c in (1, 16):
-                        figure = perf_analyzer(args.perf_analyzer, protocol, port, name, c, 1)
-                        print(f"  {name} c={c}: {figure if figure is not None else '-'}", end="")
-                print()
+                pa_env = perf_analyzer_env(scratch)
+                figures = {
+                    (name, c): perf_analyzer(args.perf_analyzer, pa_env, settings, name, c, 1)
+                    for name in ("ours", "noop")
+                    for c in (1, 16)
+                }
+                shown = "  ".join(f"{n} c={c}: {v:.0f}" if v else f"{n} c={c}: -" for (n, c), v in figures.items())
+                print(f"  perf_analyzer infer/s, 1 row: {shown}")
+                for c in (1, 16):
+                    if figures[("ours", c)] and figures[("noop", c)]:
+                        ratio = figures[("ours", c)] / figures[("noop", c)]
+                        print(f"  perf_analyzer stack efficiency c={c}: {ratio:.3f}")
+                        ratios[f"perf_analyzer_efficiency_c{c}"] = ratio
         print("\nThe machine may be shared: compare ratios measured in the same run, not absolute figures across runs.")
         print(json.dumps(everything))
     finally:
