@@ -103,7 +103,7 @@ def variants(base: ExportParams, levers: bool) -> list[Variant]:
         ),
     ]
     if levers:
-        delays = sorted({0, 100, 500, 2000} - {base.max_queue_delay_microseconds})
+        delays = sorted({0, 100, 250, 500, 1000, 2000} - {base.max_queue_delay_microseconds})
         chosen += [
             v("threads_2", "intra_op_threads: 2", intra_op_threads=2),
             v("spinning", "intra_op_spinning: true", intra_op_spinning=True),
