@@ -3,8 +3,8 @@
 The nvidia-pytriton wheel bundles a `tritonserver` binary with Triton's Python backend. We launch
 that binary directly (PyTriton's own wrapper guards the repository API with a token that plain
 tritonclient does not send), in explicit model-control mode, bound to 127.0.0.1, on the live model
-repository. The server's PID file, identity, model-control key and log live in an ignored state folder
-(`.triton/` by default).
+repository. The server's PID file, identity, model-control key and log live in an ignored state
+folder (`.triton/` by default).
 
 Two guards keep a command from talking to the wrong server:
 - identity: each start gives the server a fresh id (Triton's `--id`, kept in `tritonserver.id`);
@@ -13,8 +13,9 @@ Two guards keep a command from talking to the wrong server:
 - restricted model control: loading, unloading and the repository index need the key header of
   serving.control, so another local process can still run inference but not swap the model.
 
-`python -m serving start` then reloads every model whose `config.pbtxt` pins a version (serving.push.restore_pinned), so a restarted server comes
-back serving what it served before: the repository on disk is the record of what serves.
+`python -m serving start` then reloads every model whose `config.pbtxt` pins a version
+(serving.push.restore_pinned), so a restarted server comes back serving what it served before: the
+repository on disk is the record of what serves.
 """
 
 from __future__ import annotations

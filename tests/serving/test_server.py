@@ -24,6 +24,7 @@ from serving.server import (
     ServerSettings,
     _alive,
     read_pid,
+    server_command,
     server_state,
     start_server,
     stop_server,
@@ -103,6 +104,15 @@ def test_push_to_a_server_that_is_down_exits_nonzero_with_json(tmp_path, make_ca
     code, outcome = serving_cli("push", "--candidate", str(make_candidate(name="cli", seed=1)), env=env)
     assert code == 1 and outcome["ok"] is False
     assert "no Triton server answered" in outcome["error"] and "after 2 tries" in outcome["error"]
+
+
+def test_the_command_line_carries_the_id_and_the_restricted_apis(tmp_path):
+    settings = ServerSettings.from_params(ServingParams(), env={"TRITON_CONTROL_KEY": "k3y"})
+    assert settings.control_key == "k3y" and "k3y" not in repr(settings)
+    command = server_command(settings, tmp_path, "triton-retrain-abc", "k3y")
+    assert "--id=triton-retrain-abc" in command
+    assert "--http-restricted-api=model-repository,model-config:triton-control-key=k3y" in command
+    assert "--grpc-restricted-protocol=model-repository,model-config:triton-control-key=k3y" in command
 
 
 # --- identity: a port held by another server is not our server ------------------------------
