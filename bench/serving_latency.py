@@ -63,7 +63,7 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.params import ExportParams, load_params  # noqa: E402
 from serving import configs  # noqa: E402
-from serving.client import ClientSettings, TritonClient  # noqa: E402
+from serving.client import ClientSettings, Protocol, TritonClient  # noqa: E402
 from serving.repository import load_candidate, parse_config  # noqa: E402
 from serving.server import (  # noqa: E402
     ServerSettings,
@@ -356,10 +356,10 @@ def report(results: dict[str, dict[str, list[dict]]], names: list[str], protocol
         eff = [median(results[name][k], "requests_per_s") / median(noop[k], "requests_per_s") for k in ("1x1", "16x1")]
         rows64 = median(results[name]["16x64"], "rows_per_s") / median(inproc["16x64"], "rows_per_s")
         tail = median(results[name]["16x1"], "p99_ms") / median(results[name]["16x1"], "p50_ms")
-        cpu = [cpu_total(noop[k]) / cpu_total(results[name][k]) for k in ("1x1", "16x1")]
+        cpu_eff = [cpu_total(noop[k]) / cpu_total(results[name][k]) for k in ("1x1", "16x1")]
         print(
             f"  lever {name:<15} efficiency c1 {eff[0]:.3f} c16 {eff[1]:.3f}  rows b64 c16 {rows64:.3f}  "
-            f"p99/p50 c16 {tail:.2f}  cpu efficiency c1 {cpu[0]:.3f} c16 {cpu[1]:.3f}"
+            f"p99/p50 c16 {tail:.2f}  cpu efficiency c1 {cpu_eff[0]:.3f} c16 {cpu_eff[1]:.3f}"
         )
     return ratios
 
@@ -378,7 +378,8 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     scratch = Path(tempfile.mkdtemp(prefix="serving-bench-"))
-    server = ServerSettings(scratch / "models", scratch / "state", *free_ports(3), start_timeout_s=120)
+    http, grpc, metrics = free_ports(3)
+    server = ServerSettings(scratch / "models", scratch / "state", http, grpc, metrics, start_timeout_s=120)
     try:
         candidate = Path(args.candidate)
         if not (candidate / "golden.json").exists():
@@ -391,7 +392,7 @@ def main() -> None:
         start_server(server)
         for variant in chosen:
             install(server.repository, candidate, variant, signature)
-        protocols = ["grpc", "http"] if args.protocol == "both" else [args.protocol]
+        protocols: list[Protocol] = ["grpc", "http"] if args.protocol == "both" else [args.protocol]
         with TritonClient(ClientSettings.local(server, timeout_s=120)) as client:
             for variant in chosen:
                 client.load(variant.name, timeout_s=120)
@@ -438,11 +439,12 @@ def main() -> None:
                     for name in ("ours", "noop")
                     for c in (1, 16)
                 }
-                shown = "  ".join(f"{n} c={c}: {v:.0f}" if v else f"{n} c={c}: -" for (n, c), v in figures.items())
-                print(f"  perf_analyzer infer/s, 1 row: {shown}")
+                listed = "  ".join(f"{n} c={c}: {v:.0f}" if v else f"{n} c={c}: -" for (n, c), v in figures.items())
+                print(f"  perf_analyzer infer/s, 1 row: {listed}")
                 for c in (1, 16):
-                    if figures[("ours", c)] and figures[("noop", c)]:
-                        ratio = figures[("ours", c)] / figures[("noop", c)]
+                    ours_figure, noop_figure = figures[("ours", c)], figures[("noop", c)]
+                    if ours_figure and noop_figure:
+                        ratio = ours_figure / noop_figure
                         print(f"  perf_analyzer stack efficiency c={c}: {ratio:.3f}")
                         ratios[f"perf_analyzer_efficiency_c{c}"] = ratio
         print("\nThe machine may be shared: compare ratios measured in the same run, not absolute figures across runs.")

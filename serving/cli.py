@@ -170,7 +170,7 @@ def cmd_sample(args: argparse.Namespace, params: Params) -> dict[str, Any]:
     repo = TritonRepository(settings.repository)
     version = repo.serving_version(name)
     golden = repo.golden(name, version) if version is not None else None
-    if golden is None:
+    if version is None or golden is None:
         raise ops.PushError(f"{name} has no serving version with golden samples in {repo.root}; push one first")
     with TritonClient(settings.client) as client:
         probabilities = client.predict(name, np.asarray(golden["inputs"], dtype=np.float32))

@@ -85,12 +85,12 @@ class ClientSettings:
     def __post_init__(self) -> None:
         if self.ssl or self.allow_insecure_token:
             return
-        secrets = sorted(name for name in self.headers if name.lower() in CREDENTIAL_HEADERS)
+        credentials = sorted(name for name in self.headers if name.lower() in CREDENTIAL_HEADERS)
         if self.control_key and self.host not in LOOPBACK:
-            secrets.append("the model-control key")
-        if secrets:
+            credentials.append("the model-control key")
+        if credentials:
             raise ParamsError(
-                f"refusing to send {' and '.join(secrets)} to {self.url} without TLS ({self.protocol}://): "
+                f"refusing to send {' and '.join(credentials)} to {self.url} without TLS ({self.protocol}://): "
                 "use an https:// or grpcs:// URL (TRITON_URL, or the Airflow Connection's host, schema or "
                 "type), or turn TLS on with TRITON_SSL=1 / an ssl_* Connection extra. Only on a network "
                 "path you trust, allow clear text explicitly with TRITON_ALLOW_INSECURE_TOKEN=1 "

@@ -56,9 +56,9 @@ def parse(text: str) -> dict[tuple[str, int], VersionCounters]:
         if ours is None:
             continue
         for sample in family.samples:
-            model, version = sample.labels.get("model"), sample.labels.get("version", "")
-            if model and version.isdigit() and not sample.name.endswith("_created"):
-                totals[(model, int(version))][ours] += sample.value  # failures: summed over reasons
+            model, label = sample.labels.get("model"), sample.labels.get("version", "")
+            if model and label.isdigit() and not sample.name.endswith("_created"):
+                totals[(model, int(label))][ours] += sample.value  # failures: summed over reasons
     counters = {}
     for (model, version), values in totals.items():
         requests = int(values["requests"])
