@@ -267,9 +267,9 @@ def perf_analyzer_env(scratch: Path) -> dict[str, str]:
 
 def perf_analyzer(
     binary: str, env: dict[str, str], settings: ClientSettings, model: str, concurrency: int, rows: int
-) -> float | None:
-    """Triton's own load generator: infer/s at one concurrency (None when it fails). It reads the
-    model config first, a restricted call: it sends the control key header too."""
+) -> dict[str, float] | None:
+    """Triton's own load generator at one concurrency: infer/s and p50/p99 latency (ms), or None
+    when it fails. It reads the model config first, a restricted call: it sends the key header too."""
     command = [
         binary,
         "-m",
@@ -287,11 +287,17 @@ def perf_analyzer(
         "--max-trials=6",
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=180, env=env)
+    figures = {}
     for line in done.stdout.splitlines():
-        if line.strip().startswith(f"Concurrency: {concurrency},") and "throughput:" in line:
-            return float(line.split("throughput:")[1].split("infer/sec")[0].strip())
-    logging.warning("perf_analyzer gave no figure for %s c=%d: %s", model, concurrency, done.stderr[-500:])
-    return None
+        words = line.strip().split()
+        if line.strip().startswith("Throughput:") and "infer/sec" in line:
+            figures["infer_per_s"] = float(words[1])
+        elif len(words) >= 3 and words[0] in ("p50", "p99") and words[1] == "latency:":
+            figures[f"{words[0]}_ms"] = float(words[2]) / 1000
+    if len(figures) < 3:
+        logging.warning("perf_analyzer gave no figures for %s c=%d: %s", model, concurrency, done.stderr[-500:])
+        return None
+    return figures
 
 
 # --- report ------------------------------------------------------------------------------------------
@@ -439,14 +445,23 @@ def main() -> None:
                     for name in ("ours", "noop")
                     for c in (1, 16)
                 }
-                listed = "  ".join(f"{n} c={c}: {v:.0f}" if v else f"{n} c={c}: -" for (n, c), v in figures.items())
-                print(f"  perf_analyzer infer/s, 1 row: {listed}")
+                print("  perf_analyzer, 1-row requests:")
+                for (name, c), got in figures.items():
+                    if got:
+                        print(
+                            f"    {name:<5} c={c:<3} {got['infer_per_s']:>8.0f} infer/s  "
+                            f"p50 {got['p50_ms']:.2f} ms  p99 {got['p99_ms']:.2f} ms"
+                        )
                 for c in (1, 16):
                     ours_figure, noop_figure = figures[("ours", c)], figures[("noop", c)]
                     if ours_figure and noop_figure:
-                        ratio = ours_figure / noop_figure
-                        print(f"  perf_analyzer stack efficiency c={c}: {ratio:.3f}")
+                        ratio = ours_figure["infer_per_s"] / noop_figure["infer_per_s"]
+                        print(f"    stack efficiency c={c}: {ratio:.3f}")
                         ratios[f"perf_analyzer_efficiency_c{c}"] = ratio
+                if figures[("ours", 16)]:
+                    tail = figures[("ours", 16)]["p99_ms"] / figures[("ours", 16)]["p50_ms"]
+                    print(f"    p99/p50 of ours at c=16: {tail:.2f}")
+                    ratios["perf_analyzer_p99_over_p50_c16"] = tail
         print("\nThe machine may be shared: compare ratios measured in the same run, not absolute figures across runs.")
         print(json.dumps(everything))
     finally:
