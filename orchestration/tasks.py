@@ -96,14 +96,19 @@ def triton_env(conn_id: str, project: str | Path | None = None) -> dict[str, str
     allow_insecure = _truthy(extra.get("allow_insecure_token"))
     if allow_insecure:
         env["TRITON_ALLOW_INSECURE_TOKEN"] = "1"
+    loopback = host.rsplit(":", 1)[0].strip("[]") in ("127.0.0.1", "localhost", "::1")
+    secrets = [
+        what for what, given in (("a password", conn.password), ("a control_key", extra.get("control_key"))) if given
+    ]
+    if loopback and not conn.password:
+        secrets = []  # the local server's key never leaves this machine
+    if secrets and not tls and not allow_insecure:
+        raise AirflowFailException(
+            f"Airflow Connection {conn_id!r} has {' and '.join(secrets)} but no TLS: it would go out in clear "
+            f"text to {env.get('TRITON_URL', 'the server')}. Use an https:// or grpcs:// host or connection type, "
+            'or an ssl_* extra; only on a trusted network path, set the extra "allow_insecure_token": true.'
+        )
     if conn.password:
-        if not tls and not allow_insecure:
-            raise AirflowFailException(
-                f"Airflow Connection {conn_id!r} has a password (sent as a bearer token) but no TLS: it would "
-                f"go out in clear text to {env.get('TRITON_URL', 'the server')}. Use an https:// or grpcs:// "
-                "host or connection type, or an ssl_* extra; only on a trusted network path, set the extra "
-                '"allow_insecure_token": true.'
-            )
         env["TRITON_AUTH_TOKEN"] = conn.password
     if extra.get("headers"):
         headers = extra["headers"]

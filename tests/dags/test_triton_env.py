@@ -30,7 +30,8 @@ CONNECTIONS = {
         "password": "t0ken-e",
         "extra": {"allow_insecure_token": True, "control_key": "k3y-e"},
     },
-    "plain_local": {"conn_type": "http", "host": "127.0.0.1", "port": 8100},
+    "plain_local": {"conn_type": "http", "host": "127.0.0.1", "port": 8100, "extra": {"control_key": "k3y-l"}},
+    "clear_key": {"conn_type": "http", "host": "triton.example.com", "port": 8000, "extra": {"control_key": "k3y-f"}},
 }
 
 PROBE = """
@@ -111,9 +112,15 @@ def test_clear_text_only_when_the_connection_allows_it(resolved):
     assert case["env"]["TRITON_CONTROL_KEY"] == "k3y-e"
 
 
-def test_a_plain_connection_stays_plain(resolved):
+def test_a_plain_connection_to_this_machine_stays_plain_and_carries_the_key(resolved):
     case = resolved["plain_local"]
     assert (case["env"]["TRITON_URL"], case["ssl"]) == ("http://127.0.0.1:8100", False)
+    assert case["env"]["TRITON_CONTROL_KEY"] == "k3y-l"
+
+
+def test_a_control_key_to_another_host_needs_tls(resolved):
+    error = resolved["clear_key"]["error"]
+    assert error.startswith("AirflowFailException") and "'clear_key'" in error and "k3y-f" not in error
 
 
 def test_without_a_connection_the_local_state_folder_is_absolute(resolved):
