@@ -16,7 +16,7 @@ from typing import Any
 from pipeline.params import DEFAULT_PATH, Params, ParamsError, load_params
 from serving import push as ops
 from serving.client import ClientError, ServerUnreachable, TritonClient
-from serving.repository import RepositoryError, TritonRepository
+from serving.repository import RepositoryError
 from serving.server import ServerError, ServerSettings, server_state, start_server, stop_server
 
 log = logging.getLogger("serving")
@@ -44,13 +44,20 @@ def format_status(status: ops.Status, server_process: str | None = None) -> str:
         lines.append("no models in the repository")
     for model in status.models:
         live = {True: "ready", False: "NOT ready", None: "unknown"}[model.live_ready]
-        lines.append(f"\nmodel {model.model}: serving version {model.serving} ({live})")
-        header = f"  {'':1} {'version':>7}  {'state':<11} {'commit':<10} {'data':<22} {'pushed_at':<25} metrics"
+        served = "unknown" if model.live_versions is None else (model.live_versions or "nothing")
+        lines.append(
+            f"\nmodel {model.model}: pinned version {model.serving} ({live}); the server serves {served}; "
+            f"rollback would serve {model.rollback_target}"
+        )
+        if model.problem:
+            lines.append(f"  PROBLEM: {model.problem}")
+        header = f"  {'':1} {'version':>7}  {'state':<11} {'verdict':<10} {'commit':<10} {'data':<22} {'pushed_at':<25} metrics"
         lines.append(header)
         for v in model.versions:
             lines.append(
-                f"  {'*' if v.serving else '':1} {v.version:>7}  {v.state:<11} {(v.git_commit or '-')[:10]:<10} "
-                f"{_data_text(v.data)[:22]:<22} {(v.pushed_at or '-'):<25} {_metric_text(v.metrics)}"
+                f"  {'*' if v.serving else '':1} {v.version:>7}  {v.state:<11} {v.verdict:<10} "
+                f"{(v.git_commit or '-')[:10]:<10} {_data_text(v.data)[:22]:<22} {(v.pushed_at or '-'):<25} "
+                f"{_metric_text(v.metrics)}"
             )
     return "\n".join(lines)
 
@@ -127,7 +134,7 @@ def cmd_sample(args: argparse.Namespace, params: Params) -> dict[str, Any]:
 
     name = args.model or params.export.model_name
     settings = ops.ServingSettings.from_params(params.serving)
-    repo = TritonRepository(settings.repository)
+    repo = settings.open_repository()
     version = repo.serving_version(name)
     golden = repo.golden(name, version) if version is not None else None
     if golden is None:
@@ -154,6 +161,16 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Params], dict[str, Any]]] = {
 }
 
 
+def _version_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"a version is a number >= 1, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m serving", description=__doc__.splitlines()[0])
     p.add_argument("--params", default=str(DEFAULT_PATH), help="params file (default: %(default)s)")
@@ -170,10 +187,14 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--no-prune", action="store_true", help="keep old versions beyond serving.retention")
     rollback = sub.add_parser("rollback", help="serve an earlier stored version")
     rollback.add_argument("--model", help="model name (default: export.model_name)")
-    rollback.add_argument("--to", type=int, help="version to serve (default: the one before the serving one)")
+    rollback.add_argument(
+        "--to", type=_version_number, help="version to serve (default: the last good one served before it)"
+    )
     prune = sub.add_parser("prune", help="delete versions beyond the retention count")
     prune.add_argument("--model", help="model name (default: export.model_name)")
-    prune.add_argument("--retention", type=int, help="versions to keep (default: serving.retention)")
+    prune.add_argument(
+        "--retention", type=int, help="good versions to keep (default: serving.retention; checked like it, > 0)"
+    )
     sample = sub.add_parser("sample", help="a sample prediction of the serving version's golden rows")
     sample.add_argument("--model", help="model name (default: export.model_name)")
     for command in (sub.choices["start"], sub.choices["stop"], status, push, rollback, prune, sample):

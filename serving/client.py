@@ -216,10 +216,30 @@ class TritonClient:
             return [json_format.MessageToDict(m, preserving_proto_field_name=True) for m in index.models]
         return list(self.call("repository index", lambda: self._client.get_model_repository_index(**self._kwargs())))
 
-    def load(self, name: str, config_json: str | None = None, timeout_s: float | None = None) -> None:
-        """(Re)load a model; `config_json` overrides the config on disk (e.g. its version_policy)."""
+    def load(
+        self,
+        name: str,
+        config_json: str | None = None,
+        timeout_s: float | None = None,
+        files: dict[str, bytes] | None = None,
+    ) -> None:
+        """(Re)load a model; `config_json` overrides the config on disk (e.g. its version_policy).
+        With `files` (`{"file:<version>/<name>": bytes}`) the server loads those instead of the
+        repository's folder: nothing is read from or written to the repository."""
         kwargs = self._kwargs(timeout_s)
+        if files:
+            kwargs["files"] = files
         self.call(f"load of {name}", lambda: self._client.load_model(name, config=config_json, **kwargs))
+
+    def model_config(self, name: str, version: int | None = None) -> dict[str, Any]:
+        """The config the server runs a loaded model with (JSON form: max_batch_size, inputs, ...)."""
+        v = "" if version is None else str(version)
+        if self.settings.protocol == "grpc":
+            response = self.call(
+                f"config of {name}", lambda: self._client.get_model_config(name, v, as_json=True, **self._kwargs())
+            )
+            return dict(response.get("config", {}))
+        return dict(self.call(f"config of {name}", lambda: self._client.get_model_config(name, v, **self._kwargs())))
 
     def unload(self, name: str) -> None:
         self.call(f"unload of {name}", lambda: self._client.unload_model(name, **self._kwargs()))

@@ -44,7 +44,7 @@ class ServerError(RuntimeError):
 class ServerSettings:
     """Where the local server keeps its state and which 127.0.0.1 ports it binds."""
 
-    repository: Path  # the live model repository
+    repository: Path | str  # the live model repository: a local folder, or an s3:// URL (passed through)
     state_dir: Path  # PID file, log, writable backend copy
     http_port: int
     grpc_port: int
@@ -57,7 +57,7 @@ class ServerSettings:
         """Params, with `TRITON_MODEL_REPOSITORY`, `TRITON_STATE_DIR` and `TRITON_*_PORT` overriding."""
         env = os.environ if env is None else env
         return cls(
-            repository=Path(env.get("TRITON_MODEL_REPOSITORY", params.repository)),
+            repository=_repository(env.get("TRITON_MODEL_REPOSITORY") or params.repository),
             state_dir=Path(env.get("TRITON_STATE_DIR", params.state_dir)),
             http_port=int(env.get("TRITON_HTTP_PORT", params.http_port)),
             grpc_port=int(env.get("TRITON_GRPC_PORT", params.grpc_port)),
@@ -92,6 +92,11 @@ class ServerState:
         if self.pid is None:
             return f"not running (no live PID in {self.settings.pid_file})"
         return f"pid {self.pid}, {'ready' if self.ready else 'NOT ready'} at {where}, log {self.settings.log_file}"
+
+
+def _repository(location: str) -> Path | str:
+    """A URL stays a string: Path() would turn s3://b/p into the local folder s3:/b/p."""
+    return location if "://" in location else Path(location)
 
 
 def _wheel_dir() -> Path:
@@ -129,7 +134,7 @@ def prepare_backends(state_dir: Path) -> Path:
 def server_command(settings: ServerSettings, backends: Path) -> list[str]:
     return [
         str(_wheel_dir() / "bin" / "tritonserver"),
-        f"--model-repository={settings.repository.resolve()}",
+        f"--model-repository={_repository_arg(settings.repository)}",
         f"--backend-directory={backends.resolve()}",
         "--model-control-mode=explicit",
         "--http-address=127.0.0.1",
@@ -142,6 +147,10 @@ def server_command(settings: ServerSettings, backends: Path) -> list[str]:
         "--pinned-memory-pool-byte-size=0",
         "--exit-timeout-secs=5",
     ]
+
+
+def _repository_arg(repository: Path | str) -> str:
+    return repository if isinstance(repository, str) else str(repository.resolve())
 
 
 def server_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -228,7 +237,8 @@ def start_server(settings: ServerSettings) -> ServerState:
         log.info("tritonserver already running (pid %d)", pid)
         return ServerState(pid=pid, ready=is_ready(settings), settings=settings)
     settings.state_dir.mkdir(parents=True, exist_ok=True)
-    settings.repository.mkdir(parents=True, exist_ok=True)
+    if isinstance(settings.repository, Path):
+        settings.repository.mkdir(parents=True, exist_ok=True)
     backends = prepare_backends(settings.state_dir)
     with settings.log_file.open("ab") as log_stream:
         process = subprocess.Popen(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -69,11 +70,13 @@ def build_candidate(
     dynamic_batching: bool = True,
     max_batch_size: int = 64,
     broken: str | None = None,
+    gpu_entries: bool = False,
 ) -> Path:
     """Write a candidate folder in the export stage's layout.
 
     broken=None: a good model. "load": model.py raises in initialize. "outputs": the model loads
     and answers, but golden.json expects different outputs (the smoke test must catch it).
+    gpu_entries: also the GPU server's entries (gpu/<name>/ for onnxruntime, gpu/<name>_torchscript/).
     """
     import onnxruntime as ort
 
@@ -92,6 +95,15 @@ def build_candidate(
     export = ExportParams(model_name=name, dynamic_batching=dynamic_batching, max_batch_size=max_batch_size)
     config = configs.python_backend_config(export, configs.Signature(n_features, n_classes))
     (out / "triton" / name / "config.pbtxt").write_text(config)
+    if gpu_entries:
+        signature = configs.Signature(n_features, n_classes)
+        (out / "gpu" / name / "1").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(out / "model.onnx", out / "gpu" / name / "1" / configs.ONNX_FILENAME)
+        (out / "gpu" / name / "config.pbtxt").write_text(configs.onnx_gpu_config(export, signature))
+        torchscript = out / "gpu" / f"{name}_torchscript"
+        (torchscript / "1").mkdir(parents=True, exist_ok=True)
+        (torchscript / "1" / configs.TORCHSCRIPT_FILENAME).write_bytes(b"TorchScript placeholder: never loaded here")
+        (torchscript / "config.pbtxt").write_text(configs.libtorch_gpu_config(export, signature))
 
     inputs = np.random.default_rng(1000 + seed).uniform(0, 16, (4, n_features)).astype(np.float32)
     session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
@@ -158,3 +170,44 @@ def serving_settings(triton_server):
 
     client = ClientSettings(url=f"127.0.0.1:{triton_server.http_port}", timeout_s=30.0, retries=1, backoff_s=0.1)
     return ServingSettings(client=client, repository=triton_server.repository, load_timeout_s=60.0, retention=3)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs mounted on a fresh folder: a disk that really fills up. Unmounted afterwards."""
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs", str(mount)], capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        pytest.skip(
+            "mounting a size-limited tmpfs needs root (CAP_SYS_ADMIN), which this machine does not give: "
+            + (result.stderr.strip() or f"mount exited {result.returncode}")
+        )
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False, capture_output=True)
+
+
+@pytest.fixture
+def fill_disk() -> Callable[[Path], None]:
+    """fill_disk(folder): write a filler file there until its filesystem has no byte left."""
+
+    def fill(folder: Path) -> None:
+        chunk = b"\0" * 4096
+        with open(folder / "filler", "wb", buffering=0) as handle:
+            try:
+                while True:
+                    handle.write(chunk)
+            except OSError:
+                pass
+        with open(folder / "filler-tail", "wb", buffering=0) as handle:  # the last partial block
+            try:
+                while True:
+                    handle.write(b"\0")
+            except OSError:
+                pass
+
+    return fill
