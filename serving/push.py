@@ -82,9 +82,10 @@ def _checked(params: ServingParams, overrides: Mapping[str, tuple[str, Any]]) ->
     except ValidationError as error:
         problems = []
         for item in error.errors():
-            key = str(item["loc"][0]) if item["loc"] else "?"
-            source = overrides.get(key, ("serving." + key, None))[0]
-            problems.append(f"{source}={given.get(key)!r}: serving.{key}: {item['msg']}")
+            keys = [str(item["loc"][0])] if item["loc"] else list(given)  # a model-level check: any of them
+            sources = ", ".join(f"{overrides[key][0]}={given[key]!r}" for key in keys if key in given)
+            where = f"serving.{keys[0]}: " if item["loc"] else ""
+            problems.append(f"{sources or 'params.yaml'}: {where}{item['msg']}")
         raise ParamsError("; ".join(problems)) from None
 
 
@@ -162,7 +163,7 @@ class PushResult:
 class VersionStatus:
     version: int
     serving: bool  # the pinned (committed) version
-    state: str  # live state on the server: READY, UNAVAILABLE, UNLOADING, or "-" when not loaded/unknown
+    state: str  # live state on the server: READY, LOADING, UNLOADING, unloaded, UNAVAILABLE (a failed load), "-" (never loaded/unknown)
     verdict: str  # serving | verified (served before) | rejected | unverified (never passed a push)
     git_commit: str | None
     data: dict[str, Any]
@@ -730,7 +731,10 @@ def serving_status(settings: ServingSettings, name: str | None = None) -> Status
             server = f"ready at {settings.client.describe()}" if client.is_ready() else "live but NOT ready"
             for entry in client.repository_index():
                 if entry.get("version"):
-                    live[(entry["name"], int(entry["version"]))] = entry.get("state", "?")
+                    state = entry.get("state", "?")
+                    # Triton lists a version it unloaded as UNAVAILABLE too; only a failure has another reason.
+                    unloaded = state == "UNAVAILABLE" and entry.get("reason") == "unloaded"
+                    live[(entry["name"], int(entry["version"]))] = "unloaded" if unloaded else state
     except (ServerUnreachable, ClientError) as error:
         server = f"unreachable: {error}"
         live = {}
