@@ -259,6 +259,28 @@ def _load_versions(
     client.load(name, config_json(config), timeout_s=timeout_s)
 
 
+def version_files(repo: TritonRepository, name: str, version: int) -> dict[str, bytes]:
+    """A stored version's model files, keyed as load_model's `files` wants them."""
+    return {f"file:{version}/{rel}": data for rel, data in repo.version_files(name, version).items()}
+
+
+def load_stored(
+    client: TritonClient,
+    repo: TritonRepository,
+    name: str,
+    version: int,
+    timeout_s: float,
+    files: dict[str, bytes] | None = None,
+    as_name: str | None = None,
+) -> None:
+    """Load stored `version` alone (under `as_name`, if given), its bytes sent with the request.
+    Triton then never reads the repository during a switch: from S3 it would download the model
+    meanwhile, and requests to the serving version wait seconds for that (seen with moto)."""
+    config = pin_versions(repo.version_config(name, version), [version], name=as_name)
+    model = as_name or name
+    client.load(model, config_json(config), timeout_s=timeout_s, files=files or version_files(repo, name, version))
+
+
 def _best_effort(what: str, fn: Callable[[], T]) -> T | None:
     """Run one step of an undo; a failure is logged, so that the original error is the one raised."""
     try:
@@ -287,7 +309,7 @@ def _restore(client: TritonClient, repo: TritonRepository, name: str, previous: 
             client.unload(name)
             wait_unloaded(client, name, timeout_s)
             return not served_versions(client, name)
-        _load_versions(client, repo, name, previous, [previous], timeout_s)
+        load_stored(client, repo, name, previous, timeout_s)
         wait_version_ready(client, name, previous, timeout_s)
         wait_unloaded(client, name, timeout_s)
         return served_versions(client, name) == [previous]
@@ -358,16 +380,15 @@ def verify_staged(
     version: int,
     golden: dict[str, Any] | None,
     timeout_s: float,
+    files: dict[str, bytes] | None = None,
 ) -> float | None:
     """Load stored `version` under the staging name, from its stored bytes sent with the request
     (no repository write, and no user request names the staging model), smoke-test it, unload it.
     Returns the smoke test's max abs difference."""
     staging = staging_name(name)
-    config = pin_versions(repo.version_config(name, version), [version], name=staging)
-    files = {f"file:{version}/{rel}": data for rel, data in repo.version_files(name, version).items()}
     ok = False
     try:
-        client.load(staging, config_json(config), timeout_s=timeout_s, files=files)
+        load_stored(client, repo, name, version, timeout_s, files, as_name=staging)
         wait_version_ready(client, staging, version, timeout_s)
         diff = smoke_test(client, staging, version, golden) if golden is not None else None
         ok = True
@@ -427,7 +448,7 @@ def reconcile(client: TritonClient, repo: TritonRepository, name: str, timeout_s
         pinned,
         pinned,
     )
-    _load_versions(client, repo, name, pinned, [pinned], timeout_s)
+    load_stored(client, repo, name, pinned, timeout_s)
     wait_version_ready(client, name, pinned, timeout_s)
     wait_unloaded(client, name, timeout_s)
     golden = repo.golden(name, pinned)
@@ -455,10 +476,11 @@ def _transaction(
     phase = "verify"
     started = time.perf_counter()
     try:
-        diff = verify_staged(client, repo, name, target, golden, timeout_s)
+        files = version_files(repo, name, target)  # what is verified is what will serve
+        diff = verify_staged(client, repo, name, target, golden, timeout_s, files)
         seconds["verify"] = time.perf_counter() - started
         phase, started = "switch", time.perf_counter()
-        _load_versions(client, repo, name, target, [target], timeout_s)
+        load_stored(client, repo, name, target, timeout_s, files)
         wait_version_ready(client, name, target, timeout_s)
         wait_unloaded(client, name, timeout_s)
         if golden is not None:  # the same bytes passed in staging; this catches a repository read gone wrong

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from pipeline.atomic import write_text
 from pipeline.params import ServingParams
+from serving.repository import open_store
 
 log = logging.getLogger(__name__)
 
@@ -237,8 +238,7 @@ def start_server(settings: ServerSettings) -> ServerState:
         log.info("tritonserver already running (pid %d)", pid)
         return ServerState(pid=pid, ready=is_ready(settings), settings=settings)
     settings.state_dir.mkdir(parents=True, exist_ok=True)
-    if isinstance(settings.repository, Path):
-        settings.repository.mkdir(parents=True, exist_ok=True)
+    open_store(settings.repository).make_root()  # a local folder, or an S3 prefix
     backends = prepare_backends(settings.state_dir)
     with settings.log_file.open("ab") as log_stream:
         process = subprocess.Popen(

@@ -69,6 +69,9 @@ class LocalStore:
         os.replace(target, trash)
         shutil.rmtree(trash, ignore_errors=True)
 
+    def make_root(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+
     @contextlib.contextmanager
     def lock(self, key: str, timeout_s: float) -> Iterator[None]:
         """An flock on `<root>/.<key>.lock`: excludes every writer that sees the same filesystem."""

@@ -180,6 +180,14 @@ class S3Store:
             lambda: self.client.delete_object(Bucket=self.bucket, Key=self._key(f"{key}/{PARTIAL}")),
         )
 
+    def make_root(self) -> None:
+        """A zero-byte `<prefix>/` object (S3's folder marker): Triton refuses to start on a
+        prefix that has no object under it."""
+        if self.prefix and not self._keys(""):
+            self._call(
+                "creating the repository", lambda: self.client.put_object(Bucket=self.bucket, Key=self.prefix + "/")
+            )
+
     # --- the lease ------------------------------------------------------------------------------
     def _lease_body(self) -> bytes:
         owner = f"{socket.gethostname()}:{os.getpid()}"

@@ -56,6 +56,10 @@ class Store(Protocol):
         """Delete folder `key` and everything under it (no error when it is absent)."""
         ...
 
+    def make_root(self) -> None:
+        """Create the repository's root, so that a server can start on it while it is empty."""
+        ...
+
     def lock(self, key: str, timeout_s: float) -> contextlib.AbstractContextManager[None]:
         """Exclusive access for one model's push/rollback/prune, against every writer of the store."""
         ...

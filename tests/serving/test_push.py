@@ -10,13 +10,14 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from airflow.sdk.exceptions import AirflowTaskTerminated, AirflowTaskTimeout
 from serving_traffic import Traffic
-from support import ROOT, free_ports
+from support import ROOT, S3_ENV, free_ports, moto_s3
 
 from pipeline.params import ParamsError, ServingParams
 from serving import push as push_module
@@ -487,3 +488,50 @@ def test_a_full_disk_during_push_is_one_line_and_leaves_nothing(make_candidate, 
         assert answers_like(settings, "full", second)
     finally:
         stop_server(server)
+
+
+# --- the model repository on S3 -------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def s3_serving(tmp_path_factory) -> Iterator[ServingSettings]:
+    """A real S3 API server (moto) holding the model repository, and a local Triton loading from it
+    (`--model-repository=s3://http://127.0.0.1:<port>/<bucket>/models`). Credentials only in AWS_*."""
+    state = tmp_path_factory.mktemp("s3-triton")
+    with pytest.MonkeyPatch.context() as env, moto_s3("triton-models") as endpoint:
+        for key, value in S3_ENV.items():
+            env.setenv(key, value)
+        http, grpc, metrics = free_ports(3)
+        server = ServerSettings(f"s3://{endpoint}/triton-models/models", state, http, grpc, metrics, 60.0)
+        start_server(server)
+        try:
+            client = ClientSettings(url=f"127.0.0.1:{http}", timeout_s=30.0, retries=1, backoff_s=0.1)
+            yield ServingSettings(client=client, repository=server.repository, load_timeout_s=60.0, retention=3)
+        finally:
+            stop_server(server)
+
+
+@pytest.mark.triton
+@pytest.mark.s3
+def test_push_reject_and_rollback_on_an_s3_repository(s3_serving, make_candidate):
+    name = "on_s3"
+    first, second = make_candidate(name=name, seed=80), make_candidate(name=name, seed=81)
+    wrong = make_candidate(name=name, seed=82, broken="outputs")
+    models = {"first": first, "second": second, "wrong": wrong}
+
+    assert push_candidate(first, s3_serving).version == 1
+    with Traffic(s3_serving.client, name, models) as traffic:
+        assert push_candidate(second, s3_serving).version == 2
+        with pytest.raises(PushError, match="smoke test"):
+            push_candidate(wrong, s3_serving)
+        back = rollback(name, s3_serving)
+
+    print(f"S3 repository, push/rejected push/rollback: {traffic.summary()}")
+    assert traffic.failures == [] and traffic.answers["wrong"] == 0 and traffic.answers["unknown"] == 0
+    assert (back.version, back.previous) == (1, 2)
+    assert served(s3_serving, name) == [1] and answers_like(s3_serving, name, first)
+    repo = TritonRepository(s3_serving.repository)
+    assert repo.versions(name) == [1, 2] and repo.serving_version(name) == 1
+    assert repo.history(name).is_rejected(2)
+    status = serving_status(s3_serving, name).models[0]
+    assert (status.serving, status.live_versions, status.problem) == (1, [1], None)
+    assert {v.version: v.verdict for v in status.versions} == {1: "serving", 2: "rejected"}
+    assert push_candidate(make_candidate(name=name, seed=80), s3_serving).status == "unchanged"
