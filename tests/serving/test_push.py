@@ -8,7 +8,6 @@ import os
 import re
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -129,46 +128,20 @@ def test_server_down_fails_after_bounded_retries(make_candidate, tmp_path, unuse
     assert not (tmp_path / "repo" / "down").exists()
 
 
-class ClientLoop(threading.Thread):
-    """Sends inference requests (any version) until stopped; counts successes and failures."""
-
-    def __init__(self, settings: ClientSettings, name: str, rows: np.ndarray, limit_s: float = 120.0):
-        super().__init__(daemon=True)
-        self.settings, self.name, self.rows, self.limit_s = settings, name, rows, limit_s
-        self.stop = threading.Event()
-        self.ok, self.failures = 0, []
-
-    def run(self) -> None:
-        deadline = time.monotonic() + self.limit_s  # bounded even if the test forgets to stop it
-        with TritonClient(dataclasses.replace(self.settings, retries=0)) as client:
-            while not self.stop.is_set() and time.monotonic() < deadline:
-                try:
-                    client.predict(self.name, self.rows)
-                    self.ok += 1
-                except Exception as error:  # every failure counts, whatever its type
-                    self.failures.append(repr(error))
-
-
 @pytest.mark.triton
 def test_zero_downtime_during_push(serving_settings, make_candidate):
-    push_candidate(make_candidate(name="busy", seed=7), serving_settings)
-    rows = np.asarray(golden(make_candidate(name="busy", seed=7))["inputs"], dtype=np.float32)
-    loop = ClientLoop(serving_settings.client, "busy", rows)
-    loop.start()
-    try:
-        time.sleep(0.3)
-        result = push_candidate(make_candidate(name="busy", seed=8), serving_settings)
+    first, second = make_candidate(name="busy", seed=7), make_candidate(name="busy", seed=8)
+    broken = make_candidate(name="busy", seed=9, broken="load")
+    push_candidate(first, serving_settings)
+    with Traffic(serving_settings.client, "busy", {"first": first, "second": second}) as traffic:
+        result = push_candidate(second, serving_settings)
         with pytest.raises(PushError):  # a failed push must not drop requests either
-            push_candidate(make_candidate(name="busy", seed=9, broken="load"), serving_settings)
-        time.sleep(0.3)
-    finally:
-        loop.stop.set()
-        loop.join(timeout=30)
+            push_candidate(broken, serving_settings)
     timings = " ".join(f"{k}={v:.2f}s" for k, v in result.seconds.items())
-    print(f"push approved->serving: {timings}; requests ok {loop.ok}, failed {len(loop.failures)}")
+    print(f"push approved->serving: {timings}; {traffic.summary()}")
     assert result.version == 2
-    assert loop.failures == []
-    assert loop.ok > 10
+    assert traffic.failures == [] and traffic.answers["unknown"] == 0
+    assert traffic.answers["second"] > 0  # it ends on the new version
 
 
 @pytest.mark.triton
