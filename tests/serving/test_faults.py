@@ -138,24 +138,25 @@ def test_the_server_killed_during_a_push_then_restarted(server, settings, make_c
     name = "f_killed"
     first, second = make_candidate(name=name, seed=7), make_candidate(name=name, seed=8)
     push_candidate(first, settings)
-    real_load = push_module._load_versions
+    real_load = push_module.load_stored
     down: list[float] = []
 
-    def kill_at_the_switch(client, repo, model, config_of, versions, timeout_s):
-        if model == name and versions == [2] and not down:
+    def kill_at_the_switch(client, repo, model, version, timeout_s, files=None, as_name=None):
+        if model == name and version == 2 and as_name is None and not down:  # the switch, not the staging load
             down.append(time.monotonic())
             _kill(server)
-        return real_load(client, repo, model, config_of, versions, timeout_s)
+        return real_load(client, repo, model, version, timeout_s, files, as_name)
 
     quick = dataclasses.replace(settings, client=dataclasses.replace(settings.client, retries=1))
     with Traffic(settings.client, name, {"first": first, "second": second}) as traffic:
-        monkeypatch.setattr(push_module, "_load_versions", kill_at_the_switch)
+        monkeypatch.setattr(push_module, "load_stored", kill_at_the_switch)
         with pytest.raises(PushError, match="no Triton server answered"):
             push_candidate(second, quick)
-        monkeypatch.setattr(push_module, "_load_versions", real_load)
+        monkeypatch.setattr(push_module, "load_stored", real_load)
         start_server(server)  # what `python -m serving start` does: start, then load the pinned versions
         restore_pinned(settings)
         down.append(time.monotonic())
+    assert len(down) == 2  # the server really went down in the switch
     assert_outcome(settings, traffic, name, 1, wrong=("second",), down=[(down[0], down[1])])
     status = serving_status(settings, name).models[0]
     # The new version was written whole but never verified on a live server: status says so,

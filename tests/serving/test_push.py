@@ -342,12 +342,12 @@ def test_rollback_skips_a_rejected_version_and_prune_keeps_the_last_good_one(ser
 
     pushed = push_candidate(candidates[53], settings, prune=False)
     assert pushed.version == 4
+    repo = TritonRepository(settings.repository)
+    assert prune_versions(name, settings) == [1, 3] and repo.versions(name) == [2, 4]  # 2 is kept
     back = rollback(name, settings)
 
     assert (back.version, back.previous) == (2, 4)
     assert served(settings, name) == [2] and answers_like(settings, name, candidates[51])
-    repo = TritonRepository(settings.repository)
-    assert prune_versions(name, settings) == [1, 3] and repo.versions(name) == [2, 4]
     status = serving_status(settings, name).models[0]
     assert {v.version: v.verdict for v in status.versions} == {2: "serving", 4: "rejected"}
     with pytest.raises(PushError, match="no earlier verified version"):
