@@ -19,6 +19,7 @@ writes (`If-None-Match: *` to take it, `If-Match: <etag>` to take over an expire
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -100,14 +101,14 @@ class S3Store:
         found: list[str] = []
         token: dict[str, str] = {}
         while True:
-            page = self._call(
-                f"listing {key or '/'}",
-                lambda token=token: self.client.list_objects_v2(Bucket=self.bucket, Prefix=base, **token),
-            )
+            page = self._call(f"listing {key or '/'}", functools.partial(self._list, base, dict(token)))
             found.extend(item["Key"][len(base) :] for item in page.get("Contents", []))
             if not page.get("IsTruncated"):
                 return found
             token = {"ContinuationToken": page["NextContinuationToken"]}
+
+    def _list(self, prefix: str, token: dict[str, str]) -> Any:
+        return self.client.list_objects_v2(Bucket=self.bucket, Prefix=prefix, **token)
 
     def _grouped(self, key: str) -> dict[str, set[str]]:
         groups: dict[str, set[str]] = {}
@@ -173,7 +174,7 @@ class S3Store:
             batch = [{"Key": self._key(f"{key}/{rel}")} for rel in keys[start : start + 1000]]
             self._call(
                 f"removing {key}",
-                lambda batch=batch: self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch}),
+                functools.partial(self.client.delete_objects, Bucket=self.bucket, Delete={"Objects": batch}),
             )
         self._call(
             f"removing {key}",
