@@ -370,7 +370,8 @@ def _drop_staging(client: TritonClient, staging: str, version: int, failed: bool
             lambda: client.load(staging, json.dumps(config), timeout_s=timeout_s, files=files),
         )
     _best_effort(f"unloading {staging}", lambda: client.unload(staging))
-    _best_effort("waiting for the server to be ready again", lambda: _wait_server_ready(client, min(timeout_s, 30.0)))
+    if failed:  # after a success the switch runs while the staging model unloads, then waits once
+        _best_effort("waiting for the server to be ready", lambda: _wait_server_ready(client, min(timeout_s, 30.0)))
 
 
 def verify_staged(
@@ -483,6 +484,7 @@ def _transaction(
         load_stored(client, repo, name, target, timeout_s, files)
         wait_version_ready(client, name, target, timeout_s)
         wait_unloaded(client, name, timeout_s)
+        _best_effort("waiting for the server to be ready", lambda: _wait_server_ready(client, min(timeout_s, 30.0)))
         if golden is not None:  # the same bytes passed in staging; this catches a repository read gone wrong
             smoke_test(client, name, target, golden)
         seconds["switch"] = time.perf_counter() - started

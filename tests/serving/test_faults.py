@@ -150,7 +150,7 @@ def test_the_server_killed_during_a_push_then_restarted(server, settings, make_c
     quick = dataclasses.replace(settings, client=dataclasses.replace(settings.client, retries=1))
     with Traffic(settings.client, name, {"first": first, "second": second}) as traffic:
         monkeypatch.setattr(push_module, "load_stored", kill_at_the_switch)
-        with pytest.raises(PushError, match="no Triton server answered"):
+        with pytest.raises(PushError, match="the server did not confirm it serves"):
             push_candidate(second, quick)
         monkeypatch.setattr(push_module, "load_stored", real_load)
         start_server(server)  # what `python -m serving start` does: start, then load the pinned versions
