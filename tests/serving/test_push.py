@@ -174,7 +174,7 @@ def test_push_prunes_beyond_retention(serving_settings, make_candidate):
 
     result = push_candidate(make_candidate(name="keep", seed=22), settings)
 
-    # retention 1 keeps the newest (3, now serving) and its predecessor (2).
+    # retention 1 keeps 3 (now serving) and 2 (served before it: the rollback target); 1 never served.
     assert (result.version, result.pruned) == (3, [1])
     assert repo.versions("keep") == [2, 3]
 
@@ -212,8 +212,15 @@ def test_a_candidate_that_fails_its_smoke_test_answers_no_request(serving_settin
 
 
 @pytest.mark.triton
-@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, AirflowTaskTimeout, AirflowTaskTerminated])
-@pytest.mark.parametrize("where", ["after the load", "at the pin"])
+@pytest.mark.parametrize(
+    ("interrupt", "where"),
+    [
+        (KeyboardInterrupt, "after the load"),
+        (AirflowTaskTimeout, "after the load"),
+        (AirflowTaskTerminated, "after the load"),
+        (AirflowTaskTimeout, "at the pin"),
+    ],
+)
 def test_an_interrupted_push_leaves_the_verified_version_serving(
     serving_settings, make_candidate, monkeypatch, interrupt, where
 ):
