@@ -156,9 +156,13 @@ def gate(project: str | Path, evaluate_args: Mapping[str, str], conn_id: str) ->
     cmd = [sys.executable, "-m", "stages.gate", *(f"--{k}={v}" for k, v in evaluate_args.items())]
     cmd.append(f"--report={report_path}")
     log.info("$ %s  (in %s)", " ".join(cmd[1:]), ws.root)
-    result = subprocess.run(
-        cmd, cwd=ws.root, env={**tool_env(), **triton_env(conn_id, ws.project)}, capture_output=True, text=True
-    )
+    # The champion is the version pinned in the repository the push writes to (not the workspace's).
+    env = {
+        **tool_env(),
+        **triton_env(conn_id, ws.project),
+        "TRITON_MODEL_REPOSITORY": str(serving_settings(ws, conn_id).repository),
+    }
+    result = subprocess.run(cmd, cwd=ws.root, env=env, capture_output=True, text=True)
     for line in (result.stdout + result.stderr).splitlines():
         log.info("%s", line)
     if result.returncode not in (0, REJECTED_EXIT):

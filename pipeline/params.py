@@ -184,11 +184,19 @@ class ServingParams(Section):
     retries: Annotated[int, Field(ge=0)] = 3
     backoff_s: Annotated[float, Field(ge=0.0)] = 0.5
     retention: Positive = 5
+    candidate_entry: Literal["triton", "gpu", "gpu_torchscript"] = "triton"
 
     @model_validator(mode="after")
     def _check(self) -> ServingParams:
         if len({self.http_port, self.grpc_port, self.metrics_port}) != 3:
             raise ValueError("http_port, grpc_port and metrics_port must differ")
+        # A URL Path() has flattened (s3:/b) would otherwise become a local folder named "s3:".
+        scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*):/", self.repository)
+        if scheme and not self.repository.startswith("s3://"):
+            raise ValueError(
+                f"repository {self.repository!r}: use a local path, s3://<bucket>/<prefix> or "
+                "s3://http(s)://<host>:<port>/<bucket>/<prefix>"
+            )
         return self
 
 

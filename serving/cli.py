@@ -17,7 +17,7 @@ from pipeline.params import DEFAULT_PATH, Params, ParamsError, load_params
 from serving import push as ops
 from serving.client import ClientError, ServerUnreachable, TritonClient
 from serving.metrics import MetricsUnavailable, VersionCounters, live_counters
-from serving.repository import RepositoryError, TritonRepository
+from serving.repository import RepositoryError
 from serving.server import ServerError, ServerSettings, server_state, start_server, stop_server
 
 log = logging.getLogger("serving")
@@ -67,15 +67,21 @@ def format_status(
         lines.append("no models in the repository")
     for model in status.models:
         live = {True: "ready", False: "NOT ready", None: "unknown"}[model.live_ready]
-        lines.append(f"\nmodel {model.model}: serving version {model.serving} ({live})")
+        served = "unknown" if model.live_versions is None else (model.live_versions or "nothing")
+        lines.append(
+            f"\nmodel {model.model}: pinned version {model.serving} ({live}); the server serves {served}; "
+            f"rollback would serve {model.rollback_target}"
+        )
+        if model.problem:
+            lines.append(f"  PROBLEM: {model.problem}")
         header = (
-            f"  {'':1} {'version':>7}  {'state':<11} {'requests':>9} {'failures':>8} {'queue ms':>9} "
-            f"{'compute ms':>10}  {'commit':<10} {'data':<22} {'pushed_at':<25} metrics"
+            f"  {'':1} {'version':>7}  {'state':<11} {'verdict':<10} {'requests':>9} {'failures':>8} "
+            f"{'queue ms':>9} {'compute ms':>10}  {'commit':<10} {'data':<22} {'pushed_at':<25} metrics"
         )
         lines.append(header)
         for v in model.versions:
             lines.append(
-                f"  {'*' if v.serving else '':1} {v.version:>7}  {v.state:<11} "
+                f"  {'*' if v.serving else '':1} {v.version:>7}  {v.state:<11} {v.verdict:<10} "
                 f"{_counter_text(counters.get((model.model, v.version)))}  {(v.git_commit or '-')[:10]:<10} "
                 f"{_data_text(v.data)[:22]:<22} {(v.pushed_at or '-'):<25} {_metric_text(v.metrics)}"
             )
@@ -167,7 +173,7 @@ def cmd_sample(args: argparse.Namespace, params: Params) -> dict[str, Any]:
 
     name = args.model or params.export.model_name
     settings = ops.ServingSettings.from_params(params.serving)
-    repo = TritonRepository(settings.repository)
+    repo = settings.open_repository()
     version = repo.serving_version(name)
     golden = repo.golden(name, version) if version is not None else None
     if version is None or golden is None:
@@ -194,6 +200,16 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Params], dict[str, Any]]] = {
 }
 
 
+def _version_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"a version is a number >= 1, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m serving", description=__doc__.splitlines()[0])
     p.add_argument("--params", default=str(DEFAULT_PATH), help="params file (default: %(default)s)")
@@ -210,10 +226,14 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--no-prune", action="store_true", help="keep old versions beyond serving.retention")
     rollback = sub.add_parser("rollback", help="serve an earlier stored version")
     rollback.add_argument("--model", help="model name (default: export.model_name)")
-    rollback.add_argument("--to", type=int, help="version to serve (default: the one before the serving one)")
+    rollback.add_argument(
+        "--to", type=_version_number, help="version to serve (default: the last good one served before it)"
+    )
     prune = sub.add_parser("prune", help="delete versions beyond the retention count")
     prune.add_argument("--model", help="model name (default: export.model_name)")
-    prune.add_argument("--retention", type=int, help="versions to keep (default: serving.retention)")
+    prune.add_argument(
+        "--retention", type=int, help="good versions to keep (default: serving.retention; checked like it, > 0)"
+    )
     sample = sub.add_parser("sample", help="a sample prediction of the serving version's golden rows")
     sample.add_argument("--model", help="model name (default: export.model_name)")
     for command in (sub.choices["start"], sub.choices["stop"], status, push, rollback, prune, sample):

@@ -338,12 +338,22 @@ class TritonClient:
             return [json_format.MessageToDict(m, preserving_proto_field_name=True) for m in index.models]
         return list(self.call("repository index", lambda: self._client.get_model_repository_index(**self._kwargs())))
 
-    def load(self, name: str, config_json: str | None = None, timeout_s: float | None = None) -> None:
+    def load(
+        self,
+        name: str,
+        config_json: str | None = None,
+        timeout_s: float | None = None,
+        files: dict[str, bytes] | None = None,
+    ) -> None:
         """(Re)load a model; `config_json` overrides the config on disk (e.g. its version_policy).
+        With `files` (`{"file:<version>/<name>": bytes}`) the server loads those instead of the
+        repository's folder: nothing is read from or written to the repository.
 
         A load may take far longer than a request (`timeout_s`, the push's load timeout): over gRPC
         that is the call's deadline, over HTTP a client of its own with that network timeout."""
         kwargs = self._kwargs(timeout_s)
+        if files:
+            kwargs["files"] = files
         if self.settings.protocol == "grpc" or timeout_s is None:
             self.call(f"load of {name}", lambda: self._client.load_model(name, config=config_json, **kwargs))
             return
@@ -352,6 +362,16 @@ class TritonClient:
             self.call(f"load of {name}", lambda: client.load_model(name, config=config_json, **kwargs))
         finally:
             client.close()
+
+    def model_config(self, name: str, version: int | None = None) -> dict[str, Any]:
+        """The config the server runs a loaded model with (JSON form: max_batch_size, inputs, ...)."""
+        v = "" if version is None else str(version)
+        if self.settings.protocol == "grpc":
+            response = self.call(
+                f"config of {name}", lambda: self._client.get_model_config(name, v, as_json=True, **self._kwargs())
+            )
+            return dict(response.get("config", {}))
+        return dict(self.call(f"config of {name}", lambda: self._client.get_model_config(name, v, **self._kwargs())))
 
     def unload(self, name: str) -> None:
         self.call(f"unload of {name}", lambda: self._client.unload_model(name, **self._kwargs()))

@@ -42,6 +42,7 @@ from pipeline.atomic import write_text
 from pipeline.params import ServingParams
 from serving import control
 from serving.overrides import apply_env
+from serving.repository import open_store
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ class ServerError(RuntimeError):
 class ServerSettings:
     """Where the local server keeps its state and which 127.0.0.1 ports it binds."""
 
-    repository: Path  # the live model repository
+    repository: Path | str  # the live model repository: a local folder, or an s3:// URL (passed through)
     state_dir: Path  # PID file, log, writable backend copy
     http_port: int
     grpc_port: int
@@ -77,7 +78,7 @@ class ServerSettings:
         env = os.environ if env is None else env
         params = apply_env(params, env, SERVER_ENV)
         return cls(
-            repository=Path(params.repository),
+            repository=_repository(params.repository),
             state_dir=Path(params.state_dir),
             http_port=params.http_port,
             grpc_port=params.grpc_port,
@@ -158,6 +159,11 @@ class ServerState:
         return f"pid {self.pid}, {'ready' if self.ready else 'NOT ready'} at {where}, log {self.settings.log_file}"
 
 
+def _repository(location: str) -> Path | str:
+    """A URL stays a string: Path() would turn s3://b/p into the local folder s3:/b/p."""
+    return location if "://" in location else Path(location)
+
+
 def _wheel_dir() -> Path:
     try:
         import pytriton
@@ -196,7 +202,7 @@ def server_command(
     """The tritonserver command line; with an id and a model-control key when given."""
     command = [
         str(_wheel_dir() / "bin" / "tritonserver"),
-        f"--model-repository={settings.repository.resolve()}",
+        f"--model-repository={_repository_arg(settings.repository)}",
         f"--backend-directory={backends.resolve()}",
         "--model-control-mode=explicit",
         "--http-address=127.0.0.1",
@@ -214,6 +220,10 @@ def server_command(
     if control_key:
         command += control.server_flags(control_key)
     return command
+
+
+def _repository_arg(repository: Path | str) -> str:
+    return repository if isinstance(repository, str) else str(repository.resolve())
 
 
 def server_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -374,7 +384,7 @@ def start_server(settings: ServerSettings) -> ServerState:
             f"{_ports_text(settings)}."
         )
     settings.state_dir.mkdir(parents=True, exist_ok=True)
-    settings.repository.mkdir(parents=True, exist_ok=True)
+    open_store(settings.repository).make_root()  # a local folder, or an S3 prefix
     backends = prepare_backends(settings.state_dir)
     server_id = ID_PREFIX + secrets.token_hex(6)
     key = settings.control_key or control.new_key()

@@ -71,6 +71,7 @@ def build_candidate(
     broken: str | None = None,
     export: ExportParams | None = None,
     backend_source: str | None = None,
+    gpu_entries: bool = False,
 ) -> Path:
     """Write a candidate folder in the export stage's layout.
 
@@ -78,6 +79,7 @@ def build_candidate(
     and answers, but golden.json expects different outputs (the smoke test must catch it).
     `export` (its model_name is replaced by `name`) overrides the batching arguments;
     `backend_source` replaces serving/backend/model.py (e.g. NOOP_BACKEND).
+    gpu_entries: also the GPU server's entries (gpu/<name>/ for onnxruntime, gpu/<name>_torchscript/).
     """
     import onnxruntime as ort
 
@@ -97,6 +99,15 @@ def build_candidate(
     export = export.model_copy(update={"model_name": name})
     config = configs.python_backend_config(export, configs.Signature(n_features, n_classes))
     (out / "triton" / name / "config.pbtxt").write_text(config)
+    if gpu_entries:
+        signature = configs.Signature(n_features, n_classes)
+        (out / "gpu" / name / "1").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(out / "model.onnx", out / "gpu" / name / "1" / configs.ONNX_FILENAME)
+        (out / "gpu" / name / "config.pbtxt").write_text(configs.onnx_gpu_config(export, signature))
+        torchscript = out / "gpu" / f"{name}_torchscript"
+        (torchscript / "1").mkdir(parents=True, exist_ok=True)
+        (torchscript / "1" / configs.TORCHSCRIPT_FILENAME).write_bytes(b"TorchScript placeholder: never loaded here")
+        (torchscript / "config.pbtxt").write_text(configs.libtorch_gpu_config(export, signature))
 
     inputs = np.random.default_rng(1000 + seed).uniform(0, 16, (4, n_features)).astype(np.float32)
     session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])

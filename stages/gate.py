@@ -1,10 +1,12 @@
 """gate: champion vs challenger, before a push.
 
 The challenger is the candidate's evaluate metrics (its ONNX file scored on the test split). The
-champion is the model Triton serves now, scored live through tritonclient on the same test rows
-with the same scoring code, so both are judged on the same data. Thresholds are TFX-style
-(`gate:` in params.yaml): absolute floors the challenger must reach, and a maximum regression
-against the champion. With no champion (the first deployment) the floors alone decide.
+champion is the version pinned in the model repository (the one the last verified push or
+rollback made serve), scored live through tritonclient on the same test rows with the same
+scoring code and in requests of the served model's own max batch size, so both are judged on the
+same data. A champion that is pinned but not READY fails the gate (closed), never "first
+deployment". Thresholds are TFX-style (`gate:` in params.yaml): absolute floors the challenger
+must reach, and a maximum regression against the champion. With no champion (the first deployment) the floors alone decide.
 
 Not a DVC stage: its answer depends on what serves right now. The retraining DAG runs it after
 evaluate; it writes a JSON report (decision, reason, per-metric diff) and exits 0 when the
@@ -120,14 +122,39 @@ def decide(challenger: Mapping[str, Any], champion: Mapping[str, Any] | None, pa
 
 
 # --- the champion, scored live --------------------------------------------------------------
-def serving_version(client: Any, model: str) -> int | None:
-    """The newest READY version of `model` on the server, or None when none serves."""
-    versions = [
-        int(entry["version"])
-        for entry in client.repository_index()
-        if entry.get("name") == model and entry.get("state") == "READY" and str(entry.get("version", "")).isdigit()
-    ]
-    return max(versions, default=None)
+def champion_version(repo: Any, client: Any, model: str) -> int | None:
+    """The pinned version of `model` (what the repository says serves), or None on a first
+    deployment. Fails closed: a pinned version the server does not have READY, or versions served
+    that nothing pins, stop the gate instead of letting a candidate through unchecked."""
+    from serving.push import served_versions
+
+    pinned = repo.serving_version(model)
+    served = served_versions(client, model)
+    where = client.settings.describe()
+    if pinned is None:
+        if served:
+            raise _cli.StageError(
+                f"the server at {where} serves versions {served} of {model}, but the model repository {repo} pins "
+                "none: the gate cannot tell which one is the champion. Point TRITON_MODEL_REPOSITORY "
+                "(serving.repository) at the repository that server loads from."
+            )
+        return None
+    if not client.model_ready(model, pinned):
+        raise _cli.StageError(
+            f"the champion, {model} version {pinned} (pinned in {repo}), is not READY on the server at {where}, "
+            "so it cannot be scored and the gate will not pass a candidate unchecked. Load it again "
+            "(`python -m serving start` reloads pinned versions; `python -m serving status` shows the state), "
+            "then re-run the gate."
+        )
+    if served != [pinned]:
+        log.warning("the server serves %s of %s; the champion is the pinned version %d", served, model, pinned)
+    return pinned
+
+
+def served_batch_size(client: Any, model: str, version: int) -> int | None:
+    """The served model's own max_batch_size (None: it takes no batch axis, send one request)."""
+    size = int(client.model_config(model, version).get("max_batch_size", 0))
+    return size if size > 0 else None
 
 
 def champion_probabilities(client: Any, model: str, version: int, features: np.ndarray, batch: int) -> np.ndarray:
@@ -137,20 +164,28 @@ def champion_probabilities(client: Any, model: str, version: int, features: np.n
 
 
 def score_champion(params: Any, model: str, test: Any) -> tuple[int, dict[str, Any]] | None:
-    """(version, metrics) of what Triton serves for `model`, on the test rows; None if nothing serves."""
-    from serving.client import ClientSettings, TritonClient
+    """(version, metrics) of the pinned champion for `model` on the test rows; None if nothing is pinned."""
+    from serving.client import TritonClient
+    from serving.push import ServingSettings
     from stages.evaluate import score
 
-    settings = ClientSettings.from_params(params.serving)
-    with TritonClient(settings) as client:
-        version = serving_version(client, model)
+    settings = ServingSettings.from_params(params.serving)
+    with TritonClient(settings.client) as client:
+        version = champion_version(settings.open_repository(), client, model)
         if version is None:
-            log.info("no version of %s serves at %s: first deployment", model, settings.describe())
+            log.info("no version of %s is pinned or served at %s: first deployment", model, settings.client.describe())
             return None
-        probabilities = champion_probabilities(client, model, version, test.features, params.export.max_batch_size)
+        batch = served_batch_size(client, model, version) or len(test.features)
+        probabilities = champion_probabilities(client, model, version, test.features, batch)
     metrics = score(test.labels, probabilities.argmax(axis=1), list(params.data.classes)).metrics
     log.info(
-        "champion %s v%d at %s on %d test rows: %s", model, version, settings.describe(), len(test.labels), metrics
+        "champion %s v%d at %s on %d test rows (batches of %d): %s",
+        model,
+        version,
+        settings.client.describe(),
+        len(test.labels),
+        batch,
+        metrics,
     )
     return version, metrics
 

@@ -6,6 +6,7 @@ these tests never depend on the training pipeline having run.
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -52,3 +53,44 @@ def serving_settings(triton_server):
 
     client = ClientSettings.local(triton_server, timeout_s=30.0, retries=1, backoff_s=0.1)
     return ServingSettings(client=client, repository=triton_server.repository, load_timeout_s=60.0, retention=3)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs mounted on a fresh folder: a disk that really fills up. Unmounted afterwards."""
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs", str(mount)], capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        pytest.skip(
+            "mounting a size-limited tmpfs needs root (CAP_SYS_ADMIN), which this machine does not give: "
+            + (result.stderr.strip() or f"mount exited {result.returncode}")
+        )
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False, capture_output=True)
+
+
+@pytest.fixture
+def fill_disk() -> Callable[[Path], None]:
+    """fill_disk(folder): write a filler file there until its filesystem has no byte left."""
+
+    def fill(folder: Path) -> None:
+        chunk = b"\0" * 4096
+        with open(folder / "filler", "wb", buffering=0) as handle:
+            try:
+                while True:
+                    handle.write(chunk)
+            except OSError:
+                pass
+        with open(folder / "filler-tail", "wb", buffering=0) as handle:  # the last partial block
+            try:
+                while True:
+                    handle.write(b"\0")
+            except OSError:
+                pass
+
+    return fill

@@ -63,8 +63,8 @@ def test_no_endpoint_is_a_clear_error(unused_port):
 
 def test_status_table_shows_each_versions_counters():
     versions = [
-        VersionStatus(1, False, "-", "a" * 40, {}, {}, None, None, None),
-        VersionStatus(2, True, "READY", "b" * 40, {}, {}, None, None, None),
+        VersionStatus(1, False, "-", "verified", "a" * 40, {}, {}, None, None, None),
+        VersionStatus(2, True, "READY", "serving", "b" * 40, {}, {}, None, None, None),
     ]
     status = Status("ready at http://127.0.0.1:8000", [ModelStatus("m", 2, True, versions)])
     counters = {("m", 2): VersionCounters("m", 2, 41, 2, 41, 30, 0.125, 1.5)}
@@ -72,8 +72,8 @@ def test_status_table_shows_each_versions_counters():
     header = text[3]
     assert "requests" in header and "failures" in header and "queue ms" in header and "compute ms" in header
     unloaded, serving = text[4].split(), text[5].split()
-    assert unloaded[:6] == ["1", "-", "-", "-", "-", "-"]
-    assert serving[:7] == ["*", "2", "READY", "41", "2", "0.125", "1.500"]
+    assert unloaded[:7] == ["1", "-", "verified", "-", "-", "-", "-"]
+    assert serving[:8] == ["*", "2", "READY", "serving", "41", "2", "0.125", "1.500"]
     note = format_status(status, counters_note="no metrics at http://x/metrics")
     assert "live counters: no metrics at http://x/metrics" in note
 

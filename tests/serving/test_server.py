@@ -219,7 +219,7 @@ def test_model_control_needs_the_key_while_inference_stays_open(triton_server, s
 def test_every_client_the_project_makes_finds_the_local_servers_key(triton_server, make_candidate):
     """push, status, rollback and the gate build their clients from params + environment: pointed
     at the local server's ports and state folder, they find its key by themselves."""
-    from stages.gate import serving_version
+    from stages.gate import champion_version
 
     params = ServingParams(
         http_port=triton_server.http_port,
@@ -237,4 +237,4 @@ def test_every_client_the_project_makes_finds_the_local_servers_key(triton_serve
         assert serving_status(settings, name).models[0].live_ready is True
         assert rollback(name, settings).version == 1
         with TritonClient(ClientSettings.from_params(params, env)) as client:  # as stages/gate.py builds it
-            assert serving_version(client, name) == 1
+            assert champion_version(settings.open_repository(), client, name) == 1
