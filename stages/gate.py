@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from pipeline import atomic
-from pipeline.params import GateParams
+from pipeline.params import DataParams, ExportParams, GateParams, ServingParams
 from stages import _cli
 
 log = logging.getLogger(__name__)
@@ -136,42 +136,43 @@ def champion_probabilities(client: Any, model: str, version: int, features: np.n
     return np.concatenate(parts, axis=0)
 
 
-def score_champion(params: Any, model: str, test: Any) -> tuple[int, dict[str, Any]] | None:
+def score_champion(
+    serving: ServingParams, max_batch_size: int, classes: list, model: str, test: Any
+) -> tuple[int, dict[str, Any]] | None:
     """(version, metrics) of what Triton serves for `model`, on the test rows; None if nothing serves."""
+    from pipeline.metrics import scores
     from serving.client import ClientSettings, TritonClient
-    from stages.evaluate import score
 
-    settings = ClientSettings.from_params(params.serving)
+    settings = ClientSettings.from_params(serving)
     with TritonClient(settings) as client:
         version = serving_version(client, model)
         if version is None:
             log.info("no version of %s serves at %s: first deployment", model, settings.describe())
             return None
-        probabilities = champion_probabilities(client, model, version, test.features, params.export.max_batch_size)
-    metrics = score(test.labels, probabilities.argmax(axis=1), list(params.data.classes)).metrics
-    log.info(
-        "champion %s v%d at %s on %d test rows: %s", model, version, settings.describe(), len(test.labels), metrics
-    )
+        probabilities = champion_probabilities(client, model, version, test.x, max_batch_size)
+    metrics = {**scores(test.y, probabilities.argmax(axis=1), len(classes)), "test_rows": len(test)}
+    log.info("champion %s v%d at %s on %d test rows: %s", model, version, settings.describe(), len(test), metrics)
     return version, metrics
 
 
-def run(args: Any, params: Any) -> Decision:
-    from pipeline.tables import read_parquet
+def run(args: Any, data: DataParams, export: ExportParams, serving: ServingParams, gate: GateParams) -> Decision:
+    """The gate's decision. Its params, given explicitly (it is not a DVC stage): the data contract
+    (to read the test rows), export.max_batch_size, the serving connection and the gate's thresholds."""
+    from pipeline.rows import SplitTable
     from serving.repository import load_candidate
-    from stages.export import split_rows
 
     challenger = json.loads(Path(args.metrics).read_text())
     model = load_candidate(args.candidate).name
-    test = split_rows(read_parquet(args.clean), read_parquet(args.split), params.data, "test")
-    champion = score_champion(params, model, test)
-    decision = decide(challenger, None if champion is None else champion[1], params.gate)
+    test = SplitTable.open(args.clean, args.split, data).split_rows("test")
+    champion = score_champion(serving, export.max_batch_size, list(data.classes), model, test)
+    decision = decide(challenger, None if champion is None else champion[1], gate)
     return Decision(
         passed=decision.passed,
         reason=decision.reason,
         checks=decision.checks,
         champion_version=None if champion is None else champion[0],
         model=model,
-        extra={"test_rows": len(test.labels), "candidate": str(args.candidate)},
+        extra={"test_rows": len(test), "candidate": str(args.candidate)},
     )
 
 
@@ -184,7 +185,7 @@ def main() -> None:
     decisions: list[Decision] = []
 
     def body(args, params):
-        decision = run(args, params)
+        decision = run(args, params.data, params.export, params.serving, params.gate)
         atomic.write_json(args.report or params.gate.report, decision.to_json())
         log.info("gate %s\n%s", decision.reason, diff_markdown(decision))
         decisions.append(decision)
