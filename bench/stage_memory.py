@@ -105,7 +105,9 @@ def main() -> None:
         if args.baseline:
             trees["baseline"] = work / "baseline"
             trees["baseline"].mkdir()
-            archive = subprocess.run(["git", "archive", args.baseline], cwd=ROOT, capture_output=True, check=True)
+            archive = subprocess.run(
+                ["git", "archive", args.baseline], capture_output=True, check=True
+            )  # the repository here
             subprocess.run(["tar", "-x", "-C", str(trees["baseline"])], input=archive.stdout, check=True)
         results: dict[str, dict[str, tuple[float, float]]] = {}
         for tag, code in trees.items():
