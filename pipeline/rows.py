@@ -4,8 +4,9 @@ train, crossval, export, evaluate and the gate all get their rows from a `SplitT
 
 - The split assignment must cover the clean table row for row; otherwise `RowsError` says to
   rerun split (the two files come from different runs).
-- Only the label and feature columns are read (Parquet column projection), in record batches, and
-  only the rows a stage asks for are kept: evaluate holds the test split, not the whole table.
+- Only the label and feature columns are read (Parquet column projection), a row group and a few
+  columns at a time, and only the rows a stage asks for are kept: evaluate holds the test split,
+  not the whole table.
 - Features keep the dtype they are stored in (uint8 pixels stay uint8, a quarter of float32); they
   become float32 a batch at a time, where a batch goes to the model. No float64 copy is made.
 - Labels become indices into `data.classes` (the model's output order); a label outside it is a
@@ -14,7 +15,7 @@ train, crossval, export, evaluate and the gate all get their rows from a `SplitT
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,9 +28,11 @@ from pipeline.errors import StageError
 from pipeline.params import DataParams
 from pipeline.tables import feature_columns, read_parquet
 
-# Rows per record batch while reading. A batch is turned into a row-major block before its rows
-# are kept; at 8k rows x 784 uint8 pixels that block (6 MB) stays in cache.
-READ_BATCH_ROWS = 8192
+# Feature values (in the stored dtype) read at once: columns are read in groups of about this
+# size (at least one column), so what a read needs beyond its result stays bounded whatever the
+# table's width. Parquet decodes through wider buffers, so the peak is a few times this (~7x for
+# uint8 pixels); 16 MB measured as fast as 128 MB.
+READ_BYTES = 16 * 2**20
 
 
 class RowsError(StageError):
@@ -121,40 +124,50 @@ class SplitTable:
             counts = {name: len(idx) for name, idx in picks.items()}
             raise RowsError(f"no {' or '.join(empty)} rows ({counts}); check split's output and the split params")
         xs = {name: np.empty((len(idx), self.n_features), self.dtype) for name, idx in picks.items()}
-        labels: dict[str, list[np.ndarray]] = {name: [] for name in picks}
+        ys: dict[str, list[np.ndarray]] = {name: [] for name in picks}
         start = 0
-        for batch in self._batches():
-            stop = start + batch.num_rows
-            block = None
+        for n, read in self._row_groups():
+            wanted = {}  # part -> (its first and last + 1 row in this row group, their positions here)
             for name, idx in picks.items():
-                lo, hi = np.searchsorted(idx, [start, stop])
-                if hi == lo:
-                    continue
-                if block is None:
-                    block = self._features(batch)
-                    batch_labels = batch.column(0).to_numpy(zero_copy_only=False)
-                at = idx[lo:hi] - start
-                xs[name][lo:hi] = block[at]
-                labels[name].append(batch_labels[at])
-            start = stop
-        return {name: Rows(xs[name], self._indices(name, np.concatenate(labels[name]))) for name in picks}
+                lo, hi = np.searchsorted(idx, [start, start + n])
+                if hi > lo:
+                    wanted[name] = (lo, hi, idx[lo:hi] - start)
+            if wanted:
+                labels = self._column(read([self.data.label]), 0)
+                for name, (_, _, at) in wanted.items():
+                    ys[name].append(self._indices(name, labels[at]))
+                self._fill_features(read, n, wanted, xs)
+            start += n
+        return {name: Rows(xs[name], np.concatenate(ys[name])) for name in picks}
 
-    def _batches(self) -> Iterator[pa.RecordBatch]:
-        columns = [self.data.label, *self.features]
-        if isinstance(self._source, pq.ParquetFile):
-            yield from self._source.iter_batches(batch_size=READ_BATCH_ROWS, columns=columns)
+    def _fill_features(self, read, n: int, wanted: dict, xs: dict[str, np.ndarray]) -> None:
+        """Copy the wanted rows of one row group into each part's features, a group of columns at a time."""
+        width = max(1, READ_BYTES // max(1, n * self.dtype.itemsize))
+        for j in range(0, self.n_features, width):
+            block = read(self.features[j : j + width])
+            columns = [self._column(block, k) for k in range(block.num_columns)]
+            for name, (lo, hi, at) in wanted.items():
+                # The picked columns stacked are contiguous (width, rows); copying their transpose
+                # into the row-major result reads each source cache line for 64 rows in a row.
+                picked = [column[at].astype(self.dtype, copy=False) for column in columns]
+                xs[name][lo:hi, j : j + width] = np.stack(picked).T
+
+    def _row_groups(self) -> Iterator[tuple[int, Callable[[list[str]], pa.Table]]]:
+        """(rows, read(columns) -> those columns of its rows) for each row group of the table."""
+        source = self._source
+        if isinstance(source, pq.ParquetFile):
+            for i in range(source.metadata.num_row_groups):
+                yield source.metadata.row_group(i).num_rows, lambda columns, i=i: source.read_row_group(i, columns)
         else:
-            yield from self._source.select(columns).to_batches(max_chunksize=READ_BATCH_ROWS)
+            yield source.num_rows, source.select
 
-    def _features(self, batch: pa.RecordBatch) -> np.ndarray:
-        """The batch's feature columns as one row-major block in the stored dtype."""
-        block = np.empty((batch.num_rows, self.n_features), self.dtype)
-        for j in range(self.n_features):
-            column = batch.column(j + 1)
-            if column.null_count:
-                raise RowsError(f"feature column {self.features[j]!r} holds nulls; rerun clean")
-            block[:, j] = column.to_numpy(zero_copy_only=False)
-        return block
+    @staticmethod
+    def _column(block: pa.Table, k: int) -> np.ndarray:
+        column = block.column(k)
+        if column.null_count:
+            raise RowsError(f"column {block.column_names[k]!r} of the clean table holds nulls; rerun clean")
+        # One contiguous array: zero copy for a numeric column (ChunkedArray.to_numpy is far slower).
+        return column.combine_chunks().to_numpy(zero_copy_only=False)
 
     def _indices(self, part: str, labels: np.ndarray) -> np.ndarray:
         classes = list(self.data.classes)

@@ -62,22 +62,31 @@ class Probabilities(nn.Module):
 
 
 def export_onnx(module: nn.Module, n_features: int, path: Path, opset: int) -> None:
-    """Write an ONNX file with a dynamic batch axis (the legacy exporter needs no extra package)."""
-    example = torch.zeros(2, n_features)
-    with warnings.catch_warnings():
-        # The legacy exporter is chosen on purpose (the dynamo one needs onnxscript); its
-        # deprecation notice would only repeat on every run.
-        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export", category=DeprecationWarning)
-        torch.onnx.export(
-            module,
-            (example,),
-            str(path),
-            input_names=[configs.INPUT_NAME],
-            output_names=[configs.OUTPUT_NAME],
-            dynamic_axes={configs.INPUT_NAME: {0: "batch"}, configs.OUTPUT_NAME: {0: "batch"}},
-            opset_version=opset,
-            dynamo=False,
-        )
+    """Write an ONNX file with PyTorch's maintained exporter (`torch.export` + onnxscript), the
+    batch axis dynamic. The weights stay inside the file: Triton's entries copy model.onnx alone."""
+    example = torch.zeros(2, n_features)  # 2, not 1: a batch of one would be specialised away
+    # torch.onnx logs that torchvision's operators are not registered (this project has none), and
+    # torch.export warns about its own internal pytree API: noise in every run's log.
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+            torch.onnx.export(
+                module,
+                (example,),
+                str(path),
+                input_names=[configs.INPUT_NAME],
+                output_names=[configs.OUTPUT_NAME],
+                dynamic_shapes=({0: torch.export.Dim("batch")},),
+                opset_version=opset,
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+            )
+    finally:
+        registration.setLevel(level)
 
 
 def export_torchscript(module: nn.Module, n_features: int, path: Path) -> None:

@@ -43,10 +43,16 @@ def test_labels_become_indices_into_data_classes(image_table, params):
 
 
 def test_several_parts_in_one_pass_from_a_parquet_file(tmp_path, image_table, params, monkeypatch):
-    """The file path reads in record batches; parts spanning batch boundaries come out whole."""
-    monkeypatch.setattr(rows_module, "READ_BATCH_ROWS", 7)
+    """A file is read a row group and a few columns at a time; parts spanning row groups and
+    column groups come out whole, and equal to the in-memory path."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    monkeypatch.setattr(rows_module, "READ_BYTES", 37 * 3)  # 3 uint8 columns of a 37-row group
     path = tmp_path / "clean.parquet"
-    write_parquet(image_table.assign(note="not a feature"), path)
+    arrow = pa.Table.from_pandas(image_table.assign(note="not a feature"), preserve_index=False)
+    pq.write_table(arrow, path, row_group_size=37)
+    assert pq.ParquetFile(path).metadata.num_row_groups == 6
     assignment = assignment_for(image_table)
     write_parquet(assignment, tmp_path / "split.parquet")
     from_file = SplitTable.open(path, tmp_path / "split.parquet", params.data)

@@ -7,10 +7,12 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pandas as pd
 import pytest
 import torch
+from conftest import tiny_image_table
 from tritonclient.grpc import model_config_pb2 as pb
 
 from pipeline import atomic
@@ -60,11 +62,13 @@ def hashes() -> dict:
     }
 
 
-@pytest.fixture
-def exported(tmp_path, image_table, params):
-    model, model_file = tiny_model(image_table, params)
-    test = split_rows(image_table, params, "test")
-    out = tmp_path / "candidate"
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, params):
+    """One export shared by the tests that only read its output (the dynamo exporter takes seconds)."""
+    table = tiny_image_table()
+    model, model_file = tiny_model(table, params)
+    test = split_rows(table, params, "test")
+    out = tmp_path_factory.mktemp("export") / "candidate"
     with atomic.atomic_dir(out) as tmp:
         card = export.run(model, model_file, test, params.data, params.export, Path(tmp), hashes())
     return out, card, model, test
@@ -91,6 +95,19 @@ def test_onnx_and_torchscript_match_pytorch(exported, params):
             scripted(torch.from_numpy(test.float32(0, n))).detach().numpy(), expected[:n], atol=tolerance
         )
     np.testing.assert_allclose(expected.sum(axis=1), 1.0, atol=1e-5)  # softmax is inside the graph
+
+
+def test_onnx_file_is_self_contained_with_a_symbolic_batch_axis(exported, params):
+    """What the dynamo exporter is asked for: the opset of params, the weights inside the one file
+    that Triton's entries copy (no external data file), a named dynamic batch axis on both ends."""
+    out, *_ = exported
+    assert not list(out.glob("*.data"))
+    graph = onnx.load(str(out / "model.onnx"))  # would fail on a missing external data file
+    onnx.checker.check_model(graph, full_check=True)
+    assert [(o.domain, o.version) for o in graph.opset_import if o.domain == ""] == [("", params.export.opset)]
+    for value, width in ((graph.graph.input[0], 64), (graph.graph.output[0], 10)):
+        dims = value.type.tensor_type.shape.dim
+        assert (dims[0].dim_param, dims[1].dim_value) == ("batch", width), value.name
 
 
 def test_candidate_layout_is_complete(exported, params, project_root):
@@ -205,6 +222,7 @@ def test_golden_indices_take_classes_in_turn():
         ({"model_name": "a/b"}, "export.model_name"),
         ({"model_name": "has space"}, "export.model_name"),
         ({"opset": 9}, "export.opset"),
+        ({"opset": 17}, "export.opset"),  # below what the dynamo exporter writes
         ({"dynamic_batching": "yes"}, "export.dynamic_batching"),
         ({"preferred_batch_sizes": [128]}, "preferred_batch_sizes"),  # above max_batch_size 64
     ],
