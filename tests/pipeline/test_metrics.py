@@ -10,7 +10,6 @@ from sklearn.metrics import f1_score, precision_score, recall_score
 
 from pipeline import metrics
 from pipeline.training import evaluate as training_evaluate
-from stages import crossval_summary
 from stages import evaluate as evaluate_stage
 
 CLASSES = ["a", "b", "c", "d"]
@@ -54,10 +53,3 @@ def test_the_scores_are_scikit_learns_over_every_class():
     assert got["accuracy"] == pytest.approx(6 / 9)
     # The absent class counts 0 in the mean: the denominator is always the class count.
     assert got["f1_macro"] == pytest.approx(f1_score(actual, predicted, average="macro") * 3 / 4)
-
-
-def test_the_crossval_summary_has_one_entry_per_concept():
-    per_fold = {f: {name: 0.5 + f / 10 for name in crossval_summary.METRICS} for f in (0, 1)}
-    summary = crossval_summary.summarize(per_fold)
-    assert set(summary) == {"k", *metrics.NAMES, "loss"}
-    assert summary["f1_macro"]["mean"] == pytest.approx(0.55)
