@@ -5,9 +5,9 @@ validation rows. It is a plain function of (config, rows, params) so tests and b
 same code:
 
 - Rows live on the device as two tensors, the features in their stored dtype (uint8 pixels stay
-  uint8); each epoch indexes them with a seeded permutation, so no Python loop ever touches single
-  samples, and a batch becomes float32 only once it is taken. Image augmentation (random shifts and rotations) is one
-  `affine_grid` + `grid_sample` call on the whole batch.
+  uint8; a batch becomes float32 once it is taken); each epoch indexes them with a seeded
+  permutation, so no Python loop ever touches single samples. Image augmentation (random shifts
+  and rotations) is one `affine_grid` + `grid_sample` call on the whole batch.
 - The device is CUDA when present (params can force one); mixed precision (bf16 where the GPU
   supports it, else fp16 with loss scaling) is used on CUDA only.
 - All randomness comes from `train.seed` through two generators whose states travel in the
@@ -65,7 +65,7 @@ class FitResult:
     resumed_from: int = 0  # epochs taken from a checkpoint (0 = fresh start)
 
 
-# --- data ---------------------------------------------------------------------------------
+# --- data ------------------------------------------------------------------------------------
 
 
 def device_tensors(rows: Rows, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
