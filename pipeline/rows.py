@@ -15,6 +15,7 @@ train, crossval, export, evaluate and the gate all get their rows from a `SplitT
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,7 +158,7 @@ class SplitTable:
         source = self._source
         if isinstance(source, pq.ParquetFile):
             for i in range(source.metadata.num_row_groups):
-                yield source.metadata.row_group(i).num_rows, lambda columns, i=i: source.read_row_group(i, columns)
+                yield source.metadata.row_group(i).num_rows, functools.partial(source.read_row_group, i)
         else:
             yield source.num_rows, source.select
 
