@@ -2,7 +2,8 @@
 
 Writes a synthetic clean table (label + 784 uint8 pixels, `bench/data_stages.py`'s generator) and
 its split, then runs each stage's CLI, as dvc.yaml does, in a child process and reads the child's
-peak resident memory from the OS (`wait4`). The model is a small MLP trained for one epoch: the
+peak resident memory from the OS (`wait4`). The table is made in a child of its own: a child's peak
+counts the pages it shared with its parent when it was started, so the parent must stay small. The model is a small MLP trained for one epoch: the
 point is what the stages hold of the table, not the model.
 
 With `--baseline REV` the same CLIs of an earlier git revision run on the same files in the same
@@ -93,12 +94,16 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, default=700_000)
     p.add_argument("--baseline", help="git revision whose stage CLIs to compare with (e.g. the commit before a change)")
+    p.add_argument("--make-inputs", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.make_inputs:
+        make_inputs(args.rows, Path(args.make_inputs))
+        return
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         started = time.perf_counter()
-        make_inputs(args.rows, work)
+        subprocess.run([sys.executable, __file__, "--rows", str(args.rows), "--make-inputs", tmp], check=True)
         size = (work / "clean.parquet").stat().st_size / 2**20
         print(f"{args.rows:,} rows x 784 uint8 pixels ({size:.0f} MB Parquet) in {time.perf_counter() - started:.0f} s")
         trees = {"current": ROOT}

@@ -65,11 +65,17 @@ def export_onnx(module: nn.Module, n_features: int, path: Path, opset: int) -> N
     """Write an ONNX file with PyTorch's maintained exporter (`torch.export` + onnxscript), the
     batch axis dynamic. The weights stay inside the file: Triton's entries copy model.onnx alone."""
     example = torch.zeros(2, n_features)  # 2, not 1: a batch of one would be specialised away
-    # torch.onnx logs that torchvision's operators are not registered (this project has none), and
-    # torch.export warns about its own internal pytree API: noise in every run's log.
-    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
-    level = registration.level
-    registration.setLevel(logging.ERROR)
+    # Noise in every run's log: torch.onnx says torchvision's operators are not registered (this
+    # project has none), onnxscript's optimizer logs each pass at INFO, torch.export warns about
+    # its own internal pytree API.
+    quiet = {
+        "torch.onnx._internal.exporter._registration": logging.ERROR,
+        "onnxscript": logging.WARNING,
+        "onnx_ir": logging.WARNING,
+    }
+    levels = {name: logging.getLogger(name).level for name in quiet}
+    for name, level in quiet.items():
+        logging.getLogger(name).setLevel(level)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
@@ -86,7 +92,8 @@ def export_onnx(module: nn.Module, n_features: int, path: Path, opset: int) -> N
                 verbose=False,
             )
     finally:
-        registration.setLevel(level)
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
 
 
 def export_torchscript(module: nn.Module, n_features: int, path: Path) -> None:
