@@ -143,7 +143,7 @@ class ExportParams(Section):
 
     # Triton uses the name as a folder in the model repository: no separators, dots or spaces.
     model_name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+$", max_length=128)] = "digits"
-    opset: Annotated[int, Field(ge=13, le=20)] = 17
+    opset: Annotated[int, Field(ge=18, le=20)] = 18  # the dynamo exporter writes opset 18 and up
     parity_tolerance: Annotated[float, Field(ge=0.0)] = 1e-4
     golden_samples: Positive = 8
     max_batch_size: Positive = 64

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from pipeline import atomic
-from pipeline.params import GateParams
+from pipeline.params import DataParams, GateParams, ServingParams
 from stages import _cli
 
 log = logging.getLogger(__name__)
@@ -163,50 +163,52 @@ def champion_probabilities(client: Any, model: str, version: int, features: np.n
     return np.concatenate(parts, axis=0)
 
 
-def score_champion(params: Any, model: str, test: Any) -> tuple[int, dict[str, Any]] | None:
+def score_champion(serving: ServingParams, classes: list, model: str, test: Any) -> tuple[int, dict[str, Any]] | None:
     """(version, metrics) of the pinned champion for `model` on the test rows; None if nothing is pinned."""
+    from pipeline.metrics import scores
     from serving.client import TritonClient
     from serving.push import ServingSettings
-    from stages.evaluate import score
 
-    settings = ServingSettings.from_params(params.serving)
+    settings = ServingSettings.from_params(serving)
     with TritonClient(settings.client) as client:
         version = champion_version(settings.open_repository(), client, model)
         if version is None:
             log.info("no version of %s is pinned or served at %s: first deployment", model, settings.client.describe())
             return None
-        batch = served_batch_size(client, model, version) or len(test.features)
-        probabilities = champion_probabilities(client, model, version, test.features, batch)
-    metrics = score(test.labels, probabilities.argmax(axis=1), list(params.data.classes)).metrics
+        batch = served_batch_size(client, model, version) or len(test)
+        probabilities = champion_probabilities(client, model, version, test.x, batch)
+    metrics = {**scores(test.y, probabilities.argmax(axis=1), len(classes)), "test_rows": len(test)}
     log.info(
         "champion %s v%d at %s on %d test rows (batches of %d): %s",
         model,
         version,
         settings.client.describe(),
-        len(test.labels),
+        len(test),
         batch,
         metrics,
     )
     return version, metrics
 
 
-def run(args: Any, params: Any) -> Decision:
-    from pipeline.tables import read_parquet
+def run(args: Any, data: DataParams, serving: ServingParams, gate: GateParams) -> Decision:
+    """The gate's decision. Its params, given explicitly (it is not a DVC stage): the data contract
+    (to read the test rows), the serving connection and the gate's thresholds. The champion is
+    scored in requests of its own served max_batch_size, read from the server."""
+    from pipeline.rows import SplitTable
     from serving.repository import load_candidate
-    from stages.export import split_rows
 
     challenger = json.loads(Path(args.metrics).read_text())
     model = load_candidate(args.candidate).name
-    test = split_rows(read_parquet(args.clean), read_parquet(args.split), params.data, "test")
-    champion = score_champion(params, model, test)
-    decision = decide(challenger, None if champion is None else champion[1], params.gate)
+    test = SplitTable.open(args.clean, args.split, data).split_rows("test")
+    champion = score_champion(serving, list(data.classes), model, test)
+    decision = decide(challenger, None if champion is None else champion[1], gate)
     return Decision(
         passed=decision.passed,
         reason=decision.reason,
         checks=decision.checks,
         champion_version=None if champion is None else champion[0],
         model=model,
-        extra={"test_rows": len(test.labels), "candidate": str(args.candidate)},
+        extra={"test_rows": len(test), "candidate": str(args.candidate)},
     )
 
 
@@ -219,7 +221,7 @@ def main() -> None:
     decisions: list[Decision] = []
 
     def body(args, params):
-        decision = run(args, params)
+        decision = run(args, params.data, params.serving, params.gate)
         atomic.write_json(args.report or params.gate.report, decision.to_json())
         log.info("gate %s\n%s", decision.reason, diff_markdown(decision))
         decisions.append(decision)

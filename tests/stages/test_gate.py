@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 from support import ROOT, local_triton
 
 from pipeline.params import GateParams, ServingParams, load_params
+from pipeline.rows import Rows
+from serving.toy import build_candidate
 from stages import _cli
 from stages.gate import decide, diff_markdown, score_champion
 
@@ -54,16 +53,9 @@ def test_diff_table_shows_both_sides() -> None:
 
 
 # --- the champion, scored live on a real Triton ---------------------------------------------------
-def _build_candidate():
-    """The serving tests' candidate builder (tests/serving/conftest.py), loaded by path: that
-    folder's name would otherwise shadow the project's `serving` package."""
-    spec = importlib.util.spec_from_file_location("serving_candidates", ROOT / "tests" / "serving" / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.build_candidate
 
 
-build_candidate = _build_candidate()
+CLASSES = list(range(10))  # the toy candidates' classes
 
 
 @pytest.fixture(scope="module")
@@ -86,14 +78,14 @@ def params(triton):
     return load_params(ROOT / "params.yaml").model_copy(update={"serving": serving})
 
 
-def rows_and_labels(candidate, count: int = 20) -> SimpleNamespace:
+def rows_and_labels(candidate, count: int = 20) -> Rows:
     """Test rows and the labels the candidate's own model gives them (its accuracy is 1.0)."""
     import onnxruntime as ort
 
     features = np.random.default_rng(7).uniform(0, 16, (count, 64)).astype(np.float32)
     session = ort.InferenceSession(str(candidate / "model.onnx"), providers=["CPUExecutionProvider"])
     (probabilities,) = session.run(["probabilities"], {"input": features})
-    return SimpleNamespace(features=features, labels=probabilities.argmax(axis=1))
+    return Rows(features, probabilities.argmax(axis=1))
 
 
 def push(params, candidate):
@@ -104,7 +96,9 @@ def push(params, candidate):
 
 @pytest.mark.triton
 def test_nothing_pinned_and_nothing_served_is_a_first_deployment(params):
-    assert score_champion(params, "never_pushed", SimpleNamespace(features=np.zeros((2, 64)), labels=[0, 0])) is None
+    assert (
+        score_champion(params.serving, CLASSES, "never_pushed", Rows(np.zeros((2, 64)), np.zeros(2, np.int64))) is None
+    )
 
 
 @pytest.mark.triton
@@ -118,7 +112,7 @@ def test_a_pinned_champion_that_is_not_ready_fails_closed(params, tmp_path):
         client.unload("gone")  # as after a server restart that did not restore the pinned version
 
     with pytest.raises(_cli.StageError, match="version 1 .pinned in .* is not READY"):
-        score_champion(params, "gone", rows_and_labels(champion))
+        score_champion(params.serving, CLASSES, "gone", rows_and_labels(champion))
 
 
 @pytest.mark.triton
@@ -136,7 +130,7 @@ def test_the_champion_is_the_pinned_version_not_the_newest_ready_one(params, tmp
     with TritonClient(settings.client) as client:  # 2 loaded beside it, as a cut-off push leaves it
         client.load("pinned", config_json(pin_versions(repo.version_config("pinned", 2), [1, 2])))
 
-    version, metrics = score_champion(params, "pinned", rows_and_labels(first))
+    version, metrics = score_champion(params.serving, CLASSES, "pinned", rows_and_labels(first))
 
     assert version == 1 and metrics["accuracy"] == 1.0
 
@@ -147,6 +141,6 @@ def test_the_champion_is_scored_with_its_own_max_batch_size(params, tmp_path):
     push(params, small)
     assert params.export.max_batch_size > 4  # the candidate's would be too big for the champion
 
-    version, metrics = score_champion(params, "small_batches", rows_and_labels(small, count=21))
+    version, metrics = score_champion(params.serving, CLASSES, "small_batches", rows_and_labels(small, count=21))
 
     assert version == 1 and metrics["accuracy"] == 1.0
