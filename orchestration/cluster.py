@@ -181,6 +181,7 @@ def _spawn(settings: ClusterSettings, name: str, cmd: list[str], env: Mapping[st
     with log_path.open("ab") as out:
         out.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(cmd)}\n".encode())
         out.flush()
+        offset = out.tell()  # where this start's output begins
         popen = subprocess.Popen(
             cmd,
             env=dict(env),
@@ -191,7 +192,7 @@ def _spawn(settings: ClusterSettings, name: str, cmd: list[str], env: Mapping[st
             start_new_session=True,
         )
     process = psutil.Process(popen.pid)
-    record = {"pid": popen.pid, "created": process.create_time(), "cmd": cmd}
+    record = {"pid": popen.pid, "created": process.create_time(), "cmd": cmd, "log_offset": offset}
     _pid_file(settings, name).write_text(json.dumps(record))
     log.info("started %s (pid %d), log %s", name, popen.pid, log_path)
     return process
@@ -525,9 +526,15 @@ def kill_worker(settings: ClusterSettings, name: str) -> int:
 
 
 def _worker_ready(settings: ClusterSettings, worker: Worker) -> bool:
-    """Celery logs `<name>@<host> ready.` once it consumes its queue (after this start's marker)."""
-    text = (settings.log_dir / f"{_worker_key(worker)}.log").read_text(errors="replace")
-    return f"{worker.name}@" in text.rsplit("=== ", 1)[-1] and " ready." in text.rsplit("=== ", 1)[-1]
+    """Celery logs `<name>@<host> ready.` once it consumes its queue (looked for in this start's output)."""
+    key = _worker_key(worker)
+    pid_file = _pid_file(settings, key)
+    if not pid_file.is_file():
+        return False
+    with (settings.log_dir / f"{key}.log").open("rb") as log_file:
+        log_file.seek(json.loads(pid_file.read_text()).get("log_offset", 0))
+        text = log_file.read().decode(errors="replace")
+    return f"{worker.name}@" in text and " ready." in text
 
 
 def _prepare_airflow(settings: ClusterSettings, env: Mapping[str, str]) -> None:
