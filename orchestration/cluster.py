@@ -589,7 +589,9 @@ def up(settings: ClusterSettings, env: Mapping[str, str] | None = None, triton: 
             raise ClusterError(f"Redis did not start on port {settings.redis_port}:\n{_log_tail(settings, 'redis')}")
         time.sleep(0.2)
     shared = airflow_env(settings, env)
-    _prepare_airflow(settings, shared)
+    keys_running = [*SERVICES, *(_worker_key(w) for w in settings.workers)]
+    if not all(_process(settings, name) for name in keys_running):
+        _prepare_airflow(settings, shared)  # migrate (idempotent, but seconds) only when something starts
     if triton:
         from orchestration.local import ensure_triton
         from pipeline.params import load_params
@@ -624,6 +626,8 @@ def down(settings: ClusterSettings) -> list[str]:
 def status(settings: ClusterSettings) -> dict[str, Any]:
     processes = {}
     names = ["redis", *SERVICES, *(_worker_key(w) for w in settings.workers)]
+    if settings.run_dir.is_dir():  # and any worker started besides the configured ones
+        names += sorted(p.stem for p in settings.run_dir.glob("*.pid") if p.stem not in names)
     for name in names:
         process = _process(settings, name)
         processes[name] = f"running (pid {process.pid})" if process else "stopped"

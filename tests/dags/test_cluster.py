@@ -226,14 +226,15 @@ def tags(project: Path) -> list[str]:
     ).stdout.split()
 
 
-def assert_serves_candidate(triton, project: Path) -> None:
-    """The served model answers the workspace candidate's golden samples."""
+def assert_serves(triton, version: int, model: str = "digits") -> None:
+    """Triton serves `version`, and it answers the golden samples its push stored beside it (the
+    candidate's own rows and outputs, so the served model is the one this run built)."""
     from serving.client import ClientSettings, predict
 
-    golden = json.loads((workspace(project) / "models" / "candidate" / "golden.json").read_text())
+    golden = json.loads((Path(triton.repository) / model / str(version) / "golden.json").read_text())
     got = predict(
         np.asarray(golden["inputs"], dtype=np.float32),
-        "digits",
+        model,
         settings=ClientSettings(url=f"127.0.0.1:{triton.http_port}", retries=1),
     )
     np.testing.assert_allclose(got, np.asarray(golden["outputs"]), atol=golden["atol"])
@@ -250,9 +251,10 @@ def test_first_run_serves_version_1(first: ClusterRun, project: Path, triton) ->
     assert set(first.states().values()) == {"success"}, first.states()
     outcomes = {task: first.tasks[task].xcom["outcome"] for task in stage_tasks(project)}
     assert set(outcomes.values()) == {"ran"}, outcomes
+    assert first.tasks["push"].xcom["version"] == 1 and first.tasks["push"].xcom["created"] is True
     assert served(triton) == ([1], [1])
     assert tags(project) == ["model-v1"]
-    assert_serves_candidate(triton, project)
+    assert_serves(triton, 1)
 
 
 def test_gpu_stages_ran_on_the_gpu_worker_and_the_rest_on_the_default_worker(
@@ -379,7 +381,7 @@ def test_killing_the_gpu_worker_during_train_still_ends_with_a_served_model(
     assert last_try["hostname"] == "gpu-2" and last_try["state"] == "success", killed["tries"]
     assert run.tasks["train"].xcom["outcome"] == "ran"
     assert killed["fresh_root"].is_dir()
-    assert run.tasks["push"].xcom["created"] is True
+    assert run.tasks["push"].xcom["created"] is True and run.tasks["push"].xcom["version"] == 2
     assert served(triton) == ([1, 2], [2])
     assert tags(project) == ["model-v1", "model-v2"]
-    assert_serves_candidate(triton, project)
+    assert_serves(triton, 2)
