@@ -47,6 +47,8 @@ DAG_ID = "retrain"
 RUN_DATE = "2026-01-26"
 RUN_TIMEOUT_S = 1200
 NOT_RAN = ("unchanged", "restored")
+ROOT = Path(__file__).resolve().parents[2]
+LOGS_KEPT = Path(os.environ.get("TEST_ARTIFACTS_DIR") or ROOT / ".airflow" / "test-artifacts") / "cluster-logs"
 
 
 def _missing_servers() -> list[str]:
@@ -97,7 +99,7 @@ class Cluster:
 
 
 @pytest.fixture(scope="module")
-def running(project: Path, triton, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def running(project: Path, triton) -> Iterator[Cluster]:
     # Postgres runs as the `postgres` user, which must reach its data folder: pytest's own
     # temporary folders are private to root, so the cluster's state lives in a searchable one.
     state = Path(tempfile.mkdtemp(prefix="retrain-cluster-"))
@@ -129,10 +131,11 @@ def running(project: Path, triton, tmp_path_factory: pytest.TempPathFactory) -> 
         yield Cluster(settings, env, api)
     finally:
         cluster.down(settings)
-        kept = tmp_path_factory.mktemp("cluster-logs")  # every process's and task's log, for a failure
-        shutil.copytree(settings.log_dir, kept / "processes", dirs_exist_ok=True)
+        # Every process's and task's log stays as a test artifact, to read after a failure.
+        shutil.rmtree(LOGS_KEPT, ignore_errors=True)
+        shutil.copytree(settings.log_dir, LOGS_KEPT / "processes", dirs_exist_ok=True)
         if (settings.home / "logs").is_dir():
-            shutil.copytree(settings.home / "logs", kept / "tasks", dirs_exist_ok=True)
+            shutil.copytree(settings.home / "logs", LOGS_KEPT / "tasks", dirs_exist_ok=True)
         shutil.rmtree(state, ignore_errors=True)
 
 
@@ -321,12 +324,15 @@ def _wait_for_training(api: AirflowApi, run_id: str, timeout_s: float = 600) -> 
 
 def _recover_lost_task(api: AirflowApi, run_id: str, task: str, timeout_s: float = 300) -> str:
     """Wait until the scheduler notices the lost task (no heartbeat). A task with retries left
-    goes up_for_retry and Airflow retries it; one without is failed, and is then cleared as an
-    operator would. Returns the state the scheduler gave it."""
+    goes up_for_retry and Airflow retries it; one without is failed, and once the run has ended
+    (failed) it is cleared with its downstream tasks, as an operator would. (Clearing while the
+    scheduler still marks the downstream tasks upstream_failed races with it.) Returns the state
+    the scheduler gave the task."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         state = read_run(api, run_id).tasks[task].state
         if state == "failed":
+            api.wait_for_run(DAG_ID, run_id, RUN_TIMEOUT_S)
             api.clear(DAG_ID, run_id, [task], downstream=True)
             return state
         if state in ("up_for_retry", "queued", "scheduled") or (state == "running" and _retried(api, run_id, task)):
