@@ -163,7 +163,9 @@ def main(argv: list[str] | None = None) -> None:
     commands.add_parser("ui", help="Airflow with the web UI (airflow standalone)")
     cluster = commands.add_parser("cluster", help="a local CeleryExecutor cluster: up | down | status", add_help=False)
     cluster.add_argument("cluster_args", nargs=argparse.REMAINDER)
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)  # `cluster` takes its own options (and --help)
+    if unknown and args.command != "cluster":
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     project = Path(args.project).resolve()
     os.chdir(project)  # params.yaml's relative paths (the Triton repository) are relative to it
     if args.command == "run-once":
@@ -171,5 +173,5 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "cluster":
         from orchestration.cluster import main as cluster_main
 
-        sys.exit(cluster_main(project, args.cluster_args))
+        sys.exit(cluster_main(project, [*unknown, *args.cluster_args]))
     ui(project)
