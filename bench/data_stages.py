@@ -130,10 +130,13 @@ def _run(task: str, raw: Path, workdir: Path) -> dict:
         write_parquet(result["quarantine"], workdir / f"quarantine-{path}.parquet")
         extra = {"kept": result["metrics"]["rows_kept"], "quarantined": result["metrics"]["rows_quarantined"]}
     elif stage == "clean":
-        metrics, _ = clean.run_source(str(raw), params(path), str(out), str(workdir / f"quarantine-{path}.parquet"))
+        p = params(path)
+        quarantine = workdir / f"quarantine-{path}.parquet"
+        metrics, _ = clean.run_source(str(raw), p.data, p.clean, p.engine, str(out), str(quarantine))
         extra = {"kept": metrics["rows_kept"], "quarantined": metrics["rows_quarantined"]}
     else:
-        assignment, _ = split.run_file(str(workdir / "clean-local.parquet"), params(path))
+        p = params(path)
+        assignment, _ = split.run_file(str(workdir / "clean-local.parquet"), p.data, p.split, p.engine)
         write_parquet(assignment, workdir / f"split-{path}.parquet", **split.WRITE_OPTIONS)
     return {"seconds": time.perf_counter() - start, **extra}
 

@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from pipeline import atomic, batches
 from pipeline.engines import local
-from pipeline.params import CleanParams, DataParams, Params
+from pipeline.params import CleanParams, DataParams, EngineParams, Params
 from pipeline.sinks import MemorySink, ParquetSink
 from pipeline.tables import TableError
 from pipeline.validation import ValidationFailed
@@ -56,20 +56,22 @@ def run(
     return CleanResult(sinks["clean"].frame(), sinks["quarantine"].frame(), metrics, report)
 
 
-def run_source(source: str, params: Params, out: str, quarantine: str) -> tuple[dict[str, Any], str]:
+def run_source(
+    source: str, data: DataParams, params: CleanParams, engine: EngineParams, out: str, quarantine: str
+) -> tuple[dict[str, Any], str]:
     """Clean a CSV/Parquet file or folder into the Parquet files `out` and `quarantine` on the
-    engine params.engine names; returns (metrics, report)."""
+    engine `engine` names; returns (metrics, report)."""
     paths = {"clean": out, "quarantine": quarantine}
 
     def open_sink(name: str, schema: pa.Schema) -> ParquetSink:
         return ParquetSink(paths[name], schema)
 
-    if params.engine.name == "spark":
+    if engine.name == "spark":
         from pipeline.engines import spark
 
-        return spark.clean(source, params.data, params.clean, params.engine, open_sink)
-    stream = batches.open_source(source, params.data, params.clean.batch_mb)
-    return local.clean(stream, params.data, params.clean, open_sink)
+        return spark.clean(source, data, params, engine, open_sink)
+    stream = batches.open_source(source, data, params.batch_mb)
+    return local.clean(stream, data, params, open_sink)
 
 
 def _what_happened_to_outputs() -> str:
@@ -94,7 +96,9 @@ def main() -> None:
 
     def body(args, params: Params):
         try:
-            metrics, report = run_source(args.raw or params.data.source, params, args.out, args.quarantine)
+            metrics, report = run_source(
+                args.raw or params.data.source, params.data, params.clean, params.engine, args.out, args.quarantine
+            )
         except ValidationFailed as error:
             raise ValidationFailed(f"{error} {_what_happened_to_outputs()}") from None
         except TableError as error:

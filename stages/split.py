@@ -16,7 +16,7 @@ import pandas as pd
 
 from pipeline import atomic, stratify
 from pipeline.engines import local
-from pipeline.params import Params, SplitParams
+from pipeline.params import DataParams, EngineParams, SplitParams
 from pipeline.tables import write_parquet
 from stages import _cli
 
@@ -75,15 +75,17 @@ def run(labels: np.ndarray, params: SplitParams) -> tuple[pd.DataFrame, dict[str
     return assignment, metrics
 
 
-def run_file(clean_path: str, params: Params) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Split the clean table at `clean_path`, reading only its label column, on params.engine."""
-    if params.engine.name == "spark":
+def run_file(
+    clean_path: str, data: DataParams, params: SplitParams, engine: EngineParams
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Split the clean table at `clean_path`, reading only its label column, on `engine`."""
+    if engine.name == "spark":
         from pipeline.engines import spark
 
-        labels = spark.read_labels(clean_path, params.data.label, params.engine)
+        labels = spark.read_labels(clean_path, data.label, engine)
     else:
-        labels = local.read_labels(clean_path, params.data.label)
-    return run(labels, params.split)
+        labels = local.read_labels(clean_path, data.label)
+    return run(labels, params)
 
 
 def main() -> None:
@@ -93,7 +95,7 @@ def main() -> None:
     p.add_argument("--metrics", required=True, help="JSON metrics file")
 
     def body(args, params):
-        assignment, metrics = run_file(args.clean, params)
+        assignment, metrics = run_file(args.clean, params.data, params.split, params.engine)
         write_parquet(assignment, args.out, **WRITE_OPTIONS)
         atomic.write_json(args.metrics, metrics)
 

@@ -108,7 +108,9 @@ def digits(tmp_path_factory, params):
 def run_files(source, params, tmp_path, **clean_changes) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     run_params = params.model_copy(update={"clean": params.clean.model_copy(update=clean_changes)})
     out, quarantine = tmp_path / "clean.parquet", tmp_path / "quarantine.parquet"
-    metrics, _ = clean.run_source(str(source), run_params, str(out), str(quarantine))
+    metrics, _ = clean.run_source(
+        str(source), run_params.data, run_params.clean, run_params.engine, str(out), str(quarantine)
+    )
     return pd.read_parquet(out), pd.read_parquet(quarantine), metrics
 
 
@@ -187,7 +189,7 @@ def test_split_reads_the_labels_and_never_the_features(params, tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(OSError):
         pq.read_table(path, columns=["px_9"])
-    assignment, metrics = split.run_file(str(path), params)
+    assignment, metrics = split.run_file(str(path), params.data, params.split, params.engine)
     expected, _ = split.run(table["label"].to_numpy(), params.split)
     pd.testing.assert_frame_equal(assignment, expected)
     assert sum(metrics["rows"].values()) == len(table)
@@ -208,7 +210,7 @@ def test_70k_synthetic_table_as_before(params, tmp_path):
     pd.testing.assert_frame_equal(old["clean"], kept)
     pd.testing.assert_frame_equal(old["quarantine"].reset_index(drop=True), quarantine)
     old_split, _ = split.run(old["clean"]["label"].to_numpy(), run_params.split)
-    new_split, _ = split.run_file(str(tmp_path / "clean.parquet"), run_params)
+    new_split, _ = split.run_file(str(tmp_path / "clean.parquet"), run_params.data, run_params.split, run_params.engine)
     pd.testing.assert_frame_equal(old_split, new_split)
 
 
