@@ -188,8 +188,8 @@ def _profile(raw, schema: pa.Schema, label: str, features: list[str]):
     def missing(name: str) -> str:
         return f"(isnull({q(name)}) OR isnan({q(name)}))" if name in floating else f"isnull({q(name)})"
 
-    def infinite(name: str) -> str:
-        return f"({q(name)} IN (double('inf'), double('-inf')))"
+    def infinite(name: str) -> str:  # false, not null, for a null: a null flag would count as one below
+        return f"coalesce({q(name)} IN (double('inf'), double('-inf')), false)"
 
     def finite(name: str) -> str:  # null where missing or infinite: least/greatest skip nulls
         bad = f"({missing(name)} OR {infinite(name)})" if name in floating else missing(name)
