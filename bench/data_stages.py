@@ -13,6 +13,7 @@ is read from /proc (VmHWM):
     python bench/data_stages.py --big            # also 7,000,000 rows (streamed only; minutes)
     python bench/data_stages.py --spark          # also Spark local[*] at each size
     python bench/data_stages.py --rows 7000 70000
+    python bench/data_stages.py --rows 700000 --paths local spark   # the engines side by side
 
 Seconds are wall-clock seconds of the stage's work (process start and imports excluded; for
 Spark the session's start too); `cpu s` is user+system CPU of the Python process (Spark's JVM
@@ -172,13 +173,14 @@ def main() -> None:
     p.add_argument("--rows", type=int, nargs="+", default=[70_000, 700_000])
     p.add_argument("--big", action="store_true", help=f"also {BIG:,} rows (streamed paths only)")
     p.add_argument("--spark", action="store_true", help="also the Spark engine, master local[*]")
+    p.add_argument("--paths", nargs="+", choices=["memory", "local", "spark"], help="only these paths (default: all)")
     p.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         child_main(*args.child)
         return
     sizes = sorted(set(args.rows + ([BIG] if args.big else [])))
-    paths = ["memory", "local"] + (["spark"] if args.spark else [])
+    paths = args.paths or ["memory", "local"] + (["spark"] if args.spark else [])
     header = f"{'rows':>9} {'cells M':>7} {'path':>6} {'stage':>5} {'seconds':>8} {'cpu s':>7} {'s/M cells':>9} {'peak MB':>8} {'MB/M cells':>10}"
     print(header)
     results: dict[tuple[int, str, str], dict] = {}
