@@ -48,6 +48,11 @@ from pipeline.tables import feature_columns
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "triton-retrain/checkpoint@1"
+# What a resumable checkpoint holds besides its format and fingerprint.
+CHECKPOINT_KEYS = frozenset(
+    {"epoch", "done", "best", "best_epoch", "bad_epochs", "history", "best_state", "best_metrics"}
+    | {"model", "optimizer", "scheduler", "scaler", "rng"}
+)
 EVAL_BATCH = 4096  # rows per forward pass when scoring; big enough to be one pass on small sets
 STD_FLOOR = 1e-6  # a tabular feature with a smaller spread is left unscaled (constant in training)
 
@@ -285,13 +290,19 @@ def read_checkpoint(path: Path, expected: str) -> dict[str, Any] | None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
-        log.warning("ignoring checkpoint %s: cannot be loaded safely (%s)", path, str(error).splitlines()[0])
+        # An empty file (a crash before the first byte) raises a bare EOFError.
+        reason = (str(error).splitlines() or [type(error).__name__])[0]
+        log.warning("ignoring checkpoint %s: cannot be loaded safely (%s)", path, reason)
         return None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         log.warning("ignoring checkpoint %s: not a training checkpoint of this project", path)
         return None
     if state.get("fingerprint") != expected:
         log.warning("ignoring stale checkpoint %s: it was made with other params, data, device or code", path)
+        return None
+    missing = sorted(CHECKPOINT_KEYS - state.keys())
+    if missing:
+        log.warning("ignoring checkpoint %s: incomplete, it lacks %s", path, ", ".join(missing))
         return None
     return state
 
@@ -447,9 +458,15 @@ def fit(
     path = Path(checkpoint) if checkpoint is not None else None
     state = read_checkpoint(path, key) if path is not None else None
     if state is not None:
-        learner.restore(state)
-        log.info("resuming from %s after epoch %d", path, state["epoch"])
-    else:
+        try:
+            learner.restore(state)
+            log.info("resuming from %s after epoch %d", path, state["epoch"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as error:
+            # Right keys, wrong contents (e.g. tensors of another shape): start afresh from a
+            # learner the failed restore has not touched.
+            log.warning("ignoring checkpoint %s: its training state does not fit this model (%s)", path, error)
+            learner, state = _Learner(config, train, params, data), None
+    if state is None:
         state = {"epoch": 0, "done": False, "best": None, "best_epoch": -1, "bad_epochs": 0, "history": []}
         state["best_state"], state["best_metrics"] = _cpu(learner.model.state_dict()), {}
     resumed_from = state["epoch"]

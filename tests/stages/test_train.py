@@ -114,6 +114,40 @@ def test_a_checkpoint_that_would_run_code_is_never_loaded(tmp_path, caplog):
     assert not (tmp_path / "pwned").exists() and "cannot be loaded safely" in caplog.text
 
 
+def _truncated(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _missing_keys(path: Path) -> None:
+    state = torch.load(path, weights_only=True)
+    for key in ("optimizer", "history", "rng"):
+        del state[key]
+    torch.save(state, path)
+
+
+def _wrong_shapes(path: Path) -> None:
+    state = torch.load(path, weights_only=True)
+    state["model"] = {name: torch.zeros(1) for name in state["model"]}
+    torch.save(state, path)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [lambda path: path.write_bytes(b""), _truncated, _missing_keys, _wrong_shapes],
+    ids=["empty", "truncated", "missing-keys", "wrong-shapes"],
+)
+def test_a_corrupt_checkpoint_is_ignored_with_a_warning(image_table, assignment, tmp_path, caplog, damage):
+    # A crash during a write or a truncated copy must not block every later run.
+    checkpoint, params = tmp_path / "ck.pt", tiny_params(epochs=2)
+    whole, _ = train.run(image_table, assignment, params, checkpoint)
+    damage(checkpoint)
+    again, _ = train.run(image_table, assignment, params, checkpoint)
+    assert again.resumed_from == 0 and "ignoring checkpoint" in caplog.text
+    assert _states_equal(again.model.state_dict(), whole.model.state_dict())
+    assert read_checkpoint(checkpoint, torch.load(checkpoint, weights_only=True)["fingerprint"]) is not None
+
+
 @pytest.mark.parametrize(
     "change,key",
     [
