@@ -25,12 +25,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.models import build_model  # noqa: E402
+from pipeline.models import build_model, config_for  # noqa: E402
 from pipeline.params import load_params  # noqa: E402
 from pipeline.training import (  # noqa: E402
     Rows,
     augment_images,
-    config_for,
     fit,
     input_scale,
     make_optimizer,
@@ -106,12 +105,12 @@ def main() -> None:
         }
     )
     train, val = digits_rows()
-    config = config_for(train_params, params.data, train.x.shape[1])
+    config = config_for(train_params.model, params.data, train.x.shape[1])
     samples = len(train) * args.epochs
     device = select_device(train_params.device)
     print(
         f"device {device.type}, {torch.get_num_threads()} CPU threads, {len(train)} rows x {args.epochs} epochs, "
-        f"batch {train_params.batch_size}, {config['arch']}, augment {augment}"
+        f"batch {train_params.batch_size}, {config.arch}, augment {augment}"
     )
 
     best = {"plain": float("inf"), "stage": float("inf")}

@@ -41,7 +41,7 @@ from torch import nn
 from pipeline import models
 from pipeline.atomic import atomic_path
 from pipeline.errors import StageError
-from pipeline.models import build_model, model_config
+from pipeline.models import ModelConfig, build_model
 from pipeline.params import DataParams, TrainParams
 from pipeline.tables import feature_columns
 
@@ -111,12 +111,6 @@ def assigned_rows(table: pd.DataFrame, assignment: pd.DataFrame, data: DataParam
     return table_rows(table, feature_columns(list(table.columns), data), data), assignment
 
 
-def config_for(params: TrainParams, data: DataParams, n_features: int) -> dict[str, Any]:
-    """The model's architecture config from the params (stored in the model file)."""
-    m = params.model
-    return model_config(m.arch, n_features, data.classes, data.image_shape, m.channels, m.hidden, m.dropout)
-
-
 def input_scale(x: np.ndarray, data: DataParams) -> tuple[np.ndarray, np.ndarray]:
     """(offset, factor) per feature so that (x - offset) * factor is roughly unit scale.
 
@@ -132,15 +126,16 @@ def input_scale(x: np.ndarray, data: DataParams) -> tuple[np.ndarray, np.ndarray
     return mean.astype(np.float32), np.where(std > STD_FLOOR, 1.0 / np.maximum(std, STD_FLOOR), 1.0).astype(np.float32)
 
 
-def fingerprint(config: dict[str, Any], params: TrainParams, data: DataParams, device: str, *rows: Rows) -> str:
+def fingerprint(config: ModelConfig, params: TrainParams, data: DataParams, device: str, *rows: Rows) -> str:
     """What a checkpoint must match to be resumed: everything that changes the weights, the
     training code included (an edited loop must not pick up weights the old one made)."""
     digest = hashlib.sha256()
-    for module in (sys.modules[__name__], models):
-        digest.update(Path(module.__file__).read_bytes())
+    code = [Path(__file__), *sorted(Path(models.__file__).parent.glob("*.py"))]
+    for source in code:
+        digest.update(source.read_bytes())
     spec = {
         "format": CHECKPOINT_FORMAT,
-        "config": config,
+        "config": config.to_dict(),
         "train": params.model_dump(mode="json"),
         "data": data.model_dump(mode="json"),
         "device": device,
@@ -184,7 +179,7 @@ def lr_factor(step: int, total: int, name: str, warmup_fraction: float) -> float
     so the scheduler's state is just a counter and resumes exactly)."""
     if name == "constant":
         return 1.0
-    warmup = round(total * warmup_fraction) if name == "onecycle" else 0
+    warmup = round(total * warmup_fraction) if name == "warmup_cosine" else 0
     if step < warmup:
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
@@ -365,7 +360,7 @@ class _Learner:
     """A model with everything that changes while it learns: optimizer, schedule, loss scaler and
     the two random generators. `snapshot`/`restore` move all of it to and from plain data."""
 
-    def __init__(self, config: dict[str, Any], train: Rows, params: TrainParams, data: DataParams) -> None:
+    def __init__(self, config: ModelConfig, train: Rows, params: TrainParams, data: DataParams) -> None:
         self.device = select_device(params.device)
         self.amp = autocast_dtype(self.device, params.mixed_precision)
         torch.manual_seed(params.seed)  # model init and dropout
@@ -436,7 +431,7 @@ class _Learner:
 
 
 def fit(
-    config: dict[str, Any],
+    config: ModelConfig,
     train: Rows,
     val: Rows,
     params: TrainParams,
@@ -486,7 +481,7 @@ def fit(
             epoch = state["epoch"]
             row = {"train_loss": learner.train_epoch(x_train, y_train, params.batch_size)}
             with learner.autocast():
-                scores = evaluate(learner.model, x_val, y_val, config["n_classes"])
+                scores = evaluate(learner.model, x_val, y_val, config.n_classes)
             row |= {f"val_{k}": v for k, v in scores.items()} | {"lr": learner.optimizer.param_groups[0]["lr"]}
             history.append(row)
             score = _score(params.early_stopping.metric, row)

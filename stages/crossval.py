@@ -14,9 +14,10 @@ from typing import Any
 import pandas as pd
 
 from pipeline import atomic
+from pipeline.models import config_for
 from pipeline.params import Params
 from pipeline.tables import read_parquet
-from pipeline.training import assigned_rows, config_for, evaluate, fit
+from pipeline.training import assigned_rows, evaluate, fit
 from stages import _cli
 
 log = logging.getLogger(__name__)
@@ -35,10 +36,10 @@ def run(table: pd.DataFrame, assignment: pd.DataFrame, params: Params, fold: int
             f"fold {fold}: {len(train)} training, {len(held_out)} held-out and {len(val)} val rows; "
             "every part needs rows. Rerun split with the current split.folds."
         )
-    config = config_for(params.train, params.data, rows.x.shape[1])
+    config = config_for(params.train.model, params.data, rows.x.shape[1])
     log.info("fold %d: training on %d rows, scoring %d held-out rows", fold, len(train), len(held_out))
     result = fit(config, train, val, params.train, params.data)
-    scores = evaluate(result.model, *held_out.tensors(), config["n_classes"])
+    scores = evaluate(result.model, *held_out.tensors(), config.n_classes)
     log.info(
         "fold %d: accuracy %.4f, macro F1 %.4f, loss %.4f", fold, scores["accuracy"], scores["macro_f1"], scores["loss"]
     )

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from pipeline import atomic
-from pipeline.models import load_model
+from pipeline.models import ModelConfig, load_model
 from pipeline.params import DataParams, Params
 from pipeline.tables import feature_columns, read_parquet
 from serving import configs
@@ -217,22 +217,22 @@ def run(
 ) -> dict[str, Any]:
     """Export `model` into the empty folder `out`; returns the model card (also written there)."""
     started = time.perf_counter()
-    config = model_file["config"]
-    classes = list(config["classes"])
+    config: ModelConfig = model_file["config"]
+    classes = list(config.classes)
     if classes != list(params.data.classes):
         raise _cli.StageError(
             f"the model was trained for classes {classes}, but data.classes is {list(params.data.classes)}; retrain"
         )
-    if test.features.shape[1] != config["n_features"]:
+    if test.features.shape[1] != config.n_features:
         raise _cli.StageError(
-            f"the test rows have {test.features.shape[1]} features, the model expects {config['n_features']}"
+            f"the test rows have {test.features.shape[1]} features, the model expects {config.n_features}"
         )
     module = Probabilities(model.cpu().float()).eval()
     with torch.no_grad():
         expected = module(torch.from_numpy(test.features)).numpy()
 
-    export_onnx(module, config["n_features"], out / ONNX_FILE, params.export.opset)
-    export_torchscript(module, config["n_features"], out / TORCHSCRIPT_FILE)
+    export_onnx(module, config.n_features, out / ONNX_FILE, params.export.opset)
+    export_torchscript(module, config.n_features, out / TORCHSCRIPT_FILE)
     tolerance = params.export.parity_tolerance
     parity = {
         "onnx": check_parity("ONNX", expected, onnx_probabilities(out / ONNX_FILE, test.features), tolerance),
@@ -242,7 +242,7 @@ def run(
     }
     log.info("parity on %d test rows: max abs diff %s (tolerance %g)", len(expected), parity, tolerance)
 
-    signature = configs.Signature(config["n_features"], config["n_classes"])
+    signature = configs.Signature(config.n_features, config.n_classes)
     write_entries(out, params, signature)
     golden = golden_samples(test, expected, classes, params)
     atomic.write_json(out / GOLDEN_FILE, golden)
@@ -262,10 +262,10 @@ def run(
             "train": _jsonable(model_file.get("params", params.train.model_dump())),
             "export": params.export.model_dump(),
         },
-        "model_config": _jsonable(config),
+        "model_config": config.to_dict(),
         "classes": classes,
-        "inputs": [{"name": configs.INPUT_NAME, "shape": [-1, config["n_features"]], **tensor}],
-        "outputs": [{"name": configs.OUTPUT_NAME, "shape": [-1, config["n_classes"]], **tensor}],
+        "inputs": [{"name": configs.INPUT_NAME, "shape": [-1, config.n_features], **tensor}],
+        "outputs": [{"name": configs.OUTPUT_NAME, "shape": [-1, config.n_classes], **tensor}],
         "parity": {
             "rows": len(expected),
             "tolerance": tolerance,

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
-from pipeline.models import save_model
+from pipeline.models import ModelConfig, config_for, save_model
 from pipeline.params import Params
 from pipeline.tables import read_parquet
-from pipeline.training import EpochHook, FitResult, assigned_rows, config_for, fit
+from pipeline.training import EpochHook, FitResult, assigned_rows, fit
 from stages import _cli
 
 log = logging.getLogger(__name__)
@@ -29,15 +28,15 @@ def run(
     checkpoint: str | Path | None = None,
     on_epoch: EpochHook | None = None,
     progress: bool | None = None,
-) -> tuple[FitResult, dict[str, Any]]:
+) -> tuple[FitResult, ModelConfig]:
     """Train on the train split, early-stop on the val split. Returns (result, model config)."""
     rows, assignment = assigned_rows(table, assignment, params.data)
     split = assignment["split"].to_numpy()
     train, val = rows.take(split == "train"), rows.take(split == "val")
     if len(train) == 0 or len(val) == 0:
         raise _cli.StageError(f"need train and val rows, got {len(train)} and {len(val)}; check split params")
-    config = config_for(params.train, params.data, rows.x.shape[1])
-    log.info("training %s on %d rows, validating on %d", config["arch"], len(train), len(val))
+    config = config_for(params.train.model, params.data, rows.x.shape[1])
+    log.info("training %s on %d rows, validating on %d", config.arch, len(train), len(val))
     result = fit(config, train, val, params.train, params.data, checkpoint, on_epoch, progress)
     log.info("kept epoch %d: %s", result.best_epoch + 1, _fmt(result.metrics))
     return result, config

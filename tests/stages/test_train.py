@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 
+from pipeline.models import config_for
 from pipeline.params import Params, ParamsError, parse_params
 from pipeline.training import Rows, augment_images, fit, lr_factor, read_checkpoint
 from stages import train
@@ -52,7 +53,7 @@ def test_a_tiny_model_learns(image_table, assignment):
     history = []
     params = tiny_params(epochs=5, augment={"enabled": False, "max_shift": 0, "max_rotation": 0.0})
     result, config = train.run(image_table, assignment, params, on_epoch=lambda e, row: history.append(row))
-    assert config["arch"] == "cnn" and len(history) == 5
+    assert config.arch == "cnn" and len(history) == 5
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     assert result.metrics["val_accuracy"] >= max(0.5, history[0]["val_accuracy"])
     assert result.model(torch.zeros(2, 64)).shape == (2, 10)
@@ -165,6 +166,13 @@ def test_bad_params_name_the_key(change, key):
         parse_params(raw)
 
 
+def test_the_old_onecycle_name_is_refused_naming_the_new_one():
+    raw = raw_params()
+    raw["train"]["schedule"]["name"] = "onecycle"
+    with pytest.raises(ParamsError, match=r"train\.schedule\.name: .*renamed 'warmup_cosine'"):
+        parse_params(raw)
+
+
 def test_a_cnn_needs_an_image_shape():
     raw = raw_params()
     raw["data"]["image_shape"] = None
@@ -180,7 +188,7 @@ def test_mlp_trains_on_tabular_rows():
     raw["data"] |= {"image_shape": None, "value_range": None, "classes": [0, 1]}
     raw["train"]["model"]["arch"] = "mlp"
     params = parse_params(raw)
-    config = train.config_for(params.train, params.data, 5)
+    config = config_for(params.train.model, params.data, 5)
     result = fit(config, Rows(x[:90], y[:90]), Rows(x[90:], y[90:]), params.train, params.data)
     assert torch.isfinite(result.model.scale.factor).all() and result.model.scale.factor[3] == 1.0
     assert result.metrics["val_accuracy"] > 0.7
@@ -201,8 +209,8 @@ def test_shifts_move_whole_pixels_and_fill_with_background():
         assert any(torch.allclose(row, c, atol=1e-4) for c in candidates)
 
 
-def test_onecycle_warms_up_then_decays_to_zero():
-    factors = [lr_factor(s, 100, "onecycle", 0.1) for s in range(101)]
+def test_warmup_cosine_warms_up_then_decays_to_zero():
+    factors = [lr_factor(s, 100, "warmup_cosine", 0.1) for s in range(101)]
     assert factors[0] == pytest.approx(0.1) and factors[9] == 1.0 and factors[100] == pytest.approx(0.0)
     assert all(a >= b for a, b in zip(factors[10:], factors[11:], strict=False))
 
