@@ -38,8 +38,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline import models
+from pipeline import distributed, models
 from pipeline.atomic import atomic_path
+from pipeline.distributed import ALONE, World
 from pipeline.errors import StageError
 from pipeline.models import ModelConfig, build_model
 from pipeline.params import DataParams, TrainParams
@@ -47,7 +48,7 @@ from pipeline.tables import feature_columns
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = "triton-retrain/checkpoint@1"
+CHECKPOINT_FORMAT = "triton-retrain/checkpoint@2"  # @2: random states per process
 # What a resumable checkpoint holds besides its format and fingerprint.
 CHECKPOINT_KEYS = frozenset(
     {"epoch", "done", "best", "best_epoch", "bad_epochs", "history", "best_state", "best_metrics"}
@@ -126,7 +127,9 @@ def input_scale(x: np.ndarray, data: DataParams) -> tuple[np.ndarray, np.ndarray
     return mean.astype(np.float32), np.where(std > STD_FLOOR, 1.0 / np.maximum(std, STD_FLOOR), 1.0).astype(np.float32)
 
 
-def fingerprint(config: ModelConfig, params: TrainParams, data: DataParams, device: str, *rows: Rows) -> str:
+def fingerprint(
+    config: ModelConfig, params: TrainParams, data: DataParams, device: str, world_size: int, *rows: Rows
+) -> str:
     """What a checkpoint must match to be resumed: everything that changes the weights, the
     training code included (an edited loop must not pick up weights the old one made)."""
     digest = hashlib.sha256()
@@ -139,6 +142,7 @@ def fingerprint(config: ModelConfig, params: TrainParams, data: DataParams, devi
         "train": params.model_dump(mode="json"),
         "data": data.model_dump(mode="json"),
         "device": device,
+        "world_size": world_size,  # the data order and batches depend on the process count
         "torch": torch.__version__,
     }
     digest.update(json.dumps(spec, sort_keys=True).encode())
@@ -193,6 +197,16 @@ def make_scheduler(optimizer: torch.optim.Optimizer, params: TrainParams, total_
     )
 
 
+def random_moves(
+    n: int, max_shift: int, max_rotation: float, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(angle in radians [n], shift in whole pixels [n, 2]) for n images, drawn from `generator`
+    on the CPU (so CPU and GPU runs draw the same numbers)."""
+    angle = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(max_rotation)
+    shift = torch.randint(-max_shift, max_shift + 1, (n, 2), generator=generator).float()
+    return angle, shift
+
+
 def augment_images(
     x: torch.Tensor,
     image_shape: list[int],
@@ -201,14 +215,16 @@ def augment_images(
     max_rotation: float,
     generator: torch.Generator,
 ) -> torch.Tensor:
-    """Randomly shift (whole pixels) and rotate each image of a batch of flat rows, in one call.
+    """Randomly shift (whole pixels) and rotate each image of a batch of flat rows, in one call."""
+    return move_images(x, image_shape, background, *random_moves(x.shape[0], max_shift, max_rotation, generator))
 
-    Random numbers come from `generator` on the CPU (so CPU and GPU runs draw the same ones);
-    areas moved in from outside the image take the background value (the value range's minimum).
-    """
+
+def move_images(
+    x: torch.Tensor, image_shape: list[int], background: float, angle: torch.Tensor, shift: torch.Tensor
+) -> torch.Tensor:
+    """Rotate and shift each image of a batch of flat rows; areas moved in from outside the image
+    take the background value (the value range's minimum)."""
     n, (h, w) = x.shape[0], image_shape
-    angle = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(max_rotation)
-    shift = torch.randint(-max_shift, max_shift + 1, (n, 2), generator=generator).float()
     cos, sin = angle.cos(), angle.sin()
     # affine_grid works in [-1, 1] coordinates: one pixel is 2 / size.
     theta = torch.stack(
@@ -220,10 +236,22 @@ def augment_images(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n_classes: int) -> dict[str, float]:
-    """Cross-entropy (no label smoothing), accuracy and macro F1 of `model` on (x, y)."""
+def predict_logits(model: nn.Module, x: torch.Tensor, world: World = ALONE) -> torch.Tensor:
+    """Logits of `model` for every row of x; with several processes each scores rows[rank::size]
+    and every process gets all of them back, in order."""
     model.eval()
-    logits = torch.cat([model(x[i : i + EVAL_BATCH]).float() for i in range(0, len(x), EVAL_BATCH)])
+    part = x[world.rank :: world.size]
+    logits = torch.cat([model(part[i : i + EVAL_BATCH]).float() for i in range(0, len(part), EVAL_BATCH)])
+    return distributed.gather_rows(logits, len(x), world)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, n_classes: int, world: World = ALONE
+) -> dict[str, float]:
+    """Cross-entropy (no label smoothing), accuracy and macro F1 of `model` on (x, y); the same
+    numbers on every process."""
+    logits = predict_logits(model, x, world)
     loss = F.cross_entropy(logits, y).item()
     pred = logits.argmax(1)
     return {"loss": loss, "accuracy": (pred == y).float().mean().item(), "macro_f1": macro_f1(y, pred, n_classes)}
@@ -358,9 +386,19 @@ class _CheckpointWriter:
 
 class _Learner:
     """A model with everything that changes while it learns: optimizer, schedule, loss scaler and
-    the two random generators. `snapshot`/`restore` move all of it to and from plain data."""
+    the random generators. `snapshot`/`restore` move all of it to and from plain data.
 
-    def __init__(self, config: ModelConfig, train: Rows, params: TrainParams, data: DataParams) -> None:
+    With several processes (DDP) every process holds the whole model and all rows. Each epoch all
+    of them draw the same permutation and deal it out like torch's DistributedSampler (padded to
+    a multiple of the process count, then rows[rank::size]); `train.batch_size` stays the global
+    batch, so each process steps on ceil(batch_size / size) rows and the schedule has the same
+    number of steps as one process would take.
+    """
+
+    def __init__(
+        self, config: ModelConfig, train: Rows, params: TrainParams, data: DataParams, world: World = ALONE
+    ) -> None:
+        self.world = world
         self.device = select_device(params.device)
         self.amp = autocast_dtype(self.device, params.mixed_precision)
         torch.manual_seed(params.seed)  # model init and dropout
@@ -370,24 +408,40 @@ class _Learner:
         self.model.scale.offset.copy_(torch.from_numpy(offset))
         self.model.scale.factor.copy_(torch.from_numpy(factor))
         self.model.to(self.device)
+        self.net: nn.Module = self.model  # what the training step calls
+        if world.size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index or torch.cuda.current_device()] if self.device.type == "cuda" else None
+            self.net = DistributedDataParallel(self.model, device_ids=ids)
+            torch.manual_seed(params.seed + world.rank)  # dropout masks differ between processes
+        self.batch_size = -(-params.batch_size // world.size)  # rows per process and step
         self.optimizer = make_optimizer(self.model, params)
-        total_steps = math.ceil(len(train) / params.batch_size) * params.epochs
+        shard = -(-len(train) // world.size)
+        total_steps = math.ceil(shard / self.batch_size) * params.epochs
         self.scheduler = make_scheduler(self.optimizer, params, total_steps)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=params.label_smoothing)
         self.augment = None
         if params.augment.enabled and data.image_shape is not None:
             a, background = params.augment, float(offset[0])
-            self.augment = lambda xb: augment_images(
-                xb, data.image_shape, background, a.max_shift, a.max_rotation, self.generator
-            )
+
+            def augment(xb: torch.Tensor) -> torch.Tensor:
+                # Draw for the global batch and keep this process's share: the generator stays in
+                # step across processes and every image gets its own move.
+                n = len(xb)
+                angle, shift = random_moves(n * world.size, a.max_shift, a.max_rotation, self.generator)
+                mine = slice(world.rank * n, (world.rank + 1) * n)
+                return move_images(xb, data.image_shape, background, angle[mine], shift[mine])
+
+            self.augment = augment
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None)
 
     def step(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         with self.autocast():
-            loss = self.loss_fn(self.model(xb), yb)
+            loss = self.loss_fn(self.net(xb), yb)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
@@ -395,22 +449,42 @@ class _Learner:
         self.scheduler.step()
         return loss.detach()
 
-    def train_epoch(self, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
-        """One pass over (x, y) in a seeded random order; returns the mean training loss."""
-        self.model.train()
+    def shard(self, n: int) -> torch.Tensor:
+        """This process's rows for one epoch, in a seeded random order drawn alike everywhere."""
+        order = torch.randperm(n, generator=self.generator)
+        size = self.world.size
+        if size > 1:
+            order = torch.cat([order, order[: -n % size]])  # pad so every process gets as many rows
+            order = order[self.world.rank :: size]
+        return order
+
+    def train_epoch(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """One pass over (x, y); returns the mean training loss over every process's rows."""
+        self.net.train()
         total = torch.zeros((), device=x.device)
-        order = torch.randperm(len(y), generator=self.generator).to(x.device)
-        for start in range(0, len(y), batch_size):
-            idx = order[start : start + batch_size]
+        order = self.shard(len(y)).to(x.device)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
             xb = x[idx] if self.augment is None else self.augment(x[idx])
             total += self.step(xb, y[idx]) * len(idx)  # stays on the device: no sync per step
-        return total.item() / len(y)
+        if self.world.size == 1:
+            return total.item() / len(y)
+        counts = torch.tensor([total.item(), float(len(order))], dtype=torch.float64)
+        loss_sum, rows = distributed.sum_(counts, self.world).tolist()
+        return loss_sum / rows
+
+    def sync(self) -> None:
+        """Rank 0's BatchNorm statistics everywhere, so every process scores and saves one model."""
+        distributed.broadcast_buffers(self.model, self.world)
 
     def snapshot(self) -> dict[str, Any]:
-        """Plain data only (tensors, numbers, strings, lists, dicts): loads with weights_only=True."""
-        rng = {"torch": torch.get_rng_state(), "data": self.generator.get_state()}
+        """Plain data only (tensors, numbers, strings, lists, dicts): loads with weights_only=True.
+        Every process must call it (the processes' random states are gathered)."""
+        own = {"torch": torch.get_rng_state()}
         if self.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+            own["cuda"] = torch.cuda.get_rng_state(self.device)
+        ranks = distributed.gather_objects(own, self.world)
+        rng = {"data": self.generator.get_state(), **{k: [r[k] for r in ranks] for k in own}}
         return {
             "model": _cpu(self.model.state_dict()),
             "optimizer": self.optimizer.state_dict(),
@@ -424,10 +498,11 @@ class _Learner:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng"]["torch"])
-        self.generator.set_state(state["rng"]["data"])
+        rank, rng = self.world.rank, state["rng"]
+        torch.set_rng_state(rng["torch"][rank])
+        self.generator.set_state(rng["data"])
         if self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+            torch.cuda.set_rng_state(rng["cuda"][rank], self.device)
 
 
 def fit(
@@ -446,26 +521,34 @@ def fit(
     epoch. `on_epoch` sees every epoch's metrics row, replayed ones first after a resume (so a
     metrics log rebuilt from it equals an uninterrupted run's). `progress`: a progress bar
     (default: when stderr is a terminal) instead of one log line per epoch.
+
+    Under torchrun (a process group is up) every process calls `fit` with the same arguments;
+    only rank 0 reads and writes the checkpoint and calls `on_epoch`, and every process returns
+    the same result.
     """
-    learner = _Learner(config, train, params, data)
+    world = distributed.current()
+    learner = _Learner(config, train, params, data, world)
     device = learner.device
-    key = fingerprint(config, params, data, device.type, train, val)
+    key = fingerprint(config, params, data, device.type, world.size, train, val)
     path = Path(checkpoint) if checkpoint is not None else None
-    state = read_checkpoint(path, key) if path is not None else None
+    state = read_checkpoint(path, key) if path is not None and world.main else None
+    state = distributed.from_main(state, world)
     if state is not None:
         try:
             learner.restore(state)
-            log.info("resuming from %s after epoch %d", path, state["epoch"])
-        except (KeyError, TypeError, ValueError, RuntimeError) as error:
+            if world.main:
+                log.info("resuming from %s after epoch %d", path, state["epoch"])
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as error:
             # Right keys, wrong contents (e.g. tensors of another shape): start afresh from a
             # learner the failed restore has not touched.
             log.warning("ignoring checkpoint %s: its training state does not fit this model (%s)", path, error)
-            learner, state = _Learner(config, train, params, data), None
+            learner, state = _Learner(config, train, params, data, world), None
     if state is None:
         state = {"epoch": 0, "done": False, "best": None, "best_epoch": -1, "bad_epochs": 0, "history": []}
         state["best_state"], state["best_metrics"] = _cpu(learner.model.state_dict()), {}
     resumed_from = state["epoch"]
     history = [dict(row) for row in state["history"]]
+    on_epoch = on_epoch if world.main else None
     for epoch, row in enumerate(history):
         if on_epoch is not None:
             on_epoch(epoch, row)
@@ -474,14 +557,15 @@ def fit(
     x_val, y_val = val.tensors(device)
     with (
         _deterministic(device),
-        _progress_bar(params.epochs, resumed_from, progress) as bar,
-        _CheckpointWriter(path) as writer,
+        _progress_bar(params.epochs, resumed_from, progress if world.main else False) as bar,
+        _CheckpointWriter(path if world.main else None) as writer,
     ):
         while not state["done"]:
             epoch = state["epoch"]
-            row = {"train_loss": learner.train_epoch(x_train, y_train, params.batch_size)}
+            row = {"train_loss": learner.train_epoch(x_train, y_train)}
+            learner.sync()
             with learner.autocast():
-                scores = evaluate(learner.model, x_val, y_val, config.n_classes)
+                scores = evaluate(learner.model, x_val, y_val, config.n_classes, world)
             row |= {f"val_{k}": v for k, v in scores.items()} | {"lr": learner.optimizer.param_groups[0]["lr"]}
             history.append(row)
             score = _score(params.early_stopping.metric, row)
@@ -493,8 +577,10 @@ def fit(
                 state["bad_epochs"] += 1
             stop = state["bad_epochs"] >= params.early_stopping.patience
             state |= {"epoch": epoch + 1, "history": history, "done": stop or epoch + 1 >= params.epochs}
-            writer.submit({**state, **learner.snapshot(), "format": CHECKPOINT_FORMAT, "fingerprint": key})
-            _report(bar, epoch + 1, params.epochs, row, stop)
+            snapshot = learner.snapshot()  # on every process: it gathers their random states
+            if world.main:
+                writer.submit({**state, **snapshot, "format": CHECKPOINT_FORMAT, "fingerprint": key})
+                _report(bar, epoch + 1, params.epochs, row, stop)
             if on_epoch is not None:
                 on_epoch(epoch, row)
 

@@ -4,6 +4,7 @@ It runs the train stage's code unchanged (`pipeline.training.fit`) on the traini
 fold i. Early stopping watches the validation split, as in the train stage, and never the
 held-out fold: choosing the epoch on the rows being scored would make the fold's score optimistic.
 So the fold's numbers measure exactly what train's procedure delivers on rows it never saw.
+Like train, it runs under torchrun (DDP) when `train.distributed` asks for more than one process.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from pipeline import atomic
+from pipeline import atomic, distributed
 from pipeline.models import config_for
 from pipeline.params import Params
 from pipeline.tables import read_parquet
@@ -53,8 +54,11 @@ def main() -> None:
     p.add_argument("--metrics", required=True, help="JSON metrics file for this fold")
 
     def body(args, params: Params) -> None:
-        metrics = run(read_parquet(args.clean), read_parquet(args.split), params, args.fold)
-        atomic.write_json(args.metrics, metrics)
+        distributed.relaunch_under_torchrun(params.train.distributed, "stages.crossval")  # returns if not needed
+        with distributed.session(params.train.device) as world:
+            metrics = run(read_parquet(args.clean), read_parquet(args.split), params, args.fold)
+            if world.main:
+                atomic.write_json(args.metrics, metrics)
 
     _cli.main("crossval", body, p.parse_args())
 

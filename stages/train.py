@@ -2,7 +2,8 @@
 
 Writes the model file (architecture config + state dict + the resolved train params + the kept
 weights' validation metrics), per-epoch metrics and curves through DVCLive, and a checkpoint after
-every epoch from which a rerun resumes after a crash.
+every epoch from which a rerun resumes after a crash. With `train.distributed` asking for more
+than one process it re-executes itself under torchrun (DDP); rank 0 writes every file.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipeline import distributed
 from pipeline.models import ModelConfig, config_for, save_model
 from pipeline.params import Params
 from pipeline.tables import read_parquet
@@ -56,27 +58,33 @@ def main() -> None:
     def body(args, params: Params) -> None:
         from dvclive import Live
 
+        distributed.relaunch_under_torchrun(params.train.distributed, "stages.train")  # returns if not needed
+
         def log_epoch(epoch: int, row: dict[str, float]) -> None:
             for name, value in row.items():
                 live.log_metric(name, value)
             live.next_step()
 
-        # No dvc.yaml of its own and no experiment commits: dvc.yaml already declares these files.
-        with Live(args.live, save_dvc_exp=False, dvcyaml=None) as live:
+        with distributed.session(params.train.device) as world:
             table, assignment = read_parquet(args.clean), read_parquet(args.split)
-            result, config = run(table, assignment, params, args.checkpoint, log_epoch)
-            for name, value in result.metrics.items():
-                live.log_metric(f"best/{name}", value, plot=False)
-            live.log_metric("best/step", result.best_epoch, plot=False)
-        save_model(
-            args.out,
-            result.model,
-            config,
-            params=params.train.model_dump(mode="json"),
-            metrics=result.metrics,
-            epochs=result.best_epoch + 1,  # epochs trained when the kept weights were taken
-        )
-        log.info("wrote %s", args.out)
+            if not world.main:  # rank 0 alone writes the metrics, the checkpoint and the model
+                run(table, assignment, params, args.checkpoint)
+                return
+            # No dvc.yaml of its own and no experiment commits: dvc.yaml already declares these files.
+            with Live(args.live, save_dvc_exp=False, dvcyaml=None) as live:
+                result, config = run(table, assignment, params, args.checkpoint, log_epoch)
+                for name, value in result.metrics.items():
+                    live.log_metric(f"best/{name}", value, plot=False)
+                live.log_metric("best/step", result.best_epoch, plot=False)
+            save_model(
+                args.out,
+                result.model,
+                config,
+                params=params.train.model_dump(mode="json"),
+                metrics=result.metrics,
+                epochs=result.best_epoch + 1,  # epochs trained when the kept weights were taken
+            )
+            log.info("wrote %s", args.out)
 
     _cli.main("train", body, p.parse_args())
 

@@ -15,7 +15,7 @@ import yaml
 
 from pipeline.models import config_for
 from pipeline.params import Params, ParamsError, parse_params
-from pipeline.training import Rows, augment_images, fit, lr_factor, read_checkpoint
+from pipeline.training import CHECKPOINT_FORMAT, Rows, augment_images, fit, lr_factor, read_checkpoint
 from stages import train
 from stages.split import split_stratified
 
@@ -110,7 +110,7 @@ def test_a_checkpoint_that_would_run_code_is_never_loaded(tmp_path, caplog):
         def __reduce__(self):
             return (Path.touch, (tmp_path / "pwned",))
 
-    torch.save({"format": "triton-retrain/checkpoint@1", "x": RunsCode()}, tmp_path / "ck.pt")
+    torch.save({"format": CHECKPOINT_FORMAT, "x": RunsCode()}, tmp_path / "ck.pt")
     assert read_checkpoint(tmp_path / "ck.pt", "any") is None
     assert not (tmp_path / "pwned").exists() and "cannot be loaded safely" in caplog.text
 
