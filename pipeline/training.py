@@ -363,10 +363,11 @@ class _CheckpointWriter:
         return self
 
     def submit(self, state: dict[str, Any]) -> None:
+        """Write `state` (which nothing may change any more) once the previous write is done."""
         if self.pool is None:
             return
         self._wait()
-        self.pending = self.pool.submit(write_checkpoint, self.path, _frozen_copy(state))
+        self.pending = self.pool.submit(write_checkpoint, self.path, state)
 
     def _wait(self) -> None:
         if self.pending is not None:
@@ -420,7 +421,7 @@ class _Learner:
         shard = -(-len(train) // world.size)
         total_steps = math.ceil(shard / self.batch_size) * params.epochs
         self.scheduler = make_scheduler(self.optimizer, params, total_steps)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp == torch.float16 else None
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=params.label_smoothing)
         self.augment = None
         if params.augment.enabled and data.image_shape is not None:
@@ -436,16 +437,22 @@ class _Learner:
 
             self.augment = augment
 
-    def autocast(self):
-        return torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None)
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp is None:
+            return contextlib.nullcontext()  # entering a disabled autocast still costs per step
+        return torch.autocast(self.device.type, dtype=self.amp)
 
     def step(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         with self.autocast():
             loss = self.loss_fn(self.net(xb), yb)
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        if self.scaler is None:
+            loss.backward()
+            self.optimizer.step()
+        else:  # fp16: scale the loss so small gradients do not flush to zero
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         self.scheduler.step()
         return loss.detach()
 
@@ -461,15 +468,17 @@ class _Learner:
     def train_epoch(self, x: torch.Tensor, y: torch.Tensor) -> float:
         """One pass over (x, y); returns the mean training loss over every process's rows."""
         self.net.train()
-        total = torch.zeros((), device=x.device)
         order = self.shard(len(y)).to(x.device)
+        losses, sizes = [], []  # batch losses stay on the device: no sync (and no extra op) per step
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
             xb = x[idx] if self.augment is None else self.augment(x[idx])
-            total += self.step(xb, y[idx]) * len(idx)  # stays on the device: no sync per step
+            losses.append(self.step(xb, y[idx]))
+            sizes.append(len(idx))
+        total = torch.stack(losses).double() @ torch.tensor(sizes, dtype=torch.float64, device=x.device)
         if self.world.size == 1:
             return total.item() / len(y)
-        counts = torch.tensor([total.item(), float(len(order))], dtype=torch.float64)
+        counts = torch.stack([total.cpu(), torch.tensor(float(len(order)), dtype=torch.float64)])
         loss_sum, rows = distributed.sum_(counts, self.world).tolist()
         return loss_sum / rows
 
@@ -485,11 +494,12 @@ class _Learner:
             own["cuda"] = torch.cuda.get_rng_state(self.device)
         ranks = distributed.gather_objects(own, self.world)
         rng = {"data": self.generator.get_state(), **{k: [r[k] for r in ranks] for k in own}}
+        # References into the live state: `_frozen_copy` makes the one copy the writer needs.
         return {
-            "model": _cpu(self.model.state_dict()),
+            "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else {},
             "rng": rng,
         }
 
@@ -497,7 +507,8 @@ class _Learner:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
+        if self.scaler is not None:
+            self.scaler.load_state_dict(state["scaler"])
         rank, rng = self.world.rank, state["rng"]
         torch.set_rng_state(rng["torch"][rank])
         self.generator.set_state(rng["data"])
@@ -577,9 +588,13 @@ def fit(
                 state["bad_epochs"] += 1
             stop = state["bad_epochs"] >= params.early_stopping.patience
             state |= {"epoch": epoch + 1, "history": history, "done": stop or epoch + 1 >= params.epochs}
-            snapshot = learner.snapshot()  # on every process: it gathers their random states
+            if state["done"] or (epoch + 1) % params.checkpoint_every == 0:
+                snapshot = _frozen_copy(learner.snapshot())  # on every process: it gathers random states
+                if world.main:
+                    # best_state is replaced, never changed in place, and history rows are final.
+                    checkpoint_state = {**state, "history": list(history), **snapshot}
+                    writer.submit(checkpoint_state | {"format": CHECKPOINT_FORMAT, "fingerprint": key})
             if world.main:
-                writer.submit({**state, **snapshot, "format": CHECKPOINT_FORMAT, "fingerprint": key})
                 _report(bar, epoch + 1, params.epochs, row, stop)
             if on_epoch is not None:
                 on_epoch(epoch, row)

@@ -98,6 +98,23 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(image_table, assignme
     assert _states_equal(last_whole["model"], last_resumed["model"])  # the last epoch's weights too
 
 
+def test_checkpoints_every_n_epochs_resume_exactly_too(image_table, assignment, tmp_path):
+    params = tiny_params(epochs=5, checkpoint_every=2, augment={"enabled": False, "max_shift": 0, "max_rotation": 0.0})
+    whole, _ = train.run(image_table, assignment, params)
+
+    def crash_in_the_third_epoch(epoch, row):
+        if epoch == 2:
+            raise Crash
+
+    with pytest.raises(Crash):
+        train.run(image_table, assignment, params, tmp_path / "ck.pt", crash_in_the_third_epoch)
+    assert torch.load(tmp_path / "ck.pt", weights_only=True)["epoch"] == 2  # epoch 3 was not written
+    resumed, _ = train.run(image_table, assignment, params, tmp_path / "ck.pt")
+    assert resumed.resumed_from == 2 and resumed.history == whole.history
+    assert _states_equal(resumed.model.state_dict(), whole.model.state_dict())
+    assert torch.load(tmp_path / "ck.pt", weights_only=True)["epoch"] == 5  # the last epoch always is
+
+
 def test_a_stale_checkpoint_is_ignored(image_table, assignment, tmp_path, caplog):
     checkpoint = tmp_path / "ck.pt"
     train.run(image_table, assignment, tiny_params(epochs=1), checkpoint)
