@@ -43,6 +43,7 @@ class World:
 
     rank: int = 0
     size: int = 1
+    group: bool = False  # in a torch.distributed process group (under torchrun)
 
     @property
     def main(self) -> bool:
@@ -55,7 +56,7 @@ ALONE = World()  # one process, no process group
 
 def current() -> World:
     if dist.is_available() and dist.is_initialized():
-        return World(dist.get_rank(), dist.get_world_size())
+        return World(dist.get_rank(), dist.get_world_size(), group=True)
     return ALONE
 
 

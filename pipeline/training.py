@@ -410,11 +410,12 @@ class _Learner:
         self.model.scale.factor.copy_(torch.from_numpy(factor))
         self.model.to(self.device)
         self.net: nn.Module = self.model  # what the training step calls
-        if world.size > 1:
+        if world.group:  # under torchrun, even with one process (e.g. to try NCCL on one GPU)
             from torch.nn.parallel import DistributedDataParallel
 
             ids = [self.device.index or torch.cuda.current_device()] if self.device.type == "cuda" else None
             self.net = DistributedDataParallel(self.model, device_ids=ids)
+        if world.rank > 0:
             torch.manual_seed(params.seed + world.rank)  # dropout masks differ between processes
         self.batch_size = -(-params.batch_size // world.size)  # rows per process and step
         self.optimizer = make_optimizer(self.model, params)
@@ -478,7 +479,7 @@ class _Learner:
         total = torch.stack(losses).double() @ torch.tensor(sizes, dtype=torch.float64, device=x.device)
         if self.world.size == 1:
             return total.item() / len(y)
-        counts = torch.stack([total.cpu(), torch.tensor(float(len(order)), dtype=torch.float64)])
+        counts = torch.stack([total, torch.tensor(float(len(order)), dtype=torch.float64, device=x.device)])
         loss_sum, rows = distributed.sum_(counts, self.world).tolist()
         return loss_sum / rows
 

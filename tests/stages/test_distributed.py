@@ -23,7 +23,7 @@ from pipeline.training import assigned_rows, evaluate
 from stages.split import split_stratified
 
 ROOT = Path(__file__).resolve().parents[2]
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
 ENV = {"PYTHONPATH": str(ROOT), "PATH": str(Path(sys.executable).parent)}
 
 
@@ -95,11 +95,15 @@ def test_two_gloo_processes_learn_as_well_as_one(tmp_path):
     assert summary["step"] >= 1 and (tmp_path / "two" / "ck.pt").exists()
 
 
-def _fit_under_torchrun(folder: Path, checkpoint: str, out: str, crash_after: int | None = None) -> int:
+def _fit_under_torchrun(
+    folder: Path, checkpoint: str, out: str, crash_after: int | None = None, nproc: int | None = 2
+) -> int:
+    """tests/stages/ddp_fit.py under torchrun with `nproc` processes (None: plain python)."""
     train = {"epochs": 4, "batch_size": 16, "device": "cpu", "label_smoothing": 0.05}
     train |= {"model": {"arch": "cnn", "channels": [8], "hidden": [32], "dropout": 0.1}}
     train |= {"augment": {"enabled": True, "max_shift": 1, "max_rotation": 10.0}}  # its random stream resumes too
-    cmd = [*TORCHRUN, str(ROOT / "tests" / "stages" / "ddp_fit.py"), "--train", json.dumps(train)]
+    launcher = [sys.executable] if nproc is None else [*TORCHRUN, f"--nproc-per-node={nproc}"]
+    cmd = [*launcher, str(ROOT / "tests" / "stages" / "ddp_fit.py"), "--train", json.dumps(train)]
     cmd += ["--checkpoint", checkpoint, "--out", out]
     if crash_after is not None:
         cmd += ["--crash-after", str(crash_after)]
@@ -120,3 +124,14 @@ def test_a_crash_under_ddp_resumes_to_bit_identical_weights(tmp_path):
     assert resumed["history"] == whole["history"]
     assert whole["state"].keys() == resumed["state"].keys()
     assert all(torch.equal(whole["state"][k], resumed["state"][k]) for k in whole["state"])
+
+
+@pytest.mark.distributed
+def test_one_process_under_torchrun_trains_exactly_like_plain_training(tmp_path):
+    """The DDP wrapper, the process group and the gathered metrics change nothing with one process."""
+    assert _fit_under_torchrun(tmp_path, "plain.pt", "plain.out", nproc=None) == 0
+    assert _fit_under_torchrun(tmp_path, "ddp.pt", "ddp.out", nproc=1) == 0
+    plain = torch.load(tmp_path / "plain.out", weights_only=True)
+    ddp = torch.load(tmp_path / "ddp.out", weights_only=True)
+    assert (plain["world"], ddp["world"]) == (1, 1) and plain["history"] == ddp["history"]
+    assert all(torch.equal(plain["state"][k], ddp["state"][k]) for k in plain["state"])
