@@ -35,7 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.models import build_model, config_for  # noqa: E402
+from pipeline.models import build_model, config_for, set_input_scale  # noqa: E402
 from pipeline.params import DataParams, TrainParams, load_params  # noqa: E402
 from pipeline.training import (  # noqa: E402
     Rows,
@@ -75,8 +75,7 @@ def plain_loop(config, train: Rows, val: Rows, params: TrainParams, data: DataPa
     generator = torch.Generator().manual_seed(params.seed)
     model = build_model(config)
     offset, factor = input_scale(train.x, data)
-    model.scale.offset.copy_(torch.from_numpy(offset))
-    model.scale.factor.copy_(torch.from_numpy(factor))
+    set_input_scale(model, torch.from_numpy(offset), torch.from_numpy(factor))
     model.to(device).train()
     optimizer = make_optimizer(model, params)
     total = -(-len(train) // params.batch_size) * params.epochs
@@ -90,7 +89,7 @@ def plain_loop(config, train: Rows, val: Rows, params: TrainParams, data: DataPa
         for start in range(0, len(y), params.batch_size):
             idx = order[start : start + params.batch_size]
             xb = x[idx]
-            if augment:
+            if augment and data.image_shape is not None:
                 xb = augment_images(xb, data.image_shape, float(offset[0]), a.max_shift, a.max_rotation, generator)
             loss = loss_fn(model(xb), y[idx])
             optimizer.zero_grad(set_to_none=True)

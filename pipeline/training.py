@@ -27,7 +27,7 @@ import math
 import pickle
 import sys
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,7 @@ from pipeline import distributed, models
 from pipeline.atomic import atomic_path
 from pipeline.distributed import ALONE, World
 from pipeline.errors import StageError
-from pipeline.models import ModelConfig, build_model
+from pipeline.models import ModelConfig, build_model, set_input_scale
 from pipeline.params import DataParams, TrainParams
 from pipeline.tables import feature_columns
 
@@ -282,17 +282,17 @@ def _deterministic(device: torch.device) -> Iterator[None]:
 
     before = torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    fill = deterministic.fill_uninitialized_memory
+    fill = deterministic.fill_uninitialized_memory  # type: ignore[attr-defined]  # set by torch at import; not in its stubs
     if device.type == "cpu" and not before:
         torch.use_deterministic_algorithms(True, warn_only=True)
         # Filling every new tensor with NaN (a debugging aid) cost ~5% of a step; our kernels
         # overwrite what they allocate.
-        deterministic.fill_uninitialized_memory = False
+        deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]
     try:
         yield
     finally:
         torch.use_deterministic_algorithms(before, warn_only=warn_only)
-        deterministic.fill_uninitialized_memory = fill
+        deterministic.fill_uninitialized_memory = fill  # type: ignore[attr-defined]
 
 
 # --- checkpoints -----------------------------------------------------------------------------
@@ -355,7 +355,9 @@ class _CheckpointWriter:
     """
 
     def __init__(self, path: Path | None) -> None:
-        self.path, self.pending, self.pool = path, None, None
+        self.path = path
+        self.pending: Future[None] | None = None
+        self.pool: ThreadPoolExecutor | None = None
 
     def __enter__(self) -> _CheckpointWriter:
         if self.path is not None:
@@ -364,7 +366,7 @@ class _CheckpointWriter:
 
     def submit(self, state: dict[str, Any]) -> None:
         """Write `state` (which nothing may change any more) once the previous write is done."""
-        if self.pool is None:
+        if self.pool is None or self.path is None:
             return
         self._wait()
         self.pending = self.pool.submit(write_checkpoint, self.path, state)
@@ -406,8 +408,7 @@ class _Learner:
         self.generator = torch.Generator().manual_seed(params.seed)  # data order and augmentation
         self.model = build_model(config)
         offset, factor = input_scale(train.x, data)
-        self.model.scale.offset.copy_(torch.from_numpy(offset))
-        self.model.scale.factor.copy_(torch.from_numpy(factor))
+        set_input_scale(self.model, torch.from_numpy(offset), torch.from_numpy(factor))
         self.model.to(self.device)
         self.net: nn.Module = self.model  # what the training step calls
         if world.group:  # under torchrun, even with one process (e.g. to try NCCL on one GPU)
@@ -425,7 +426,8 @@ class _Learner:
         self.scaler = torch.amp.GradScaler("cuda") if self.amp == torch.float16 else None
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=params.label_smoothing)
         self.augment = None
-        if params.augment.enabled and data.image_shape is not None:
+        shape = data.image_shape
+        if params.augment.enabled and shape is not None:
             a, background = params.augment, float(offset[0])
 
             def augment(xb: torch.Tensor) -> torch.Tensor:
@@ -434,7 +436,7 @@ class _Learner:
                 n = len(xb)
                 angle, shift = random_moves(n * world.size, a.max_shift, a.max_rotation, self.generator)
                 mine = slice(world.rank * n, (world.rank + 1) * n)
-                return move_images(xb, data.image_shape, background, angle[mine], shift[mine])
+                return move_images(xb, shape, background, angle[mine], shift[mine])
 
             self.augment = augment
 

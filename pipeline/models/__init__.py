@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from pipeline.errors import StageError
-from pipeline.models.base import ModelConfig, config_from_dict
+from pipeline.models.base import ModelConfig, config_from_dict, set_input_scale
 from pipeline.models.cnn import CNN, CNNConfig
 from pipeline.models.mlp import MLP, MLPConfig
 from pipeline.models.rnn import RNN, RNNConfig
@@ -41,6 +41,7 @@ __all__ = [
     "config_from_dict",
     "load_model",
     "save_model",
+    "set_input_scale",
 ]
 
 FORMAT = "triton-retrain/model@2"  # @2: the config is a family's typed config (`ModelConfig.to_dict`)

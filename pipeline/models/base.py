@@ -74,6 +74,9 @@ def config_from_dict(data: Any, families: dict[str, type[ModelConfig]]) -> Model
 class Scale(nn.Module):
     """(x - offset) * factor, per feature; the numbers come from the training rows."""
 
+    offset: torch.Tensor
+    factor: torch.Tensor
+
     def __init__(self, n_features: int) -> None:
         super().__init__()
         self.register_buffer("offset", torch.zeros(n_features))
@@ -91,3 +94,11 @@ def mlp_head(n_in: int, hidden: tuple[int, ...], n_out: int, dropout: float) -> 
         n_in = width
     layers += [nn.Dropout(dropout), nn.Linear(n_in, n_out)]
     return nn.Sequential(*layers)
+
+
+def set_input_scale(model: nn.Module, offset: torch.Tensor, factor: torch.Tensor) -> None:
+    """Store the training rows' scaling in a model of any family (its `scale` layer)."""
+    scale = model.get_submodule("scale")
+    assert isinstance(scale, Scale), f"{type(model).__name__} has no input Scale layer"
+    scale.offset.copy_(offset)
+    scale.factor.copy_(factor)

@@ -93,7 +93,7 @@ class Transformer(nn.Module):
         super().__init__()
         self.scale = Scale(config.n_features)
         if config.image_shape is not None:
-            self.tokens: nn.Module = PatchTokens(tuple(config.image_shape), config.patch_size, config.dim)
+            self.tokens: nn.Module = PatchTokens(config.image_shape, config.patch_size, config.dim)
         else:
             self.tokens = FeatureTokens(config.n_features, config.dim)
         self.cls = nn.Parameter(torch.zeros(1, 1, config.dim))
