@@ -18,6 +18,7 @@ both alike). Prints samples/s of each loop's best run, their ratio, and the medi
 of the repeats' pairs (goal >= 0.97).
 
     python bench/train_throughput.py [--sets digits synthetic] [--epochs 10] [--repeats 8] [--augment]
+                                     [--checkpoint-every N] [--threads N]
 """
 
 from __future__ import annotations
@@ -149,8 +150,11 @@ def main() -> None:
     p.add_argument("--synthetic-repeats", type=int, default=3)
     p.add_argument("--augment", action="store_true", help="augment in both loops (default: params, if on)")
     p.add_argument("--checkpoint-every", type=int, help="override train.checkpoint_every")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     params = load_params(args.params)
     device = select_device(params.train.device)
