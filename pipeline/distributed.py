@@ -173,3 +173,12 @@ def gather_objects(obj: Any, world: World) -> list[Any]:
     found: list[Any] = [None] * world.size
     dist.all_gather_object(found, obj)
     return found
+
+
+def agree(flag: bool, world: World, device: torch.device) -> bool:
+    """Rank 0's `flag` on every process (a decision all of them must take alike)."""
+    if world.size == 1:
+        return flag
+    box = torch.tensor([flag], dtype=torch.uint8, device=device)
+    dist.broadcast(box, src=0)
+    return bool(box.item())

@@ -175,7 +175,7 @@ class TrainParams(Section):
     epochs: Positive = 20
     batch_size: Positive = 64
     label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.05
-    checkpoint_every: Positive = 1
+    checkpoint_interval_s: Annotated[float, Field(ge=0.0)] = 30.0
     model: ModelParams = ModelParams()
     optimizer: OptimizerParams = OptimizerParams()
     schedule: ScheduleParams = ScheduleParams()

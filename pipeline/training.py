@@ -26,6 +26,7 @@ import logging
 import math
 import pickle
 import sys
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -569,6 +570,7 @@ def fit(
 
     x_train, y_train = train.tensors(device)
     x_val, y_val = val.tensors(device)
+    last_write = time.monotonic()
     with (
         _deterministic(device),
         _progress_bar(params.epochs, resumed_from, progress if world.main else False) as bar,
@@ -591,7 +593,11 @@ def fit(
                 state["bad_epochs"] += 1
             stop = state["bad_epochs"] >= params.early_stopping.patience
             state |= {"epoch": epoch + 1, "history": history, "done": stop or epoch + 1 >= params.epochs}
-            if state["done"] or (epoch + 1) % params.checkpoint_every == 0:
+            # By time, not epochs: tiny epochs are not slowed by writes, long ones are all kept. When
+            # they are written changes nothing else, since a resume is exact from any epoch.
+            due = state["done"] or time.monotonic() - last_write >= params.checkpoint_interval_s
+            if distributed.agree(due, world, device):  # rank 0's clock decides for every process
+                last_write = time.monotonic()
                 snapshot = _frozen_copy(learner.snapshot())  # on every process: it gathers random states
                 if world.main:
                     # best_state is replaced, never changed in place, and history rows are final.

@@ -99,7 +99,7 @@ def _fit_under_torchrun(
     folder: Path, checkpoint: str, out: str, crash_after: int | None = None, nproc: int | None = 2
 ) -> int:
     """tests/stages/ddp_fit.py under torchrun with `nproc` processes (None: plain python)."""
-    train = {"epochs": 4, "batch_size": 16, "device": "cpu", "label_smoothing": 0.05}
+    train = {"epochs": 4, "batch_size": 16, "device": "cpu", "label_smoothing": 0.05, "checkpoint_interval_s": 0.0}
     train |= {"model": {"arch": "cnn", "channels": [8], "hidden": [32], "dropout": 0.1}}
     train |= {"augment": {"enabled": True, "max_shift": 1, "max_rotation": 10.0}}  # its random stream resumes too
     launcher = [sys.executable] if nproc is None else [*TORCHRUN, f"--nproc-per-node={nproc}"]

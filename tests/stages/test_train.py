@@ -31,6 +31,7 @@ def raw_params(**train_overrides) -> dict:
         "optimizer": {**raw["train"]["optimizer"], "lr": 0.01},
         "early_stopping": {"metric": "val_accuracy", "patience": 50},
         "device": "cpu",
+        "checkpoint_interval_s": 0.0,  # a checkpoint after every epoch
     }
     raw["train"] = {**raw["train"], **tiny, **train_overrides}
     return raw
@@ -98,21 +99,22 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(image_table, assignme
     assert _states_equal(last_whole["model"], last_resumed["model"])  # the last epoch's weights too
 
 
-def test_checkpoints_every_n_epochs_resume_exactly_too(image_table, assignment, tmp_path):
-    params = tiny_params(epochs=5, checkpoint_every=2, augment={"enabled": False, "max_shift": 0, "max_rotation": 0.0})
+def test_checkpoints_by_time_skip_short_epochs_and_keep_the_last(image_table, assignment, tmp_path):
+    # An hour between checkpoints: none is written mid-run, so a crash restarts from scratch (and
+    # still ends with the same weights); the last epoch is always written.
+    params = tiny_params(epochs=3, checkpoint_interval_s=3600.0)
     whole, _ = train.run(image_table, assignment, params)
 
-    def crash_in_the_third_epoch(epoch, row):
-        if epoch == 2:
+    def crash_in_the_second_epoch(epoch, row):
+        if epoch == 1:
             raise Crash
 
     with pytest.raises(Crash):
-        train.run(image_table, assignment, params, tmp_path / "ck.pt", crash_in_the_third_epoch)
-    assert torch.load(tmp_path / "ck.pt", weights_only=True)["epoch"] == 2  # epoch 3 was not written
-    resumed, _ = train.run(image_table, assignment, params, tmp_path / "ck.pt")
-    assert resumed.resumed_from == 2 and resumed.history == whole.history
-    assert _states_equal(resumed.model.state_dict(), whole.model.state_dict())
-    assert torch.load(tmp_path / "ck.pt", weights_only=True)["epoch"] == 5  # the last epoch always is
+        train.run(image_table, assignment, params, tmp_path / "ck.pt", crash_in_the_second_epoch)
+    assert not (tmp_path / "ck.pt").exists()
+    again, _ = train.run(image_table, assignment, params, tmp_path / "ck.pt")
+    assert again.resumed_from == 0 and _states_equal(again.model.state_dict(), whole.model.state_dict())
+    assert torch.load(tmp_path / "ck.pt", weights_only=True)["epoch"] == 3
 
 
 def test_a_stale_checkpoint_is_ignored(image_table, assignment, tmp_path, caplog):
