@@ -22,7 +22,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.params import Params, load_params  # noqa: E402
-from pipeline.training import assigned_rows, evaluate  # noqa: E402
+from pipeline.rows import SplitTable  # noqa: E402
+from pipeline.training import device_tensors, evaluate  # noqa: E402
 from stages import embed, train  # noqa: E402
 from stages.split import split_stratified  # noqa: E402
 
@@ -42,12 +43,12 @@ def measure(params: Params) -> tuple[float, float, int]:
     """(test accuracy, training seconds, epochs run) of one family on one data set."""
     table = embed.run(params.embed, params.data)
     assignment = split_stratified(table[params.data.label].to_numpy(), params.split)
+    split_table = SplitTable.of(table, assignment, params.data)
     start = time.perf_counter()
-    result, config = train.run(table, assignment, params, progress=False)
+    result, config = train.run(split_table, params.data, params.train, progress=False)
     seconds = time.perf_counter() - start
-    rows, assignment = assigned_rows(table, assignment, params.data)
-    test = rows.take(assignment["split"].to_numpy() == "test")
-    return evaluate(result.model, *test.tensors(), config.n_classes)["accuracy"], seconds, len(result.history)
+    test = device_tensors(split_table.split_rows("test"))
+    return evaluate(result.model, *test, config.n_classes)["accuracy"], seconds, len(result.history)
 
 
 def main() -> None:

@@ -42,9 +42,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.models import build_model, config_for, set_input_scale  # noqa: E402
 from pipeline.params import DataParams, TrainParams, load_params  # noqa: E402
+from pipeline.rows import Rows  # noqa: E402
 from pipeline.training import (  # noqa: E402
-    Rows,
     augment_images,
+    device_tensors,
     fit,
     input_scale,
     make_optimizer,
@@ -58,7 +59,7 @@ def digits_rows(seed: int = 0) -> tuple[Rows, Rows]:
 
     digits = load_digits()
     order = np.random.default_rng(seed).permutation(len(digits.target))
-    x, y = digits.data[order].astype(np.float32), digits.target[order].astype(np.int64)
+    x, y = digits.data[order].astype(np.uint8), digits.target[order].astype(np.int64)  # stored as clean does
     n_train, n_val = int(0.7 * len(y)), int(0.15 * len(y))
     return Rows(x[:n_train], y[:n_train]), Rows(x[n_train : n_train + n_val], y[n_train : n_train + n_val])
 
@@ -68,7 +69,7 @@ def synthetic_rows(n_train: int = 20_000, n_val: int = 2_000, side: int = 28, se
     rng = np.random.default_rng(seed)
     templates = rng.uniform(0, 255, (10, side * side)).astype(np.float32)
     y = rng.integers(0, 10, n_train + n_val)
-    x = np.clip(templates[y] + rng.normal(0, 60, (len(y), side * side)), 0, 255).astype(np.float32)
+    x = np.clip(templates[y] + rng.normal(0, 60, (len(y), side * side)), 0, 255).astype(np.uint8)
     return Rows(x[:n_train], y[:n_train]), Rows(x[n_train:], y[n_train:])
 
 
@@ -86,14 +87,14 @@ def plain_loop(config, train: Rows, val: Rows, params: TrainParams, data: DataPa
     total = -(-len(train) // params.batch_size) * params.epochs
     scheduler = make_scheduler(optimizer, params, total)
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=params.label_smoothing)
-    x, y = train.tensors(device)
-    x_val, y_val = val.tensors(device)
+    x, y = device_tensors(train, device)
+    x_val, y_val = device_tensors(val, device)
     a = params.augment
     for _ in range(params.epochs):
         order = torch.randperm(len(y), generator=generator).to(device)
         for start in range(0, len(y), params.batch_size):
             idx = order[start : start + params.batch_size]
-            xb = x[idx]
+            xb = x[idx].float()  # rows stay uint8 until a batch is taken, as in the stage
             if augment and data.image_shape is not None:
                 xb = augment_images(xb, data.image_shape, float(offset[0]), a.max_shift, a.max_rotation, generator)
             loss = loss_fn(model(xb), y[idx])
@@ -103,7 +104,7 @@ def plain_loop(config, train: Rows, val: Rows, params: TrainParams, data: DataPa
             scheduler.step()
         model.eval()
         with torch.no_grad():
-            accuracy = (model(x_val).argmax(1) == y_val).float().mean().item()  # noqa: F841
+            accuracy = (model(x_val.float()).argmax(1) == y_val).float().mean().item()  # noqa: F841
         model.train()
     if device.type == "cuda":
         torch.cuda.synchronize()

@@ -6,6 +6,7 @@ local Triton (`python -m serving start`) is started when it is not running.
 
     python -m orchestration run-once [--date YYYY-MM-DD]   # airflow dags test retrain <date>, then what serves
     python -m orchestration ui                               # airflow standalone (UI on :8080)
+    python -m orchestration cluster up|down|status           # CeleryExecutor cluster (orchestration/cluster.py)
 """
 
 from __future__ import annotations
@@ -160,9 +161,17 @@ def main(argv: list[str] | None = None) -> None:
     once = commands.add_parser("run-once", help="one retrain cycle through Airflow, then print what serves")
     once.add_argument("--date", help="logical date YYYY-MM-DD (default: the newest demo batch)")
     commands.add_parser("ui", help="Airflow with the web UI (airflow standalone)")
-    args = parser.parse_args(argv)
+    cluster = commands.add_parser("cluster", help="a local CeleryExecutor cluster: up | down | status", add_help=False)
+    cluster.add_argument("cluster_args", nargs=argparse.REMAINDER)
+    args, unknown = parser.parse_known_args(argv)  # `cluster` takes its own options (and --help)
+    if unknown and args.command != "cluster":
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     project = Path(args.project).resolve()
     os.chdir(project)  # params.yaml's relative paths (the Triton repository) are relative to it
     if args.command == "run-once":
         sys.exit(run_once(project, args.date))
+    if args.command == "cluster":
+        from orchestration.cluster import main as cluster_main
+
+        sys.exit(cluster_main(project, [*unknown, *args.cluster_args]))
     ui(project)

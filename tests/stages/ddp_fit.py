@@ -26,7 +26,8 @@ from conftest import tiny_image_table  # noqa: E402
 from pipeline import distributed  # noqa: E402
 from pipeline.models import config_for  # noqa: E402
 from pipeline.params import parse_params  # noqa: E402
-from pipeline.training import assigned_rows, fit  # noqa: E402
+from pipeline.rows import SplitTable  # noqa: E402
+from pipeline.training import fit  # noqa: E402
 from stages.split import split_stratified  # noqa: E402
 
 
@@ -46,9 +47,9 @@ def main() -> None:
     raw["train"] = {**raw["train"], **json.loads(args.train)}
     params = parse_params(raw)
     table = tiny_image_table()
-    rows, assignment = assigned_rows(table, split_stratified(table["label"].to_numpy(), params.split), params.data)
-    split = assignment["split"].to_numpy()
-    config = config_for(params.train.model, params.data, rows.x.shape[1])
+    split_table = SplitTable.of(table, split_stratified(table["label"].to_numpy(), params.split), params.data)
+    parts = split_table.rows(train=split_table.splits == "train", val=split_table.splits == "val")
+    config = config_for(params.train.model, params.data, split_table.n_features)
 
     def crash(epoch: int, row: dict) -> None:
         if epoch == args.crash_after:
@@ -58,8 +59,8 @@ def main() -> None:
         hook = crash if args.crash_after is not None else None
         result = fit(
             config,
-            rows.take(split == "train"),
-            rows.take(split == "val"),
+            parts["train"],
+            parts["val"],
             params.train,
             params.data,
             args.checkpoint,

@@ -18,8 +18,9 @@ from pipeline import distributed
 from pipeline.errors import StageError
 from pipeline.models import load_model
 from pipeline.params import DistributedParams, parse_params
+from pipeline.rows import SplitTable
 from pipeline.tables import write_parquet
-from pipeline.training import assigned_rows, evaluate
+from pipeline.training import device_tensors, evaluate
 from stages.split import split_stratified
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,9 +83,8 @@ def _train_cli(folder: Path, nproc: int) -> float:
         assert "running under torchrun" in done.stderr and "process 1 of 2 (gloo)" in done.stderr
     model, _ = load_model(folder / "model.pt")
     params = parse_params(raw)
-    rows, assignment = assigned_rows(table, assignment, params.data)
-    test = rows.take(assignment["split"].to_numpy() == "test")
-    return evaluate(model, *test.tensors(), 10)["accuracy"]
+    test = SplitTable.of(table, assignment, params.data).split_rows("test")
+    return evaluate(model, *device_tensors(test), 10)["accuracy"]
 
 
 @pytest.mark.distributed

@@ -15,6 +15,7 @@ from conftest import tiny_image_table
 
 from pipeline import atomic
 from pipeline.params import Params, parse_params
+from pipeline.rows import SplitTable
 from stages import export, train
 from stages.split import split_stratified
 
@@ -63,14 +64,15 @@ def train_and_export(arch: str, rows: str, out: Path) -> dict:
     table = tiny_image_table() if rows == "image" else tabular_table()
     params = family_params(arch, rows)
     assignment = split_stratified(table[params.data.label].to_numpy(), params.split)
-    result, config = train.run(table, assignment, params)
+    split_table = SplitTable.of(table, assignment, params.data)
+    result, config = train.run(split_table, params.data, params.train)
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]  # it learns
-    test = export.split_rows(table, assignment, params.data, "test")
+    test = split_table.split_rows("test")
     model_file = {"config": config, "metrics": result.metrics, "params": params.train.model_dump(mode="json")}
     hashes = {"clean": {"path": "c", "md5": "0" * 32}, "split": {"path": "s", "md5": "1" * 32}}
     with atomic.atomic_dir(out) as tmp:
         Path(tmp).chmod(0o755)
-        return export.run(result.model, model_file, test, params, Path(tmp), hashes)
+        return export.run(result.model, model_file, test, params.data, params.export, Path(tmp), hashes)
 
 
 @pytest.mark.parametrize("arch,rows", CASES)
