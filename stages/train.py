@@ -2,8 +2,9 @@
 
 Writes the model file (architecture config + state dict + the resolved train params + the kept
 weights' validation metrics), per-epoch metrics and curves through DVCLive, and a checkpoint (every
-`train.checkpoint_interval_s` and after the last epoch) from which a rerun resumes after a crash. With `train.distributed` asking for more
-than one process it re-executes itself under torchrun (DDP); rank 0 writes every file.
+`train.checkpoint_interval_s` and after the last epoch) from which a rerun resumes after a crash.
+With `train.distributed` asking for more than one process it re-executes itself under torchrun
+(DDP); rank 0 writes every file.
 """
 
 from __future__ import annotations
@@ -46,7 +47,9 @@ def main() -> None:
     p = _cli.parser(__doc__.splitlines()[0])
     _cli.add_split_inputs(p)
     p.add_argument("--out", required=True, help="model file to write")
-    p.add_argument("--checkpoint", required=True, help="checkpoint to resume from and rewrite every epoch")
+    p.add_argument(
+        "--checkpoint", required=True, help="checkpoint to resume from and rewrite (train.checkpoint_interval_s)"
+    )
     p.add_argument("--live", required=True, help="DVCLive folder for per-epoch metrics and plots")
 
     def body(args, params: Params) -> None:

@@ -115,7 +115,7 @@ def test_every_family_serves_on_a_real_triton(tmp_path):
         train_and_export(*name.split("_"), folder)
 
     with local_triton(tmp_path / "triton") as server:
-        client = ClientSettings(url=f"127.0.0.1:{server.http_port}", timeout_s=30.0, retries=1, backoff_s=0.1)
+        client = ClientSettings.local(server, timeout_s=30.0, retries=1, backoff_s=0.1)  # with its control key
         settings = ServingSettings(client=client, repository=server.repository, load_timeout_s=60.0, retention=3)
         for name, folder in candidates.items():
             result = push_candidate(folder, settings)
