@@ -171,7 +171,7 @@ def run_stage(root: Path, stage: str, inputs: Sequence[str], settings: DvcSettin
     started = time.monotonic()
     timings = {"pull_s": 0.0, "stage_s": 0.0, "push_s": 0.0}
     with open_repo(root, settings) as repo:
-        check_remote(repo, settings)
+        # (prepare checked that the remote answers; every transfer below names it if it fails)
         if inputs:
             tick = time.monotonic()
             on_remote(

@@ -1,9 +1,7 @@
-"""The task bodies (orchestration/steps.py) on a toy DVC project, as two workers that share
-nothing but the workspace's git remote and the DVC remote (a local folder here): the real DVC and
-git, no Airflow.
-
-The toy pipeline: `prep` writes data.txt; `fold@0..2` each read it; `summary` reads the folds.
-"""
+"""The task bodies (orchestration/steps.py) on a toy DVC project (conftest.py: `prep` writes
+data.txt; `fold@0..2` each read it; `summary` reads the folds), as workers that share nothing but
+the workspace's git remote and the DVC remote (a local folder here): the real DVC and git, no
+Airflow."""
 
 from __future__ import annotations
 
@@ -11,7 +9,6 @@ import json
 import logging
 import os
 import subprocess
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -22,57 +19,6 @@ from orchestration.dvc_runner import StageFailed
 from orchestration.remote import RemoteError
 from orchestration.workspace import RUN_REFS, dvc_command
 
-PARAMS = """
-data:
-  source: data.txt
-  label: label
-  classes: [0, 1]
-train:
-  model:
-    arch: mlp
-airflow:
-  demo_batches: false
-  gpu_stages: []
-"""
-
-DVC_YAML = """
-stages:
-  prep:
-    cmd: python prep.py
-    deps:
-      - prep.py
-    outs:
-      - data.txt
-  fold:
-    foreach: [0, 1, 2]
-    do:
-      cmd: python work.py ${item}
-      deps:
-        - data.txt
-        - work.py
-      outs:
-        - out/${item}.json
-  summary:
-    cmd: python summary.py
-    deps:
-      - out
-      - summary.py
-    outs:
-      - summary.json
-"""
-
-PREP = "open('data.txt', 'w').write('rows v1')\n"
-WORK = """
-import json, os, sys
-os.makedirs("out", exist_ok=True)
-with open(f"out/{sys.argv[1]}.json", "w") as f:
-    json.dump({"fold": sys.argv[1], "data": open("data.txt").read(), "pid": os.getpid()}, f)
-"""
-SUMMARY = """
-import json, os
-folds = sorted(os.listdir("out"))
-json.dump({"folds": folds}, open("summary.json", "w"))
-"""
 ORDER = ["prep", "fold@0", "fold@1", "fold@2", "summary"]
 
 
@@ -82,23 +28,8 @@ def sh(cwd: Path, *cmd: str) -> str:
 
 
 @pytest.fixture
-def toy(tmp_path: Path) -> Path:
-    project = tmp_path / "project"
-    project.mkdir()
-    for name, text in {
-        "params.yaml": PARAMS,
-        "dvc.yaml": DVC_YAML,
-        "prep.py": PREP,
-        "work.py": WORK,
-        "summary.py": SUMMARY,
-        ".gitignore": "/.airflow/\n/.dvc-remote/\n",
-    }.items():
-        (project / name).write_text(textwrap.dedent(text))
-    sh(project, "git", "init", "-q")
-    sh(project, *dvc_command("init", "-q"))
-    sh(project, "git", "add", "-A")
-    sh(project, "git", "commit", "-q", "-m", "toy")
-    return project
+def toy(tmp_path: Path, helpers) -> Path:
+    return helpers.toy_project(tmp_path / "project")
 
 
 def worker(project: Path, name: str) -> steps.Fleet:

@@ -26,6 +26,8 @@ import pytest
 import yaml
 from support import edit_params, local_triton
 
+from orchestration.workspace import dvc_command
+
 pytestmark = [pytest.mark.airflow, pytest.mark.triton, pytest.mark.integration]
 
 DAG_ID = "retrain"
@@ -149,6 +151,13 @@ def test_first_run_deploys_version_1(first: Run, project: Path, triton, tmp_path
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(git_remote(project)), str(clone)], check=True)
     assert in_stage(clone, "digits", "prod") == 1
+    # ...and any clone at model-v1 gets back exactly what version 1 was built from
+    subprocess.run(["git", "checkout", "-q", "model-v1"], cwd=clone, check=True)
+    subprocess.run(dvc_command("pull", "-q"), cwd=clone, check=True)
+    status = subprocess.run(dvc_command("status", "--json"), cwd=clone, capture_output=True, text=True, check=True)
+    assert json.loads(status.stdout) == {}, status.stdout
+    card = json.loads((clone / "models" / "candidate" / "model_card.json").read_text())
+    assert card == json.loads((triton.repository / "digits" / "1" / "model_card.json").read_text())
 
     # the served model answers like the candidate's golden samples
     from serving.client import ClientSettings, predict
