@@ -13,8 +13,18 @@ checkout; the caller pushes the tags they return.
 
 from __future__ import annotations
 
+import contextlib
 import re
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from orchestration.remote import redact
+from pipeline.errors import StageError
+
+if TYPE_CHECKING:
+    from orchestration.workspace import Workspace
 
 _VERSION = re.compile(r"^v(\d+)\.0\.0$")
 
@@ -91,3 +101,49 @@ def _tags(root: Path) -> list[str]:
     import subprocess
 
     return subprocess.run(["git", "tag"], cwd=root, capture_output=True, text=True, check=True).stdout.split()
+
+
+# --- on the workspace's git remote ------------------------------------------------------------
+@contextlib.contextmanager
+def remote_checkout(ws: Workspace) -> Iterator[Path]:
+    """A throwaway checkout of the published branch with every tag, in the worker root."""
+    from orchestration import workspace
+
+    ws.worker_root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=ws.worker_root, prefix="registry-") as folder:
+        root = Path(folder)
+        workspace.run(["git", "init", "-q"], root)
+        branch = f"refs/heads/{ws.params.git_branch}"
+        if workspace.remote_ref(ws, branch) is None:
+            raise StageError(f"nothing is published on {redact(ws.git_remote)} yet (no {ws.params.git_branch} branch)")
+        workspace.run(["git", "fetch", "-q", "--depth", "1", ws.git_remote, branch], root, env=ws.git_env())
+        workspace.run(["git", "checkout", "-q", "--detach", "FETCH_HEAD"], root)
+        workspace.fetch_tags(ws, root)
+        yield root
+
+
+def show(ws: Workspace) -> dict[str, Any]:
+    """`gto show` of the workspace's git remote: per model, the latest version and each stage's."""
+    from gto import api
+
+    with remote_checkout(ws) as root:
+        return api.show(str(root)) if _tags(root) else {}
+
+
+def promote(ws: Workspace, model: str, version: int, message: str) -> str:
+    """Assign `airflow.registry_stage` to published version N on the git remote (a rollback, or a
+    manual promotion); returns the new tag."""
+    from orchestration import workspace
+
+    stage = ws.params.registry_stage
+    with remote_checkout(ws) as root:
+        if semver(version) not in _versions(root, model):
+            raise StageError(
+                f"{model} version {version} was never published ({model}@{semver(version)} is not on "
+                f"{redact(ws.git_remote)}); published: {sorted(_versions(root, model))}"
+            )
+        if in_stage(root, model, stage) == version:
+            return f"{model}#{stage} (already version {version})"
+        tag = assign(root, model, version, stage, message, workspace.split_author(ws.params.git_author))
+        workspace.run(["git", "push", "-q", ws.git_remote, f"refs/tags/{tag}"], root, env=ws.git_env())
+    return tag

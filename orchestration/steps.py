@@ -146,7 +146,12 @@ def publish(
         log.info("%s already tags commit %s; nothing to publish", tag, existing[:12])
         return {"tag": tag, "commit": existing, "pushed": False}
     root = workspace.checkout(
-        ws, workspace.safe_run_key(run_id), task_folder("publish", try_number), prepared["ref"], prepared["commit"]
+        ws,
+        workspace.safe_run_key(run_id),
+        task_folder("publish", try_number),
+        prepared["ref"],
+        prepared["commit"],
+        depth=2,
     )
     _merged(fleet, root, results, require=fleet.order)
     missing = dvc_runner.missing_on_remote(root, fleet.dvc)

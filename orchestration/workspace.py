@@ -166,8 +166,10 @@ def remote_ref(ws: Workspace, ref: str) -> str | None:
     return found.get(f"{ref}^{{}}") or found.get(ref)
 
 
-def checkout(ws: Workspace, run_key: str, name: str, ref: str, commit: str | None = None) -> Path:
-    """A fresh worker-local checkout of `ref` (and exactly `commit`, when given) for task `name`."""
+def checkout(ws: Workspace, run_key: str, name: str, ref: str, commit: str | None = None, depth: int = 1) -> Path:
+    """A fresh worker-local checkout of `ref` (and exactly `commit`, when given) for task `name`,
+    with `depth` commits of history (publish needs the run commit's parent: git proves a
+    fast-forward of the published branch from the commits it has)."""
     path = ws.checkout_path(run_key, name)
     ws.worker_root.mkdir(parents=True, exist_ok=True)
     prune_runs(ws, keep=run_key)
@@ -176,7 +178,7 @@ def checkout(ws: Workspace, run_key: str, name: str, ref: str, commit: str | Non
     path.mkdir(parents=True)
     env = ws.git_env()
     run(["git", "init", "-q"], path, env=env)
-    run(["git", "fetch", "-q", "--depth", "1", ws.git_remote, ref], path, env=env)
+    run(["git", "fetch", "-q", "--depth", str(depth), ws.git_remote, ref], path, env=env)
     run(["git", "checkout", "-q", "--detach", "FETCH_HEAD"], path, env=env)
     head = run(["git", "rev-parse", "HEAD"], path).strip()
     if commit and head != commit:

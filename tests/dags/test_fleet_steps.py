@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -156,3 +157,30 @@ def test_prepare_pushes_the_run_commit_to_a_run_ref(toy: Path) -> None:
     # the committed DVC config names the remote (never a credential), so a clone can `dvc pull`
     config = sh(toy, "git", "--git-dir", a.ws.git_remote, "show", f"{prepared['commit']}:.dvc/config")
     assert "remote = retrain" in config and str(toy / ".dvc-remote") in config
+
+
+def test_the_registry_moves_prod_on_promotion_and_on_rollback(toy: Path) -> None:
+    from orchestration import registry
+    from pipeline.errors import StageError
+
+    a = worker(toy, "a")
+    everywhere = dict.fromkeys(ORDER, a)
+    prepared, results = run_all(a, everywhere, "run-1")
+    steps.publish(a, "run-1", prepared, list(results.values()), 1, "toy", "first")
+    (toy / "prep.py").write_text("open('data.txt', 'w').write('rows v2')\n")
+    prepared, results = run_all(a, everywhere, "run-2")
+    second = steps.publish(a, "run-2", prepared, list(results.values()), 2, "toy", "second")
+    assert second["tags"] == ["model-v2", "toy@v2.0.0", "toy#prod#2"]
+    assert registry.show(a.ws)["toy"] == {
+        "version": "v2.0.0",
+        "stage": {"prod": "v2.0.0"},
+        "registered": True,
+        "active": True,
+    }
+
+    # GTO orders assignments by their tag's time, in whole seconds: let the rollback be later.
+    time.sleep(1.1)
+    assert registry.promote(a.ws, "toy", 1, "rolled back from 2") == "toy#prod#3"
+    assert registry.show(a.ws)["toy"]["stage"] == {"prod": "v1.0.0"}
+    with pytest.raises(StageError, match=r"toy version 7 was never published .*published: \['v1.0.0', 'v2.0.0'\]"):
+        registry.promote(a.ws, "toy", 7, "no such version")
