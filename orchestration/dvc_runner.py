@@ -214,14 +214,15 @@ def run_stage(root: Path, stage: str, inputs: Sequence[str], settings: DvcSettin
             if left:
                 raise StageFailed(f"stage {stage}: DVC still reports changes after reproducing it: {'; '.join(left)}")
             outcome = "restored" if restorable else "ran"
-            if outcome == "restored":
-                log.info("stage %s restored from DVC's run cache: nothing ran (%.1fs)", stage, timings["stage_s"])
-            else:
-                log.info("stage %s ran in %.1fs", stage, timings["stage_s"])
             tick = time.monotonic()
             on_remote(settings, f"pushing the outputs of {stage}", lambda: repo.push(targets=[stage]))
             on_remote(settings, "pushing DVC's run cache", lambda: repo.stage_cache.push(None))
             timings["push_s"] = time.monotonic() - tick
+            transfers = f"pulled inputs in {timings['pull_s']:.1f}s, pushed outputs in {timings['push_s']:.1f}s"
+            if outcome == "restored":
+                log.info("stage %s restored from DVC's run cache: nothing ran (%s)", stage, transfers)
+            else:
+                log.info("stage %s ran in %.1fs (%s)", stage, timings["stage_s"], transfers)
     entry = read_entry(root, stage)
     return {
         "stage": stage,

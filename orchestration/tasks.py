@@ -275,15 +275,19 @@ def publish_run(
     against the DVC remote, committed, tagged and pushed with the registry's tags."""
     from airflow.sdk.exceptions import AirflowSkipException
 
-    if not pushed.get("created", True):
+    from orchestration.workspace import remote_ref
+
+    setup = fleet(project)
+    tag = f"{setup.ws.params.tag_prefix}{pushed['version']}"
+    if not pushed.get("created", True) and remote_ref(setup.ws, f"refs/tags/{tag}"):
         raise AirflowSkipException(
-            f"{pushed.get('model')} version {pushed.get('version')} already served this exact model; "
-            "nothing new to publish"
+            f"{pushed.get('model')} version {pushed.get('version')} already served this exact model and is "
+            f"published as {tag}; nothing new to publish"
         )
+    # (a version stored by an earlier run whose publish never finished is published now)
     ti = context["ti"]
     prepared = ti.xcom_pull(task_ids=PREPARE_TASK)
     summary = f"data as of {prepared.get('as_of') or 'all batches'}; source {prepared.get('source_commit')}"
-    setup = fleet(project)
     return failing_fast(
         lambda: steps.publish(
             setup,

@@ -162,7 +162,10 @@ def remote_ref(ws: Workspace, ref: str) -> str | None:
     """The commit `ref` names on the remote (tags peeled), or None."""
     ws.worker_root.mkdir(parents=True, exist_ok=True)
     out = run(["git", "ls-remote", ws.git_remote, ref, f"{ref}^{{}}"], ws.worker_root, env=ws.git_env())
-    found = dict(reversed(line.split("\t")) for line in out.splitlines() if "\t" in line)
+    found: dict[str, str] = {}
+    for line in out.splitlines():
+        sha, _, name = line.partition("\t")
+        found[name] = sha
     return found.get(f"{ref}^{{}}") or found.get(ref)
 
 
