@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -128,8 +128,9 @@ def record_remote(root: Path, settings: DvcSettings) -> bool:
     return True
 
 
-def changes(status: dict[str, Any], stage: str) -> list[str]:
-    """What `dvc status` reports for `stage` besides outputs that are merely absent here."""
+def changes(status: dict[str, Any], stage: str, absent_inputs: Collection[str] = ()) -> list[str]:
+    """What `dvc status` reports for `stage` besides outputs that are merely absent here (and
+    deps in `absent_inputs`: inputs known to be what the lock says, left on the remote)."""
     found = []
     for item in status.get(stage, []):
         if isinstance(item, str):  # "changed command", "always changed"
@@ -138,6 +139,8 @@ def changes(status: dict[str, Any], stage: str) -> list[str]:
         for kind, paths in item.items():
             for path, state in paths.items():
                 if kind == "changed outs" and state in MISSING_OUT:
+                    continue
+                if kind == "changed deps" and state == "deleted" and path in absent_inputs:
                     continue
                 if isinstance(state, dict):  # params: {"params.yaml": {"train.epochs": "modified"}}
                     found.extend(f"param {key} {value}" for key, value in state.items())
@@ -165,22 +168,34 @@ def read_entry(root: Path, stage: str) -> dict[str, Any]:
     return entry
 
 
-def run_stage(root: Path, stage: str, inputs: Sequence[str], settings: DvcSettings) -> dict[str, Any]:
-    """Bring `stage` up to date in the checkout `root`; `inputs` are the DVC-tracked paths it
-    reads (outputs of upstream stages). Returns outcome, timings and its dvc.lock entry."""
+def run_stage(
+    root: Path,
+    stage: str,
+    inputs: Sequence[str],
+    settings: DvcSettings,
+    input_deps: Collection[str] = (),
+    inputs_as_locked: bool = False,
+) -> dict[str, Any]:
+    """Bring `stage` up to date in the checkout `root`. `inputs` are the DVC-tracked paths it
+    reads (outputs of upstream stages), `input_deps` its deps that cover them. With
+    `inputs_as_locked` (every upstream entry equals the one the run started from, so the inputs
+    are exactly what the stage's own entry recorded), they are pulled only if the stage turns out
+    to have changed for another reason. Returns outcome, timings and its dvc.lock entry."""
     started = time.monotonic()
     timings = {"pull_s": 0.0, "stage_s": 0.0, "push_s": 0.0}
     with open_repo(root, settings) as repo:
-        # (prepare checked that the remote answers; every transfer below names it if it fails)
-        if inputs:
+
+        def pull_inputs() -> None:
             tick = time.monotonic()
-            on_remote(
-                settings,
-                f"pulling the inputs of {stage} ({', '.join(inputs)})",
-                lambda: repo.pull(targets=list(inputs)),
-            )
+            what = f"pulling the inputs of {stage} ({', '.join(inputs)})"
+            on_remote(settings, what, lambda: repo.pull(targets=list(inputs)))
             timings["pull_s"] = time.monotonic() - tick
-        found = changes(repo.status(targets=[stage]), stage)
+
+        # (prepare checked that the remote answers; every transfer below names it if it fails)
+        pulled = bool(inputs) and not inputs_as_locked
+        if pulled:
+            pull_inputs()
+        found = changes(repo.status(targets=[stage]), stage, () if pulled else input_deps)
         absent: list[str] = []
         if not found:
             cloud = on_remote(
@@ -193,6 +208,8 @@ def run_stage(root: Path, stage: str, inputs: Sequence[str], settings: DvcSettin
         else:
             why = "; ".join(found) if found else f"its outputs are missing from the remote: {', '.join(absent)}"
             log.info("stage %s changed (%s)", stage, why)
+            if inputs and not pulled:
+                pull_inputs()
             tick = time.monotonic()
             if settings.remote is not None or repo.config["core"].get("remote"):
                 on_remote(settings, "pulling DVC's run cache", lambda: repo.stage_cache.pull(None))

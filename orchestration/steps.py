@@ -59,18 +59,21 @@ def task_folder(name: str, try_number: int) -> str:
     return name if try_number <= 1 else f"{name}.try{try_number}"
 
 
-def inputs(graph: StageGraph, name: str) -> list[str]:
-    """The DVC-tracked paths `name` reads: outputs of upstream stages that its deps cover."""
+def inputs(graph: StageGraph, name: str) -> tuple[list[str], list[str]]:
+    """The DVC-tracked paths `name` reads (outputs of upstream stages that its deps cover), and
+    the deps that cover them."""
     deps = graph.stages[name].deps
-    found = set()
+    found, covering = set(), set()
     for up in graph.upstream[name]:
         for out in graph.stages[up].outs:
             for dep in deps:
                 if out == dep or out.startswith(dep + "/"):
                     found.add(out)
+                    covering.add(dep)
                 elif dep.startswith(out + "/"):
                     found.add(dep)
-    return sorted(found)
+                    covering.add(dep)
+    return sorted(found), sorted(covering)
 
 
 def prepare(fleet: Fleet, run_id: str, as_of: str | None) -> dict[str, Any]:
@@ -81,13 +84,17 @@ def prepare(fleet: Fleet, run_id: str, as_of: str | None) -> dict[str, Any]:
     return workspace.prepare(fleet.ws, workspace.safe_run_key(run_id), as_of, before_commit=name_remote)
 
 
-def _merged(fleet: Fleet, root: Path, results: Sequence[Mapping[str, Any]], require: Sequence[str]) -> None:
-    """Write into the checkout's dvc.lock the entries of `results` over the run's base lock."""
+def _merged(
+    fleet: Fleet, root: Path, results: Sequence[Mapping[str, Any]], require: Sequence[str]
+) -> dict[str, lockfile.Entry]:
+    """Write into the checkout's dvc.lock the entries of `results` over the run's base lock;
+    returns the base lock."""
     entries = lockfile.latest_entries(results)
     base = lockfile.parse((root / "dvc.lock").read_text() if (root / "dvc.lock").exists() else None)
     merged = lockfile.merge(base, entries, fleet.order)
     lockfile.verify(merged, require=require, among=set(entries) | set(require))
     (root / "dvc.lock").write_text(lockfile.dump(merged))
+    return base
 
 
 def stage(
@@ -104,8 +111,11 @@ def stage(
         fleet.ws, workspace.safe_run_key(run_id), task_folder(name, try_number), prepared["ref"], prepared["commit"]
     )
     ancestors = sorted(fleet.graph.ancestors(name))
-    _merged(fleet, root, [r for r in upstream if r and r.get("stage") in ancestors], require=ancestors)
-    result = dvc_runner.run_stage(root, name, inputs(fleet.graph, name), fleet.dvc)
+    base = _merged(fleet, root, [r for r in upstream if r and r.get("stage") in ancestors], require=ancestors)
+    paths, covering = inputs(fleet.graph, name)
+    merged = lockfile.parse((root / "dvc.lock").read_text())
+    as_locked = all(merged.get(a) == base.get(a) for a in ancestors)  # the base lock is a published, consistent one
+    result = dvc_runner.run_stage(root, name, paths, fleet.dvc, covering, inputs_as_locked=as_locked)
     return {**result, "workspace": str(root), "host": socket.gethostname(), "try_number": try_number}
 
 

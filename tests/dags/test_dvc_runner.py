@@ -34,6 +34,10 @@ def test_changes_ignore_outputs_that_are_only_absent_here() -> None:
         "changed command",
     ]
     assert changes(status, "export") == []
+    # inputs left on the remote because they are what the lock says: absent, not changed
+    absent = {"train": [{"changed deps": {"data/clean.parquet": "deleted", "stages/train.py": "modified"}}]}
+    assert changes(absent, "train", absent_inputs=["data/clean.parquet"]) == ["dep stages/train.py modified"]
+    assert changes(absent, "train") == ["dep data/clean.parquet deleted", "dep stages/train.py modified"]
 
 
 def test_the_remote_comes_from_params_env_or_a_connection(tmp_path: Path) -> None:

@@ -96,6 +96,7 @@ def test_a_second_run_finds_everything_unchanged_or_restored(toy: Path) -> None:
     _, again = run_all(c, dict.fromkeys(ORDER, c), "run-2")
     assert {n: again[n]["outcome"] for n in ORDER} == dict.fromkeys(ORDER, "unchanged")
     assert all(again[n]["lock"] == results[n]["lock"] for n in ORDER)
+    assert all(again[n]["pull_s"] == again[n]["push_s"] == 0 for n in ORDER), "nothing moves for an unchanged run"
 
     # An unpublished run (run-1 of a project whose remote has run cache but no published lock
     # for these entries): a fresh worker restores every stage from DVC's run cache.
