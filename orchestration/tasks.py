@@ -46,10 +46,14 @@ def dvc_remote_connection(conn_id: str) -> dict[str, Any] | None:
 
 
 def fleet(project: str | Path) -> steps.Fleet:
+    from orchestration.remote import URL_ENV
     from pipeline.params import load_params
 
-    conn_id = load_params(Path(project) / "params.yaml").airflow.dvc_remote_conn_id
-    return steps.Fleet.resolve(project, connection=dvc_remote_connection(conn_id))
+    af = load_params(Path(project) / "params.yaml").airflow
+    url = os.environ.get(URL_ENV) or af.dvc_remote or ""
+    # a local folder needs no credentials: skip the lookup (one per task)
+    connection = dvc_remote_connection(af.dvc_remote_conn_id) if "://" in url or not url else None
+    return steps.Fleet.resolve(project, connection=connection)
 
 
 def results(context: Mapping[str, Any], task_ids: Sequence[str]) -> list[dict[str, Any]]:

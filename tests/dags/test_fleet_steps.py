@@ -20,6 +20,8 @@ from orchestration.dvc_runner import StageFailed
 from orchestration.remote import RemoteError
 from orchestration.workspace import RUN_REFS, dvc_command
 
+pytestmark = pytest.mark.integration  # real git and DVC, a few seconds per stage task
+
 ORDER = ["prep", "fold@0", "fold@1", "fold@2", "summary"]
 
 
@@ -185,3 +187,24 @@ def test_the_registry_moves_prod_on_promotion_and_on_rollback(toy: Path) -> None
     assert registry.show(a.ws)["toy"]["stage"] == {"prod": "v1.0.0"}
     with pytest.raises(StageError, match=r"toy version 7 was never published .*published: \['v1.0.0', 'v2.0.0'\]"):
         registry.promote(a.ws, "toy", 7, "no such version")
+
+
+def test_a_retry_on_another_worker_finishes_the_run_and_nothing_is_half_published(toy: Path) -> None:
+    a, b = worker(toy, "a"), worker(toy, "b")
+    prepared = steps.prepare(a, "run-1", None)
+    results = [steps.stage(a, "run-1", prepared, "prep", [])]
+    # Worker a runs fold@0, pushes its outputs and run-cache entry, and dies before reporting: its
+    # result never reaches XCom. Nothing is published meanwhile.
+    lost = steps.stage(a, "run-1", prepared, "fold@0", results)
+    assert lost["outcome"] == "ran"
+    assert sh(toy, "git", "ls-remote", "--heads", "--tags", a.ws.git_remote) == ""
+    # Airflow retries the task (try 2) on worker b: a fresh checkout, restored from the run cache.
+    retried = steps.stage(b, "run-1", prepared, "fold@0", results, try_number=2)
+    assert retried["outcome"] == "restored" and retried["lock"] == lost["lock"]
+    assert Path(retried["workspace"]).name == "fold@0.try2"
+    results.append(retried)
+    for name in ORDER[2:]:
+        results.append(steps.stage(b, "run-1", prepared, name, results))
+    published = steps.publish(b, "run-1", prepared, results, 1, "toy", "first")
+    assert published["pushed"]
+    assert "model-v1" in sh(toy, "git", "ls-remote", "--tags", a.ws.git_remote)
