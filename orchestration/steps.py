@@ -114,7 +114,8 @@ def stage(
     base = _merged(fleet, root, [r for r in upstream if r and r.get("stage") in ancestors], require=ancestors)
     paths, covering = inputs(fleet.graph, name)
     merged = lockfile.parse((root / "dvc.lock").read_text())
-    as_locked = all(merged.get(a) == base.get(a) for a in ancestors)  # the base lock is a published, consistent one
+    # The base lock is a published one: consistent, and its outputs were on the remote when published.
+    as_locked = name in base and all(merged.get(a) == base.get(a) for a in ancestors)
     result = dvc_runner.run_stage(root, name, paths, fleet.dvc, covering, inputs_as_locked=as_locked)
     return {**result, "workspace": str(root), "host": socket.gethostname(), "try_number": try_number}
 

@@ -307,11 +307,14 @@ def prepare(
         root.mkdir(parents=True)
         run(["git", "init", "-q"], root, env=env)
         log.info("workspace: %s (the first run: %s has no %s yet)", root, redact(ws.git_remote), branch)
-    changed, removed = sync(ws.project, root, as_of)
+    sync(ws.project, root, as_of)
     if before_commit is not None:
         before_commit(root)
     project_commit = source_commit(ws.project)
-    if run(["git", "status", "--porcelain"], root).strip() or not base:
+    status = run(["git", "status", "--porcelain", "--untracked-files=all"], root)
+    changed = sorted(line[3:] for line in status.splitlines() if not line.startswith(" D"))
+    removed = sorted(line[3:] for line in status.splitlines() if line.startswith(" D"))
+    if status.strip() or not base:
         # Commit what this run builds from, so that the model card's git commit (written by
         # export) names these exact sources and params. (DVCLive also refuses an empty repository.)
         run(["git", "add", "-A"], root, env=env)
