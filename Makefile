@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: install browser run repro test lint triton-start triton-stop airflow
+.PHONY: install browser cluster-deps run repro test lint triton-start triton-stop airflow cluster cluster-down cluster-status
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,7 +42,17 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: install lint browser
+# Redis (the Celery broker) and Postgres (Airflow's metadata database) for the local Celery cluster
+# (Debian packages). Where they cannot be installed (not root, no apt-get) the cluster tests skip
+# and say so.
+cluster-deps:
+	@if command -v redis-server >/dev/null && ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    redis-server postgresql >/dev/null; \
+	else echo "note: redis-server and postgresql are not installed; the cluster tests will skip"; fi
+
+test: install lint browser cluster-deps
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
 
 # A real local Triton (the binary from the nvidia-pytriton wheel) on the ports and repository of
@@ -58,3 +68,16 @@ triton-stop: install
 # starts the local Triton when it is not running. Ctrl-C stops Airflow.
 airflow: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m orchestration ui
+
+# A local CeleryExecutor cluster on 127.0.0.1, the layout a team runs on separate hosts: Redis,
+# Postgres, api-server (UI on http://localhost:8090), scheduler, dag-processor, triggerer, and two
+# Celery workers (queues default and gpu) with their own workspace roots. PID files, logs and data
+# in .airflow/cluster/. Idempotent; `make cluster-down` stops every process it started.
+cluster: install cluster-deps
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m orchestration cluster up
+
+cluster-down: install
+	$(BIN)/python -m orchestration cluster down
+
+cluster-status: install
+	$(BIN)/python -m orchestration cluster status

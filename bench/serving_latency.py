@@ -1,209 +1,471 @@
-"""Serving latency: a real Triton vs in-process onnxruntime on the same batches.
+"""Serving speed: the local Triton stack against its own ceiling and against in-process onnxruntime.
 
-    python bench/serving_latency.py [--candidate models/candidate] [--requests 400] [--protocol grpc]
+    python bench/serving_latency.py [--candidate models/candidate] [--protocol grpc|http|both]
+                                    [--repeats 3] [--levers] [--perf-analyzer PATH]
 
-Starts a local Triton on free 127.0.0.1 ports with a scratch repository (or, with --url and
---repository, uses a running one), pushes the candidate twice under two model configs, with and
-without dynamic batching, and drives each at concurrency 1, 4 and 16 from Python threads (one
-client each), with a bounded request count and time per level. The same batches then run through
-an in-process onnxruntime session at the same concurrency. Prints throughput and p50/p99 latency
-and the Triton/in-process ratios. Without models/candidate it builds the serving tests' toy model.
+Starts a local Triton on free 127.0.0.1 ports with a scratch repository (the project's own
+`serving start` code) and loads, side by side:
+- `ours`: the candidate's ONNX file with serving/backend/model.py, configured as params.yaml
+  `export:` says (dynamic batching, queue delay, instances, onnxruntime threads and spinning);
+- `noop`: a Python-backend model with the same I/O and config that computes nothing (serving/toy.py):
+  the ceiling of the local stack (client, HTTP/gRPC, batcher, Python stub);
+- `ort-defaults`: ours with onnxruntime's own thread defaults (a thread per core, spinning), what
+  the backend ran before the thread settings existed;
+- with --levers, one variant per other setting: threads, spinning, queue delay, instances, no batching.
+
+Each model is driven from Python threads (one tritonclient each) at concurrency 1 and 16, with
+1-row and 64-row requests, bounded in requests and seconds per cell. The same batches also run
+through an in-process onnxruntime session with ours' session options at the same concurrency.
+Rounds repeat (--repeats) and interleave the models, so a change of load on the machine hits
+every model alike; the tables show medians. Beside wall-clock figures, each cell records the CPU
+time per request of the server side (tritonserver + the model's Python stub) and of the client
+(this process): on a machine shared with other work, CPU time per request moves far less than
+throughput does, and on a dedicated CPU server it is what throughput comes from. Printed ratios,
+with the goals:
+- stack efficiency = ours' throughput / noop's, 1-row requests, at c=1 and c=16 (goal >= 0.9);
+- rows/s of ours / in-process onnxruntime with 64-row requests (goal >= 0.5);
+- p99/p50 latency of ours at c=16 (goal <= 2.5).
+The last line is the raw numbers as JSON. Without models/candidate the toy model of serving/toy.py
+(64 features, 10 classes) stands in.
+
+--perf-analyzer PATH also runs Triton's own C++ load generator against ours and noop (1-row
+requests, c=1 and c=16) and prints its stack efficiency beside ours. The last wheel that ships a
+perf_analyzer this glibc runs is tritonclient 2.51.0 (manylinux1); take the binary out of it
+without installing that wheel over the client:
+
+    pip download --no-deps --only-binary=:all: --platform manylinux1_x86_64 tritonclient==2.51.0 -d /tmp/pa
+    unzip -j /tmp/pa/tritonclient-2.51.0-*.whl '*/bin/perf_analyzer' -d /tmp/pa && chmod +x /tmp/pa/perf_analyzer
+    python bench/serving_latency.py --perf-analyzer /tmp/pa/perf_analyzer
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
+import logging
 import shutil
+import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from serving.client import ClientSettings, TritonClient  # noqa: E402
-from serving.push import ServingSettings, push_candidate  # noqa: E402
-from serving.repository import config_text, load_candidate, parse_config  # noqa: E402
-from serving.server import ServerSettings, start_server, stop_server  # noqa: E402
+from pipeline.params import ExportParams, load_params  # noqa: E402
+from serving import configs  # noqa: E402
+from serving.client import ClientSettings, Protocol, TritonClient  # noqa: E402
+from serving.repository import load_candidate, parse_config  # noqa: E402
+from serving.server import (  # noqa: E402
+    ServerSettings,
+    _libs_dir,
+    free_ports,
+    read_pid,
+    start_server,
+    stop_server,
+)
+from serving.toy import BACKEND, NOOP_BACKEND, build_candidate  # noqa: E402
+
+CELLS = [(1, 1), (16, 1), (1, 64), (16, 64)]  # (concurrency, rows per request)
 
 
-def test_fixtures():
-    """The serving tests' candidate builder (plain code in their conftest)."""
-    spec = importlib.util.spec_from_file_location("serving_fixtures", ROOT / "tests" / "serving" / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    export: ExportParams
+    backend: str  # model.py source
+    what: str
 
 
-def variant(candidate: Path, out: Path, dynamic_batching: bool) -> Path:
-    """A copy of the candidate under another model name, with or without dynamic batching."""
-    source = load_candidate(candidate)
-    name = f"{source.name}_{'dynbatch' if dynamic_batching else 'nobatch'}"
-    config = parse_config(source.config)
-    config.name = name
-    if dynamic_batching:
-        config.dynamic_batching.max_queue_delay_microseconds = (
-            config.dynamic_batching.max_queue_delay_microseconds or 100
-        )
-    else:
-        config.ClearField("dynamic_batching")
-    (out / "triton" / name).mkdir(parents=True)
-    shutil.copytree(source.model_files, out / "triton" / name / "1")
-    (out / "triton" / name / "config.pbtxt").write_text(config_text(config))
-    (out / "golden.json").write_text(json.dumps({**source.golden, "model_name": name}))
-    shutil.copyfile(source.model_files / "model.onnx", out / "model.onnx")
-    return out
+def variants(base: ExportParams, levers: bool) -> list[Variant]:
+    source = BACKEND.read_text()
+
+    def v(name: str, what: str, backend: str = source, **changes: Any) -> Variant:
+        return Variant(name, base.model_copy(update={"model_name": name, **changes}), backend, what)
+
+    chosen = [
+        v("noop", "same I/O and config, computes nothing: the ceiling", NOOP_BACKEND),
+        v("ours", "params.yaml export:"),
+        v(
+            "ort_defaults",
+            "onnxruntime thread defaults (one per core, spinning)",
+            intra_op_threads=0,
+            intra_op_spinning=True,
+        ),
+    ]
+    if levers:
+        delays = sorted({0, 100, 250, 500, 1000, 2000} - {base.max_queue_delay_microseconds})
+        chosen += [
+            v("threads_2", "intra_op_threads: 2", intra_op_threads=2),
+            v("spinning", "intra_op_spinning: true", intra_op_spinning=True),
+            *(v(f"delay_{d}", f"max_queue_delay_microseconds: {d}", max_queue_delay_microseconds=d) for d in delays),
+            v("instances_2", "instance_count: 2", instance_count=2),
+            v("no_batching", "dynamic_batching: false", dynamic_batching=False),
+        ]
+    return chosen
 
 
-def drive(call, batches: list[np.ndarray], concurrency: int, max_requests: int, max_seconds: float) -> dict:
-    """Run `call(worker_state, batch)` from `concurrency` threads; bounded in count and time."""
+def install(repository: Path, candidate: Path, variant: Variant, signature: configs.Signature) -> None:
+    """Write the variant as version 1 of a model in the scratch repository."""
+    folder = repository / variant.name
+    (folder / "1").mkdir(parents=True)
+    shutil.copyfile(load_candidate(candidate).model_files / configs.ONNX_FILENAME, folder / "1" / configs.ONNX_FILENAME)
+    (folder / "1" / "model.py").write_text(variant.backend)
+    (folder / "config.pbtxt").write_text(configs.python_backend_config(variant.export, signature))
+
+
+# --- load generation -------------------------------------------------------------------------------
+def drive(
+    call: Callable[[Any, np.ndarray], None],
+    make_state: Callable[[], Any],
+    batches: list[np.ndarray],
+    concurrency: int,
+    max_requests: int,
+    max_seconds: float,
+    probe: Callable[[], dict[str, float]] | None = None,
+) -> dict[str, Any]:
+    """Run `call(state, batch)` from `concurrency` threads until `max_requests` or `max_seconds`;
+    `probe` snapshots CPU times right before the start and right after the last request."""
     latencies: list[float] = []
     errors = [0]
     counter = iter(range(max_requests))
     lock = threading.Lock()
-    deadline = time.monotonic() + max_seconds
+    start = threading.Barrier(concurrency + 1)
 
-    def worker(state):
-        while time.monotonic() < deadline:
+    def worker(state: Any) -> None:
+        start.wait()
+        while time.perf_counter() < deadline:
             with lock:
                 i = next(counter, None)
             if i is None:
                 return
-            started = time.perf_counter()
+            begun = time.perf_counter()
             try:
                 call(state, batches[i % len(batches)])
             except Exception:
-                errors[0] += 1
+                with lock:
+                    errors[0] += 1
                 continue
-            elapsed = time.perf_counter() - started
+            elapsed = time.perf_counter() - begun
             with lock:
                 latencies.append(elapsed)
 
-    states = [call.make_state() for _ in range(concurrency)]
-    threads = [threading.Thread(target=worker, args=(s,)) for s in states]
+    states = [make_state() for _ in range(concurrency)]
+    threads = [threading.Thread(target=worker, args=(state,)) for state in states]
+    for thread in threads:
+        thread.start()
+    before = probe() if probe else {}
+    deadline = time.perf_counter() + max_seconds
     started = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    start.wait()
+    for thread in threads:
+        thread.join()
     wall = time.perf_counter() - started
-    for s in states:
-        call.close_state(s)
+    after = probe() if probe else {}
+    for state in states:
+        if hasattr(state, "close"):
+            state.close()
     ms = np.array(latencies) * 1000
+    rows = len(batches[0])
     return {
         "requests": len(latencies),
         "errors": errors[0],
-        "throughput": len(latencies) / wall if wall else 0.0,
-        "p50": float(np.percentile(ms, 50)) if len(ms) else float("nan"),
-        "p99": float(np.percentile(ms, 99)) if len(ms) else float("nan"),
+        "requests_per_s": len(latencies) / wall,
+        "rows_per_s": rows * len(latencies) / wall,
+        "p50_ms": float(np.percentile(ms, 50)) if len(ms) else float("nan"),
+        "p99_ms": float(np.percentile(ms, 99)) if len(ms) else float("nan"),
+        "cpu_before": before,
+        "cpu_after": after,
     }
 
 
-class TritonCall:
-    def __init__(self, settings: ClientSettings, name: str):
-        self.settings, self.name = settings, name
+class CpuProbe:
+    """CPU seconds (user + system) of tritonserver, of each model's Python stub, and of this process."""
 
-    def make_state(self):
-        return TritonClient(self.settings)
+    def __init__(self, server_pid: int | None):
+        self.server = psutil.Process(server_pid) if server_pid else None
+        self.me = psutil.Process()
 
-    def close_state(self, client):
-        client.close()
+    def snapshot(self) -> dict[str, float]:
+        def seconds(process: psutil.Process) -> float:
+            times = process.cpu_times()
+            return times.user + times.system
 
-    def __call__(self, client, batch):
-        client.predict(self.name, batch)
+        taken = {"client": seconds(self.me)}
+        if self.server is not None:
+            taken["server"] = seconds(self.server)
+            for child in self.server.children(recursive=True):
+                try:  # triton_python_backend_stub <repository>/<model>/<version>/model.py ...
+                    model = Path(child.cmdline()[1]).parent.parent.name
+                    taken[f"stub:{model}"] = taken.get(f"stub:{model}", 0.0) + seconds(child)
+                except (psutil.Error, IndexError):
+                    continue
+        return taken
 
 
-class OnnxCall:
-    def __init__(self, onnx_path: Path):
-        import onnxruntime as ort
+def cpu_per_request(before: dict[str, float], after: dict[str, float], model: str, requests: int) -> dict[str, float]:
+    if not requests:
+        return {"server_cpu_ms": float("nan"), "client_cpu_ms": float("nan")}
+    server = after.get("server", 0.0) - before.get("server", 0.0)
+    server += after.get(f"stub:{model}", 0.0) - before.get(f"stub:{model}", 0.0)
+    return {
+        "server_cpu_ms": 1000 * server / requests,
+        "client_cpu_ms": 1000 * (after["client"] - before["client"]) / requests,
+    }
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1  # like one Triton model instance running the same file
-        self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
 
-    def make_state(self):
+def triton_call(settings: ClientSettings, model: str) -> tuple[Callable, Callable]:
+    def call(client: TritonClient, batch: np.ndarray) -> None:
+        client.predict(model, batch)
+
+    return call, lambda: TritonClient(settings)
+
+
+def inprocess_call(onnx_path: Path, export: ExportParams) -> tuple[Callable, Callable]:
+    """The served model's own session options (serving/backend/model.py), in this process."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = export.intra_op_threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry(configs.ALLOW_SPINNING, "1" if export.intra_op_spinning else "0")
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+
+    def call(_: None, batch: np.ndarray) -> None:
+        session.run([configs.OUTPUT_NAME], {configs.INPUT_NAME: batch})
+
+    return call, lambda: None
+
+
+def budget(rows: int, requests: int, seconds: float) -> tuple[int, float]:
+    return (requests if rows == 1 else max(requests // 8, 50)), seconds
+
+
+def perf_analyzer_env(scratch: Path) -> dict[str, str]:
+    """perf_analyzer 2.51 links libb64.so.0d and libcudart.so.12: the nvidia-pytriton wheel ships
+    both under hashed names, so link them under the names the loader looks for."""
+    import os
+
+    libs = _libs_dir()
+    links = scratch / "perf-analyzer-libs"
+    links.mkdir(exist_ok=True)
+    for pattern, name in (("libb64-*.so.0d", "libb64.so.0d"), ("libcudart-*.so.12*", "libcudart.so.12")):
+        found = sorted(libs.glob(pattern))
+        if found and not (links / name).exists():
+            (links / name).symlink_to(found[0])
+    return {**os.environ, "LD_LIBRARY_PATH": f"{links}:{libs}:{os.environ.get('LD_LIBRARY_PATH', '')}"}
+
+
+def perf_analyzer(
+    binary: str, env: dict[str, str], settings: ClientSettings, model: str, concurrency: int, rows: int
+) -> dict[str, float] | None:
+    """Triton's own load generator at one concurrency: infer/s and p50/p99 latency (ms), or None
+    when it fails. It reads the model config first, a restricted call: it sends the key header too."""
+    command = [
+        binary,
+        "-m",
+        model,
+        "-i",
+        settings.protocol,
+        "-u",
+        settings.url,
+        *(f"-H{name}:{value}" for name, value in settings.request_headers().items()),
+        "-b",
+        str(rows),
+        f"--concurrency-range={concurrency}",
+        "--measurement-interval=3000",
+        "--stability-percentage=100",  # a shared machine: accept noisy windows rather than none
+        "--max-trials=6",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=180, env=env)
+    figures = {}
+    for line in done.stdout.splitlines():
+        words = line.strip().split()
+        if line.strip().startswith("Throughput:") and "infer/sec" in line:
+            figures["infer_per_s"] = float(words[1])
+        elif len(words) >= 3 and words[0] in ("p50", "p99") and words[1] == "latency:":
+            figures[f"{words[0]}_ms"] = float(words[2]) / 1000
+    if len(figures) < 3:
+        logging.warning("perf_analyzer gave no figures for %s c=%d: %s", model, concurrency, done.stderr[-500:])
         return None
+    return figures
 
-    def close_state(self, state):
-        pass
 
-    def __call__(self, state, batch):
-        self.session.run(["probabilities"], {"input": batch})
+# --- report ------------------------------------------------------------------------------------------
+def median(rounds: list[dict[str, float]], key: str) -> float:
+    return statistics.median(r[key] for r in rounds)
+
+
+def cpu_total(rounds: list[dict[str, float]]) -> float:
+    """Median CPU ms per request, server and client together."""
+    return statistics.median(r["server_cpu_ms"] + r["client_cpu_ms"] for r in rounds)
+
+
+def report(results: dict[str, dict[str, list[dict]]], names: list[str], protocol: str) -> dict[str, Any]:
+    """Print the table of one protocol and its ratios; return the ratios."""
+    header = f"{'model':<14}" + "".join(f"{f'c={c} rows={r}':>30}" for c, r in CELLS)
+    print(f"\n{protocol}: median over rounds, per cell: requests/s (rows/s for 64 rows)  p50/p99 ms")
+    print("CPU ms per request, server side + client side, below each model")
+    print(header)
+    print("-" * len(header))
+    for name in [*names, "in-process"]:
+        line = f"{name:<14}"
+        for c, r in CELLS:
+            rounds = results[name][f"{c}x{r}"]
+            rate = median(rounds, "requests_per_s" if r == 1 else "rows_per_s")
+            line += f"{rate:>12.0f} {median(rounds, 'p50_ms'):>7.2f}/{median(rounds, 'p99_ms'):<8.2f}"
+        print(line)
+        cpu = f"{'':<14}"
+        for c, r in CELLS:
+            rounds = results[name][f"{c}x{r}"]
+            cpu += f"{'cpu':>12} {median(rounds, 'server_cpu_ms'):>7.3f}+{median(rounds, 'client_cpu_ms'):<8.3f}"
+        print(cpu)
+    ours, noop, inproc = results["ours"], results["noop"], results["in-process"]
+    ratios = {
+        "stack_efficiency_c1": median(ours["1x1"], "requests_per_s") / median(noop["1x1"], "requests_per_s"),
+        "stack_efficiency_c16": median(ours["16x1"], "requests_per_s") / median(noop["16x1"], "requests_per_s"),
+        "rows_vs_inprocess_b64_c1": median(ours["1x64"], "rows_per_s") / median(inproc["1x64"], "rows_per_s"),
+        "rows_vs_inprocess_b64_c16": median(ours["16x64"], "rows_per_s") / median(inproc["16x64"], "rows_per_s"),
+        "rows_vs_inprocess_b1_c16": median(ours["16x1"], "rows_per_s") / median(inproc["16x1"], "rows_per_s"),
+        "p99_over_p50_c16": median(ours["16x1"], "p99_ms") / median(ours["16x1"], "p50_ms"),
+        "cpu_efficiency_c1": cpu_total(noop["1x1"]) / cpu_total(ours["1x1"]),
+        "cpu_efficiency_c16": cpu_total(noop["16x1"]) / cpu_total(ours["16x1"]),
+        "cpu_rows_vs_inprocess_b64_c16": median(inproc["16x64"], "client_cpu_ms") / cpu_total(ours["16x64"]),
+    }
+    goals = {
+        "stack_efficiency_c1": (">=", 0.9),
+        "stack_efficiency_c16": (">=", 0.9),
+        "rows_vs_inprocess_b64_c1": (">=", 0.5),
+        "rows_vs_inprocess_b64_c16": (">=", 0.5),
+        "p99_over_p50_c16": ("<=", 2.5),
+    }
+    print()
+    for key, value in ratios.items():
+        goal = goals.get(key)
+        mark = ""
+        if goal:
+            met = value >= goal[1] if goal[0] == ">=" else value <= goal[1]
+            mark = f"   goal {goal[0]} {goal[1]}: {'met' if met else 'NOT met'}"
+        print(f"  {key:<28}{value:>8.3f}{mark}")
+    for name in names:
+        if name in ("ours", "noop"):
+            continue
+        eff = [median(results[name][k], "requests_per_s") / median(noop[k], "requests_per_s") for k in ("1x1", "16x1")]
+        rows64 = median(results[name]["16x64"], "rows_per_s") / median(inproc["16x64"], "rows_per_s")
+        tail = median(results[name]["16x1"], "p99_ms") / median(results[name]["16x1"], "p50_ms")
+        cpu_eff = [cpu_total(noop[k]) / cpu_total(results[name][k]) for k in ("1x1", "16x1")]
+        print(
+            f"  lever {name:<15} efficiency c1 {eff[0]:.3f} c16 {eff[1]:.3f}  rows b64 c16 {rows64:.3f}  "
+            f"p99/p50 c16 {tail:.2f}  cpu efficiency c1 {cpu_eff[0]:.3f} c16 {cpu_eff[1]:.3f}"
+        )
+    return ratios
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--candidate", default="models/candidate", help="exported candidate (toy model if missing)")
-    p.add_argument("--protocol", choices=["grpc", "http"], default="grpc")
-    p.add_argument("--concurrency", default="1,4,16", help="comma-separated client threads")
-    p.add_argument("--requests", type=int, default=400, help="requests per level (upper bound)")
-    p.add_argument("--seconds", type=float, default=15.0, help="time cap per level")
-    p.add_argument("--rows", type=int, default=1, help="rows per request")
-    p.add_argument("--url", help="a running server (host:port for --protocol); needs --repository")
-    p.add_argument("--repository", help="that server's live model repository")
+    p.add_argument("--candidate", default="models/candidate", help="exported candidate (the toy model if missing)")
+    p.add_argument("--params", default=str(ROOT / "params.yaml"), help="params whose export: section ours uses")
+    p.add_argument("--protocol", choices=["grpc", "http", "both"], default="both")
+    p.add_argument("--repeats", type=int, default=3, help="rounds per cell; the tables show medians")
+    p.add_argument("--requests", type=int, default=3000, help="upper bound of 1-row requests per cell and round")
+    p.add_argument("--seconds", type=float, default=3.0, help="time cap per cell and round")
+    p.add_argument("--levers", action="store_true", help="also measure one variant per setting")
+    p.add_argument("--perf-analyzer", help="path to a perf_analyzer binary to run beside our figures")
     args = p.parse_args()
-    levels = [int(c) for c in args.concurrency.split(",")]
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     scratch = Path(tempfile.mkdtemp(prefix="serving-bench-"))
-    server = None
+    http, grpc, metrics = free_ports(3)
+    server = ServerSettings(scratch / "models", scratch / "state", http, grpc, metrics, start_timeout_s=120)
     try:
         candidate = Path(args.candidate)
         if not (candidate / "golden.json").exists():
-            print(f"{candidate} not found: using the serving tests' toy model (64 features, 10 classes)")
-            candidate = test_fixtures().build_candidate(scratch / "toy", name="toy")
-        if args.url:
-            url, repository = args.url, Path(args.repository or ".triton/models")
-        else:
-            ports = test_fixtures().free_ports(3)
-            server = ServerSettings(scratch / "models", scratch / "state", *ports, start_timeout_s=60)
-            start_server(server)
-            url = f"127.0.0.1:{server.grpc_port if args.protocol == 'grpc' else server.http_port}"
-            repository = server.repository
-        client = ClientSettings(url=url, protocol=args.protocol, retries=0, timeout_s=30)
-        settings = ServingSettings(client=client, repository=repository, load_timeout_s=120)
+            print(f"{candidate} not found: using serving/toy.py's model (64 features, 10 classes)")
+            candidate = build_candidate(scratch / "toy", name="toy")
+        config = parse_config(load_candidate(candidate).config)
+        signature = configs.Signature(int(config.input[0].dims[0]), int(config.output[0].dims[0]))
+        export = load_params(args.params).export
+        chosen = variants(export, args.levers)
+        start_server(server)
+        for variant in chosen:
+            install(server.repository, candidate, variant, signature)
+        protocols: list[Protocol] = ["grpc", "http"] if args.protocol == "both" else [args.protocol]
+        with TritonClient(ClientSettings.local(server, timeout_s=120)) as client:
+            for variant in chosen:
+                client.load(variant.name, timeout_s=120)
+        print(
+            f"Triton {', '.join(protocols)} on 127.0.0.1, {signature.n_features} features -> {signature.n_classes} "
+            f"classes; ours = {json.dumps(export.model_dump(exclude={'model_name', 'opset', 'golden_samples'}))}"
+        )
+        for variant in chosen:
+            print(f"  {variant.name:<14} {variant.what}")
 
         rng = np.random.default_rng(0)
-        n_features = len(load_candidate(candidate).golden["inputs"][0])
-        batches = [rng.uniform(0, 16, (args.rows, n_features)).astype(np.float32) for _ in range(256)]
-        onnx_call = OnnxCall(load_candidate(candidate).model_files / "model.onnx")
-
-        rows = []
-        for dynamic in (False, True):
-            folder = variant(candidate, scratch / f"variant-{dynamic}", dynamic)
-            pushed = push_candidate(folder, settings, prune=False)
-            timing = " ".join(f"{k}={v:.2f}s" for k, v in pushed.seconds.items())
-            print(f"pushed {pushed.model} v{pushed.version} ({pushed.status}): {timing}")
-            triton_call = TritonCall(client, pushed.model)
-            drive(triton_call, batches, 1, 20, 5)  # warm-up
-            for c in levels:
-                t = drive(triton_call, batches, c, args.requests, args.seconds)
-                o = drive(onnx_call, batches, c, args.requests, args.seconds)
-                rows.append(("dynamic" if dynamic else "none", c, t, o))
-
-        print(f"\nTriton {args.protocol} on 127.0.0.1 vs in-process onnxruntime; {args.rows} row(s) per request\n")
-        header = (
-            f"{'batching':<9}{'conc':>5}{'req':>6}{'err':>5}{'triton/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
-            f"{'inproc/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'thr ratio':>11}{'p50 ratio':>11}"
-        )
-        print(header)
-        print("-" * len(header))
-        for batching, c, t, o in rows:
-            print(
-                f"{batching:<9}{c:>5}{t['requests']:>6}{t['errors']:>5}{t['throughput']:>10.0f}{t['p50']:>9.2f}"
-                f"{t['p99']:>9.2f}{o['throughput']:>10.0f}{o['p50']:>9.3f}{o['p99']:>9.3f}"
-                f"{t['throughput'] / o['throughput']:>11.3f}{t['p50'] / o['p50']:>11.1f}"
-            )
-        print("\nthr ratio = Triton throughput / in-process throughput; p50 ratio = Triton p50 / in-process p50.")
-        print(json.dumps([{"batching": b, "concurrency": c, "triton": t, "inprocess": o} for b, c, t, o in rows]))
+        batches = {
+            r: [rng.uniform(0, 16, (r, signature.n_features)).astype(np.float32) for _ in range(64)] for r in (1, 64)
+        }
+        onnx_path = server.repository / "ours" / "1" / configs.ONNX_FILENAME
+        names = [v.name for v in chosen]
+        everything: dict[str, Any] = {}
+        for protocol in protocols:
+            settings = ClientSettings.local(server, protocol=protocol, timeout_s=30, retries=0)
+            results: dict[str, dict[str, list[dict]]] = {
+                n: {f"{c}x{r}": [] for c, r in CELLS} for n in [*names, "in-process"]
+            }
+            probe = CpuProbe(read_pid(server))
+            calls = {n: triton_call(settings, n) for n in names}
+            calls["in-process"] = inprocess_call(onnx_path, export)
+            for call, make_state in calls.values():  # warm-up: model loads, connections, arenas
+                drive(call, make_state, batches[1], 4, 200, 2.0)
+            for _ in range(args.repeats):
+                for c, r in CELLS:
+                    requests, seconds = budget(r, args.requests, args.seconds)
+                    for name, (call, make_state) in calls.items():
+                        cell = drive(call, make_state, batches[r], c, requests, seconds, probe.snapshot)
+                        before, after = cell.pop("cpu_before"), cell.pop("cpu_after")
+                        cell.update(cpu_per_request(before, after, name, cell["requests"]))
+                        if cell["errors"]:
+                            print(f"  {name} c={c} rows={r}: {cell['errors']} failed requests")
+                        results[name][f"{c}x{r}"].append(cell)
+            ratios = report(results, names, protocol)
+            everything[protocol] = {"ratios": ratios, "cells": results}
+            if args.perf_analyzer:
+                pa_env = perf_analyzer_env(scratch)
+                figures = {
+                    (name, c): perf_analyzer(args.perf_analyzer, pa_env, settings, name, c, 1)
+                    for name in ("ours", "noop")
+                    for c in (1, 16)
+                }
+                print("  perf_analyzer, 1-row requests:")
+                for (name, c), got in figures.items():
+                    if got:
+                        print(
+                            f"    {name:<5} c={c:<3} {got['infer_per_s']:>8.0f} infer/s  "
+                            f"p50 {got['p50_ms']:.2f} ms  p99 {got['p99_ms']:.2f} ms"
+                        )
+                for c in (1, 16):
+                    ours_figure, noop_figure = figures[("ours", c)], figures[("noop", c)]
+                    if ours_figure and noop_figure:
+                        ratio = ours_figure["infer_per_s"] / noop_figure["infer_per_s"]
+                        print(f"    stack efficiency c={c}: {ratio:.3f}")
+                        ratios[f"perf_analyzer_efficiency_c{c}"] = ratio
+                if figures[("ours", 16)]:
+                    tail = figures[("ours", 16)]["p99_ms"] / figures[("ours", 16)]["p50_ms"]
+                    print(f"    p99/p50 of ours at c=16: {tail:.2f}")
+                    ratios["perf_analyzer_p99_over_p50_c16"] = tail
+        print("\nThe machine may be shared: compare ratios measured in the same run, not absolute figures across runs.")
+        print(json.dumps(everything))
     finally:
-        if server is not None:
-            stop_server(server)
+        stop_server(server)
         shutil.rmtree(scratch, ignore_errors=True)
 
 

@@ -27,10 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.models import build_model  # noqa: E402
 from pipeline.params import load_params  # noqa: E402
+from pipeline.rows import Rows  # noqa: E402
 from pipeline.training import (  # noqa: E402
-    Rows,
     augment_images,
     config_for,
+    device_tensors,
     fit,
     input_scale,
     make_optimizer,
@@ -64,8 +65,8 @@ def plain_loop(config, train: Rows, val: Rows, params, data, augment: bool) -> N
     total = -(-len(train) // params.batch_size) * params.epochs
     scheduler = make_scheduler(optimizer, params, total)
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=params.label_smoothing)
-    x, y = train.tensors(device)
-    x_val, y_val = val.tensors(device)
+    x, y = device_tensors(train, device)
+    x_val, y_val = device_tensors(val, device)
     a = params.augment
     for _ in range(params.epochs):
         order = torch.randperm(len(y), generator=generator).to(device)

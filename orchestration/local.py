@@ -9,6 +9,7 @@ Everything Airflow keeps (airflow.cfg, the SQLite database, task logs), the work
     python -m orchestration ui                               # airflow standalone (UI on :8080)
     python -m orchestration registry                         # the model registry: versions, what is in prod
     python -m orchestration rollback [--to N]                # Triton serves version N again; #prod moves with it
+    python -m orchestration cluster up|down|status           # CeleryExecutor cluster (orchestration/cluster.py)
 """
 
 from __future__ import annotations
@@ -215,7 +216,11 @@ def main(argv: list[str] | None = None) -> None:
     commands.add_parser("registry", help="the model registry on the workspace's git remote (gto show)")
     back = commands.add_parser("rollback", help="serve an earlier version again and move the registry's stage to it")
     back.add_argument("--to", type=int, help="version to serve (default: the one before the serving one)")
-    args = parser.parse_args(argv)
+    cluster = commands.add_parser("cluster", help="a local CeleryExecutor cluster: up | down | status", add_help=False)
+    cluster.add_argument("cluster_args", nargs=argparse.REMAINDER)
+    args, unknown = parser.parse_known_args(argv)  # `cluster` takes its own options (and --help)
+    if unknown and args.command != "cluster":
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     project = Path(args.project).resolve()
     os.chdir(project)  # params.yaml's relative paths (the Triton repository) are relative to it
     if args.command == "run-once":
@@ -225,4 +230,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.command == "rollback":
         sys.exit(rollback(project, args.to))
+    if args.command == "cluster":
+        from orchestration.cluster import main as cluster_main
+
+        sys.exit(cluster_main(project, [*unknown, *args.cluster_args]))
     ui(project)

@@ -107,44 +107,99 @@ def stage(project: str | Path, name: str, ancestors: Sequence[str], context: Map
 
 
 # --- Triton settings ------------------------------------------------------------------------
-def triton_env(conn_id: str) -> dict[str, str]:
+def triton_env(conn_id: str, project: str | Path | None = None) -> dict[str, str]:
     """TRITON_* variables (what serving/ reads) from the Airflow Connection `conn_id`.
 
-    URL from conn type + host + port (`http`, `https`, `grpc`, `grpcs`), an auth token from the
-    password, and from the extra: `headers` (JSON object), `model_repository` (the live repository
-    the push writes to), `ssl_ca_file`, `ssl_cert_file`, `ssl_key_file`, `ssl_insecure`. With no
-    such Connection, the environment and params.yaml `serving:` apply (the local server).
+    The scheme comes from the host (`https://triton.example.com`), else from the connection type
+    when it is `grpc`/`grpcs`, else from the HTTP hook's `schema` field (`https`), else from the
+    type (`http`, `https`). TLS is on for https/grpcs and whenever an `ssl_*` extra (or `ssl: true`)
+    is set. The password is sent as a bearer token, and only over TLS unless the extra
+    `allow_insecure_token: true` says otherwise. Other extras: `headers` (JSON object),
+    `model_repository` (the live repository the push writes to), `ssl_ca_file`, `ssl_cert_file`,
+    `ssl_key_file`, `ssl_insecure`, `control_key` (the server's model-control key).
+
+    With no such Connection, the environment and params.yaml `serving:` apply (the local server);
+    given the `project`, the local server's state folder is made absolute against it, so that a
+    task running in another folder (the gate, in the workspace) still finds the server's key.
     """
     from airflow.sdk import Connection
-    from airflow.sdk.exceptions import AirflowNotFoundException
+    from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundException
 
     try:
         conn = Connection.get(conn_id)
     except AirflowNotFoundException:
         log.info("no Airflow Connection %r: Triton settings from TRITON_* / params.yaml serving:", conn_id)
-        return {}
-    env: dict[str, str] = {}
-    scheme = (conn.conn_type or "http").lower()
+        return _local_triton_env(project)
+    extra = conn.extra_dejson
+    host_scheme, sep, host = (conn.host or "").strip().partition("://")
+    if not sep:
+        host_scheme, host = "", host_scheme
+    kind, schema = (conn.conn_type or "").lower(), (conn.schema or "").lower()
+    scheme = host_scheme.lower() or (
+        kind if kind in ("grpc", "grpcs") else schema if schema in ("http", "https") else kind
+    )
     protocol = "grpc" if scheme.startswith("grpc") else "http"
-    if conn.host:
-        host = conn.host.split("://")[-1].rstrip("/")
-        env["TRITON_URL"] = f"{scheme if scheme in ('http', 'https', 'grpc', 'grpcs') else protocol}://{host}"
+    ssl_extras = ("ssl_ca_file", "ssl_cert_file", "ssl_key_file")
+    tls = (
+        scheme in ("https", "grpcs")
+        or any(extra.get(key) for key in ssl_extras)
+        or _truthy(extra.get("ssl_insecure"))
+        or _truthy(extra.get("ssl"))
+    )
+    env: dict[str, str] = {"TRITON_PROTOCOL": protocol}
+    if host:
+        env["TRITON_URL"] = f"{protocol + 's' if tls else protocol}://{host.rstrip('/')}"
         if conn.port:
             env["TRITON_URL"] += f":{conn.port}"
-    env["TRITON_PROTOCOL"] = protocol
+    if tls:
+        env["TRITON_SSL"] = "1"
+    allow_insecure = _truthy(extra.get("allow_insecure_token"))
+    if allow_insecure:
+        env["TRITON_ALLOW_INSECURE_TOKEN"] = "1"
+    loopback = host.rsplit(":", 1)[0].strip("[]") in ("127.0.0.1", "localhost", "::1")
+    secrets = [
+        what for what, given in (("a password", conn.password), ("a control_key", extra.get("control_key"))) if given
+    ]
+    if loopback and not conn.password:
+        secrets = []  # the local server's key never leaves this machine
+    if secrets and not tls and not allow_insecure:
+        raise AirflowFailException(
+            f"Airflow Connection {conn_id!r} has {' and '.join(secrets)} but no TLS: it would go out in clear "
+            f"text to {env.get('TRITON_URL', 'the server')}. Use an https:// or grpcs:// host or connection type, "
+            'or an ssl_* extra; only on a trusted network path, set the extra "allow_insecure_token": true.'
+        )
     if conn.password:
         env["TRITON_AUTH_TOKEN"] = conn.password
-    extra = conn.extra_dejson
     if extra.get("headers"):
         headers = extra["headers"]
         env["TRITON_HEADERS"] = headers if isinstance(headers, str) else json.dumps(headers)
-    for key in ("model_repository", "ssl_ca_file", "ssl_cert_file", "ssl_key_file"):
+    for key in ("model_repository", *ssl_extras, "control_key"):
         if extra.get(key):
             env[f"TRITON_{key.upper()}"] = str(extra[key])
-    if extra.get("ssl_insecure"):
+    if _truthy(extra.get("ssl_insecure")):
         env["TRITON_SSL_INSECURE"] = "1"
-    log.info("Triton from Connection %r: %s (%s)", conn_id, env.get("TRITON_URL", "local default"), protocol)
+    log.info(
+        "Triton from Connection %r: %s (%s%s)",
+        conn_id,
+        env.get("TRITON_URL", "local default"),
+        protocol,
+        ", TLS" if tls else "",
+    )
     return env
+
+
+def _truthy(value: object) -> bool:
+    return value is True or str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+def _local_triton_env(project: str | Path | None) -> dict[str, str]:
+    """The local server's state folder (its key file) as an absolute path, when it is relative."""
+    if project is None:
+        return {}
+    from pipeline.params import load_params
+
+    state_dir = Path(os.environ.get("TRITON_STATE_DIR") or load_params(Path(project) / "params.yaml").serving.state_dir)
+    return {"TRITON_STATE_DIR": str(state_dir if state_dir.is_absolute() else Path(project) / state_dir)}
 
 
 # --- gate -----------------------------------------------------------------------------------
@@ -180,7 +235,13 @@ def gate(
     cmd = [sys.executable, "-m", "stages.gate", *(f"--{k}={v}" for k, v in evaluate_args.items())]
     cmd.append(f"--report={report_path}")
     log.info("$ %s  (in %s)", " ".join(cmd[1:]), root)
-    result = subprocess.run(cmd, cwd=root, env={**tool_env(), **triton_env(conn_id)}, capture_output=True, text=True)
+    # The champion is the version pinned in the repository the push writes to (not the checkout's).
+    env = {
+        **tool_env(),
+        **triton_env(conn_id, setup.ws.project),
+        "TRITON_MODEL_REPOSITORY": str(serving_settings(setup.ws.project, conn_id).repository),
+    }
+    result = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
     for line in (result.stdout + result.stderr).splitlines():
         log.info("%s", line)
     if result.returncode not in (0, REJECTED_EXIT):
@@ -202,7 +263,7 @@ def serving_settings(project: Path, conn_id: str) -> Any:
     from serving.push import ServingSettings
 
     params = load_params(project / "params.yaml").serving
-    env = {**os.environ, **triton_env(conn_id)}
+    env = {**os.environ, **triton_env(conn_id, project)}
     repository = env.get("TRITON_MODEL_REPOSITORY") or params.repository
     if "://" not in repository:
         env["TRITON_MODEL_REPOSITORY"] = str(project / repository)

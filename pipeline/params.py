@@ -143,7 +143,7 @@ class ExportParams(Section):
 
     # Triton uses the name as a folder in the model repository: no separators, dots or spaces.
     model_name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+$", max_length=128)] = "digits"
-    opset: Annotated[int, Field(ge=13, le=20)] = 17
+    opset: Annotated[int, Field(ge=18, le=20)] = 18  # the dynamo exporter writes opset 18 and up
     parity_tolerance: Annotated[float, Field(ge=0.0)] = 1e-4
     golden_samples: Positive = 8
     max_batch_size: Positive = 64
@@ -151,6 +151,8 @@ class ExportParams(Section):
     max_queue_delay_microseconds: Annotated[int, Field(ge=0)] = 100
     preferred_batch_sizes: list[Positive] = []
     instance_count: Positive = 1
+    intra_op_threads: Annotated[int, Field(ge=0)] = 1
+    intra_op_spinning: bool = False
     gpu_instance_count: Positive = 1
 
     @model_validator(mode="after")
@@ -182,11 +184,19 @@ class ServingParams(Section):
     retries: Annotated[int, Field(ge=0)] = 3
     backoff_s: Annotated[float, Field(ge=0.0)] = 0.5
     retention: Positive = 5
+    candidate_entry: Literal["triton", "gpu", "gpu_torchscript"] = "triton"
 
     @model_validator(mode="after")
     def _check(self) -> ServingParams:
         if len({self.http_port, self.grpc_port, self.metrics_port}) != 3:
             raise ValueError("http_port, grpc_port and metrics_port must differ")
+        # A URL Path() has flattened (s3:/b) would otherwise become a local folder named "s3:".
+        scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*):/", self.repository)
+        if scheme and not self.repository.startswith("s3://"):
+            raise ValueError(
+                f"repository {self.repository!r}: use a local path, s3://<bucket>/<prefix> or "
+                "s3://http(s)://<host>:<port>/<bucket>/<prefix>"
+            )
         return self
 
 

@@ -4,9 +4,10 @@
 validation rows. It is a plain function of (config, rows, params) so tests and both stages call the
 same code:
 
-- Rows live on the device as two tensors; each epoch indexes them with a seeded permutation, so no
-  Python loop ever touches single samples. Image augmentation (random shifts and rotations) is one
-  `affine_grid` + `grid_sample` call on the whole batch.
+- Rows live on the device as two tensors, the features in their stored dtype (uint8 pixels stay
+  uint8; a batch becomes float32 once it is taken); each epoch indexes them with a seeded
+  permutation, so no Python loop ever touches single samples. Image augmentation (random shifts
+  and rotations) is one `affine_grid` + `grid_sample` call on the whole batch.
 - The device is CUDA when present (params can force one); mixed precision (bf16 where the GPU
   supports it, else fp16 with loss scaling) is used on CUDA only.
 - All randomness comes from `train.seed` through two generators whose states travel in the
@@ -33,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -41,9 +41,10 @@ from torch import nn
 from pipeline import models
 from pipeline.atomic import atomic_path
 from pipeline.errors import StageError
+from pipeline.metrics import scores
 from pipeline.models import build_model, model_config
 from pipeline.params import DataParams, TrainParams
-from pipeline.tables import feature_columns
+from pipeline.rows import Rows
 
 log = logging.getLogger(__name__)
 
@@ -55,29 +56,10 @@ STD_FLOOR = 1e-6  # a tabular feature with a smaller spread is left unscaled (co
 EpochHook = Callable[[int, dict[str, float]], None]
 
 
-@dataclass(frozen=True)
-class Rows:
-    """Feature rows (raw values, float32) and their class indices."""
-
-    x: np.ndarray
-    y: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def take(self, mask: np.ndarray) -> Rows:
-        return Rows(self.x[mask], self.y[mask])
-
-    def tensors(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-        """(features as float32, labels as int64) on `device`."""
-        x = torch.from_numpy(np.ascontiguousarray(self.x, np.float32))
-        return x.to(device), torch.from_numpy(np.ascontiguousarray(self.y, np.int64)).to(device)
-
-
 @dataclass
 class FitResult:
     model: nn.Module  # the kept (best) weights, on CPU, in eval mode
-    metrics: dict[str, float]  # validation metrics (val_loss, val_accuracy, val_macro_f1) of the kept weights
+    metrics: dict[str, float]  # validation metrics (val_loss, val_accuracy, val_f1_macro, ...) of the kept weights
     best_epoch: int  # index into history (0-based, = the DVCLive step) of the kept weights
     history: list[dict[str, float]] = field(default_factory=list)  # one row per epoch run
     resumed_from: int = 0  # epochs taken from a checkpoint (0 = fresh start)
@@ -86,24 +68,11 @@ class FitResult:
 # --- data ------------------------------------------------------------------------------------
 
 
-def table_rows(table: pd.DataFrame, features: list[str], data: DataParams) -> Rows:
-    """Features as float32 and labels as indices into `data.classes` (the model's output order)."""
-    index = {label: i for i, label in enumerate(data.classes)}
-    y = table[data.label].map(index)
-    if y.isna().any():
-        bad = table.loc[y.isna(), data.label].iloc[0]
-        raise StageError(f"label {bad!r} is not in data.classes {data.classes}; add it there or clean the data")
-    return Rows(table[features].to_numpy(np.float32), y.to_numpy(np.int64))
-
-
-def assigned_rows(table: pd.DataFrame, assignment: pd.DataFrame, data: DataParams) -> tuple[Rows, pd.DataFrame]:
-    """All rows of the clean table, plus the split's assignment aligned with them row by row."""
-    assignment = assignment.sort_values("row", ignore_index=True)
-    if not np.array_equal(assignment["row"].to_numpy(), np.arange(len(table))):
-        raise StageError(
-            f"the split assignment ({len(assignment)} rows) does not match the clean table ({len(table)} rows); rerun split"
-        )
-    return table_rows(table, feature_columns(list(table.columns), data), data), assignment
+def device_tensors(rows: Rows, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """(features, int64 labels) on `device`. Features keep their stored dtype (uint8 pixels: a
+    quarter of float32, and no copy at all on the CPU); each batch becomes float32 where it is used."""
+    x = torch.from_numpy(np.ascontiguousarray(rows.x))
+    return x.to(device), torch.from_numpy(np.ascontiguousarray(rows.y, np.int64)).to(device)
 
 
 def config_for(params: TrainParams, data: DataParams, n_features: int) -> dict[str, Any]:
@@ -123,8 +92,21 @@ def input_scale(x: np.ndarray, data: DataParams) -> tuple[np.ndarray, np.ndarray
         lo, hi = data.value_range if data.value_range is not None else (float(x.min()), float(x.max()))
         span = hi - lo if hi > lo else 1.0
         return np.full(n, lo, np.float32), np.full(n, 1.0 / span, np.float32)
-    mean, std = x.mean(axis=0), x.std(axis=0)
+    mean, std = column_moments(x)
     return mean.astype(np.float32), np.where(std > STD_FLOOR, 1.0 / np.maximum(std, STD_FLOOR), 1.0).astype(np.float32)
+
+
+def column_moments(x: np.ndarray, chunk: int = 65_536) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column mean and (population) standard deviation, accumulated in float64 over chunks of
+    rows, so that no float64 copy of the whole table is made."""
+    total = np.zeros(x.shape[1])
+    squares = np.zeros(x.shape[1])
+    for start in range(0, len(x), chunk):
+        part = x[start : start + chunk].astype(np.float64)
+        total += part.sum(axis=0)
+        squares += np.square(part).sum(axis=0)
+    mean = total / len(x)
+    return mean, np.sqrt(np.maximum(squares / len(x) - np.square(mean), 0.0))
 
 
 def fingerprint(config: dict[str, Any], params: TrainParams, data: DataParams, device: str, *rows: Rows) -> str:
@@ -143,8 +125,8 @@ def fingerprint(config: dict[str, Any], params: TrainParams, data: DataParams, d
     }
     digest.update(json.dumps(spec, sort_keys=True).encode())
     for part in rows:
-        digest.update(np.ascontiguousarray(part.x).tobytes())
-        digest.update(np.ascontiguousarray(part.y).tobytes())
+        digest.update(memoryview(np.ascontiguousarray(part.x)).cast("B"))  # hashed in place, no copy
+        digest.update(memoryview(np.ascontiguousarray(part.y)).cast("B"))
     return digest.hexdigest()
 
 
@@ -221,22 +203,13 @@ def augment_images(
 
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n_classes: int) -> dict[str, float]:
-    """Cross-entropy (no label smoothing), accuracy and macro F1 of `model` on (x, y)."""
+    """Cross-entropy (no label smoothing) of `model` on (x, y), and the project's one set of
+    classification scores (`pipeline.metrics`, the numbers evaluate and the gate report too)."""
     model.eval()
-    logits = torch.cat([model(x[i : i + EVAL_BATCH]).float() for i in range(0, len(x), EVAL_BATCH)])
+    logits = torch.cat([model(x[i : i + EVAL_BATCH].float()).float() for i in range(0, len(x), EVAL_BATCH)])
     loss = F.cross_entropy(logits, y).item()
-    pred = logits.argmax(1)
-    return {"loss": loss, "accuracy": (pred == y).float().mean().item(), "macro_f1": macro_f1(y, pred, n_classes)}
-
-
-def macro_f1(y: torch.Tensor, pred: torch.Tensor, n_classes: int) -> float:
-    """Unweighted mean of per-class F1 over the classes that occur in y or pred."""
-    cm = torch.bincount(y * n_classes + pred, minlength=n_classes * n_classes).view(n_classes, n_classes)
-    tp = cm.diag().double()
-    support, predicted = cm.sum(1).double(), cm.sum(0).double()
-    seen = (support + predicted) > 0
-    f1 = 2 * tp[seen] / (support[seen] + predicted[seen])
-    return f1.mean().item()
+    predicted = logits.argmax(1).cpu().numpy()
+    return {"loss": loss, **scores(y.cpu().numpy(), predicted, n_classes)}
 
 
 def _score(metric: str, row: dict[str, float]) -> list[float]:
@@ -396,7 +369,8 @@ class _Learner:
         order = torch.randperm(len(y), generator=self.generator).to(x.device)
         for start in range(0, len(y), batch_size):
             idx = order[start : start + batch_size]
-            xb = x[idx] if self.augment is None else self.augment(x[idx])
+            xb = x[idx].float()
+            xb = xb if self.augment is None else self.augment(xb)
             total += self.step(xb, y[idx]) * len(idx)  # stays on the device: no sync per step
         return total.item() / len(y)
 
@@ -458,8 +432,8 @@ def fit(
         if on_epoch is not None:
             on_epoch(epoch, row)
 
-    x_train, y_train = train.tensors(device)
-    x_val, y_val = val.tensors(device)
+    x_train, y_train = device_tensors(train, device)
+    x_val, y_val = device_tensors(val, device)
     with (
         _deterministic(device),
         _progress_bar(params.epochs, resumed_from, progress) as bar,

@@ -16,7 +16,8 @@ from typing import Any
 from pipeline.params import DEFAULT_PATH, Params, ParamsError, load_params
 from serving import push as ops
 from serving.client import ClientError, ServerUnreachable, TritonClient
-from serving.repository import RepositoryError, TritonRepository
+from serving.metrics import MetricsUnavailable, VersionCounters, live_counters
+from serving.repository import RepositoryError
 from serving.server import ServerError, ServerSettings, server_state, start_server, stop_server
 
 log = logging.getLogger("serving")
@@ -36,20 +37,52 @@ def _data_text(data: dict[str, Any]) -> str:
     return " ".join(parts) or "-"
 
 
-def format_status(status: ops.Status, server_process: str | None = None) -> str:
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _counter_text(counters: VersionCounters | None) -> str:
+    if counters is None:
+        return f"{'-':>9} {'-':>8} {'-':>9} {'-':>10}"
+    return (
+        f"{counters.requests:>9} {counters.failures:>8} {_ms(counters.avg_queue_ms):>9} "
+        f"{_ms(counters.avg_compute_ms):>10}"
+    )
+
+
+def format_status(
+    status: ops.Status,
+    server_process: str | None = None,
+    counters: dict[tuple[str, int], VersionCounters] | None = None,
+    counters_note: str | None = None,
+) -> str:
+    """The status table; live counters (since each version loaded) from Triton's metrics endpoint."""
+    counters = counters or {}
     lines = [f"server: {status.server}"]
     if server_process:
         lines.append(f"local process: {server_process}")
+    if counters_note:
+        lines.append(f"live counters: {counters_note}")
     if not status.models:
         lines.append("no models in the repository")
     for model in status.models:
         live = {True: "ready", False: "NOT ready", None: "unknown"}[model.live_ready]
-        lines.append(f"\nmodel {model.model}: serving version {model.serving} ({live})")
-        header = f"  {'':1} {'version':>7}  {'state':<11} {'commit':<10} {'data':<22} {'pushed_at':<25} metrics"
+        served = "unknown" if model.live_versions is None else (model.live_versions or "nothing")
+        lines.append(
+            f"\nmodel {model.model}: pinned version {model.serving} ({live}); the server serves {served}; "
+            f"rollback would serve {model.rollback_target}"
+        )
+        if model.problem:
+            lines.append(f"  PROBLEM: {model.problem}")
+        header = (
+            f"  {'':1} {'version':>7}  {'state':<11} {'verdict':<10} {'requests':>9} {'failures':>8} "
+            f"{'queue ms':>9} {'compute ms':>10}  {'commit':<10} {'data':<22} {'pushed_at':<25} metrics"
+        )
         lines.append(header)
         for v in model.versions:
             lines.append(
-                f"  {'*' if v.serving else '':1} {v.version:>7}  {v.state:<11} {(v.git_commit or '-')[:10]:<10} "
+                f"  {'*' if v.serving else '':1} {v.version:>7}  {v.state:<11} {v.verdict:<10} "
+                f"{_counter_text(counters.get((model.model, v.version)))}  {(v.git_commit or '-')[:10]:<10} "
                 f"{_data_text(v.data)[:22]:<22} {(v.pushed_at or '-'):<25} {_metric_text(v.metrics)}"
             )
     return "\n".join(lines)
@@ -89,11 +122,24 @@ def cmd_stop(args: argparse.Namespace, params: Params) -> dict[str, Any]:
 
 
 def cmd_status(args: argparse.Namespace, params: Params) -> dict[str, Any]:
-    status = ops.serving_status(ops.ServingSettings.from_params(params.serving), args.model)
+    settings = ops.ServingSettings.from_params(params.serving)
+    status = ops.serving_status(settings, args.model)
     process = server_state(ServerSettings.from_params(params.serving)).describe()
+    note = None
+    try:
+        counters = live_counters(settings.client.metrics_url)
+    except MetricsUnavailable as error:
+        counters, note = {}, str(error)
+    shown = {m.model for m in status.models}
+    counters = {key: value for key, value in counters.items() if key[0] in shown}
     if not args.json:
-        print(format_status(status, process))
-    return {**status.to_dict(), "local_process": process}
+        print(format_status(status, process, counters, note))
+    return {
+        **status.to_dict(),
+        "local_process": process,
+        "counters": [c.to_dict() for _, c in sorted(counters.items())],
+        "counters_error": note,
+    }
 
 
 def cmd_push(args: argparse.Namespace, params: Params) -> dict[str, Any]:
@@ -127,10 +173,10 @@ def cmd_sample(args: argparse.Namespace, params: Params) -> dict[str, Any]:
 
     name = args.model or params.export.model_name
     settings = ops.ServingSettings.from_params(params.serving)
-    repo = TritonRepository(settings.repository)
+    repo = settings.open_repository()
     version = repo.serving_version(name)
     golden = repo.golden(name, version) if version is not None else None
-    if golden is None:
+    if version is None or golden is None:
         raise ops.PushError(f"{name} has no serving version with golden samples in {repo.root}; push one first")
     with TritonClient(settings.client) as client:
         probabilities = client.predict(name, np.asarray(golden["inputs"], dtype=np.float32))
@@ -154,6 +200,16 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Params], dict[str, Any]]] = {
 }
 
 
+def _version_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"a version is a number >= 1, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m serving", description=__doc__.splitlines()[0])
     p.add_argument("--params", default=str(DEFAULT_PATH), help="params file (default: %(default)s)")
@@ -170,10 +226,14 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--no-prune", action="store_true", help="keep old versions beyond serving.retention")
     rollback = sub.add_parser("rollback", help="serve an earlier stored version")
     rollback.add_argument("--model", help="model name (default: export.model_name)")
-    rollback.add_argument("--to", type=int, help="version to serve (default: the one before the serving one)")
+    rollback.add_argument(
+        "--to", type=_version_number, help="version to serve (default: the last good one served before it)"
+    )
     prune = sub.add_parser("prune", help="delete versions beyond the retention count")
     prune.add_argument("--model", help="model name (default: export.model_name)")
-    prune.add_argument("--retention", type=int, help="versions to keep (default: serving.retention)")
+    prune.add_argument(
+        "--retention", type=int, help="good versions to keep (default: serving.retention; checked like it, > 0)"
+    )
     sample = sub.add_parser("sample", help="a sample prediction of the serving version's golden rows")
     sample.add_argument("--model", help="model name (default: export.model_name)")
     for command in (sub.choices["start"], sub.choices["stop"], status, push, rollback, prune, sample):

@@ -2,7 +2,12 @@
 
 The code never assumes the server is local. URL, protocol, headers and TLS come from configuration;
 credentials come only from environment variables (see `ClientSettings.from_params`), never from
-params.yaml or code, and they never appear in a repr or a log line.
+params.yaml or code, and they never appear in a repr or a log line. Credentials are not sent over
+plain HTTP or gRPC unless the configuration explicitly allows it.
+
+The model-control key (serving.control) goes with every call: the local server refuses loading,
+unloading and the repository index without it. When the client talks to the local server of
+params.yaml `serving:`, the key comes from that server's state folder.
 """
 
 from __future__ import annotations
@@ -13,17 +18,41 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
 
-from pipeline.params import ServingParams
+from pipeline.params import ParamsError, ServingParams
+from serving import control
+from serving.overrides import apply_env
+
+if TYPE_CHECKING:
+    from serving.server import ServerSettings
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Protocol = Literal["http", "grpc"]
 _TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"", "0", "false", "no", "off"}
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
+# Headers that carry credentials: never sent in clear text unless allowed (allow_insecure_token).
+CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization"})
+SCHEMES = {"http": ("http", False), "https": ("http", True), "grpc": ("grpc", False), "grpcs": ("grpc", True)}
+
+# What each `TRITON_*` variable overrides in params.yaml `serving:` for a client.
+CLIENT_ENV = {
+    "TRITON_URL": "url",
+    "TRITON_PROTOCOL": "protocol",
+    "TRITON_HTTP_PORT": "http_port",
+    "TRITON_GRPC_PORT": "grpc_port",
+    "TRITON_METRICS_PORT": "metrics_port",
+    "TRITON_STATE_DIR": "state_dir",
+    "TRITON_REQUEST_TIMEOUT_S": "request_timeout_s",
+    "TRITON_RETRIES": "retries",
+    "TRITON_BACKOFF_S": "backoff_s",
+}
 
 
 class ServerUnreachable(ConnectionError):
@@ -49,41 +78,118 @@ class ClientSettings:
     timeout_s: float = 10.0
     retries: int = 3
     backoff_s: float = 0.5
+    control_key: str | None = field(default=None, repr=False)  # sent as serving.control.HEADER
+    allow_insecure_token: bool = False  # send credentials without TLS (only when explicitly configured)
+    metrics_url: str | None = None  # Triton's Prometheus endpoint (live counters in `status`)
+
+    def __post_init__(self) -> None:
+        if self.ssl or self.allow_insecure_token:
+            return
+        credentials = sorted(name for name in self.headers if name.lower() in CREDENTIAL_HEADERS)
+        if self.control_key and self.host not in LOOPBACK:
+            credentials.append("the model-control key")
+        if credentials:
+            raise ParamsError(
+                f"refusing to send {' and '.join(credentials)} to {self.url} without TLS ({self.protocol}://): "
+                "use an https:// or grpcs:// URL (TRITON_URL, or the Airflow Connection's host, schema or "
+                "type), or turn TLS on with TRITON_SSL=1 / an ssl_* Connection extra. Only on a network "
+                "path you trust, allow clear text explicitly with TRITON_ALLOW_INSECURE_TOKEN=1 "
+                "(Connection extra allow_insecure_token: true)."
+            )
+
+    @property
+    def host(self) -> str:
+        return self.url.rsplit(":", 1)[0] if ":" in self.url.lstrip("[") else self.url
 
     @classmethod
     def from_params(cls, params: ServingParams, env: Mapping[str, str] | None = None) -> ClientSettings:
-        """Params, overridden by the environment:
+        """Params, overridden by the environment (numbers held to the same rules as params.yaml):
 
-        TRITON_URL (host:port, or http[s]:// / grpc[s]:// URL; an https/grpcs scheme turns TLS on),
-        TRITON_PROTOCOL (http|grpc), TRITON_HTTP_PORT / TRITON_GRPC_PORT (the local default URL),
-        TRITON_HEADERS (JSON object of extra request headers), TRITON_AUTH_TOKEN (sent as
-        `Authorization: Bearer <token>`), TRITON_SSL (1 = TLS), TRITON_SSL_CA_FILE,
-        TRITON_SSL_CERT_FILE, TRITON_SSL_KEY_FILE, TRITON_SSL_INSECURE (1 = skip verification, HTTP),
-        TRITON_RETRIES, TRITON_BACKOFF_S, TRITON_REQUEST_TIMEOUT_S.
+        TRITON_URL (host:port, or http[s]:// / grpc[s]:// URL; the scheme picks the protocol, and
+        https/grpcs turn TLS on), TRITON_PROTOCOL (http|grpc), TRITON_HTTP_PORT / TRITON_GRPC_PORT
+        (the local default URL), TRITON_HEADERS (JSON object of extra request headers),
+        TRITON_AUTH_TOKEN (sent as `Authorization: Bearer <token>`, over TLS only), TRITON_SSL (1 =
+        TLS), TRITON_SSL_CA_FILE, TRITON_SSL_CERT_FILE, TRITON_SSL_KEY_FILE, TRITON_SSL_INSECURE (1 =
+        skip verification, HTTP; any TRITON_SSL_* turns TLS on), TRITON_ALLOW_INSECURE_TOKEN (1 =
+        send credentials without TLS), TRITON_CONTROL_KEY (the model-control key; default: the
+        local server's key file in TRITON_STATE_DIR / serving.state_dir, when the URL is that
+        server's), TRITON_METRICS_URL (Triton's Prometheus endpoint; default: the local server's
+        metrics port, when the URL is that server's), TRITON_RETRIES, TRITON_BACKOFF_S,
+        TRITON_REQUEST_TIMEOUT_S.
         """
         env = os.environ if env is None else env
-        protocol = env.get("TRITON_PROTOCOL", params.protocol)
-        if protocol not in ("http", "grpc"):
-            raise ValueError(f"TRITON_PROTOCOL must be http or grpc, got {protocol!r}")
-        port = env.get("TRITON_HTTP_PORT", params.http_port) if protocol == "http" else None
-        port = env.get("TRITON_GRPC_PORT", params.grpc_port) if port is None else port
-        url, scheme_ssl = split_url(env.get("TRITON_URL") or params.url or f"127.0.0.1:{port}")
+        resolved = apply_env(params, env, CLIENT_ENV)
+        protocol: Protocol = resolved.protocol
+        scheme = resolved.url.partition("://")[0] if resolved.url and "://" in resolved.url else None
+        if scheme in SCHEMES:
+            if env.get("TRITON_PROTOCOL") and SCHEMES[scheme][0] != env["TRITON_PROTOCOL"]:
+                raise ParamsError(
+                    f"TRITON_PROTOCOL={env['TRITON_PROTOCOL']!r} contradicts the {scheme}:// URL {resolved.url!r}; "
+                    "drop one of them"
+                )
+            protocol = "grpc" if SCHEMES[scheme][0] == "grpc" else "http"
+        local_port = resolved.http_port if protocol == "http" else resolved.grpc_port
+        url, scheme_ssl = split_url(resolved.url or f"127.0.0.1:{local_port}")
+        ssl_files = {key: env.get(f"TRITON_SSL_{key.upper()}") or None for key in ("ca_file", "cert_file", "key_file")}
+        insecure = _flag(env, "TRITON_SSL_INSECURE")
+        local = _is_local(url, local_port)
+        key = env.get("TRITON_CONTROL_KEY") or None
+        if key is None and local:
+            key = control.read_key(Path(resolved.state_dir))
+        metrics_url = env.get("TRITON_METRICS_URL") or (
+            f"http://127.0.0.1:{resolved.metrics_port}/metrics" if local else None
+        )
         return cls(
             url=url,
             protocol=protocol,
             headers=headers_from_env(env),
-            ssl=scheme_ssl or env.get("TRITON_SSL", "").lower() in _TRUE,
-            ssl_ca_file=env.get("TRITON_SSL_CA_FILE") or None,
-            ssl_cert_file=env.get("TRITON_SSL_CERT_FILE") or None,
-            ssl_key_file=env.get("TRITON_SSL_KEY_FILE") or None,
-            ssl_insecure=env.get("TRITON_SSL_INSECURE", "").lower() in _TRUE,
-            timeout_s=float(env.get("TRITON_REQUEST_TIMEOUT_S", params.request_timeout_s)),
-            retries=int(env.get("TRITON_RETRIES", params.retries)),
-            backoff_s=float(env.get("TRITON_BACKOFF_S", params.backoff_s)),
+            ssl=scheme_ssl or _flag(env, "TRITON_SSL") or insecure or any(ssl_files.values()),
+            ssl_ca_file=ssl_files["ca_file"],
+            ssl_cert_file=ssl_files["cert_file"],
+            ssl_key_file=ssl_files["key_file"],
+            ssl_insecure=insecure,
+            timeout_s=resolved.request_timeout_s,
+            retries=resolved.retries,
+            backoff_s=resolved.backoff_s,
+            control_key=key,
+            allow_insecure_token=_flag(env, "TRITON_ALLOW_INSECURE_TOKEN"),
+            metrics_url=metrics_url,
+        )
+
+    @classmethod
+    def local(cls, server: ServerSettings, protocol: Protocol = "http", **kwargs: Any) -> ClientSettings:
+        """Settings for the local server `server` (a running one: its key file must exist)."""
+        port = server.http_port if protocol == "http" else server.grpc_port
+        key = server.read_control_key()
+        if key is None:
+            raise ParamsError(f"no model-control key in {server.state_dir}: is the server there running?")
+        return cls(
+            url=f"127.0.0.1:{port}", protocol=protocol, control_key=key, metrics_url=server.metrics_url, **kwargs
         )
 
     def describe(self) -> str:
-        return f"{'https' if self.ssl and self.protocol == 'http' else self.protocol}://{self.url}"
+        return f"{self.protocol}{'s' if self.ssl else ''}://{self.url}"
+
+    def request_headers(self) -> dict[str, str]:
+        """Every header a call sends: the configured ones and the model-control key."""
+        headers = dict(self.headers)
+        if self.control_key:
+            headers.update(control.header(self.protocol, self.control_key))
+        return headers
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    value = env.get(name, "").strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ParamsError(f"{name}={env[name]!r}: use 1/true/yes/on or 0/false/no/off")
+
+
+def _is_local(url: str, port: int) -> bool:
+    host, _, url_port = url.rpartition(":")
+    return host in LOOPBACK and url_port == str(port)
 
 
 def split_url(url: str) -> tuple[str, bool]:
@@ -91,9 +197,9 @@ def split_url(url: str) -> tuple[str, bool]:
     scheme, sep, rest = url.partition("://")
     if not sep:
         return url.rstrip("/"), False
-    if scheme not in ("http", "https", "grpc", "grpcs"):
-        raise ValueError(f"Triton URL scheme must be http, https, grpc or grpcs, got {url!r}")
-    return rest.rstrip("/"), scheme in ("https", "grpcs")
+    if scheme not in SCHEMES:
+        raise ParamsError(f"Triton URL scheme must be http, https, grpc or grpcs, got {url!r}")
+    return rest.rstrip("/"), SCHEMES[scheme][1]
 
 
 def headers_from_env(env: Mapping[str, str]) -> dict[str, str]:
@@ -103,9 +209,9 @@ def headers_from_env(env: Mapping[str, str]) -> dict[str, str]:
         try:
             parsed = json.loads(raw)
         except json.JSONDecodeError:
-            raise ValueError("TRITON_HEADERS must be a JSON object of header names to values") from None
+            raise ParamsError("TRITON_HEADERS must be a JSON object of header names to values") from None
         if not isinstance(parsed, dict) or not all(isinstance(v, str) for v in parsed.values()):
-            raise ValueError("TRITON_HEADERS must be a JSON object of header names to string values")
+            raise ParamsError("TRITON_HEADERS must be a JSON object of header names to string values")
         headers.update(parsed)
     if env.get("TRITON_AUTH_TOKEN"):
         headers["Authorization"] = f"Bearer {env['TRITON_AUTH_TOKEN']}"
@@ -117,8 +223,14 @@ def is_unreachable(error: BaseException) -> bool:
     from tritonclient.utils import InferenceServerException
 
     if isinstance(error, InferenceServerException):
-        return str(error.status()) == "StatusCode.UNAVAILABLE"
+        # A restricted gRPC call is refused with UNAVAILABLE too: that is an answer, not an outage.
+        return str(error.status()) == "StatusCode.UNAVAILABLE" and not is_restricted(error)
     return isinstance(error, ConnectionError | OSError) and not isinstance(error, TimeoutError)
+
+
+def is_restricted(error: BaseException) -> bool:
+    """Triton refused the call for want of the restricted-API header (HTTP 403 or gRPC)."""
+    return "is restricted, expecting header" in str(error)
 
 
 class TritonClient:
@@ -139,24 +251,31 @@ class TritonClient:
         else:
             import tritonclient.http as module
 
-            ssl_options = {
-                key: value
-                for key, value in (
-                    ("ca_certs", settings.ssl_ca_file),
-                    ("certfile", settings.ssl_cert_file),
-                    ("keyfile", settings.ssl_key_file),
-                )
-                if value
-            }
-            self._client = module.InferenceServerClient(
-                settings.url,
-                connection_timeout=settings.timeout_s,
-                network_timeout=settings.timeout_s,
-                ssl=settings.ssl,
-                ssl_options=ssl_options or None,
-                insecure=settings.ssl_insecure,
-            )
+            self._client = self._http_client(settings.timeout_s)
         self._module = module
+
+    def _http_client(self, network_timeout_s: float) -> Any:
+        """An HTTP client; its timeout is per client, not per call (tritonclient's HTTP API)."""
+        import tritonclient.http
+
+        settings = self.settings
+        ssl_options = {
+            key: value
+            for key, value in (
+                ("ca_certs", settings.ssl_ca_file),
+                ("certfile", settings.ssl_cert_file),
+                ("keyfile", settings.ssl_key_file),
+            )
+            if value
+        }
+        return tritonclient.http.InferenceServerClient(
+            settings.url,
+            connection_timeout=settings.timeout_s,
+            network_timeout=network_timeout_s,
+            ssl=settings.ssl,
+            ssl_options=ssl_options or None,
+            insecure=settings.ssl_insecure,
+        )
 
     def close(self) -> None:
         self._client.close()
@@ -168,7 +287,7 @@ class TritonClient:
         self.close()
 
     def _kwargs(self, timeout_s: float | None = None) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {"headers": dict(self.settings.headers) or None}
+        kwargs: dict[str, Any] = {"headers": self.settings.request_headers() or None}
         if self.settings.protocol == "grpc":
             kwargs["client_timeout"] = timeout_s or self.settings.timeout_s
         return kwargs
@@ -181,7 +300,10 @@ class TritonClient:
                 return fn()
             except Exception as error:
                 if not is_unreachable(error):
-                    raise ClientError(f"{what} failed at {self.settings.describe()}: {_message(error)}") from error
+                    hint = _RESTRICTED_HINT if is_restricted(error) else ""
+                    raise ClientError(
+                        f"{what} failed at {self.settings.describe()}: {_message(error)}{hint}"
+                    ) from error
                 if attempt == tries - 1:
                     raise ServerUnreachable(
                         f"{what}: no Triton server answered at {self.settings.describe()} after {tries} "
@@ -216,10 +338,40 @@ class TritonClient:
             return [json_format.MessageToDict(m, preserving_proto_field_name=True) for m in index.models]
         return list(self.call("repository index", lambda: self._client.get_model_repository_index(**self._kwargs())))
 
-    def load(self, name: str, config_json: str | None = None, timeout_s: float | None = None) -> None:
-        """(Re)load a model; `config_json` overrides the config on disk (e.g. its version_policy)."""
+    def load(
+        self,
+        name: str,
+        config_json: str | None = None,
+        timeout_s: float | None = None,
+        files: dict[str, bytes] | None = None,
+    ) -> None:
+        """(Re)load a model; `config_json` overrides the config on disk (e.g. its version_policy).
+        With `files` (`{"file:<version>/<name>": bytes}`) the server loads those instead of the
+        repository's folder: nothing is read from or written to the repository.
+
+        A load may take far longer than a request (`timeout_s`, the push's load timeout): over gRPC
+        that is the call's deadline, over HTTP a client of its own with that network timeout."""
         kwargs = self._kwargs(timeout_s)
-        self.call(f"load of {name}", lambda: self._client.load_model(name, config=config_json, **kwargs))
+        if files:
+            kwargs["files"] = files
+        if self.settings.protocol == "grpc" or timeout_s is None:
+            self.call(f"load of {name}", lambda: self._client.load_model(name, config=config_json, **kwargs))
+            return
+        client = self._http_client(timeout_s)
+        try:
+            self.call(f"load of {name}", lambda: client.load_model(name, config=config_json, **kwargs))
+        finally:
+            client.close()
+
+    def model_config(self, name: str, version: int | None = None) -> dict[str, Any]:
+        """The config the server runs a loaded model with (JSON form: max_batch_size, inputs, ...)."""
+        v = "" if version is None else str(version)
+        if self.settings.protocol == "grpc":
+            response = self.call(
+                f"config of {name}", lambda: self._client.get_model_config(name, v, as_json=True, **self._kwargs())
+            )
+            return dict(response.get("config", {}))
+        return dict(self.call(f"config of {name}", lambda: self._client.get_model_config(name, v, **self._kwargs())))
 
     def unload(self, name: str) -> None:
         self.call(f"unload of {name}", lambda: self._client.unload_model(name, **self._kwargs()))
@@ -251,6 +403,12 @@ class TritonClient:
     def predict(self, name: str, rows: np.ndarray, version: int | None = None) -> np.ndarray:
         """Class probabilities [n, n_classes] for float32 rows [n, n_features]."""
         return self.infer(name, rows, version=version)
+
+
+_RESTRICTED_HINT = (
+    ". The server allows model control only with its key: set TRITON_CONTROL_KEY (or the Airflow "
+    "Connection's control_key extra); the local server keeps its key in <serving.state_dir>/" + control.KEY_FILE
+)
 
 
 def _message(error: BaseException) -> str:

@@ -1,13 +1,15 @@
-"""Triton `config.pbtxt` for an exported model: rendered from `params.yaml`, checked by parsing.
+"""Triton `config.pbtxt` for an exported model: built from `params.yaml`, checked by parsing.
 
 Three variants of the same model, with the same dims, batching and I/O semantics:
 - `python_backend_config`: what the local CPU server runs (it ships only Triton's Python backend):
-  `serving/backend/model.py` runs the ONNX file with onnxruntime.
+  `serving/backend/model.py` runs the ONNX file with onnxruntime, with the thread settings the
+  config's `parameters` carry.
 - `onnx_gpu_config`: the native `onnxruntime` backend on GPUs (an NGC Triton image).
 - `libtorch_gpu_config`: the native `pytorch_libtorch` backend on GPUs, running the TorchScript file.
 
-The renderers are pure functions returning text. `check_config` parses a text with tritonclient's
-own `ModelConfig` protobuf, so a typo fails here instead of at load time on a server.
+Each is a `ModelConfig` protobuf message (tritonclient's own copy of Triton's schema), printed with
+`text_format` as the repository code reads it back, so a field name or a value of the wrong type
+fails here. `check_config` parses a text with the same message type.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from google.protobuf import text_format
-from tritonclient.grpc.model_config_pb2 import ModelConfig
+from tritonclient.grpc.model_config_pb2 import DataType, ModelConfig, ModelInstanceGroup
 
 from pipeline.params import ExportParams
 
@@ -30,6 +32,11 @@ LIBTORCH_OUTPUT_NAME = "output__0"
 ONNX_FILENAME = "model.onnx"
 TORCHSCRIPT_FILENAME = "model.pt"
 
+# Model config parameters serving/backend/model.py reads. The thread count has the name the native
+# onnxruntime backend gives it; the spinning switch is onnxruntime's own session config key.
+INTRA_OP_THREADS = "intra_op_thread_count"
+ALLOW_SPINNING = "session.intra_op.allow_spinning"
+
 
 @dataclass(frozen=True)
 class Signature:
@@ -41,65 +48,89 @@ class Signature:
     output_name: str = OUTPUT_NAME
 
 
-def _tensor(name: str, width: int) -> str:
-    # dims leave out the batch axis: with max_batch_size > 0 Triton adds it in front.
-    return f'  {{\n    name: "{name}"\n    data_type: TYPE_FP32\n    dims: [ {width} ]\n  }}'
-
-
-def _batching(params: ExportParams) -> str:
-    if not params.dynamic_batching:
-        return ""
-    lines = ["dynamic_batching {"]
-    if params.preferred_batch_sizes:
-        sizes = ", ".join(str(size) for size in params.preferred_batch_sizes)
-        lines.append(f"  preferred_batch_size: [ {sizes} ]")
-    lines.append(f"  max_queue_delay_microseconds: {params.max_queue_delay_microseconds}")
-    lines.append("}")
-    return "\n".join(lines) + "\n"
-
-
-def _render(params: ExportParams, signature: Signature, engine: str, kind: str, count: int, extra: str = "") -> str:
-    return (
-        f'name: "{params.model_name}"\n'
-        f"{engine}\n"
-        f"max_batch_size: {params.max_batch_size}\n"
-        f"{extra}"
-        f"input [\n{_tensor(signature.input_name, signature.n_features)}\n]\n"
-        f"output [\n{_tensor(signature.output_name, signature.n_classes)}\n]\n"
-        f"{_batching(params)}"
-        f"instance_group [\n  {{\n    kind: {kind}\n    count: {count}\n  }}\n]\n"
+def build_config(
+    params: ExportParams,
+    signature: Signature,
+    *,
+    kind: ModelInstanceGroup.Kind.ValueType,
+    count: int,
+    backend: str = "",
+    platform: str = "",
+    default_model_filename: str = "",
+    parameters: dict[str, str] | None = None,
+) -> ModelConfig:
+    """The model config message of one variant."""
+    config = ModelConfig(
+        name=params.model_name,
+        backend=backend,
+        platform=platform,
+        max_batch_size=params.max_batch_size,
+        default_model_filename=default_model_filename,
     )
+    # dims leave out the batch axis: with max_batch_size > 0 Triton adds it in front.
+    config.input.add(name=signature.input_name, data_type=DataType.TYPE_FP32, dims=[signature.n_features])
+    config.output.add(name=signature.output_name, data_type=DataType.TYPE_FP32, dims=[signature.n_classes])
+    if params.dynamic_batching:
+        config.dynamic_batching.SetInParent()  # present even when every field keeps its default
+        config.dynamic_batching.preferred_batch_size.extend(params.preferred_batch_sizes)
+        config.dynamic_batching.max_queue_delay_microseconds = params.max_queue_delay_microseconds
+    config.instance_group.add(kind=kind, count=count)
+    for key, value in (parameters or {}).items():
+        config.parameters[key].string_value = value
+    return config
+
+
+def render(config: ModelConfig) -> str:
+    return text_format.MessageToString(config)
+
+
+def backend_parameters(params: ExportParams) -> dict[str, str]:
+    """What serving/backend/model.py reads from the config: onnxruntime's threads per instance."""
+    return {
+        INTRA_OP_THREADS: str(params.intra_op_threads),
+        ALLOW_SPINNING: "1" if params.intra_op_spinning else "0",
+    }
 
 
 def python_backend_config(params: ExportParams, signature: Signature) -> str:
     """The entry the local CPU server loads: model.py + model.onnx in the version folder."""
-    return _render(params, signature, 'backend: "python"', "KIND_CPU", params.instance_count)
+    config = build_config(
+        params,
+        signature,
+        backend="python",
+        kind=ModelInstanceGroup.KIND_CPU,
+        count=params.instance_count,
+        parameters=backend_parameters(params),
+    )
+    return render(config)
 
 
 def onnx_gpu_config(params: ExportParams, signature: Signature) -> str:
     """A GPU production server's entry for the same ONNX file (native onnxruntime backend)."""
-    return _render(
+    config = build_config(
         params,
         signature,
-        'backend: "onnxruntime"',
-        "KIND_GPU",
-        params.gpu_instance_count,
-        extra=f'default_model_filename: "{ONNX_FILENAME}"\n',
+        backend="onnxruntime",
+        kind=ModelInstanceGroup.KIND_GPU,
+        count=params.gpu_instance_count,
+        default_model_filename=ONNX_FILENAME,
     )
+    return render(config)
 
 
 def libtorch_gpu_config(params: ExportParams, signature: Signature, name_suffix: str = "_torchscript") -> str:
     """A GPU production server's entry for the TorchScript file (native libtorch backend)."""
     renamed = params.model_copy(update={"model_name": params.model_name + name_suffix})
     libtorch = Signature(signature.n_features, signature.n_classes, LIBTORCH_INPUT_NAME, LIBTORCH_OUTPUT_NAME)
-    return _render(
+    config = build_config(
         renamed,
         libtorch,
-        'platform: "pytorch_libtorch"',
-        "KIND_GPU",
-        params.gpu_instance_count,
-        extra=f'default_model_filename: "{TORCHSCRIPT_FILENAME}"\n',
+        platform="pytorch_libtorch",
+        kind=ModelInstanceGroup.KIND_GPU,
+        count=params.gpu_instance_count,
+        default_model_filename=TORCHSCRIPT_FILENAME,
     )
+    return render(config)
 
 
 def check_config(text: str, source: str = "config.pbtxt") -> ModelConfig:

@@ -11,38 +11,40 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import pandas as pd
-
 from pipeline import atomic
-from pipeline.params import Params
-from pipeline.tables import read_parquet
-from pipeline.training import assigned_rows, config_for, evaluate, fit
+from pipeline.params import DataParams, Params, SplitParams, TrainParams
+from pipeline.rows import SplitTable
+from pipeline.training import config_for, device_tensors, evaluate, fit
 from stages import _cli
 
 log = logging.getLogger(__name__)
 
 
-def run(table: pd.DataFrame, assignment: pd.DataFrame, params: Params, fold: int) -> dict[str, Any]:
-    """Metrics (accuracy, macro_f1, loss) of fold `fold`'s held-out training rows."""
-    if fold not in params.split.folds:
-        raise _cli.StageError(f"fold {fold} is not one of split.folds {params.split.folds}")
-    rows, assignment = assigned_rows(table, assignment, params.data)
-    split, folds = assignment["split"].to_numpy(), assignment["fold"].to_numpy()
-    train, held_out = rows.take((split == "train") & (folds != fold)), rows.take((split == "train") & (folds == fold))
-    val = rows.take(split == "val")
-    if len(held_out) == 0 or len(train) == 0 or len(val) == 0:
+def run(table: SplitTable, data: DataParams, train: TrainParams, split: SplitParams, fold: int) -> dict[str, Any]:
+    """Metrics (loss and `pipeline.metrics`' scores) of fold `fold`'s held-out training rows."""
+    if fold not in split.folds:
+        raise _cli.StageError(f"fold {fold} is not one of split.folds {split.folds}")
+    training = table.splits == "train"
+    masks = {
+        "train": training & (table.folds != fold),
+        "held_out": training & (table.folds == fold),
+        "val": table.splits == "val",
+    }
+    counts = {name: int(mask.sum()) for name, mask in masks.items()}
+    if min(counts.values()) == 0:
         raise _cli.StageError(
-            f"fold {fold}: {len(train)} training, {len(held_out)} held-out and {len(val)} val rows; "
+            f"fold {fold}: {counts['train']} training, {counts['held_out']} held-out and {counts['val']} val rows; "
             "every part needs rows. Rerun split with the current split.folds."
         )
-    config = config_for(params.train, params.data, rows.x.shape[1])
-    log.info("fold %d: training on %d rows, scoring %d held-out rows", fold, len(train), len(held_out))
-    result = fit(config, train, val, params.train, params.data)
-    scores = evaluate(result.model, *held_out.tensors(), config["n_classes"])
+    parts = table.rows(**masks)  # only these rows are read
+    config = config_for(train, data, table.n_features)
+    log.info("fold %d: training on %d rows, scoring %d held-out rows", fold, counts["train"], counts["held_out"])
+    result = fit(config, parts["train"], parts["val"], train, data)
+    scores = evaluate(result.model, *device_tensors(parts["held_out"]), config["n_classes"])
     log.info(
-        "fold %d: accuracy %.4f, macro F1 %.4f, loss %.4f", fold, scores["accuracy"], scores["macro_f1"], scores["loss"]
+        "fold %d: accuracy %.4f, f1_macro %.4f, loss %.4f", fold, scores["accuracy"], scores["f1_macro"], scores["loss"]
     )
-    return {"fold": fold, **scores, "rows": len(held_out), "epochs": result.best_epoch + 1}
+    return {"fold": fold, **scores, "rows": counts["held_out"], "epochs": result.best_epoch + 1}
 
 
 def main() -> None:
@@ -52,7 +54,8 @@ def main() -> None:
     p.add_argument("--metrics", required=True, help="JSON metrics file for this fold")
 
     def body(args, params: Params) -> None:
-        metrics = run(read_parquet(args.clean), read_parquet(args.split), params, args.fold)
+        table = SplitTable.open(args.clean, args.split, params.data)
+        metrics = run(table, params.data, params.train, params.split, args.fold)
         atomic.write_json(args.metrics, metrics)
 
     _cli.main("crossval", body, p.parse_args())

@@ -14,13 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import atomic
+from pipeline import atomic, metrics
 from pipeline.params import Params
 from stages import _cli
 
 log = logging.getLogger(__name__)
 
-METRICS = ("accuracy", "macro_f1", "loss")
+# What every fold file holds: the scores evaluate reports too (same names, same definitions), and loss.
+METRICS = (*metrics.NAMES, "loss")
 
 
 def summarize(per_fold: dict[int, dict[str, Any]]) -> dict[str, Any]:
@@ -39,16 +40,16 @@ def read_folds(folder: str | Path, folds: list[int]) -> dict[int, dict[str, Any]
     """The metrics of each wanted fold, found by the `fold` each file records."""
     found: dict[int, dict[str, Any]] = {}
     for path in sorted(Path(folder).glob("*.json")):
-        metrics = json.loads(path.read_text())
-        fold = metrics.get("fold")
+        scores = json.loads(path.read_text())
+        fold = scores.get("fold")
         if fold not in folds:
             continue
         if fold in found:
             raise _cli.StageError(f"{folder}: two files hold fold {fold}; remove the stale one ({path.name})")
-        missing = [name for name in METRICS if name not in metrics]
+        missing = [name for name in METRICS if name not in scores]
         if missing:
             raise _cli.StageError(f"{path}: no {missing[0]!r}; rerun `dvc repro crossval`")
-        found[fold] = metrics
+        found[fold] = scores
     absent = sorted(set(folds) - set(found))
     if absent:
         raise _cli.StageError(f"{folder}: no metrics for fold(s) {absent}; run `dvc repro crossval` first")

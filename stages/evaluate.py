@@ -2,8 +2,9 @@
 
 The candidate's `model.onnx` runs through onnxruntime, not the PyTorch object that produced it,
 so the numbers describe the artifact a push would serve. Outputs: accuracy and macro
-precision/recall/F1 (metrics JSON), precision/recall/F1/support per class (report JSON), and one
-`actual,predicted` row per test sample (CSV that DVC draws as a confusion matrix).
+precision/recall/F1 (metrics JSON, `pipeline.metrics`: the same scorer and names as crossval and
+the gate), precision/recall/F1/support per class (report JSON), and one `actual,predicted` row per
+test sample (CSV that DVC draws as a confusion matrix). Torch-free: it reads only the test rows.
 """
 
 from __future__ import annotations
@@ -17,13 +18,12 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import pandas as pd
-from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
-from pipeline import atomic
-from pipeline.params import Params
-from pipeline.tables import read_parquet
+from pipeline import atomic, metrics
+from pipeline.candidate import CARD_FILE, ONNX_FILE
+from pipeline.params import DataParams
+from pipeline.rows import Rows, SplitTable
 from stages import _cli
-from stages.export import CARD_FILE, ONNX_FILE, Rows, split_rows
 
 log = logging.getLogger(__name__)
 
@@ -37,55 +37,35 @@ class Evaluation:
     confusion: pd.DataFrame
 
 
-def onnx_predict(path: Path, features: np.ndarray, input_name: str, output_name: str) -> np.ndarray:
-    """Output rows of the ONNX model (probabilities) for `features`, in batches."""
+def onnx_predict(path: Path, rows: Rows, input_name: str, output_name: str) -> np.ndarray:
+    """Output rows of the ONNX model (probabilities) for `rows`, in float32 batches."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     parts = [
-        session.run([output_name], {input_name: features[start : start + BATCH_ROWS]})[0]
-        for start in range(0, len(features), BATCH_ROWS)
+        session.run([output_name], {input_name: rows.float32(start, start + BATCH_ROWS)})[0]
+        for start in range(0, len(rows), BATCH_ROWS)
     ]
     return np.concatenate(parts, axis=0)
 
 
 def score(actual: np.ndarray, predicted: np.ndarray, classes: list) -> Evaluation:
     """Metrics, per-class report and confusion rows from class indices."""
-    ids = list(range(len(classes)))
-    precision, recall, f1, _ = precision_recall_fscore_support(
-        actual, predicted, labels=ids, average="macro", zero_division=0
-    )
-    metrics = {
-        "accuracy": float(accuracy_score(actual, predicted)),
-        "precision_macro": float(precision),
-        "recall_macro": float(recall),
-        "f1_macro": float(f1),
-        "test_rows": len(actual),
-    }
-    per_class = precision_recall_fscore_support(actual, predicted, labels=ids, average=None, zero_division=0)
-    report = {
-        str(name): {
-            "precision": float(per_class[0][i]),
-            "recall": float(per_class[1][i]),
-            "f1": float(per_class[2][i]),
-            "support": int(per_class[3][i]),
-        }
-        for i, name in enumerate(classes)
-    }
+    scores = {**metrics.scores(actual, predicted, len(classes)), "test_rows": len(actual)}
     names = np.array([str(name) for name in classes], dtype=object)
     confusion = pd.DataFrame({"actual": names[actual], "predicted": names[predicted]})
-    return Evaluation(metrics, report, confusion)
+    return Evaluation(scores, metrics.per_class(actual, predicted, classes), confusion)
 
 
-def run(candidate: Path, test: Rows, params: Params) -> Evaluation:
+def run(candidate: Path, test: Rows, data: DataParams) -> Evaluation:
     """Score `candidate/model.onnx` on the test rows (labels are indices into data.classes)."""
     card = json.loads((candidate / CARD_FILE).read_text())
-    if list(card["classes"]) != list(params.data.classes):
+    classes = list(data.classes)
+    if list(card["classes"]) != classes:
         raise _cli.StageError(
-            f"the candidate predicts classes {card['classes']}, but data.classes is {list(params.data.classes)}; "
-            "re-export it"
+            f"the candidate predicts classes {card['classes']}, but data.classes is {classes}; re-export it"
         )
-    outputs = onnx_predict(candidate / ONNX_FILE, test.features, card["inputs"][0]["name"], card["outputs"][0]["name"])
-    evaluation = score(test.labels, outputs.argmax(axis=1), list(params.data.classes))
-    log.info("%s on %d test rows: %s", candidate / ONNX_FILE, len(test.labels), evaluation.metrics)
+    outputs = onnx_predict(candidate / ONNX_FILE, test, card["inputs"][0]["name"], card["outputs"][0]["name"])
+    evaluation = score(test.y, outputs.argmax(axis=1), classes)
+    log.info("%s on %d test rows: %s", candidate / ONNX_FILE, len(test), evaluation.metrics)
     return evaluation
 
 
@@ -98,8 +78,8 @@ def main() -> None:
     p.add_argument("--report", required=True, help="JSON per-class report")
 
     def body(args, params):
-        test = split_rows(read_parquet(args.clean), read_parquet(args.split), params.data, "test")
-        evaluation = run(Path(args.candidate), test, params)
+        test = SplitTable.open(args.clean, args.split, params.data).split_rows("test")
+        evaluation = run(Path(args.candidate), test, params.data)
         atomic.write_json(args.metrics, evaluation.metrics)
         atomic.write_json(args.report, evaluation.report)
         with atomic.atomic_path(args.confusion) as tmp:

@@ -21,7 +21,6 @@ import shutil
 import subprocess
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,54 +31,23 @@ import torch
 from torch import nn
 
 from pipeline import atomic
+from pipeline.candidate import CARD_FILE, GOLDEN_FILE, ONNX_FILE, TORCHSCRIPT_FILE
+from pipeline.errors import StageError
 from pipeline.models import load_model
-from pipeline.params import DataParams, Params
-from pipeline.tables import feature_columns, read_parquet
+from pipeline.params import DataParams, ExportParams
+from pipeline.rows import Rows, SplitTable
 from serving import configs
 from stages import _cli
 
 log = logging.getLogger(__name__)
 
 BACKEND_SOURCE = Path(__file__).resolve().parents[1] / "serving" / "backend" / "model.py"
-ONNX_FILE = "model.onnx"
-TORCHSCRIPT_FILE = "model.ts"
-CARD_FILE = "model_card.json"
-GOLDEN_FILE = "golden.json"
 VERSION = "1"  # the entries hold one version; push renumbers it in the live repository
+BATCH_ROWS = 4096  # test rows per forward pass in the parity checks: bounded memory on a large split
 
 
-class ParityError(_cli.StageError):
+class ParityError(StageError):
     """An exported file disagrees with the PyTorch model beyond export.parity_tolerance."""
-
-
-@dataclass(frozen=True)
-class Rows:
-    """Feature rows as float32 (what a client sends) and label indices into the class list."""
-
-    features: np.ndarray
-    labels: np.ndarray
-
-
-def split_rows(clean: pd.DataFrame, assignment: pd.DataFrame, contract: DataParams, split: str) -> Rows:
-    """The rows of one split (train | val | test) of the clean table, in table order."""
-    if len(assignment) != len(clean) or not assignment["row"].between(0, len(clean) - 1).all():
-        raise _cli.StageError(
-            f"the split assignment ({len(assignment)} rows) does not match the clean table ({len(clean)} rows); "
-            "rerun split"
-        )
-    rows = np.sort(assignment.loc[assignment["split"] == split, "row"].to_numpy())
-    if len(rows) == 0:
-        raise _cli.StageError(f"the {split} split is empty; check the split stage's output")
-    features = feature_columns(list(clean.columns), contract)
-    index = {label: i for i, label in enumerate(contract.classes)}
-    raw_labels = clean[contract.label].to_numpy()[rows].tolist()
-    unknown = sorted({label for label in raw_labels if label not in index}, key=str)
-    if unknown:
-        raise _cli.StageError(
-            f"{split} split holds labels {unknown[:5]} that are not in data.classes {list(contract.classes)}"
-        )
-    x = clean[features].to_numpy(dtype=np.float32)[rows]
-    return Rows(np.ascontiguousarray(x), np.array([index[label] for label in raw_labels], dtype=np.int64))
 
 
 class Probabilities(nn.Module):
@@ -94,22 +62,38 @@ class Probabilities(nn.Module):
 
 
 def export_onnx(module: nn.Module, n_features: int, path: Path, opset: int) -> None:
-    """Write an ONNX file with a dynamic batch axis (the legacy exporter needs no extra package)."""
-    example = torch.zeros(2, n_features)
-    with warnings.catch_warnings():
-        # The legacy exporter is chosen on purpose (the dynamo one needs onnxscript); its
-        # deprecation notice would only repeat on every run.
-        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export", category=DeprecationWarning)
-        torch.onnx.export(
-            module,
-            (example,),
-            str(path),
-            input_names=[configs.INPUT_NAME],
-            output_names=[configs.OUTPUT_NAME],
-            dynamic_axes={configs.INPUT_NAME: {0: "batch"}, configs.OUTPUT_NAME: {0: "batch"}},
-            opset_version=opset,
-            dynamo=False,
-        )
+    """Write an ONNX file with PyTorch's maintained exporter (`torch.export` + onnxscript), the
+    batch axis dynamic. The weights stay inside the file: Triton's entries copy model.onnx alone."""
+    example = torch.zeros(2, n_features)  # 2, not 1: a batch of one would be specialised away
+    # Noise in every run's log: torch.onnx says torchvision's operators are not registered (this
+    # project has none), onnxscript's optimizer logs each pass at INFO, torch.export warns about
+    # its own internal pytree API.
+    quiet = {
+        "torch.onnx._internal.exporter._registration": logging.ERROR,
+        "onnxscript": logging.WARNING,
+        "onnx_ir": logging.WARNING,
+    }
+    levels = {name: logging.getLogger(name).level for name in quiet}
+    for name, level in quiet.items():
+        logging.getLogger(name).setLevel(level)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+            torch.onnx.export(
+                module,
+                (example,),
+                str(path),
+                input_names=[configs.INPUT_NAME],
+                output_names=[configs.OUTPUT_NAME],
+                dynamic_shapes=({0: torch.export.Dim("batch")},),
+                opset_version=opset,
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+            )
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
 
 
 def export_torchscript(module: nn.Module, n_features: int, path: Path) -> None:
@@ -119,16 +103,23 @@ def export_torchscript(module: nn.Module, n_features: int, path: Path) -> None:
     torch.jit.save(traced, str(path))
 
 
-def onnx_probabilities(path: Path, features: np.ndarray) -> np.ndarray:
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (out,) = session.run([configs.OUTPUT_NAME], {configs.INPUT_NAME: features})
-    return out
+def batched(predict, rows: Rows) -> np.ndarray:
+    """`predict` (float32 rows -> probabilities) over all rows, a batch at a time."""
+    return np.concatenate([predict(rows.float32(i, i + BATCH_ROWS)) for i in range(0, len(rows), BATCH_ROWS)])
 
 
-def torchscript_probabilities(path: Path, features: np.ndarray) -> np.ndarray:
-    loaded = torch.jit.load(str(path), map_location="cpu").eval()
+def torch_probabilities(module: nn.Module, rows: Rows) -> np.ndarray:
     with torch.no_grad():
-        return loaded(torch.from_numpy(features)).numpy()
+        return batched(lambda x: module(torch.from_numpy(x)).numpy(), rows)
+
+
+def onnx_probabilities(path: Path, rows: Rows) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return batched(lambda x: session.run([configs.OUTPUT_NAME], {configs.INPUT_NAME: x})[0], rows)
+
+
+def torchscript_probabilities(path: Path, rows: Rows) -> np.ndarray:
+    return torch_probabilities(torch.jit.load(str(path), map_location="cpu").eval(), rows)
 
 
 def check_parity(fmt: str, expected: np.ndarray, actual: np.ndarray, tolerance: float) -> float:
@@ -151,16 +142,16 @@ def golden_indices(labels: np.ndarray, count: int) -> np.ndarray:
     return np.sort(order[:count])
 
 
-def golden_samples(rows: Rows, expected: np.ndarray, classes: list, params: Params) -> dict[str, Any]:
-    picks = golden_indices(rows.labels, params.export.golden_samples)
+def golden_samples(rows: Rows, expected: np.ndarray, classes: list, export: ExportParams) -> dict[str, Any]:
+    picks = golden_indices(rows.y, export.golden_samples)
     return {
-        "model_name": params.export.model_name,
+        "model_name": export.model_name,
         "input_name": configs.INPUT_NAME,
         "output_name": configs.OUTPUT_NAME,
-        "inputs": rows.features[picks].tolist(),
+        "inputs": rows.take(picks).float32().tolist(),
         "outputs": expected[picks].tolist(),
-        "labels": [classes[i] for i in rows.labels[picks]],
-        "atol": params.export.parity_tolerance,
+        "labels": [classes[i] for i in rows.y[picks]],
+        "atol": export.parity_tolerance,
     }
 
 
@@ -182,9 +173,9 @@ def git_commit() -> str | None:
     return done.stdout.strip() or None
 
 
-def write_entries(out: Path, params: Params, signature: configs.Signature) -> list[str]:
+def write_entries(out: Path, export: ExportParams, signature: configs.Signature) -> list[str]:
     """The three Triton repository entries beside the exported files; each config is parsed first."""
-    name = params.export.model_name
+    name = export.model_name
     onnx, torchscript = out / ONNX_FILE, out / TORCHSCRIPT_FILE
     entries = [
         # folder, config text, {file in the version folder: source}
@@ -193,7 +184,7 @@ def write_entries(out: Path, params: Params, signature: configs.Signature) -> li
         (f"gpu/{name}_torchscript", configs.libtorch_gpu_config, {configs.TORCHSCRIPT_FILENAME: torchscript}),
     ]
     for folder, render, files in entries:
-        text = render(params.export, signature)
+        text = render(export, signature)
         configs.check_config(text, source=f"{folder}/config.pbtxt")
         version = out / folder / VERSION
         version.mkdir(parents=True)
@@ -211,7 +202,8 @@ def run(
     model: nn.Module,
     model_file: dict[str, Any],
     test: Rows,
-    params: Params,
+    data: DataParams,
+    export: ExportParams,
     out: Path,
     data_hashes: dict[str, dict[str, str]],
 ) -> dict[str, Any]:
@@ -219,37 +211,34 @@ def run(
     started = time.perf_counter()
     config = model_file["config"]
     classes = list(config["classes"])
-    if classes != list(params.data.classes):
-        raise _cli.StageError(
-            f"the model was trained for classes {classes}, but data.classes is {list(params.data.classes)}; retrain"
+    if classes != list(data.classes):
+        raise StageError(
+            f"the model was trained for classes {classes}, but data.classes is {list(data.classes)}; retrain"
         )
-    if test.features.shape[1] != config["n_features"]:
-        raise _cli.StageError(
-            f"the test rows have {test.features.shape[1]} features, the model expects {config['n_features']}"
-        )
+    if test.x.shape[1] != config["n_features"]:
+        raise StageError(f"the test rows have {test.x.shape[1]} features, the model expects {config['n_features']}")
     module = Probabilities(model.cpu().float()).eval()
-    with torch.no_grad():
-        expected = module(torch.from_numpy(test.features)).numpy()
+    expected = torch_probabilities(module, test)
 
-    export_onnx(module, config["n_features"], out / ONNX_FILE, params.export.opset)
+    export_onnx(module, config["n_features"], out / ONNX_FILE, export.opset)
     export_torchscript(module, config["n_features"], out / TORCHSCRIPT_FILE)
-    tolerance = params.export.parity_tolerance
+    tolerance = export.parity_tolerance
     parity = {
-        "onnx": check_parity("ONNX", expected, onnx_probabilities(out / ONNX_FILE, test.features), tolerance),
+        "onnx": check_parity("ONNX", expected, onnx_probabilities(out / ONNX_FILE, test), tolerance),
         "torchscript": check_parity(
-            "TorchScript", expected, torchscript_probabilities(out / TORCHSCRIPT_FILE, test.features), tolerance
+            "TorchScript", expected, torchscript_probabilities(out / TORCHSCRIPT_FILE, test), tolerance
         ),
     }
     log.info("parity on %d test rows: max abs diff %s (tolerance %g)", len(expected), parity, tolerance)
 
     signature = configs.Signature(config["n_features"], config["n_classes"])
-    write_entries(out, params, signature)
-    golden = golden_samples(test, expected, classes, params)
+    write_entries(out, export, signature)
+    golden = golden_samples(test, expected, classes, export)
     atomic.write_json(out / GOLDEN_FILE, golden)
 
     tensor = {"datatype": "FP32"}
     card = {
-        "model_name": params.export.model_name,
+        "model_name": export.model_name,
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),  # metadata only
         "git_commit": git_commit(),
         "data": data_hashes,
@@ -257,10 +246,11 @@ def run(
         "metrics": _jsonable(model_file.get("metrics", {})),
         "best_epoch": model_file.get("best_epoch"),
         "params": {
-            "data": params.data.model_dump(),
-            # The train params the weights came from, as train stored them; params.yaml may have moved on.
-            "train": _jsonable(model_file.get("params", params.train.model_dump())),
-            "export": params.export.model_dump(),
+            "data": data.model_dump(),
+            # The train params the weights came from, as train stored them in the model file (not
+            # params.yaml's, which may have moved on and which this stage does not depend on).
+            "train": _jsonable(model_file.get("params")),
+            "export": export.model_dump(),
         },
         "model_config": _jsonable(config),
         "classes": classes,
@@ -277,7 +267,7 @@ def run(
         "golden_samples": len(golden["inputs"]),
     }
     atomic.write_json(out / CARD_FILE, card)
-    log.info("exported %s in %.1f s", params.export.model_name, time.perf_counter() - started)
+    log.info("exported %s in %.1f s", export.model_name, time.perf_counter() - started)
     return card
 
 
@@ -289,15 +279,14 @@ def main() -> None:
 
     def body(args, params):
         model, model_file = load_model(args.model)
-        clean = read_parquet(args.clean)
-        test = split_rows(clean, read_parquet(args.split), params.data, "test")
+        test = SplitTable.open(args.clean, args.split, params.data).split_rows("test")
         hashes = {
             name: {"path": path, "md5": file_md5(path)} for name, path in (("clean", args.clean), ("split", args.split))
         }
         with atomic.atomic_dir(args.out) as tmp:
             # The temporary folder is private (0700); a server running as another user must read it.
             Path(tmp).chmod(0o755)
-            run(model, model_file, test, params, Path(tmp), hashes)
+            run(model, model_file, test, params.data, params.export, Path(tmp), hashes)
 
     _cli.main("export", body, p.parse_args())
 

@@ -1,10 +1,12 @@
 """gate: champion vs challenger, before a push.
 
 The challenger is the candidate's evaluate metrics (its ONNX file scored on the test split). The
-champion is the model Triton serves now, scored live through tritonclient on the same test rows
-with the same scoring code, so both are judged on the same data. Thresholds are TFX-style
-(`gate:` in params.yaml): absolute floors the challenger must reach, and a maximum regression
-against the champion. With no champion (the first deployment) the floors alone decide.
+champion is the version pinned in the model repository (the one the last verified push or
+rollback made serve), scored live through tritonclient on the same test rows with the same
+scoring code and in requests of the served model's own max batch size, so both are judged on the
+same data. A champion that is pinned but not READY fails the gate (closed), never "first
+deployment". Thresholds are TFX-style (`gate:` in params.yaml): absolute floors the challenger
+must reach, and a maximum regression against the champion. With no champion (the first deployment) the floors alone decide.
 
 Not a DVC stage: its answer depends on what serves right now. The retraining DAG runs it after
 evaluate; it writes a JSON report (decision, reason, per-metric diff) and exits 0 when the
@@ -24,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from pipeline import atomic
-from pipeline.params import GateParams
+from pipeline.params import DataParams, GateParams, ServingParams
 from stages import _cli
 
 log = logging.getLogger(__name__)
@@ -120,14 +122,39 @@ def decide(challenger: Mapping[str, Any], champion: Mapping[str, Any] | None, pa
 
 
 # --- the champion, scored live --------------------------------------------------------------
-def serving_version(client: Any, model: str) -> int | None:
-    """The newest READY version of `model` on the server, or None when none serves."""
-    versions = [
-        int(entry["version"])
-        for entry in client.repository_index()
-        if entry.get("name") == model and entry.get("state") == "READY" and str(entry.get("version", "")).isdigit()
-    ]
-    return max(versions, default=None)
+def champion_version(repo: Any, client: Any, model: str) -> int | None:
+    """The pinned version of `model` (what the repository says serves), or None on a first
+    deployment. Fails closed: a pinned version the server does not have READY, or versions served
+    that nothing pins, stop the gate instead of letting a candidate through unchecked."""
+    from serving.push import served_versions
+
+    pinned = repo.serving_version(model)
+    served = served_versions(client, model)
+    where = client.settings.describe()
+    if pinned is None:
+        if served:
+            raise _cli.StageError(
+                f"the server at {where} serves versions {served} of {model}, but the model repository {repo} pins "
+                "none: the gate cannot tell which one is the champion. Point TRITON_MODEL_REPOSITORY "
+                "(serving.repository) at the repository that server loads from."
+            )
+        return None
+    if not client.model_ready(model, pinned):
+        raise _cli.StageError(
+            f"the champion, {model} version {pinned} (pinned in {repo}), is not READY on the server at {where}, "
+            "so it cannot be scored and the gate will not pass a candidate unchecked. Load it again "
+            "(`python -m serving start` reloads pinned versions; `python -m serving status` shows the state), "
+            "then re-run the gate."
+        )
+    if served != [pinned]:
+        log.warning("the server serves %s of %s; the champion is the pinned version %d", served, model, pinned)
+    return pinned
+
+
+def served_batch_size(client: Any, model: str, version: int) -> int | None:
+    """The served model's own max_batch_size (None: it takes no batch axis, send one request)."""
+    size = int(client.model_config(model, version).get("max_batch_size", 0))
+    return size if size > 0 else None
 
 
 def champion_probabilities(client: Any, model: str, version: int, features: np.ndarray, batch: int) -> np.ndarray:
@@ -136,42 +163,52 @@ def champion_probabilities(client: Any, model: str, version: int, features: np.n
     return np.concatenate(parts, axis=0)
 
 
-def score_champion(params: Any, model: str, test: Any) -> tuple[int, dict[str, Any]] | None:
-    """(version, metrics) of what Triton serves for `model`, on the test rows; None if nothing serves."""
-    from serving.client import ClientSettings, TritonClient
-    from stages.evaluate import score
+def score_champion(serving: ServingParams, classes: list, model: str, test: Any) -> tuple[int, dict[str, Any]] | None:
+    """(version, metrics) of the pinned champion for `model` on the test rows; None if nothing is pinned."""
+    from pipeline.metrics import scores
+    from serving.client import TritonClient
+    from serving.push import ServingSettings
 
-    settings = ClientSettings.from_params(params.serving)
-    with TritonClient(settings) as client:
-        version = serving_version(client, model)
+    settings = ServingSettings.from_params(serving)
+    with TritonClient(settings.client) as client:
+        version = champion_version(settings.open_repository(), client, model)
         if version is None:
-            log.info("no version of %s serves at %s: first deployment", model, settings.describe())
+            log.info("no version of %s is pinned or served at %s: first deployment", model, settings.client.describe())
             return None
-        probabilities = champion_probabilities(client, model, version, test.features, params.export.max_batch_size)
-    metrics = score(test.labels, probabilities.argmax(axis=1), list(params.data.classes)).metrics
+        batch = served_batch_size(client, model, version) or len(test)
+        probabilities = champion_probabilities(client, model, version, test.x, batch)
+    metrics = {**scores(test.y, probabilities.argmax(axis=1), len(classes)), "test_rows": len(test)}
     log.info(
-        "champion %s v%d at %s on %d test rows: %s", model, version, settings.describe(), len(test.labels), metrics
+        "champion %s v%d at %s on %d test rows (batches of %d): %s",
+        model,
+        version,
+        settings.client.describe(),
+        len(test),
+        batch,
+        metrics,
     )
     return version, metrics
 
 
-def run(args: Any, params: Any) -> Decision:
-    from pipeline.tables import read_parquet
+def run(args: Any, data: DataParams, serving: ServingParams, gate: GateParams) -> Decision:
+    """The gate's decision. Its params, given explicitly (it is not a DVC stage): the data contract
+    (to read the test rows), the serving connection and the gate's thresholds. The champion is
+    scored in requests of its own served max_batch_size, read from the server."""
+    from pipeline.rows import SplitTable
     from serving.repository import load_candidate
-    from stages.export import split_rows
 
     challenger = json.loads(Path(args.metrics).read_text())
     model = load_candidate(args.candidate).name
-    test = split_rows(read_parquet(args.clean), read_parquet(args.split), params.data, "test")
-    champion = score_champion(params, model, test)
-    decision = decide(challenger, None if champion is None else champion[1], params.gate)
+    test = SplitTable.open(args.clean, args.split, data).split_rows("test")
+    champion = score_champion(serving, list(data.classes), model, test)
+    decision = decide(challenger, None if champion is None else champion[1], gate)
     return Decision(
         passed=decision.passed,
         reason=decision.reason,
         checks=decision.checks,
         champion_version=None if champion is None else champion[0],
         model=model,
-        extra={"test_rows": len(test.labels), "candidate": str(args.candidate)},
+        extra={"test_rows": len(test), "candidate": str(args.candidate)},
     )
 
 
@@ -184,7 +221,7 @@ def main() -> None:
     decisions: list[Decision] = []
 
     def body(args, params):
-        decision = run(args, params)
+        decision = run(args, params.data, params.serving, params.gate)
         atomic.write_json(args.report or params.gate.report, decision.to_json())
         log.info("gate %s\n%s", decision.reason, diff_markdown(decision))
         decisions.append(decision)

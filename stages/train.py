@@ -11,34 +11,28 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from pipeline.models import save_model
-from pipeline.params import Params
-from pipeline.tables import read_parquet
-from pipeline.training import EpochHook, FitResult, assigned_rows, config_for, fit
+from pipeline.params import DataParams, Params, TrainParams
+from pipeline.rows import SplitTable
+from pipeline.training import EpochHook, FitResult, config_for, fit
 from stages import _cli
 
 log = logging.getLogger(__name__)
 
 
 def run(
-    table: pd.DataFrame,
-    assignment: pd.DataFrame,
-    params: Params,
+    table: SplitTable,
+    data: DataParams,
+    train: TrainParams,
     checkpoint: str | Path | None = None,
     on_epoch: EpochHook | None = None,
     progress: bool | None = None,
 ) -> tuple[FitResult, dict[str, Any]]:
     """Train on the train split, early-stop on the val split. Returns (result, model config)."""
-    rows, assignment = assigned_rows(table, assignment, params.data)
-    split = assignment["split"].to_numpy()
-    train, val = rows.take(split == "train"), rows.take(split == "val")
-    if len(train) == 0 or len(val) == 0:
-        raise _cli.StageError(f"need train and val rows, got {len(train)} and {len(val)}; check split params")
-    config = config_for(params.train, params.data, rows.x.shape[1])
-    log.info("training %s on %d rows, validating on %d", config["arch"], len(train), len(val))
-    result = fit(config, train, val, params.train, params.data, checkpoint, on_epoch, progress)
+    parts = table.rows(train=table.splits == "train", val=table.splits == "val")  # only these rows are read
+    config = config_for(train, data, table.n_features)
+    log.info("training %s on %d rows, validating on %d", config["arch"], len(parts["train"]), len(parts["val"]))
+    result = fit(config, parts["train"], parts["val"], train, data, checkpoint, on_epoch, progress)
     log.info("kept epoch %d: %s", result.best_epoch + 1, _fmt(result.metrics))
     return result, config
 
@@ -64,8 +58,8 @@ def main() -> None:
 
         # No dvc.yaml of its own and no experiment commits: dvc.yaml already declares these files.
         with Live(args.live, save_dvc_exp=False, dvcyaml=None) as live:
-            table, assignment = read_parquet(args.clean), read_parquet(args.split)
-            result, config = run(table, assignment, params, args.checkpoint, log_epoch)
+            table = SplitTable.open(args.clean, args.split, params.data)
+            result, config = run(table, params.data, params.train, args.checkpoint, log_epoch)
             for name, value in result.metrics.items():
                 live.log_metric(f"best/{name}", value, plot=False)
             live.log_metric("best/step", result.best_epoch, plot=False)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
+
+from serving.server import free_ports  # noqa: F401 - re-exported: ports for the tests' own servers
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,18 +22,6 @@ GIT_ENV = {
     "GIT_COMMITTER_NAME": "test",
     "GIT_COMMITTER_EMAIL": "test@example.invalid",
 }
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports nothing listens on right now (bound then released by the OS)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def copy_project(target: Path) -> Path:
@@ -70,7 +59,10 @@ def edit_params(project: Path, **changes) -> None:
 
 @contextlib.contextmanager
 def local_triton(state: Path) -> Iterator:
-    """A real tritonserver on free ports with its repository under `state`, stopped by its PID."""
+    """A real tritonserver on free ports with its repository under `state`, stopped by its PID.
+
+    Its model control is restricted to its key: talk to it with `ClientSettings.local(settings)`,
+    or give a Connection the extra `control_key: settings.read_control_key()`."""
     from serving.server import ServerSettings, start_server, stop_server
 
     http, grpc, metrics = free_ports(3)

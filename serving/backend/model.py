@@ -6,6 +6,12 @@ next to `model.onnx`) and runs inside Triton's Python stub only: no project impo
 
 All requests of one `execute` call (what the dynamic batcher gathered) go through a single
 onnxruntime call, then the result rows are cut back into one response per request.
+
+onnxruntime's threads come from the model config's `parameters` (rendered from params.yaml
+`export:` by serving/configs.py): `intra_op_thread_count` (0 = onnxruntime's default, one per
+core) and `session.intra_op.allow_spinning` ("1" = idle threads busy-wait for the next run). On a
+CPU server that also runs Triton's batcher, its HTTP/gRPC threads and other instances, threads
+that spin take cores from them.
 """
 
 import json
@@ -16,6 +22,29 @@ import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
 ONNX_FILENAME = "model.onnx"
+INTRA_OP_THREADS = "intra_op_thread_count"
+ALLOW_SPINNING = "session.intra_op.allow_spinning"
+
+
+def session_options(parameters):
+    """onnxruntime session options from the config's parameters; a bad value fails the load."""
+
+    def value(key, default):
+        text = parameters.get(key, {}).get("string_value", "")
+        return default if text == "" else text
+
+    threads = value(INTRA_OP_THREADS, "0")
+    spinning = value(ALLOW_SPINNING, "1")
+    if not threads.isdigit() or spinning not in ("0", "1"):
+        raise pb_utils.TritonModelException(
+            f"model config parameters: {INTRA_OP_THREADS} must be an integer >= 0 (got {threads!r}) and "
+            f"{ALLOW_SPINNING} 0 or 1 (got {spinning!r})"
+        )
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = int(threads)
+    options.inter_op_num_threads = 1  # one chain of small operators: nothing to run side by side
+    options.add_session_config_entry(ALLOW_SPINNING, spinning)
+    return options
 
 
 class TritonPythonModel:
@@ -33,7 +62,9 @@ class TritonPythonModel:
         if not path.is_file():
             # A version loaded through the repository API lives in a temporary folder.
             path = Path(__file__).resolve().parent / ONNX_FILENAME
-        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(
+            str(path), session_options(config.get("parameters", {})), providers=["CPUExecutionProvider"]
+        )
         onnx_inputs = [i.name for i in self.session.get_inputs()]
         onnx_outputs = [o.name for o in self.session.get_outputs()]
         # A config/ONNX name mismatch would fail every request; fail the load instead, so the
@@ -45,7 +76,8 @@ class TritonPythonModel:
             )
 
     def execute(self, requests):
-        """One response per request, in order; one onnxruntime run for the whole batch."""
+        """One response per request, in order; one onnxruntime run for the whole batch (a failure
+        of that run fails every request of the batch)."""
         batches = [
             pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy().astype(self.input_dtype, copy=False)
             for request in requests
@@ -53,11 +85,11 @@ class TritonPythonModel:
         try:
             merged = batches[0] if len(batches) == 1 else np.concatenate(batches, axis=0)
             (outputs,) = self.session.run([self.output_name], {self.input_name: merged})
-        except Exception as error:  # onnxruntime raises its own types; every request gets the message
-            message = f"onnxruntime failed: {error}"
-            return [
-                pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message)) for _ in requests
-            ]
+        except Exception as error:  # onnxruntime raises its own types
+            # Raised, not returned as error responses: the Python backend then fails every request
+            # of the batch with this message, and Triton counts them as failures in its metrics
+            # (error responses count as successes there), so `serving status` shows them.
+            raise pb_utils.TritonModelException(f"onnxruntime failed: {error}") from error
         outputs = outputs.astype(self.output_dtype, copy=False)
         bounds = np.cumsum([len(batch) for batch in batches])[:-1]
         return [

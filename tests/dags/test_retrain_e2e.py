@@ -59,7 +59,8 @@ def env(make_airflow_home, project: Path, triton) -> dict[str, str]:
         "conn_type": "http",
         "host": "127.0.0.1",
         "port": triton.http_port,
-        "extra": {"model_repository": str(triton.repository)},
+        # the local server restricts model control to its key; a Connection carries it as an extra
+        "extra": {"model_repository": str(triton.repository), "control_key": triton.read_control_key()},
     }
     return make_airflow_home(project / "dags", AIRFLOW_CONN_TRITON_DEFAULT=json.dumps(connection))
 
@@ -98,7 +99,7 @@ def served(triton, model: str = "digits") -> tuple[list[int], list[int]]:
     from serving.client import ClientSettings, TritonClient
     from serving.repository import TritonRepository
 
-    with TritonClient(ClientSettings(url=f"127.0.0.1:{triton.http_port}", retries=1)) as client:
+    with TritonClient(ClientSettings.local(triton, retries=1)) as client:
         ready = sorted(
             int(m["version"]) for m in client.repository_index() if m.get("name") == model and m.get("state") == "READY"
         )
@@ -168,7 +169,7 @@ def test_first_run_deploys_version_1(first: Run, project: Path, triton, tmp_path
     got = predict(
         np.asarray(golden["inputs"], dtype=np.float32),
         "digits",
-        settings=ClientSettings(url=f"127.0.0.1:{triton.http_port}", retries=1),
+        settings=ClientSettings.local(triton, retries=1),
     )
     np.testing.assert_allclose(got, np.asarray(golden["outputs"]), atol=golden["atol"])
 

@@ -1,22 +1,14 @@
-"""Triton configs render from params and parse; the Python-backend model batches requests right.
+"""Triton configs build from params as ModelConfig messages, and parse back.
 
 The GPU configs (onnxruntime, libtorch) cannot be loaded by the local server, so parsing with
-Triton's ModelConfig protobuf is their check. The Python-backend `model.py` is exercised here with
-a stand-in for `triton_python_backend_utils`; the serving tests load it in a real server.
+Triton's ModelConfig protobuf is their check. The Python-backend model that reads these configs
+is tested in test_backend.py.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-import types
-from pathlib import Path
-
-import numpy as np
-import onnxruntime as ort
 import pytest
-import torch
-from google.protobuf import json_format
+from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
 from serving import configs
@@ -88,97 +80,30 @@ def test_broken_config_is_rejected(text, message):
         configs.check_config(text, source="m/config.pbtxt")
 
 
-# --- the Python-backend model, with a stand-in for Triton's utilities -----------------------------
+def test_backend_parameters_come_from_params(params):
+    tuned = params.export.model_copy(update={"intra_op_threads": 2, "intra_op_spinning": True})
+    config = configs.check_config(configs.python_backend_config(tuned, SIGNATURE))
+    assert {k: v.string_value for k, v in config.parameters.items()} == {
+        "intra_op_thread_count": "2",
+        "session.intra_op.allow_spinning": "1",
+    }
+    # the GPU entries run the native backends, which do not read these
+    assert not configs.check_config(configs.onnx_gpu_config(tuned, SIGNATURE)).parameters
 
 
-class _Tensor:
-    def __init__(self, name: str, array: np.ndarray) -> None:
-        self.name, self.array = name, array
-
-    def as_numpy(self) -> np.ndarray:
-        return self.array
+def test_dynamic_batching_with_every_default_is_still_on(params):
+    eager = params.export.model_copy(update={"max_queue_delay_microseconds": 0, "preferred_batch_sizes": []})
+    for render in (configs.python_backend_config, configs.onnx_gpu_config, configs.libtorch_gpu_config):
+        assert configs.check_config(render(eager, SIGNATURE)).HasField("dynamic_batching")
 
 
-class _Response:
-    def __init__(self, output_tensors, error=None) -> None:
-        self.output_tensors, self.error = output_tensors, error
-
-
-def _fake_pb_utils() -> types.ModuleType:
-    fake = types.ModuleType("triton_python_backend_utils")
-    fake.Tensor = _Tensor
-    fake.InferenceResponse = _Response
-    fake.TritonError = str
-    fake.TritonModelException = type("TritonModelException", (Exception,), {})
-    fake.get_input_config_by_name = lambda config, name: next(t for t in config["input"] if t["name"] == name)
-    fake.get_output_config_by_name = lambda config, name: next(t for t in config["output"] if t["name"] == name)
-    fake.triton_string_to_numpy = {"TYPE_FP32": np.float32}.__getitem__
-    fake.get_input_tensor_by_name = lambda request, name: request[name]
-    return fake
-
-
-@pytest.fixture
-def backend(monkeypatch, project_root):
-    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", _fake_pb_utils())
-    spec = importlib.util.spec_from_file_location("triton_model", project_root / "serving/backend/model.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _repository(tmp_path: Path, params, signature: configs.Signature) -> tuple[Path, str]:
-    """A model folder with version 1 holding a small softmax ONNX file; returns (folder, config JSON)."""
-    from stages.export import Probabilities, export_onnx
-
-    torch.manual_seed(0)
-    model = Probabilities(torch.nn.Linear(64, 10)).eval()
-    folder = tmp_path / params.export.model_name
-    (folder / "1").mkdir(parents=True)
-    export_onnx(model, 64, folder / "1" / "model.onnx", params.export.opset)
-    config = configs.check_config(configs.python_backend_config(params.export, signature))
-    # Triton hands the config to initialize() as this JSON (proto field names, dims as strings).
-    return folder, json_format.MessageToJson(config, preserving_proto_field_name=True)
-
-
-def test_backend_batches_requests_into_one_run(tmp_path, params, backend):
-    folder, config_json = _repository(tmp_path, params, SIGNATURE)
-    model = backend.TritonPythonModel()
-    model.initialize({"model_config": config_json, "model_repository": str(folder), "model_version": "1"})
-
-    rng = np.random.default_rng(0)
-    batches = [rng.uniform(0, 16, (n, 64)).astype(np.float32) for n in (1, 3, 2)]
-    runs = []
-    session_run = model.session.run
-    model.session = types.SimpleNamespace(run=lambda *a: runs.append(a) or session_run(*a))
-    responses = model.execute([{"input": _Tensor("input", batch)} for batch in batches])
-
-    assert len(runs) == 1  # one onnxruntime call for the three requests
-    assert len(responses) == 3
-    reference = ort.InferenceSession(str(folder / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
-    for batch, response in zip(batches, responses, strict=True):
-        assert response.error is None
-        (tensor,) = response.output_tensors
-        assert tensor.name == "probabilities" and tensor.array.dtype == np.float32
-        np.testing.assert_allclose(tensor.array, reference.run(None, {"input": batch})[0], rtol=1e-6, atol=1e-7)
-    model.finalize()
-
-
-def test_backend_refuses_config_that_does_not_match_the_onnx_file(tmp_path, params, backend):
-    renamed = configs.Signature(64, 10, input_name="pixels", output_name="probabilities")
-    folder, config_json = _repository(tmp_path, params, renamed)
-    with pytest.raises(Exception, match="pixels"):
-        backend.TritonPythonModel().initialize(
-            {"model_config": config_json, "model_repository": str(folder), "model_version": "1"}
-        )
-
-
-def test_backend_answers_every_request_with_the_error_when_onnxruntime_fails(tmp_path, params, backend):
-    folder, config_json = _repository(tmp_path, params, SIGNATURE)
-    model = backend.TritonPythonModel()
-    model.initialize({"model_config": config_json, "model_repository": str(folder), "model_version": "1"})
-    bad = [
-        {"input": _Tensor("input", np.zeros((1, 3), np.float32))},
-        {"input": _Tensor("input", np.zeros((2, 3), np.float32))},
-    ]
-    responses = model.execute(bad)
-    assert len(responses) == 2 and all("onnxruntime failed" in r.error for r in responses)
+@pytest.mark.parametrize(
+    "render", [configs.python_backend_config, configs.onnx_gpu_config, configs.libtorch_gpu_config]
+)
+def test_rendered_text_is_the_canonical_form_of_its_message(params, render):
+    """The repository reads a config, changes its version policy and prints it again with
+    text_format (serving/repository.py): a config exported in that same form reads back to the
+    same text, so the text a candidate is hashed with is the text the repository recomputes for a
+    stored version without a recorded hash. The hand-written f-string renderer failed this."""
+    text = render(params.export, SIGNATURE)
+    assert text_format.MessageToString(configs.check_config(text)) == text

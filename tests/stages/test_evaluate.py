@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -10,10 +11,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from project_imports import ROOT, project_modules
 from sklearn.metrics import accuracy_score, classification_report, f1_score, precision_score, recall_score
 
 from pipeline import atomic
 from pipeline.models import build_model, model_config
+from pipeline.rows import Rows, SplitTable
 from pipeline.tables import write_parquet
 from stages import _cli, evaluate, export
 
@@ -46,12 +49,12 @@ class Always(torch.nn.Module):
         return x[:, :1] * 0.0 + self.bias  # keeps the batch axis of the input
 
 
-def export_candidate(out: Path, model: torch.nn.Module, table: pd.DataFrame, params) -> export.Rows:
+def export_candidate(out: Path, model: torch.nn.Module, table: pd.DataFrame, params) -> Rows:
     config = model_config("mlp", 64, params.data.classes, None, [], [8], 0.0)
-    test = export.split_rows(table, assignment_for(table), params.data, "test")
+    test = SplitTable.of(table, assignment_for(table), params.data).split_rows("test")
     hashes = {"clean": {"path": "c", "md5": "0" * 32}, "split": {"path": "s", "md5": "1" * 32}}
     with atomic.atomic_dir(out) as tmp:
-        export.run(model, {"config": config}, test, params, Path(tmp), hashes)
+        export.run(model, {"config": config, "params": None}, test, params.data, params.export, Path(tmp), hashes)
     return test
 
 
@@ -98,7 +101,7 @@ def test_scores_the_onnx_file_not_the_model(tmp_path, image_table, params):
     out = tmp_path / "candidate"
     test = export_candidate(out, Fixed(10), table, params)
 
-    result = evaluate.run(out, test, params)
+    result = evaluate.run(out, test, params.data)
     even = params.data.classes[::2]
     expected_accuracy = np.isin(truth[::3], even).mean()  # the test rows are every third row
     assert result.metrics["accuracy"] == pytest.approx(expected_accuracy)
@@ -108,7 +111,7 @@ def test_scores_the_onnx_file_not_the_model(tmp_path, image_table, params):
     # Replace only the ONNX file by one that always says class 0: the score follows the file.
     export_candidate(tmp_path / "other", Always(0, 10), table, params)
     (out / "model.onnx").write_bytes((tmp_path / "other" / "model.onnx").read_bytes())
-    result = evaluate.run(out, test, params)
+    result = evaluate.run(out, test, params.data)
     assert result.metrics["accuracy"] == pytest.approx((truth[::3] == 0).mean())
     assert set(result.confusion["predicted"]) == {"0"}
 
@@ -121,7 +124,7 @@ def test_candidate_for_other_classes_is_refused(tmp_path, image_table, params):
     card = json.loads((out / "model_card.json").read_text())
     (out / "model_card.json").write_text(json.dumps({**card, "classes": list(range(1, 11))}))
     with pytest.raises(_cli.StageError, match="data.classes"):
-        evaluate.run(out, test, params)
+        evaluate.run(out, test, params.data)
 
 
 def test_cli_writes_metrics_report_and_confusion(tmp_path, image_table, params, project_root, monkeypatch):
@@ -146,11 +149,27 @@ def test_cli_writes_metrics_report_and_confusion(tmp_path, image_table, params, 
 
     metrics = json.loads((tmp_path / "m.json").read_text())
     with torch.no_grad():
-        predicted = model(torch.from_numpy(test.features)).argmax(dim=1).numpy()
-    assert metrics["accuracy"] == pytest.approx((predicted == test.labels).mean())
+        predicted = model(torch.from_numpy(test.float32())).argmax(dim=1).numpy()
+    assert metrics["accuracy"] == pytest.approx((predicted == test.y).mean())
     assert set(metrics) == {"accuracy", "precision_macro", "recall_macro", "f1_macro", "test_rows"}
     report = json.loads((tmp_path / "r.json").read_text())
     assert sorted(report) == sorted(str(c) for c in params.data.classes)
-    assert sum(row["support"] for row in report.values()) == len(test.labels)
+    assert sum(row["support"] for row in report.values()) == len(test.y)
     confusion = pd.read_csv(tmp_path / "c.csv")
-    assert confusion.columns.tolist() == ["actual", "predicted"] and len(confusion) == len(test.labels)
+    assert confusion.columns.tolist() == ["actual", "predicted"] and len(confusion) == len(test.y)
+
+
+@pytest.mark.parametrize("stage", ["stages.evaluate", "stages.gate"])
+def test_evaluate_and_gate_do_not_import_torch(stage):
+    """They score an ONNX file and a live server: torch has no business there. A fresh interpreter
+    imports the stage and every project module it imports, lazily imported ones included."""
+    modules = project_modules(stage)
+    script = (
+        "import importlib, json, sys\n"
+        f"for name in {modules!r}: importlib.import_module(name)\n"
+        "print('JSON' + json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'torch')))"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    line = next(line for line in done.stdout.splitlines() if line.startswith("JSON"))
+    assert json.loads(line[4:]) == [], f"importing {stage} ({len(modules)} project modules) imported torch"

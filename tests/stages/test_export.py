@@ -7,15 +7,18 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pandas as pd
 import pytest
 import torch
+from conftest import tiny_image_table
 from tritonclient.grpc import model_config_pb2 as pb
 
 from pipeline import atomic
 from pipeline.models import build_model, model_config
 from pipeline.params import ParamsError, parse_params
+from pipeline.rows import Rows, SplitTable
 from serving import configs
 from stages import _cli, export
 
@@ -27,14 +30,18 @@ def assignment_for(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"row": rows, "split": pd.Categorical(split, ["train", "val", "test"]), "fold": -1})
 
 
+def split_rows(table: pd.DataFrame, params, split: str) -> Rows:
+    return SplitTable.of(table, assignment_for(table), params.data).split_rows(split)
+
+
 def tiny_model(table: pd.DataFrame, params, steps: int = 25) -> tuple[torch.nn.Module, dict]:
     """A small CNN trained for a few Adam steps: confident outputs, as a real model gives."""
     config = model_config("cnn", 64, params.data.classes, params.data.image_shape, [4, 8], [16], 0.1)
     torch.manual_seed(0)
     model = build_model(config)
     model.scale.factor.fill_(1 / 16)  # value_range [0, 16] -> [0, 1], as training sets it
-    rows = export.split_rows(table, assignment_for(table), params.data, "train")
-    x, y = torch.from_numpy(rows.features), torch.from_numpy(rows.labels)
+    rows = split_rows(table, params, "train")
+    x, y = torch.from_numpy(rows.float32()), torch.from_numpy(rows.y)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tensors this small only lose time to threads on shared cores
@@ -55,37 +62,52 @@ def hashes() -> dict:
     }
 
 
-@pytest.fixture
-def exported(tmp_path, image_table, params):
-    model, model_file = tiny_model(image_table, params)
-    test = export.split_rows(image_table, assignment_for(image_table), params.data, "test")
-    out = tmp_path / "candidate"
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, params):
+    """One export shared by the tests that only read its output (the dynamo exporter takes seconds)."""
+    table = tiny_image_table()
+    model, model_file = tiny_model(table, params)
+    test = split_rows(table, params, "test")
+    out = tmp_path_factory.mktemp("export") / "candidate"
     with atomic.atomic_dir(out) as tmp:
-        card = export.run(model, model_file, test, params, Path(tmp), hashes())
+        card = export.run(model, model_file, test, params.data, params.export, Path(tmp), hashes())
     return out, card, model, test
 
 
 def test_onnx_and_torchscript_match_pytorch(exported, params):
     out, card, model, test = exported
     tolerance = params.export.parity_tolerance
-    assert card["parity"]["rows"] == len(test.labels)
+    assert card["parity"]["rows"] == len(test)
     assert 0 <= card["parity"]["max_abs_diff"]["onnx"] <= tolerance
     assert 0 <= card["parity"]["max_abs_diff"]["torchscript"] <= tolerance
 
     with torch.no_grad():
-        expected = torch.softmax(model(torch.from_numpy(test.features)), dim=1).numpy()
+        expected = torch.softmax(model(torch.from_numpy(test.float32())), dim=1).numpy()
     # Batch sizes other than the one traced/exported with: the batch axis is dynamic.
     session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["input"]
     assert [o.name for o in session.get_outputs()] == ["probabilities"]
     scripted = torch.jit.load(str(out / "model.ts"))
     for n in (1, 5, len(expected)):
-        (onnx_out,) = session.run(["probabilities"], {"input": test.features[:n]})
+        (onnx_out,) = session.run(["probabilities"], {"input": test.float32(0, n)})
         np.testing.assert_allclose(onnx_out, expected[:n], atol=tolerance)
         np.testing.assert_allclose(
-            scripted(torch.from_numpy(test.features[:n])).detach().numpy(), expected[:n], atol=tolerance
+            scripted(torch.from_numpy(test.float32(0, n))).detach().numpy(), expected[:n], atol=tolerance
         )
     np.testing.assert_allclose(expected.sum(axis=1), 1.0, atol=1e-5)  # softmax is inside the graph
+
+
+def test_onnx_file_is_self_contained_with_a_symbolic_batch_axis(exported, params):
+    """What the dynamo exporter is asked for: the opset of params, the weights inside the one file
+    that Triton's entries copy (no external data file), a named dynamic batch axis on both ends."""
+    out, *_ = exported
+    assert not list(out.glob("*.data"))
+    graph = onnx.load(str(out / "model.onnx"))  # would fail on a missing external data file
+    onnx.checker.check_model(graph, full_check=True)
+    assert [(o.domain, o.version) for o in graph.opset_import if o.domain == ""] == [("", params.export.opset)]
+    for value, width in ((graph.graph.input[0], 64), (graph.graph.output[0], 10)):
+        dims = value.type.tensor_type.shape.dim
+        assert (dims[0].dim_param, dims[1].dim_value) == ("batch", width), value.name
 
 
 def test_candidate_layout_is_complete(exported, params, project_root):
@@ -153,7 +175,7 @@ def test_parity_failure_stops_the_export(tmp_path, image_table, params, monkeypa
 
     model, model_file = tiny_model(image_table, params)
     monkeypatch.setattr(export, writer, drifted)
-    test = export.split_rows(image_table, assignment_for(image_table), params.data, "test")
+    test = split_rows(image_table, params, "test")
     out = tmp_path / "candidate"
     out.mkdir()
     (out / "model.onnx").write_text("the last good candidate")
@@ -161,7 +183,7 @@ def test_parity_failure_stops_the_export(tmp_path, image_table, params, monkeypa
         pytest.raises(_cli.StageError, match=rf"{fmt} export differs.*export\.parity_tolerance"),
         atomic.atomic_dir(out) as tmp,
     ):
-        export.run(model, model_file, test, params, Path(tmp), hashes())
+        export.run(model, model_file, test, params.data, params.export, Path(tmp), hashes())
     assert [p.name for p in out.iterdir()] == ["model.onnx"]
     assert (out / "model.onnx").read_text() == "the last good candidate"
 
@@ -178,22 +200,9 @@ def test_check_parity_reports_diff_and_key():
 def test_model_for_other_classes_is_refused(tmp_path, image_table, params):
     model, model_file = tiny_model(image_table, params, steps=0)
     model_file["config"] = {**model_file["config"], "classes": list(range(1, 11))}
-    test = export.split_rows(image_table, assignment_for(image_table), params.data, "test")
+    test = split_rows(image_table, params, "test")
     with pytest.raises(_cli.StageError, match="data.classes"):
-        export.run(model, model_file, test, params, tmp_path, hashes())
-
-
-def test_unknown_label_in_test_rows_is_named(image_table, params):
-    table = image_table.copy()
-    table.loc[0, "label"] = 42  # row 0 is a test row
-    with pytest.raises(_cli.StageError, match=r"\[42\].*data.classes"):
-        export.split_rows(table, assignment_for(table), params.data, "test")
-
-
-def test_assignment_of_another_table_is_refused(image_table, params):
-    assignment = assignment_for(image_table.iloc[:-5])
-    with pytest.raises(_cli.StageError, match="rerun split"):
-        export.split_rows(image_table, assignment, params.data, "test")
+        export.run(model, model_file, test, params.data, params.export, tmp_path, hashes())
 
 
 def test_golden_indices_take_classes_in_turn():
@@ -213,6 +222,7 @@ def test_golden_indices_take_classes_in_turn():
         ({"model_name": "a/b"}, "export.model_name"),
         ({"model_name": "has space"}, "export.model_name"),
         ({"opset": 9}, "export.opset"),
+        ({"opset": 17}, "export.opset"),  # below what the dynamo exporter writes
         ({"dynamic_batching": "yes"}, "export.dynamic_batching"),
         ({"preferred_batch_sizes": [128]}, "preferred_batch_sizes"),  # above max_batch_size 64
     ],

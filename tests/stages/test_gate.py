@@ -1,12 +1,16 @@
-"""The gate's decision rule (the live champion scoring runs in tests/dags/test_retrain_e2e.py)."""
+"""The gate: its decision rule, and the champion it scores live (a real Triton)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+from support import ROOT, local_triton
 
-from pipeline.params import GateParams
+from pipeline.params import GateParams, ServingParams, load_params
+from pipeline.rows import Rows
+from serving.toy import build_candidate
 from stages import _cli
-from stages.gate import decide, diff_markdown, serving_version
+from stages.gate import decide, diff_markdown, score_champion
 
 PARAMS = GateParams(floors={"accuracy": 0.9, "f1_macro": 0.9}, max_regression={"accuracy": 0.01})
 GOOD = {"accuracy": 0.97, "f1_macro": 0.96, "test_rows": 270}
@@ -48,14 +52,95 @@ def test_diff_table_shows_both_sides() -> None:
     assert "| accuracy | 0.9700 | 0.9600 | +0.0100 | 0.9000 | 0.0100 | yes |" in text
 
 
-def test_serving_version_is_the_newest_ready_one() -> None:
-    class Index:
-        def repository_index(self):
-            return [
-                {"name": "digits", "version": "1", "state": "UNAVAILABLE"},
-                {"name": "digits", "version": "2", "state": "READY"},
-                {"name": "other", "version": "7", "state": "READY"},
-            ]
+# --- the champion, scored live on a real Triton ---------------------------------------------------
 
-    assert serving_version(Index(), "digits") == 2
-    assert serving_version(Index(), "missing") is None
+
+CLASSES = list(range(10))  # the toy candidates' classes
+
+
+@pytest.fixture(scope="module")
+def triton(tmp_path_factory):
+    with local_triton(tmp_path_factory.mktemp("gate-triton")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def params(triton):
+    serving = ServingParams(
+        repository=str(triton.repository),
+        state_dir=str(triton.state_dir),  # where the local server keeps its model-control key
+        http_port=triton.http_port,
+        grpc_port=triton.grpc_port,
+        metrics_port=triton.metrics_port,
+        retries=1,
+        backoff_s=0.1,
+    )
+    return load_params(ROOT / "params.yaml").model_copy(update={"serving": serving})
+
+
+def rows_and_labels(candidate, count: int = 20) -> Rows:
+    """Test rows and the labels the candidate's own model gives them (its accuracy is 1.0)."""
+    import onnxruntime as ort
+
+    features = np.random.default_rng(7).uniform(0, 16, (count, 64)).astype(np.float32)
+    session = ort.InferenceSession(str(candidate / "model.onnx"), providers=["CPUExecutionProvider"])
+    (probabilities,) = session.run(["probabilities"], {"input": features})
+    return Rows(features, probabilities.argmax(axis=1))
+
+
+def push(params, candidate):
+    from serving.push import ServingSettings, push_candidate
+
+    return push_candidate(candidate, ServingSettings.from_params(params.serving, env={}))
+
+
+@pytest.mark.triton
+def test_nothing_pinned_and_nothing_served_is_a_first_deployment(params):
+    assert (
+        score_champion(params.serving, CLASSES, "never_pushed", Rows(np.zeros((2, 64)), np.zeros(2, np.int64))) is None
+    )
+
+
+@pytest.mark.triton
+def test_a_pinned_champion_that_is_not_ready_fails_closed(params, tmp_path):
+    from serving.client import TritonClient
+    from serving.push import ServingSettings
+
+    champion = build_candidate(tmp_path / "a", name="gone", seed=1)
+    push(params, champion)
+    with TritonClient(ServingSettings.from_params(params.serving, env={}).client) as client:
+        client.unload("gone")  # as after a server restart that did not restore the pinned version
+
+    with pytest.raises(_cli.StageError, match="version 1 .pinned in .* is not READY"):
+        score_champion(params.serving, CLASSES, "gone", rows_and_labels(champion))
+
+
+@pytest.mark.triton
+def test_the_champion_is_the_pinned_version_not_the_newest_ready_one(params, tmp_path):
+    from serving.client import TritonClient
+    from serving.push import ServingSettings, rollback
+    from serving.repository import TritonRepository, config_json, pin_versions
+
+    first = build_candidate(tmp_path / "a", name="pinned", seed=2)
+    push(params, first)
+    push(params, build_candidate(tmp_path / "b", name="pinned", seed=3))
+    settings = ServingSettings.from_params(params.serving, env={})
+    rollback("pinned", settings)  # pinned: 1
+    repo = TritonRepository(settings.repository)
+    with TritonClient(settings.client) as client:  # 2 loaded beside it, as a cut-off push leaves it
+        client.load("pinned", config_json(pin_versions(repo.version_config("pinned", 2), [1, 2])))
+
+    version, metrics = score_champion(params.serving, CLASSES, "pinned", rows_and_labels(first))
+
+    assert version == 1 and metrics["accuracy"] == 1.0
+
+
+@pytest.mark.triton
+def test_the_champion_is_scored_with_its_own_max_batch_size(params, tmp_path):
+    small = build_candidate(tmp_path / "a", name="small_batches", seed=4, max_batch_size=4)
+    push(params, small)
+    assert params.export.max_batch_size > 4  # the candidate's would be too big for the champion
+
+    version, metrics = score_champion(params.serving, CLASSES, "small_batches", rows_and_labels(small, count=21))
+
+    assert version == 1 and metrics["accuracy"] == 1.0

@@ -14,7 +14,8 @@ import torch
 import yaml
 
 from pipeline.params import Params, ParamsError, parse_params
-from pipeline.training import Rows, augment_images, fit, lr_factor, read_checkpoint
+from pipeline.rows import Rows, SplitTable
+from pipeline.training import augment_images, fit, lr_factor, read_checkpoint
 from stages import train
 from stages.split import split_stratified
 
@@ -44,6 +45,10 @@ def assignment(image_table, params):
     return split_stratified(image_table["label"].to_numpy(), params.split)
 
 
+def run_train(table, assignment, params: Params, *args, **kwargs):
+    return train.run(SplitTable.of(table, assignment, params.data), params.data, params.train, *args, **kwargs)
+
+
 def _states_equal(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
@@ -51,7 +56,7 @@ def _states_equal(a: dict, b: dict) -> bool:
 def test_a_tiny_model_learns(image_table, assignment):
     history = []
     params = tiny_params(epochs=5, augment={"enabled": False, "max_shift": 0, "max_rotation": 0.0})
-    result, config = train.run(image_table, assignment, params, on_epoch=lambda e, row: history.append(row))
+    result, config = run_train(image_table, assignment, params, on_epoch=lambda e, row: history.append(row))
     assert config["arch"] == "cnn" and len(history) == 5
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     assert result.metrics["val_accuracy"] >= max(0.5, history[0]["val_accuracy"])
@@ -59,14 +64,14 @@ def test_a_tiny_model_learns(image_table, assignment):
 
 
 def test_scale_comes_from_the_value_range(image_table, assignment):
-    result, _ = train.run(image_table, assignment, tiny_params(epochs=1))
+    result, _ = run_train(image_table, assignment, tiny_params(epochs=1))
     assert torch.all(result.model.scale.offset == 0) and torch.allclose(result.model.scale.factor, torch.tensor(1 / 16))
 
 
 def test_same_seed_gives_identical_weights(image_table, assignment):
-    first, _ = train.run(image_table, assignment, tiny_params(epochs=2))
-    again, _ = train.run(image_table, assignment, tiny_params(epochs=2))
-    other, _ = train.run(image_table, assignment, tiny_params(epochs=2, seed=1))
+    first, _ = run_train(image_table, assignment, tiny_params(epochs=2))
+    again, _ = run_train(image_table, assignment, tiny_params(epochs=2))
+    other, _ = run_train(image_table, assignment, tiny_params(epochs=2, seed=1))
     assert _states_equal(first.model.state_dict(), again.model.state_dict())
     assert not _states_equal(first.model.state_dict(), other.model.state_dict())
 
@@ -78,16 +83,16 @@ class Crash(RuntimeError):
 def test_resume_after_a_crash_matches_an_uninterrupted_run(image_table, assignment, tmp_path):
     # Shifts and rotations on, so the augmentation's random stream must resume exactly too.
     params = tiny_params(epochs=4, augment={"enabled": True, "max_shift": 1, "max_rotation": 10.0})
-    whole, _ = train.run(image_table, assignment, params, tmp_path / "whole.pt")
+    whole, _ = run_train(image_table, assignment, params, tmp_path / "whole.pt")
 
     def crash_after_second_epoch(epoch, row):
         if epoch == 1:
             raise Crash
 
     with pytest.raises(Crash):
-        train.run(image_table, assignment, params, tmp_path / "crashed.pt", crash_after_second_epoch)
+        run_train(image_table, assignment, params, tmp_path / "crashed.pt", crash_after_second_epoch)
     seen = []
-    resumed, _ = train.run(image_table, assignment, params, tmp_path / "crashed.pt", lambda e, row: seen.append(e))
+    resumed, _ = run_train(image_table, assignment, params, tmp_path / "crashed.pt", lambda e, row: seen.append(e))
 
     assert resumed.resumed_from == 2 and seen == [0, 1, 2, 3]  # epochs 0-1 replayed for the log
     assert resumed.history == whole.history and resumed.best_epoch == whole.best_epoch
@@ -99,8 +104,8 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(image_table, assignme
 
 def test_a_stale_checkpoint_is_ignored(image_table, assignment, tmp_path, caplog):
     checkpoint = tmp_path / "ck.pt"
-    train.run(image_table, assignment, tiny_params(epochs=1), checkpoint)
-    result, _ = train.run(image_table, assignment, tiny_params(epochs=1, label_smoothing=0.2), checkpoint)
+    run_train(image_table, assignment, tiny_params(epochs=1), checkpoint)
+    result, _ = run_train(image_table, assignment, tiny_params(epochs=1, label_smoothing=0.2), checkpoint)
     assert result.resumed_from == 0 and "stale checkpoint" in caplog.text
 
 

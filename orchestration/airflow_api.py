@@ -1,0 +1,147 @@
+"""A small client for Airflow's REST API (`/api/v2`): health, DAGs, runs and task instances.
+
+Enough for `python -m orchestration cluster status` and for tests that drive a real scheduler:
+unpause a DAG, trigger a run, poll it, read its task instances, their XComs and logs, clear a
+task. Standard library only. The token comes from `GET /auth/token`, which the simple auth
+manager with `simple_auth_manager_all_admins` hands out without credentials (a local cluster);
+a deployment with a real auth manager passes its own token.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any
+
+FINISHED = ("success", "failed")
+
+
+class AirflowApiError(RuntimeError):
+    """The API answered with an error status, or not at all."""
+
+
+@dataclass
+class AirflowApi:
+    base_url: str  # e.g. http://127.0.0.1:8090
+    token: str | None = None
+    timeout_s: float = 30.0
+    _cached_token: str | None = field(default=None, repr=False)
+
+    # --- plumbing ---------------------------------------------------------------------------
+    def _request(self, method: str, path: str, body: Any = None, auth: bool = True) -> Any:
+        headers = {"Accept": "application/json"}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        if auth:
+            headers["Authorization"] = f"Bearer {self._token()}"
+        request = urllib.request.Request(self.base_url + path, data=data, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:  # noqa: S310 - configured URL
+                raw = response.read()
+        except urllib.error.HTTPError as error:
+            detail = error.read().decode(errors="replace")[:500]
+            raise AirflowApiError(f"{method} {path}: HTTP {error.code}: {detail}") from error
+        except (urllib.error.URLError, OSError) as error:
+            raise AirflowApiError(f"{method} {path}: {self.base_url} unreachable ({error})") from error
+        if not raw:
+            return None
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError:
+            return raw.decode(errors="replace")
+
+    def _token(self) -> str:
+        if self.token:
+            return self.token
+        if self._cached_token is None:
+            self._cached_token = self._request("GET", "/auth/token", auth=False)["access_token"]
+        return self._cached_token
+
+    @staticmethod
+    def _q(value: str) -> str:
+        return urllib.parse.quote(value, safe="")
+
+    # --- calls ------------------------------------------------------------------------------
+    def health(self) -> dict[str, Any]:
+        """Metadatabase, scheduler, triggerer and dag-processor status (`healthy` each)."""
+        return self._request("GET", "/api/v2/monitor/health", auth=False)
+
+    def dag(self, dag_id: str) -> dict[str, Any]:
+        return self._request("GET", f"/api/v2/dags/{self._q(dag_id)}")
+
+    def set_paused(self, dag_id: str, paused: bool) -> dict[str, Any]:
+        return self._request("PATCH", f"/api/v2/dags/{self._q(dag_id)}", {"is_paused": paused})
+
+    def trigger(self, dag_id: str, run_id: str, logical_date: str | None, conf: dict | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"dag_run_id": run_id, "logical_date": logical_date, "conf": conf or {}}
+        return self._request("POST", f"/api/v2/dags/{self._q(dag_id)}/dagRuns", body)
+
+    def run(self, dag_id: str, run_id: str) -> dict[str, Any]:
+        return self._request("GET", f"/api/v2/dags/{self._q(dag_id)}/dagRuns/{self._q(run_id)}")
+
+    def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+        path = f"/api/v2/dags/{self._q(dag_id)}/dagRuns/{self._q(run_id)}/taskInstances?limit=1000"
+        return self._request("GET", path)["task_instances"]
+
+    def tries(self, dag_id: str, run_id: str, task_id: str) -> list[dict[str, Any]]:
+        """Every try of one task instance (a retried or cleared task has several)."""
+        path = f"/api/v2/dags/{self._q(dag_id)}/dagRuns/{self._q(run_id)}/taskInstances/{self._q(task_id)}/tries"
+        return self._request("GET", path)["task_instances"]
+
+    def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value") -> Any:
+        path = (
+            f"/api/v2/dags/{self._q(dag_id)}/dagRuns/{self._q(run_id)}/taskInstances/{self._q(task_id)}"
+            f"/xcomEntries/{self._q(key)}?deserialize=true"
+        )
+        try:
+            return self._request("GET", path)["value"]
+        except AirflowApiError as error:
+            if "HTTP 404" in str(error):
+                return None
+            raise
+
+    def log(self, dag_id: str, run_id: str, task_id: str, try_number: int) -> str:
+        """The text of one try's log (the structured lines joined)."""
+        path = (
+            f"/api/v2/dags/{self._q(dag_id)}/dagRuns/{self._q(run_id)}/taskInstances/{self._q(task_id)}"
+            f"/logs/{try_number}?full_content=true"
+        )
+        content = self._request("GET", path)
+        lines = content.get("content", []) if isinstance(content, dict) else [content]
+        out = []
+        for line in lines:
+            if isinstance(line, dict):
+                out.append(str(line.get("event", "")))
+            else:
+                out.append(str(line))
+        return "\n".join(out)
+
+    def clear(self, dag_id: str, run_id: str, task_ids: list[str], downstream: bool = True) -> Any:
+        """Clear task instances of one run (an operator's re-run), with their downstream tasks."""
+        body = {
+            "dry_run": False,
+            "dag_run_id": run_id,
+            "task_ids": task_ids,
+            "include_downstream": downstream,
+            "only_failed": False,
+            "reset_dag_runs": True,
+        }
+        return self._request("POST", f"/api/v2/dags/{self._q(dag_id)}/clearTaskInstances", body)
+
+    def wait_for_run(self, dag_id: str, run_id: str, timeout_s: float, poll_s: float = 3.0) -> dict[str, Any]:
+        """Poll a run until it finishes; raises TimeoutError with the task states when it does not."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            run = self.run(dag_id, run_id)
+            if run["state"] in FINISHED:
+                return run
+            if time.monotonic() > deadline:
+                states = {t["task_id"]: t["state"] for t in self.task_instances(dag_id, run_id)}
+                raise TimeoutError(f"run {run_id} still {run['state']} after {timeout_s:.0f}s: {states}")
+            time.sleep(poll_s)

@@ -1,0 +1,84 @@
+"""User traffic for the serving tests: a thread sending unversioned requests the whole time and
+sorting every answer by the model that gave it (importable: pytest puts tests/ on sys.path)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from serving.client import ClientSettings, TritonClient
+
+
+def golden_rows(candidate: Path) -> np.ndarray:
+    return np.asarray(json.loads((candidate / "golden.json").read_text())["inputs"], dtype=np.float32)
+
+
+def true_outputs(candidate: Path, rows: np.ndarray) -> np.ndarray:
+    """What the candidate's model really answers for `rows` (its ONNX file run in process)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(candidate / "model.onnx"), providers=["CPUExecutionProvider"])
+    (outputs,) = session.run(["probabilities"], {"input": rows})
+    return outputs
+
+
+class Traffic(threading.Thread):
+    """Unversioned requests for `name` until stopped. `models` maps a label to a candidate folder;
+    each answer counts for the model whose true outputs it matches, else as "unknown"."""
+
+    def __init__(self, settings: ClientSettings, name: str, models: dict[str, Path], limit_s: float = 600.0):
+        super().__init__(daemon=True)
+        first = next(iter(models.values()))
+        self.settings, self.name, self.limit_s = settings, name, limit_s
+        self.rows = golden_rows(first)
+        self.expected = {label: true_outputs(folder, self.rows) for label, folder in models.items()}
+        self.answers: Counter[str] = Counter()
+        self.failures: list[tuple[float, str]] = []  # (time.monotonic(), error)
+        self.timeline: list[tuple[float, str]] = []  # (time.monotonic(), label) when the label changes
+        self.stopped = threading.Event()
+        self.slowest = (0.0, 0.0)  # (when it started, seconds) of the slowest answered request
+
+    def classify(self, got: np.ndarray) -> str:
+        return next(
+            (label for label, outputs in self.expected.items() if np.allclose(got, outputs, atol=1e-5)), "unknown"
+        )
+
+    def run(self) -> None:
+        deadline = time.monotonic() + self.limit_s  # bounded even if a test forgets to stop it
+        # A slow answer is still an answer: the timeout only catches a request that hangs for good.
+        with TritonClient(dataclasses.replace(self.settings, retries=0, timeout_s=120.0)) as client:
+            while not self.stopped.is_set() and time.monotonic() < deadline:
+                started = time.monotonic()
+                try:
+                    label = self.classify(client.predict(self.name, self.rows))
+                    if time.monotonic() - started > self.slowest[1]:
+                        self.slowest = (started, time.monotonic() - started)
+                except Exception as error:  # every failure counts, whatever its type
+                    self.failures.append((time.monotonic(), repr(error)))
+                    time.sleep(0.01)
+                    continue
+                self.answers[label] += 1
+                if not self.timeline or self.timeline[-1][1] != label:
+                    self.timeline.append((time.monotonic(), label))
+
+    def __enter__(self) -> Traffic:
+        self.start()
+        time.sleep(0.3)  # some requests before the operation under test
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        time.sleep(0.3)  # and some after
+        self.stopped.set()
+        self.join(timeout=60)
+
+    def failures_outside(self, windows: list[tuple[float, float]]) -> list[str]:
+        return [error for at, error in self.failures if not any(start <= at <= end for start, end in windows)]
+
+    def summary(self) -> str:
+        return f"answers {dict(self.answers)}, failed {len(self.failures)}, slowest answer {self.slowest[1]:.2f}s"
