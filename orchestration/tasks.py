@@ -103,7 +103,9 @@ def stage(project: str | Path, name: str, ancestors: Sequence[str], context: Map
     prepared = ti.xcom_pull(task_ids=PREPARE_TASK)
     upstream = results(context, ancestors)
     setup = fleet(project)
-    return failing_fast(lambda: steps.stage(setup, context["run_id"], prepared, name, upstream, ti.try_number))
+    result = failing_fast(lambda: steps.stage(setup, context["run_id"], prepared, name, upstream, ti.try_number))
+    # the name Airflow records for this task instance ([core] hostname_callable), so the two agree
+    return {**result, "host": getattr(ti, "hostname", None) or result["host"]}
 
 
 # --- Triton settings ------------------------------------------------------------------------
