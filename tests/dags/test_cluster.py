@@ -120,7 +120,9 @@ def running(project: Path, triton) -> Iterator[Cluster]:
         "conn_type": "http",
         "host": "127.0.0.1",
         "port": triton.http_port,
-        "extra": {"model_repository": str(triton.repository)},
+        # The test server restricts model control to its key; the workers get it as a real
+        # deployment's would, through the Connection.
+        "extra": {"model_repository": str(triton.repository), "control_key": triton.read_control_key()},
     }
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW_", "AIRFLOW__", "TRITON_", "RETRAIN_"))}
     env["AIRFLOW_CONN_TRITON_DEFAULT"] = json.dumps(connection)
@@ -213,7 +215,7 @@ def served(triton, model: str = "digits") -> tuple[list[int], list[int]]:
     from serving.client import ClientSettings, TritonClient
     from serving.repository import TritonRepository
 
-    with TritonClient(ClientSettings(url=f"127.0.0.1:{triton.http_port}", retries=1)) as client:
+    with TritonClient(ClientSettings.local(triton, retries=1)) as client:
         ready = sorted(
             int(m["version"]) for m in client.repository_index() if m.get("name") == model and m.get("state") == "READY"
         )

@@ -1,14 +1,13 @@
 """The web UI: Airflow's API server on the project's DAG folder, the DAG's graph opened in headless
 Chromium, every node rendered, and a screenshot kept as a test artifact.
 
-Chromium is driven through chromedriver's W3C WebDriver HTTP API with urllib (no extra Python
-package). Needs the Debian packages `chromium` and `chromium-driver`; without them the test is
+Chromium is driven with Selenium through the Debian chromedriver, waiting with `WebDriverWait`
+for what the page must show. Needs the Debian packages `chromium` and `chromium-driver`; without them the test is
 skipped and says so.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import os
@@ -23,6 +22,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
+from selenium.webdriver.chrome.options import Options as ChromeOptions
+from selenium.webdriver.chrome.service import Service as ChromeService
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
 
 from orchestration.spec import pipeline_spec
 
@@ -76,38 +81,30 @@ def started(cmd: list[str], env: dict[str, str], log: Path) -> Iterator[subproce
             process.wait()
 
 
-class WebDriver:
-    """The few W3C WebDriver calls this test needs."""
+@contextlib.contextmanager
+def chromium(profile: Path) -> Iterator[webdriver.Chrome]:
+    """Headless Chromium under the Debian chromedriver, closed at the end."""
+    options = ChromeOptions()
+    options.binary_location = shutil.which("chromium") or "chromium"
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    service = ChromeService(
+        executable_path=shutil.which("chromedriver"), log_output=str(profile.parent / "chromedriver.log")
+    )
+    browser = webdriver.Chrome(options=options, service=service)
+    try:
+        yield browser
+    finally:
+        browser.quit()
 
-    def __init__(self, port: int):
-        self.base = f"http://127.0.0.1:{port}"
-        self.session = ""
 
-    def call(self, method: str, path: str, body: dict | None = None) -> object:
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(
-            self.base + path, data=data, method=method, headers={"Content-Type": "application/json"}
-        )
-        with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 - 127.0.0.1
-            return json.loads(response.read())["value"]
-
-    def open(self, profile: str) -> None:
-        options = {"binary": shutil.which("chromium"), "args": [*CHROMIUM_FLAGS, f"--user-data-dir={profile}"]}
-        caps = {"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": options}}}
-        self.session = self.call("POST", "/session", caps)["sessionId"]
-
-    def go(self, url: str) -> None:
-        self.call("POST", f"/session/{self.session}/url", {"url": url})
-
-    def js(self, script: str) -> object:
-        return self.call("POST", f"/session/{self.session}/execute/sync", {"script": script, "args": []})
-
-    def screenshot(self) -> bytes:
-        return base64.b64decode(self.call("GET", f"/session/{self.session}/screenshot"))
-
-    def close(self) -> None:
-        if self.session:
-            self.call("DELETE", f"/session/{self.session}")
+def rendered_nodes(browser: webdriver.Chrome) -> set[str]:
+    """The first line of every node's label in the React Flow graph."""
+    return {
+        node.text.split("\n")[0].strip()
+        for node in browser.find_elements(By.CSS_SELECTOR, ".react-flow__node")
+        if node.text.strip()
+    }
 
 
 def test_dag_graph_renders_in_the_web_ui(make_airflow_home, helpers, tmp_path: Path) -> None:
@@ -130,7 +127,7 @@ def test_dag_graph_renders_in_the_web_ui(make_airflow_home, helpers, tmp_path: P
 
     env = make_airflow_home(ROOT / "dags")
     helpers.airflow(env, "dags", "reserialize")
-    api_port, driver_port = helpers.free_ports(2)
+    (api_port,) = helpers.free_ports(1)
     api = f"http://127.0.0.1:{api_port}"
     with started(
         [str(Path(env["PATH"].split(os.pathsep)[0]) / "airflow"), "api-server", "--port", str(api_port)],
@@ -145,31 +142,37 @@ def test_dag_graph_renders_in_the_web_ui(make_airflow_home, helpers, tmp_path: P
         tasks = {t["task_id"] for t in _get(f"{api}/api/v2/dags/{spec.airflow.dag_id}/tasks")["tasks"]}
         assert tasks >= {t.full_id for t in spec.stage_tasks} | {"prepare_workspace", "gate", "push", "publish"}
 
-        with started(["chromedriver", f"--port={driver_port}"], env, tmp_path / "chromedriver.log") as driver_proc:
-            _wait_for(f"http://127.0.0.1:{driver_port}/status", 30, driver_proc, tmp_path / "chromedriver.log")
-            browser = WebDriver(driver_port)
-            browser.open(tempfile.mkdtemp(dir=tmp_path, prefix="chromium-"))
-            try:
-                page = f"{api}/dags/{spec.airflow.dag_id}"
-                browser.go(page)
-                # The UI remembers the grid/graph choice in localStorage; ask for the graph.
-                browser.js("localStorage.setItem('default_dag_view', JSON.stringify('graph'));")
-                browser.go(page)
-                labels: list[str] = []
-                deadline = time.monotonic() + 60
-                while time.monotonic() < deadline:
-                    labels = browser.js(
-                        "return Array.from(document.querySelectorAll('.react-flow__node'))"
-                        ".map(n => n.innerText.split('\\n')[0].trim())"
-                    )
-                    if expected_nodes <= set(labels):
-                        break
-                    time.sleep(0.5)
-                time.sleep(1.0)  # let the layout settle before the picture
-                ARTIFACTS.mkdir(parents=True, exist_ok=True)
-                shot = ARTIFACTS / "retrain-graph.png"
-                shot.write_bytes(browser.screenshot())
-            finally:
-                browser.close()
-    assert expected_nodes <= set(labels), f"graph nodes rendered: {labels}; screenshot {shot}"
+        with chromium(Path(tempfile.mkdtemp(dir=tmp_path, prefix="chromium-"))) as browser:
+            page = f"{api}/dags/{spec.airflow.dag_id}"
+            browser.get(page)
+            # The UI remembers the grid/graph choice in localStorage; ask for the graph.
+            browser.execute_script("localStorage.setItem('default_dag_view', JSON.stringify('graph'));")
+            browser.get(page)
+            labels: set[str] = set()
+
+            def every_node_rendered(driver: webdriver.Chrome) -> bool:
+                nonlocal labels
+                with contextlib.suppress(StaleElementReferenceException):  # React re-renders nodes
+                    labels = rendered_nodes(driver)
+                return expected_nodes <= labels
+
+            with contextlib.suppress(TimeoutException):  # the assertion below says what was missing
+                WebDriverWait(browser, 60, poll_frequency=0.5).until(every_node_rendered)
+            # The picture once React Flow has finished laying out: the same node positions twice running.
+            previous: list[dict] = []
+
+            def layout_settled(driver: webdriver.Chrome) -> bool:
+                nonlocal previous
+                with contextlib.suppress(StaleElementReferenceException):
+                    now = [node.location for node in driver.find_elements(By.CSS_SELECTOR, ".react-flow__node")]
+                    settled, previous = bool(now) and now == previous, now
+                    return settled
+                return False
+
+            with contextlib.suppress(TimeoutException):
+                WebDriverWait(browser, 10, poll_frequency=0.5).until(layout_settled)
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            shot = ARTIFACTS / "retrain-graph.png"
+            shot.write_bytes(browser.get_screenshot_as_png())
+    assert expected_nodes <= labels, f"graph nodes rendered: {labels}; screenshot {shot}"
     assert shot.stat().st_size > 10_000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
