@@ -27,7 +27,7 @@ from orchestration import steps
 from orchestration.remote import RemoteError
 from orchestration.workspace import dvc_command
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.s3]
 
 BUCKET = "retrain"
 # Made up per run (moto takes any key), so that no source file the workspace mirrors contains them.
