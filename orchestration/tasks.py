@@ -238,10 +238,11 @@ def gate(
     cmd.append(f"--report={report_path}")
     log.info("$ %s  (in %s)", " ".join(cmd[1:]), root)
     # The champion is the version pinned in the repository the push writes to (not the checkout's).
+    triton = triton_env(conn_id, setup.ws.project)  # one Connection lookup (and one log line) per task
     env = {
         **tool_env(),
-        **triton_env(conn_id, setup.ws.project),
-        "TRITON_MODEL_REPOSITORY": str(serving_settings(setup.ws.project, conn_id).repository),
+        **triton,
+        "TRITON_MODEL_REPOSITORY": str(serving_settings(setup.ws.project, conn_id, triton).repository),
     }
     result = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
     for line in (result.stdout + result.stderr).splitlines():
@@ -256,16 +257,16 @@ def gate(
 
 
 # --- push -----------------------------------------------------------------------------------
-def serving_settings(project: Path, conn_id: str) -> Any:
+def serving_settings(project: Path, conn_id: str, triton: Mapping[str, str] | None = None) -> Any:
     """The serving code's settings: params `serving:` of the project, the Connection's TRITON_*
-    over the environment, and a relative model repository taken relative to the project (where
-    `python -m serving start` runs the local server). A repository URL (`s3://...`) passes
-    through as it is."""
+    (`triton`, when the caller has them already) over the environment, and a relative model
+    repository taken relative to the project (where `python -m serving start` runs the local
+    server). A repository URL (`s3://...`) passes through as it is."""
     from pipeline.params import load_params
     from serving.push import ServingSettings
 
     params = load_params(project / "params.yaml").serving
-    env = {**os.environ, **triton_env(conn_id, project)}
+    env = {**os.environ, **(triton_env(conn_id, project) if triton is None else triton)}
     repository = env.get("TRITON_MODEL_REPOSITORY") or params.repository
     if "://" not in repository:
         env["TRITON_MODEL_REPOSITORY"] = str(project / repository)
