@@ -396,8 +396,10 @@ def main() -> None:
         export = load_params(args.params).export
         chosen = variants(export, args.levers)
         start_server(server)
+        repository = server.repository
+        assert isinstance(repository, Path), "the bench runs its own server on a local repository"
         for variant in chosen:
-            install(server.repository, candidate, variant, signature)
+            install(repository, candidate, variant, signature)
         protocols: list[Protocol] = ["grpc", "http"] if args.protocol == "both" else [args.protocol]
         with TritonClient(ClientSettings.local(server, timeout_s=120)) as client:
             for variant in chosen:
@@ -413,7 +415,7 @@ def main() -> None:
         batches = {
             r: [rng.uniform(0, 16, (r, signature.n_features)).astype(np.float32) for _ in range(64)] for r in (1, 64)
         }
-        onnx_path = server.repository / "ours" / "1" / configs.ONNX_FILENAME
+        onnx_path = repository / "ours" / "1" / configs.ONNX_FILENAME
         names = [v.name for v in chosen]
         everything: dict[str, Any] = {}
         for protocol in protocols:
