@@ -1,11 +1,14 @@
 """Airflow on this machine, for people: one retrain cycle (`make run`) or the web UI (`make airflow`).
 
-Everything Airflow keeps (airflow.cfg, the SQLite database, task logs) and the DAG's workspace live
-in the ignored `.airflow/` folder of the project; the DAG folder is the project's `dags/`. The
-local Triton (`python -m serving start`) is started when it is not running.
+Everything Airflow keeps (airflow.cfg, the SQLite database, task logs), the workspace's git remote
+(`workspace.git`) and this machine's worker root (task checkouts, DVC cache) live in the ignored
+`.airflow/` folder of the project; the DAG folder is the project's `dags/`. The local Triton
+(`python -m serving start`) is started when it is not running.
 
     python -m orchestration run-once [--date YYYY-MM-DD]   # airflow dags test retrain <date>, then what serves
     python -m orchestration ui                               # airflow standalone (UI on :8080)
+    python -m orchestration registry                         # the model registry: versions, what is in prod
+    python -m orchestration rollback [--to N]                # Triton serves version N again; #prod moves with it
     python -m orchestration cluster up|down|status           # CeleryExecutor cluster (orchestration/cluster.py)
 """
 
@@ -140,7 +143,56 @@ def run_once(project: Path, date: str | None) -> int:
             state = found.group(1) if found else state
     print(f"\nrun {state} in {time.perf_counter() - started:.0f}s", flush=True)
     print_served(params)
+    print_registry(project)
     return 0 if state == "success" else 1
+
+
+def print_registry(project: Path) -> None:
+    """What the model registry on the workspace's git remote says (GTO tags)."""
+    from orchestration import registry
+    from orchestration.workspace import Workspace
+    from pipeline.errors import StageError
+
+    ws = Workspace.resolve(project)
+    try:
+        shown = registry.show(ws)
+    except StageError as error:
+        print(f"registry: {error}")
+        return
+    for model, row in shown.items():
+        stages = ", ".join(f"#{stage} {version}" for stage, version in (row.get("stage") or {}).items())
+        print(f"registry {model}: latest {row.get('version')}; {stages or 'no stage assigned'}")
+    print(
+        f"published versions: git clone {ws.git_remote} && git checkout {ws.params.tag_prefix}<N> && dvc pull  "
+        "(gto show there lists them)"
+    )
+
+
+def rollback(project: Path, to: int | None) -> int:
+    """Serve an earlier version on Triton, then move the registry's stage to it."""
+    from orchestration import registry
+    from orchestration.workspace import Workspace
+    from pipeline.errors import StageError
+    from serving.push import PushError, ServingSettings
+    from serving.push import rollback as serving_rollback
+
+    params = load_params(project / "params.yaml")
+    model = params.export.model_name
+    try:
+        result = serving_rollback(model, ServingSettings.from_params(params.serving), to=to)
+    except PushError as error:
+        print(f"rollback failed: {error}", file=sys.stderr)
+        return 1
+    print(f"{model}: version {result.serving} serves (was {result.previous})")
+    try:
+        tag = registry.promote(
+            Workspace.resolve(project), model, int(result.version), f"rolled back from {result.previous}"
+        )
+    except StageError as error:
+        print(f"registry unchanged: {error}", file=sys.stderr)
+        return 1
+    print(f"registry: {tag}")
+    return 0
 
 
 def ui(project: Path) -> None:
@@ -161,6 +213,9 @@ def main(argv: list[str] | None = None) -> None:
     once = commands.add_parser("run-once", help="one retrain cycle through Airflow, then print what serves")
     once.add_argument("--date", help="logical date YYYY-MM-DD (default: the newest demo batch)")
     commands.add_parser("ui", help="Airflow with the web UI (airflow standalone)")
+    commands.add_parser("registry", help="the model registry on the workspace's git remote (gto show)")
+    back = commands.add_parser("rollback", help="serve an earlier version again and move the registry's stage to it")
+    back.add_argument("--to", type=int, help="version to serve (default: the one before the serving one)")
     cluster = commands.add_parser("cluster", help="a local CeleryExecutor cluster: up | down | status", add_help=False)
     cluster.add_argument("cluster_args", nargs=argparse.REMAINDER)
     args, unknown = parser.parse_known_args(argv)  # `cluster` takes its own options (and --help)
@@ -170,6 +225,11 @@ def main(argv: list[str] | None = None) -> None:
     os.chdir(project)  # params.yaml's relative paths (the Triton repository) are relative to it
     if args.command == "run-once":
         sys.exit(run_once(project, args.date))
+    if args.command == "registry":
+        print_registry(project)
+        return
+    if args.command == "rollback":
+        sys.exit(rollback(project, args.to))
     if args.command == "cluster":
         from orchestration.cluster import main as cluster_main
 

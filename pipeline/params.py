@@ -231,13 +231,18 @@ class AirflowParams(Section):
     evaluate_stage: str = "evaluate"
     require_approval: bool = False
     approval_timeout_h: Annotated[float, Field(gt=0.0)] = 72.0
-    workspace: str = ".airflow/workspace"
+    git_remote: str = ".airflow/workspace.git"
+    git_branch: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")] = "main"
+    worker_root: str = ".airflow/worker"
+    worker_keep_runs: Positive = 2
     dvc_remote: str | None = ".dvc-remote"
+    dvc_remote_conn_id: str = "dvc_remote_default"
     triton_conn_id: str = "triton_default"
     stage_timeout_min: Positive = 120
     infra_retries: Annotated[int, Field(ge=0)] = 3
     infra_retry_delay_s: Annotated[float, Field(gt=0.0)] = 10.0
     tag_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")] = "model-v"
+    registry_stage: Annotated[str, Field(pattern=r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")] = "prod"
     git_author: str = "retrain-bot <retrain-bot@localhost>"
 
     @model_validator(mode="after")

@@ -1,8 +1,11 @@
 """The retraining DAG end to end with `airflow dags test`, on the embedded data, against a real local
-Triton (started on free ports, stopped by its PID).
+Triton (started on free ports, stopped by its PID). `dags test` runs the tasks one by one on one
+machine: the fleet's code path with one worker root (each task in a checkout of its own, outputs
+through the DVC remote, lock entries through XCom).
 
 One copy of the project goes through four runs, in order:
-1. first run: every stage runs, the gate passes on the floors alone, version 1 serves, tagged;
+1. first run: every stage runs, the gate passes on the floors alone, version 1 serves, published
+   (tag model-v1, registered as digits@v1.0.0 in #prod);
 2. same data again: no stage reruns, nothing is pushed or tagged;
 3. a worse candidate (forced by params): the gate rejects it, version 1 keeps serving;
 4. corrupted raw data: clean fails, nothing downstream runs, nothing is pushed.
@@ -22,6 +25,8 @@ import numpy as np
 import pytest
 import yaml
 from support import edit_params, local_triton
+
+from orchestration.workspace import dvc_command
 
 pytestmark = [pytest.mark.airflow, pytest.mark.triton, pytest.mark.integration]
 
@@ -101,9 +106,17 @@ def served(triton, model: str = "digits") -> tuple[list[int], list[int]]:
     return TritonRepository(triton.repository).versions(model), ready
 
 
+def git_remote(project: Path) -> Path:
+    return project / ".airflow" / "workspace.git"
+
+
 def tags(project: Path) -> list[str]:
-    workspace = project / ".airflow" / "workspace"
-    return subprocess.run(["git", "tag"], cwd=workspace, capture_output=True, text=True, check=True).stdout.split()
+    return subprocess.run(
+        ["git", "--git-dir", str(git_remote(project)), "tag"], capture_output=True, text=True, check=True
+    ).stdout.split()
+
+
+PUBLISHED_V1 = ["digits#prod#1", "digits@v1.0.0", "model-v1"]  # `git tag` order
 
 
 @pytest.fixture(scope="module")
@@ -117,24 +130,42 @@ def stage_names(project: Path) -> set[str]:
     return set(read_graph(project).stages)
 
 
-def test_first_run_deploys_version_1(first: Run, project: Path, triton) -> None:
+def test_first_run_deploys_version_1(first: Run, project: Path, triton, tmp_path: Path) -> None:
     assert set(first.states.values()) == {"success"}, first.states
-    assert set(first.log_lines(r"Running stage '([^']+)'")) == stage_names(project)
+    assert set(first.log_lines(r"stage (\S+) ran in")) == stage_names(project)
+    assert len(set(first.log_lines(r"workspace: (\S+)"))) >= len(stage_names(project)), "a checkout per task"
     assert "passed: first deployment" in first.output
     assert served(triton) == ([1], [1])
-    assert tags(project) == ["model-v1"]
+    assert tags(project) == PUBLISHED_V1
     # the DVC remote got the outputs; the tag holds dvc.lock with the data version of embed.as_of
     assert any((project / ".dvc-remote").rglob("*")), "dvc push sent nothing"
-    workspace = project / ".airflow" / "workspace"
     locked = subprocess.run(
-        ["git", "show", "model-v1:params.yaml"], cwd=workspace, capture_output=True, text=True, check=True
+        ["git", "--git-dir", str(git_remote(project)), "show", "model-v1:params.yaml"],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert yaml.safe_load(locked)["embed"]["as_of"] == RUN_DATE
+    # the model registry says what is in prod
+    from orchestration.registry import in_stage
+
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(git_remote(project)), str(clone)], check=True)
+    assert in_stage(clone, "digits", "prod") == 1
+    # ...and any clone at model-v1 gets back exactly what version 1 was built from
+    subprocess.run(["git", "checkout", "-q", "model-v1"], cwd=clone, check=True)
+    subprocess.run(dvc_command("pull", "-q"), cwd=clone, check=True)
+    status = subprocess.run(dvc_command("status", "--json"), cwd=clone, capture_output=True, text=True, check=True)
+    assert json.loads(status.stdout) == {}, status.stdout
+    card = json.loads((clone / "models" / "candidate" / "model_card.json").read_text())
+    served_card = json.loads((triton.repository / "digits" / "1" / "model_card.json").read_text())
+    # (the push adds what it learnt to the served card: evaluate metrics, where it came from)
+    assert card["artifacts"] == served_card["artifacts"] and card["git_commit"] == served_card["git_commit"]
 
     # the served model answers like the candidate's golden samples
     from serving.client import ClientSettings, predict
 
-    golden = json.loads((workspace / "models" / "candidate" / "golden.json").read_text())
+    golden = json.loads((triton.repository / "digits" / "1" / "golden.json").read_text())
     got = predict(
         np.asarray(golden["inputs"], dtype=np.float32),
         "digits",
@@ -149,12 +180,12 @@ def unchanged(first: Run, env, project: Path, helpers) -> Run:
 
 
 def test_second_run_with_same_data_reruns_nothing_and_pushes_nothing(unchanged: Run, project: Path, triton) -> None:
-    assert unchanged.log_lines(r"Running stage '([^']+)'") == []
+    assert unchanged.log_lines(r"stage (\S+) ran in") == []
     assert set(unchanged.log_lines(r"stage (\S+) was up to date")) == stage_names(project)
     assert unchanged.states["publish"] == "skipped"
     assert "nothing pushed" in unchanged.output
     assert served(triton) == ([1], [1])
-    assert tags(project) == ["model-v1"]
+    assert tags(project) == PUBLISHED_V1
 
 
 @pytest.fixture(scope="module")
@@ -164,13 +195,13 @@ def worse(unchanged: Run, env, project: Path, helpers) -> Run:
 
 
 def test_worse_candidate_is_rejected_and_version_1_keeps_serving(worse: Run, project: Path, triton) -> None:
-    assert set(worse.log_lines(r"Running stage '([^']+)'")) >= {"train", "export", "evaluate"}
+    assert set(worse.log_lines(r"stage (\S+) ran in")) >= {"train", "export", "evaluate"}
     assert worse.states["gate"] == "skipped"
     assert worse.states["push"] == worse.states["publish"] == "skipped"
     assert "candidate rejected: accuracy" in worse.output
     assert "the champion keeps serving" in worse.output
     assert served(triton) == ([1], [1])
-    assert tags(project) == ["model-v1"]
+    assert tags(project) == PUBLISHED_V1
 
 
 def test_corrupted_data_fails_at_clean_with_nothing_pushed(worse: Run, env, project: Path, helpers, triton) -> None:
@@ -191,4 +222,4 @@ def test_corrupted_data_fails_at_clean_with_nothing_pushed(worse: Run, env, proj
     assert all(corrupted.states[t] in ("upstream_failed", "skipped") for t in downstream), corrupted.states
     assert "clean failed" in corrupted.output and "px_" in corrupted.output
     assert served(triton) == ([1], [1])
-    assert tags(project) == ["model-v1"]
+    assert tags(project) == PUBLISHED_V1
