@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestration import dvc_runner, lockfile, registry, workspace
+from orchestration.drift_reference import DriftPaths, drift_paths, publish_reference
 from orchestration.dvc_graph import StageGraph, read_graph
 from orchestration.remote import RemoteError, resolve
 from orchestration.workspace import Workspace
@@ -53,6 +54,11 @@ class Fleet:
     def order(self) -> list[str]:
         return list(self.graph.stages)
 
+    @property
+    def drift(self) -> DriftPaths | None:
+        """The drift stage's metrics, profile and reference (None: the pipeline has none)."""
+        return drift_paths(self.graph, self.ws.params.drift_stage, strict=False)
+
 
 def task_folder(name: str, try_number: int) -> str:
     """A retry gets a folder of its own: a dead try may still hold files in the old one."""
@@ -81,7 +87,8 @@ def prepare(fleet: Fleet, run_id: str, as_of: str | None) -> dict[str, Any]:
         dvc_runner.record_remote(root, fleet.dvc)
         dvc_runner.check_remote_at(root, fleet.dvc)  # an unreachable remote fails here, not in every stage
 
-    return workspace.prepare(fleet.ws, workspace.safe_run_key(run_id), as_of, before_commit=name_remote)
+    owned = [fleet.drift.reference] if fleet.drift else []  # published by publish, kept across runs
+    return workspace.prepare(fleet.ws, workspace.safe_run_key(run_id), as_of, before_commit=name_remote, owned=owned)
 
 
 def _merged(
@@ -176,5 +183,9 @@ def publish(
     commit, tag = workspace.commit_published(ws, root, (root / "dvc.lock").read_text(), version, message)
     author = workspace.split_author(ws.params.git_author)
     tags = [tag, *registry.register(root, model, version, ws.params.registry_stage, message, author)]
-    workspace.push_published(ws, root, commit, tags)
+    head = commit
+    if fleet.drift:  # the next run compares its data with this version's
+        dvc_runner.pull_outputs(root, [fleet.drift.profile], fleet.dvc)
+        head = publish_reference(root, fleet.drift, tag, ws.git_env()) or commit
+    workspace.push_published(ws, root, head, tags)
     return {"tag": tag, "commit": commit, "pushed": True, "tags": tags, "workspace": str(root)}
