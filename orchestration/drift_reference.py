@@ -2,11 +2,12 @@
 
 The drift stage (`airflow.drift_stage` in dvc.yaml) reads a git-tracked `--reference` and writes
 the clean table's `--profile` (a DVC output). When a run publishes version N, publish makes that
-run's profile the reference, in a commit of its own *after* the `model-v<N>` commit: the tag
-keeps the reference the run was compared with (so `git checkout model-v<N> && dvc status` stays
-clean), and the published branch, where the next run starts, compares with version N's data.
-The workspace owns the file from then on: prepare copies the project's (the "no reference yet"
-one the project ships) only while the workspace has none.
+run's profile the reference, in a commit of its own *after* the `model-v<N>` commit, with the
+drift stage brought up to date against it (its dvc.lock entry and outputs): the tag keeps the
+reference the run was compared with, the published branch (where the next run starts) compares
+with version N's data, and both are consistent (`dvc status` is clean at either), so a next run
+on unchanged data runs nothing. The workspace owns the file from then on: prepare copies the
+project's (the "no reference yet" one the project ships) only while the workspace has none.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class DriftStageError(ValueError):
 
 @dataclass(frozen=True)
 class DriftPaths:
+    stage: str  # its name in dvc.yaml
     metrics: str  # what the gate summarises
     profile: str  # this run's data profile (a DVC output)
     reference: str  # the git-tracked reference the stage compares with
@@ -45,7 +47,7 @@ def drift_paths(graph: StageGraph, stage: str | None, strict: bool = True) -> Dr
     missing = [f"--{k}" for k in ("metrics", "profile", "reference") if k not in args]
     if missing:
         raise DriftStageError(f"airflow.drift_stage {stage!r}: its cmd has no {missing}")
-    return DriftPaths(metrics=args["metrics"], profile=args["profile"], reference=args["reference"])
+    return DriftPaths(stage=stage, metrics=args["metrics"], profile=args["profile"], reference=args["reference"])
 
 
 def write_reference(root: Path, paths: DriftPaths, tag: str) -> bool:
@@ -62,15 +64,12 @@ def write_reference(root: Path, paths: DriftPaths, tag: str) -> bool:
     return True
 
 
-def publish_reference(root: Path, paths: DriftPaths, tag: str, env: dict[str, str]) -> str | None:
-    """Commit the new reference on top of the checkout's HEAD (the tagged version); returns the
-    new commit, or None when nothing changed."""
+def commit_reference(root: Path, paths: DriftPaths, tag: str, env: dict[str, str]) -> str:
+    """Commit the reference and dvc.lock (with the drift stage's entry against it) on top of the
+    checkout's HEAD (the tagged version); returns the new commit."""
     from orchestration.workspace import run
 
-    if not write_reference(root, paths, tag):
-        log.info("the drift reference %s is already the data of %s", paths.reference, tag)
-        return None
-    run(["git", "add", paths.reference], root, env=env)
+    run(["git", "add", paths.reference, "dvc.lock"], root, env=env)
     run(["git", "commit", "-q", "-m", f"drift reference: the data {tag} was trained on"], root, env=env)
     commit = run(["git", "rev-parse", "HEAD"], root).strip()
     log.info("drift reference %s := the profile of %s's data (commit %s)", paths.reference, tag, commit[:12])

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestration import dvc_runner, lockfile, registry, workspace
-from orchestration.drift_reference import DriftPaths, drift_paths, publish_reference
+from orchestration.drift_reference import DriftPaths, commit_reference, drift_paths, write_reference
 from orchestration.dvc_graph import StageGraph, read_graph
 from orchestration.remote import RemoteError, resolve
 from orchestration.workspace import Workspace
@@ -183,9 +183,23 @@ def publish(
     commit, tag = workspace.commit_published(ws, root, (root / "dvc.lock").read_text(), version, message)
     author = workspace.split_author(ws.params.git_author)
     tags = [tag, *registry.register(root, model, version, ws.params.registry_stage, message, author)]
-    head = commit
-    if fleet.drift:  # the next run compares its data with this version's
-        dvc_runner.pull_outputs(root, [fleet.drift.profile], fleet.dvc)
-        head = publish_reference(root, fleet.drift, tag, ws.git_env()) or commit
+    head = publish_reference(fleet, root, tag) or commit  # the next run compares its data with this version's
     workspace.push_published(ws, root, head, tags)
     return {"tag": tag, "commit": commit, "pushed": True, "tags": tags, "workspace": str(root)}
+
+
+def publish_reference(fleet: Fleet, root: Path, tag: str) -> str | None:
+    """In publish's checkout (at the commit tagged `tag`): make the run's data profile the drift
+    reference, bring the drift stage up to date against it (so that the next run on the same data
+    finds it unchanged) and commit both; returns that commit (None: no drift stage, or nothing
+    changed)."""
+    drift = fleet.drift
+    if drift is None:
+        return None
+    dvc_runner.pull_outputs(root, [drift.profile], fleet.dvc)
+    if not write_reference(root, drift, tag):
+        log.info("the drift reference %s is already the data of %s", drift.reference, tag)
+        return None
+    paths, covering = inputs(fleet.graph, drift.stage)
+    dvc_runner.run_stage(root, drift.stage, paths, fleet.dvc, covering)
+    return commit_reference(root, drift, tag, fleet.ws.git_env())

@@ -48,7 +48,7 @@ def sh(cwd: Path, *cmd: str) -> str:
 def test_the_projects_drift_paths_come_from_its_dvc_yaml() -> None:
     graph = read_graph(ROOT)
     assert drift_paths(graph, "drift") == DriftPaths(
-        "metrics/drift.json", "data/profile.json", "reference/profile.json"
+        "drift", "metrics/drift.json", "data/profile.json", "reference/profile.json"
     )
     assert drift_paths(graph, None) is None
     assert drift_paths(graph, "nope", strict=False) is None
@@ -96,7 +96,7 @@ def test_publish_makes_the_runs_profile_the_next_runs_reference(tmp_path: Path, 
     for key in ("RETRAIN_DVC_REMOTE", "RETRAIN_GIT_REMOTE"):
         env.pop(key, None)
     fleet = steps.Fleet.resolve(toy, env)
-    assert fleet.drift == DriftPaths("drift.json", "profile.json", "reference.json")
+    assert fleet.drift == DriftPaths("drift", "drift.json", "profile.json", "reference.json")
 
     def run_all(run: str) -> tuple[dict, dict]:
         prepared = steps.prepare(fleet, run, None)
@@ -113,18 +113,25 @@ def test_publish_makes_the_runs_profile_the_next_runs_reference(tmp_path: Path, 
 
     clone = tmp_path / "clone"
     sh(tmp_path, "git", "clone", "-q", fleet.ws.git_remote, str(clone))
-    # the branch, where the next run starts: version 1's data is the reference
+    # the branch, where the next run starts: version 1's data is the reference, drift is up to date with it
     assert json.loads((clone / "reference.json").read_text()) == {"profile": {"data": "rows v1"}, "tag": "model-v1"}
     assert sh(clone, "git", "rev-parse", "HEAD~1").strip() == published["commit"]
+    sh(clone, *dvc_command("pull", "-q"))
+    assert json.loads(sh(clone, *dvc_command("status", "--json"))) == {}
+    assert json.loads((clone / "drift.json").read_text()) == {"reference": "model-v1", "reference_data": "rows v1"}
     # the tag: exactly what version 1 was built and compared with, and DVC finds it up to date
     sh(clone, "git", "checkout", "-q", "model-v1")
     assert json.loads((clone / "reference.json").read_text()) == NO_REFERENCE
     sh(clone, *dvc_command("pull", "-q"))
     assert json.loads(sh(clone, *dvc_command("status", "--json"))) == {}
 
-    # The next run keeps the published reference (the project's "none" is not copied over it), so
-    # drift reruns against version 1's data; nothing else changed.
-    prepared, again = run_all("run-2")
-    assert {n: r["outcome"] for n, r in again.items()} == {**dict.fromkeys(fleet.order, "unchanged"), "drift": "ran"}
-    second = json.loads((Path(again["drift"]["workspace"]) / "drift.json").read_text())
-    assert second == {"reference": "model-v1", "reference_data": "rows v1"}
+    # The next run keeps the published reference (the project's "none" is not copied over it): on
+    # unchanged data nothing runs. New data: drift compares it with version 1's.
+    _, again = run_all("run-2")
+    assert {n: r["outcome"] for n, r in again.items()} == dict.fromkeys(fleet.order, "unchanged")
+    (toy / "prep.py").write_text("open('data.txt', 'w').write('rows v2')\n")
+    _, third = run_all("run-3")
+    assert third["drift"]["outcome"] == "ran"
+    compared = json.loads((Path(third["drift"]["workspace"]) / "drift.json").read_text())
+    assert compared == {"reference": "model-v1", "reference_data": "rows v1"}
+    assert json.loads((Path(third["drift"]["workspace"]) / "profile.json").read_text()) == {"data": "rows v2"}
