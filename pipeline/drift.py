@@ -181,8 +181,8 @@ def profile(
     }
     del sample
     counts = {name: np.zeros(len(e) + 1, dtype=np.int64) for name, e in edges.items()}
-    theirs = None if on is None else {name: on.features[name].edges for name in features if name in on.features}
-    on_counts = {name: np.zeros(len(e) + 1, dtype=np.int64) for name, e in (theirs or {}).items()}
+    theirs = {} if on is None else {name: on.features[name].edges for name in features if name in on.features}
+    on_counts = {name: np.zeros(len(e) + 1, dtype=np.int64) for name, e in theirs.items()}
     for batch in _batches(path, features):
         for name in features:
             values = batch[name].astype(np.float64)

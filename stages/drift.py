@@ -164,7 +164,7 @@ def render_report(metrics: dict[str, Any], report: DriftReport | None, params: D
         )
         body = f"""
 <h2>Class balance</h2>
-<p>PSI {report.class_psi:.4f} (shifted above {params.class_threshold}); total variation {report.class_tvd:.4f}
+<p>PSI {report.class_psi:.4f} (the balance counts as shifted above {params.class_threshold}); total variation {report.class_tvd:.4f}
 (the share of rows that would have to change class to match).</p>
 <table><tr><th>class</th><th>reference share</th><th>current share</th><th>change</th></tr>{classes}</table>
 <h2>Top {min(params.top_n, len(report.features))} drifting features (of {len(report.features)})</h2>
