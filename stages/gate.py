@@ -9,7 +9,8 @@ deployment". Thresholds are TFX-style (`gate:` in params.yaml): absolute floors 
 must reach, and a maximum regression against the champion. With no champion (the first deployment) the floors alone decide.
 
 Not a DVC stage: its answer depends on what serves right now. The retraining DAG runs it after
-evaluate; it writes a JSON report (decision, reason, per-metric diff) and exits 0 when the
+evaluate; it writes a JSON report (decision, reason, per-metric diff, and with `--drift` the drift
+stage's summary, shown on the approval page but never deciding) and exits 0 when the
 candidate passes, 3 when it is rejected, 1 on an error (unreachable server, missing metric).
 """
 
