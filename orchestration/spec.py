@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from orchestration.drift_reference import DriftStageError, drift_paths
 from orchestration.dvc_graph import JOIN, Stage, StageGraph, read_graph
 from pipeline.params import AirflowParams, Params, load_params
 
@@ -110,6 +111,10 @@ def pipeline_spec(project: str | Path) -> PipelineSpec:
     graph = read_graph(project)
     spec = PipelineSpec(project=project, params=params, graph=graph, stage_tasks=stage_tasks(graph, params.airflow))
     spec.evaluate_args()  # fail at parse time, not after an hour of training
+    try:
+        drift_paths(graph, params.airflow.drift_stage)
+    except DriftStageError as error:
+        raise SpecError(str(error)) from None
     return spec
 
 

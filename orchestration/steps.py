@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestration import dvc_runner, lockfile, registry, workspace
+from orchestration.drift_reference import DriftPaths, commit_reference, drift_paths, write_reference
 from orchestration.dvc_graph import StageGraph, read_graph
 from orchestration.remote import RemoteError, resolve
 from orchestration.workspace import Workspace
@@ -53,6 +54,11 @@ class Fleet:
     def order(self) -> list[str]:
         return list(self.graph.stages)
 
+    @property
+    def drift(self) -> DriftPaths | None:
+        """The drift stage's metrics, profile and reference (None: the pipeline has none)."""
+        return drift_paths(self.graph, self.ws.params.drift_stage, strict=False)
+
 
 def task_folder(name: str, try_number: int) -> str:
     """A retry gets a folder of its own: a dead try may still hold files in the old one."""
@@ -81,7 +87,8 @@ def prepare(fleet: Fleet, run_id: str, as_of: str | None) -> dict[str, Any]:
         dvc_runner.record_remote(root, fleet.dvc)
         dvc_runner.check_remote_at(root, fleet.dvc)  # an unreachable remote fails here, not in every stage
 
-    return workspace.prepare(fleet.ws, workspace.safe_run_key(run_id), as_of, before_commit=name_remote)
+    owned = [fleet.drift.reference] if fleet.drift else []  # published by publish, kept across runs
+    return workspace.prepare(fleet.ws, workspace.safe_run_key(run_id), as_of, before_commit=name_remote, owned=owned)
 
 
 def _merged(
@@ -176,5 +183,23 @@ def publish(
     commit, tag = workspace.commit_published(ws, root, (root / "dvc.lock").read_text(), version, message)
     author = workspace.split_author(ws.params.git_author)
     tags = [tag, *registry.register(root, model, version, ws.params.registry_stage, message, author)]
-    workspace.push_published(ws, root, commit, tags)
+    head = publish_reference(fleet, root, tag) or commit  # the next run compares its data with this version's
+    workspace.push_published(ws, root, head, tags)
     return {"tag": tag, "commit": commit, "pushed": True, "tags": tags, "workspace": str(root)}
+
+
+def publish_reference(fleet: Fleet, root: Path, tag: str) -> str | None:
+    """In publish's checkout (at the commit tagged `tag`): make the run's data profile the drift
+    reference, bring the drift stage up to date against it (so that the next run on the same data
+    finds it unchanged) and commit both; returns that commit (None: no drift stage, or nothing
+    changed)."""
+    drift = fleet.drift
+    if drift is None:
+        return None
+    dvc_runner.pull_outputs(root, [drift.profile], fleet.dvc)
+    if not write_reference(root, drift, tag):
+        log.info("the drift reference %s is already the data of %s", drift.reference, tag)
+        return None
+    paths, covering = inputs(fleet.graph, drift.stage)
+    dvc_runner.run_stage(root, drift.stage, paths, fleet.dvc, covering)
+    return commit_reference(root, drift, tag, fleet.ws.git_env())

@@ -222,6 +222,9 @@ def gate(
 
     ti = context["ti"]
     setup = fleet(project)
+    args = dict(evaluate_args)
+    if setup.drift:  # the drift stage's summary goes into the report and the approval page
+        args["drift"] = setup.drift.metrics
     root = failing_fast(
         lambda: steps.checkout_outputs(
             setup,
@@ -229,12 +232,12 @@ def gate(
             ti.xcom_pull(task_ids=PREPARE_TASK),
             results(context, stage_ids),
             "gate",
-            list(evaluate_args.values()),
+            list(args.values()),
             ti.try_number,
         )
     )
     report_path = load_params(root / "params.yaml").gate.report
-    cmd = [sys.executable, "-m", "stages.gate", *(f"--{k}={v}" for k, v in evaluate_args.items())]
+    cmd = [sys.executable, "-m", "stages.gate", *(f"--{k}={v}" for k, v in args.items())]
     cmd.append(f"--report={report_path}")
     log.info("$ %s  (in %s)", " ".join(cmd[1:]), root)
     # The champion is the version pinned in the repository the push writes to (not the checkout's).

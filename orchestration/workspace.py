@@ -29,7 +29,7 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -257,14 +257,22 @@ def _copy_if_changed(src: Path, dst: Path) -> bool:
     return True
 
 
-def sync(project: Path, root: Path, as_of: str | None) -> tuple[list[str], list[str]]:
+def sync(project: Path, root: Path, as_of: str | None, owned: Collection[str] = ()) -> tuple[list[str], list[str]]:
     """Mirror the project's sources into the checkout `root`; set `embed.as_of` when given.
-    Returns the files changed and removed."""
+    Files in `owned` are the workspace's own once it has them (publish writes them): copied from
+    the project only where the checkout has none, never removed. Returns the files changed and removed."""
     files = source_files(project)
     # params.yaml is written below, with the run's own values.
-    changed = [name for name in files if name != "params.yaml" and _copy_if_changed(project / name, root / name)]
+    changed = [
+        name
+        for name in files
+        if name != "params.yaml"
+        and not (name in owned and (root / name).exists())
+        and _copy_if_changed(project / name, root / name)
+    ]
     tracked = set(run(["git", "ls-files", "-z"], root).split("\0")) - {""} if (root / ".git").exists() else set()
-    removed = sorted(name for name in tracked - set(files) if name not in OWNED and name != "params.yaml")
+    kept = {*OWNED, *owned, "params.yaml"}
+    removed = sorted(name for name in tracked - set(files) if name not in kept)
     for name in removed:
         (root / name).unlink(missing_ok=True)
 
@@ -290,7 +298,11 @@ def source_commit(project: Path) -> str | None:
 
 
 def prepare(
-    ws: Workspace, run_key: str, as_of: str | None, before_commit: Callable[[Path], object] | None = None
+    ws: Workspace,
+    run_key: str,
+    as_of: str | None,
+    before_commit: Callable[[Path], object] | None = None,
+    owned: Collection[str] = (),
 ) -> dict[str, Any]:
     """The run's commit: the published branch with the project's sources of now (and whatever
     `before_commit` writes into the checkout), pushed to the run's ref. Safe to retry: a second
@@ -307,7 +319,7 @@ def prepare(
         root.mkdir(parents=True)
         run(["git", "init", "-q"], root, env=env)
         log.info("workspace: %s (the first run: %s has no %s yet)", root, redact(ws.git_remote), branch)
-    sync(ws.project, root, as_of)
+    sync(ws.project, root, as_of, owned)
     if before_commit is not None:
         before_commit(root)
     project_commit = source_commit(ws.project)

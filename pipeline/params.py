@@ -79,6 +79,17 @@ class CleanParams(Section):
     max_duplicate_share: Fraction = 0.02
 
 
+class DriftParams(Section):
+    """The drift stage: the new clean table against the data the serving model was trained on."""
+
+    bins: Annotated[int, Field(ge=2, le=100)] = 10
+    sample_rows: Positive = 20_000
+    threshold: Annotated[float, Field(gt=0.0)] = 0.25
+    class_threshold: Annotated[float, Field(gt=0.0)] = 0.1
+    action: Literal["warn", "fail"] = "warn"
+    top_n: Positive = 10
+
+
 class SplitParams(Section):
     seed: int = 42
     val_fraction: Fraction = 0.15
@@ -229,6 +240,7 @@ class AirflowParams(Section):
     gpu_pool: str = "gpu"
     gpu_pool_slots: Positive = 1
     evaluate_stage: str = "evaluate"
+    drift_stage: str | None = "drift"
     require_approval: bool = False
     approval_timeout_h: Annotated[float, Field(gt=0.0)] = 72.0
     git_remote: str = ".airflow/workspace.git"
@@ -260,6 +272,7 @@ class Params(Section):
     data: DataParams
     embed: EmbedParams = EmbedParams()
     clean: CleanParams = CleanParams()
+    drift: DriftParams = DriftParams()
     split: SplitParams = SplitParams()
     train: TrainParams = TrainParams()
     export: ExportParams = ExportParams()

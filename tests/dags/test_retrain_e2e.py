@@ -188,6 +188,12 @@ def test_second_run_with_same_data_reruns_nothing_and_pushes_nothing(unchanged: 
     assert tags(project) == PUBLISHED_V1
 
 
+def test_the_gate_report_carries_the_drift_summary(first: Run, unchanged: Run) -> None:
+    """The first run has no reference; the next compares with version 1's training data."""
+    assert "**Data drift:** no reference yet (nothing published)" in first.output
+    assert "**Data drift** against the training data of model-v1: no drift above the thresholds" in unchanged.output
+
+
 @pytest.fixture(scope="module")
 def worse(unchanged: Run, env, project: Path, helpers) -> Run:
     edit_params(project, train__epochs=1, train__optimizer__lr=0.00001)
