@@ -29,6 +29,7 @@ from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, CronTriggerTimetable, P
 
 from orchestration.approval import RunApproval
 from orchestration.notify import failure_callback
+from orchestration.reports_ui import ReportsLink
 from orchestration.spec import pipeline_spec
 
 PROJECT = Path(os.environ.get("RETRAIN_PROJECT_DIR") or Path(__file__).resolve().parents[1])
@@ -178,12 +179,15 @@ with DAG(
             execution_timeout=dt.timedelta(minutes=AF.stage_timeout_min),
             **options,
         )(stage=spec.stage.name, ancestors=[TASK_IDS[a] for a in sorted(SPEC.graph.ancestors(spec.stage.name))])
+    for task_ in [*stage_tasks.values()]:
+        task_.operator.operator_extra_links = (ReportsLink(),)  # its reports, read from the DVC remote
     for spec in SPEC.stage_tasks:
         for upstream in spec.upstream:
             stage_tasks[upstream] >> stage_tasks[spec.stage.name]
     prepared >> [stage_tasks[name] for name in SPEC.graph.roots()]
 
     checked = gate()
+    checked.operator.operator_extra_links = (ReportsLink(),)  # its decision and metric diff
     [stage_tasks[name] for name in SPEC.graph.leaves()] >> checked
     approval = RunApproval(
         task_id="approve",

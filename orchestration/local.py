@@ -46,6 +46,8 @@ def airflow_env(project: Path) -> dict[str, str]:
         {
             "AIRFLOW_HOME": str(project / AIRFLOW_DIR),
             "AIRFLOW__CORE__DAGS_FOLDER": str(project / "dags"),
+            # the reports page and the tasks' "Reports" links (plugins/retrain_reports.py)
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(project / "plugins"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             # No login: anyone who reaches the UI may approve a deployment or edit a Connection.
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
