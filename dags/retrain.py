@@ -25,9 +25,11 @@ import datetime as dt
 import os
 from pathlib import Path
 
-from airflow.providers.standard.operators.hitl import ApprovalOperator
-from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, CronTriggerTimetable, TaskGroup, task
+from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, TaskGroup, task
 
+from orchestration.approval import RunApproval
+from orchestration.notify import failure_callback
+from orchestration.reports_ui import ReportsLink
 from orchestration.spec import pipeline_spec
 
 PROJECT = Path(os.environ.get("RETRAIN_PROJECT_DIR") or Path(__file__).resolve().parents[1])
@@ -35,6 +37,8 @@ SPEC = pipeline_spec(PROJECT)  # reads params.yaml and dvc.yaml: the only I/O at
 AF = SPEC.airflow
 STAGE_IDS = [t.full_id for t in SPEC.stage_tasks]  # whose results carry the run's dvc.lock entries
 TASK_IDS = {t.stage.name: t.full_id for t in SPEC.stage_tasks}
+# What Triton serves: each push records version, metrics, data hashes and git tag on the Assets page.
+SERVED = Asset(uri=f"triton://{SPEC.params.export.model_name}", group="model")
 
 INFRA_RETRIES = {
     "retries": AF.infra_retries,
@@ -97,13 +101,15 @@ Writes the candidate as the next version of the model into the live repository, 
 the previous version keeps serving, smoke-tests it with the golden samples, then serves only it;
 on any failure the previous version stays. Pushing an identical model creates no new version.
 Triton from the Airflow Connection `airflow.triton_conn_id`, else `TRITON_*` / params `serving:`.
-Retries with exponential backoff.""",
+Retries with exponential backoff. Emits an event of the asset `triton://<model>` (version, test
+metrics, data hashes, git tag): the Assets page lists what was served and from which run.""",
+    outlets=[SERVED],
     **INFRA_RETRIES,
 )
 def push(**context) -> dict:
     from orchestration import tasks
 
-    return tasks.push(PROJECT, SPEC.evaluate_args(), AF.triton_conn_id, STAGE_IDS, context)
+    return tasks.push(PROJECT, SPEC.evaluate_args(), AF.triton_conn_id, STAGE_IDS, context, served=SERVED)
 
 
 @task(
@@ -131,8 +137,34 @@ with DAG(
     start_date=dt.datetime.fromisoformat(AF.start_date).replace(tzinfo=dt.UTC),
     catchup=AF.catchup,
     max_active_runs=1,
-    default_args={"owner": "mlops", "retries": 0},
+    # A task that fails for good emails the Connection's recipients; no Connection, no email.
+    default_args={"owner": "mlops", "retries": 0, "on_failure_callback": failure_callback(AF.notify_conn_id)},
     tags=["dvc", "triton", "retraining"],
+    # The Trigger form. JSON-schema types are checked when the run is created; prepare_workspace
+    # checks the values against the project (the data source exists, the params still load).
+    params={
+        "require_approval": Param(
+            AF.require_approval,
+            type="boolean",
+            title="Require approval",
+            description="Ask a person (the approve task) before pushing this run's model to Triton.",
+        ),
+        "data_source": Param(
+            None,
+            type=["null", "string"],
+            minLength=1,
+            title="Data source",
+            description="A CSV or Parquet file or folder for this run instead of data.source in params.yaml "
+            "(relative to the project, or absolute; every worker must be able to read it). Empty: data.source.",
+        ),
+        "note": Param(
+            "",
+            type="string",
+            maxLength=500,
+            title="Note",
+            description="Why this run: logged by prepare_workspace and kept in its result (XCom).",
+        ),
+    },
 ) as retrain:
     prepared = prepare_workspace()
 
@@ -147,24 +179,26 @@ with DAG(
             execution_timeout=dt.timedelta(minutes=AF.stage_timeout_min),
             **options,
         )(stage=spec.stage.name, ancestors=[TASK_IDS[a] for a in sorted(SPEC.graph.ancestors(spec.stage.name))])
+    for task_ in [*stage_tasks.values()]:
+        task_.operator.operator_extra_links = (ReportsLink(),)  # its reports, read from the DVC remote
     for spec in SPEC.stage_tasks:
         for upstream in spec.upstream:
             stage_tasks[upstream] >> stage_tasks[spec.stage.name]
     prepared >> [stage_tasks[name] for name in SPEC.graph.roots()]
 
     checked = gate()
+    checked.operator.operator_extra_links = (ReportsLink(),)  # its decision and metric diff
     [stage_tasks[name] for name in SPEC.graph.leaves()] >> checked
-    if AF.require_approval:
-        approval = ApprovalOperator(
-            task_id="approve",
-            subject="Deploy the retrained {{ ti.xcom_pull(task_ids='gate')['model'] }} model?",
-            body="{{ ti.xcom_pull(task_ids='gate')['reason'] }}\n\n{{ ti.xcom_pull(task_ids='gate')['diff_markdown'] }}",
-            defaults="Reject",  # no answer within the timeout: the champion keeps serving
-            response_timeout=dt.timedelta(hours=AF.approval_timeout_h),
-            doc_md="### Human approval\nShows the gate's metric diff; Reject (or no answer in time) skips the push.",
-        )
-        checked >> approval
-        checked = approval
+    approval = RunApproval(
+        task_id="approve",
+        subject="Deploy the retrained {{ ti.xcom_pull(task_ids='gate')['model'] }} model?",
+        body="{{ ti.xcom_pull(task_ids='gate')['reason'] }}\n\n{{ ti.xcom_pull(task_ids='gate')['diff_markdown'] }}",
+        defaults="Reject",  # no answer within the timeout: the champion keeps serving
+        response_timeout=dt.timedelta(hours=AF.approval_timeout_h),
+        doc_md="### Human approval\nAsked when the run's `require_approval` is on (Trigger form; default "
+        "`airflow.require_approval`). Shows the gate's metric diff; Reject (or no answer in time) skips the push. "
+        "A run that does not ask approves at once.",
+    )
     pushed = push()
-    checked >> pushed
+    checked >> approval >> pushed
     publish(pushed)

@@ -6,7 +6,7 @@ Everything Airflow keeps (airflow.cfg, the SQLite database, task logs), the work
 (`python -m serving start`) is started when it is not running.
 
     python -m orchestration run-once [--date YYYY-MM-DD]   # airflow dags test retrain <date>, then what serves
-    python -m orchestration ui                               # airflow standalone (UI on :8080)
+    python -m orchestration ui                               # airflow standalone (UI on 127.0.0.1:8080)
     python -m orchestration registry                         # the model registry: versions, what is in prod
     python -m orchestration rollback [--to N]                # Triton serves version N again; #prod moves with it
     python -m orchestration cluster up|down|status           # CeleryExecutor cluster (orchestration/cluster.py)
@@ -33,15 +33,30 @@ AIRFLOW_DIR = ".airflow"
 _SHOWN = re.compile(r"\[(orchestration|stages)\.[\w.]+\]|DagRun Finished|Marking task|ERROR")
 
 
+LOOPBACK = "127.0.0.1"
+
+
 def airflow_env(project: Path) -> dict[str, str]:
+    """Airflow for one person on this machine: everyone who reaches the UI is an admin (no login),
+    so the UI and REST API listen on the loopback interface only. Running it for a team is a
+    different configuration (a real auth manager and users; README, "Running Airflow for a team")."""
     env = dict(os.environ)
+    port = env.get("AIRFLOW__API__PORT", "8080")
     env.update(
         {
             "AIRFLOW_HOME": str(project / AIRFLOW_DIR),
             "AIRFLOW__CORE__DAGS_FOLDER": str(project / "dags"),
+            # the reports page and the tasks' "Reports" links (plugins/retrain_reports.py)
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(project / "plugins"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            # A local UI without a login; a shared deployment configures a real auth manager.
+            # No login: anyone who reaches the UI may approve a deployment or edit a Connection.
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+            # Airflow's default is 0.0.0.0 (every interface); with no login that is the network.
+            "AIRFLOW__API__HOST": LOOPBACK,
+            # Tasks report to the Execution API on the address it really listens on.
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": env.get(
+                "AIRFLOW__CORE__EXECUTION_API_SERVER_URL", f"http://{LOOPBACK}:{port}/execution/"
+            ),
             "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
         }
     )
@@ -200,7 +215,11 @@ def ui(project: Path) -> None:
     env = airflow_env(project)
     prepare_airflow(env, params)
     ensure_triton(params)
-    print("Airflow UI: http://localhost:8080 (Ctrl-C stops it; Triton keeps running: `python -m serving stop`)")
+    port = env.get("AIRFLOW__API__PORT", "8080")
+    print(
+        f"Airflow UI: http://{LOOPBACK}:{port}, on this machine only (no login: everyone is admin). "
+        "Ctrl-C stops it; Triton keeps running: `python -m serving stop`"
+    )
     airflow_bin = str(Path(sys.executable).parent / "airflow")
     os.execve(airflow_bin, [airflow_bin, "standalone"], env)
 

@@ -82,8 +82,16 @@ def inputs(graph: StageGraph, name: str) -> tuple[list[str], list[str]]:
     return sorted(found), sorted(covering)
 
 
-def prepare(fleet: Fleet, run_id: str, as_of: str | None) -> dict[str, Any]:
+def prepare(
+    fleet: Fleet, run_id: str, as_of: str | None, overrides: Mapping[str, str | None] | None = None
+) -> dict[str, Any]:
+    """`overrides`: `section.key` -> value set in the run's params.yaml (the Trigger form's)."""
+
     def name_remote(root: Path) -> None:
+        for dotted, value in (overrides or {}).items():
+            section, key = dotted.split(".", 1)
+            params = root / "params.yaml"
+            params.write_text(workspace.set_param(params.read_text(), section, key, value))
         dvc_runner.record_remote(root, fleet.dvc)
         dvc_runner.check_remote_at(root, fleet.dvc)  # an unreachable remote fails here, not in every stage
 

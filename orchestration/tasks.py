@@ -18,6 +18,7 @@ import logging
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -64,8 +65,9 @@ def results(context: Mapping[str, Any], task_ids: Sequence[str]) -> list[dict[st
     return [value for value in pulled if value]
 
 
-def failing_fast(call: Any) -> Any:
-    """Run `call`; a failed stage or mismatched results fail the task without retries."""
+def failing_fast(call: Any, cause_file: Path | None = None) -> Any:
+    """Run `call`; a failed stage or mismatched results fail the task without retries. The stage's
+    own failure paragraph (in `cause_file`, see stages/_cli.py) leads the task's error."""
     from airflow.sdk.exceptions import AirflowFailException
 
     from orchestration.dvc_runner import StageFailed
@@ -74,7 +76,8 @@ def failing_fast(call: Any) -> Any:
     try:
         return call()
     except (StageFailed, LockMergeError) as error:
-        raise AirflowFailException(str(error)) from error
+        cause = cause_file.read_text().strip() if cause_file and cause_file.is_file() else ""
+        raise AirflowFailException(f"{cause}\n({error})" if cause else str(error)) from error
 
 
 # --- prepare --------------------------------------------------------------------------------
@@ -89,10 +92,54 @@ def run_date(context: Mapping[str, Any]) -> dt.date:
 
 
 def prepare(project: str | Path, context: Mapping[str, Any]) -> dict[str, Any]:
-    """The run's commit on the workspace's git remote; in demo mode, embed.as_of = the run's date."""
+    """The run's commit on the workspace's git remote; in demo mode, embed.as_of = the run's date.
+    The Trigger form's values are checked here, before any stage runs."""
+    from airflow.sdk.exceptions import AirflowFailException
+
     setup = fleet(project)
     as_of = run_date(context).isoformat() if setup.ws.params.demo_batches else None
-    return steps.prepare(setup, context["run_id"], as_of)
+    form = context.get("params") or {}
+    try:
+        overrides = form_overrides(setup.ws.project, form)
+    except ValueError as error:
+        raise AirflowFailException(f"the run's parameters (Trigger form) are invalid: {error}") from error
+    if form.get("note"):
+        log.info("note: %s", form["note"])
+    log.info(
+        "require approval: %s; params set by the form: %s", bool(form.get("require_approval")), overrides or "none"
+    )
+    prepared = steps.prepare(setup, context["run_id"], as_of, overrides)
+    return {**prepared, "note": form.get("note") or "", "overrides": overrides}
+
+
+def form_overrides(project: Path, form: Mapping[str, Any]) -> dict[str, str | None]:
+    """The params.yaml keys the Trigger form sets for this run, checked: a data source that does
+    not exist here, or params that no longer load, raise ValueError naming the cause."""
+    import yaml
+
+    from orchestration.workspace import set_param
+    from pipeline.params import Params
+
+    overrides: dict[str, str | None] = {}
+    source = (form.get("data_source") or "").strip()
+    if source:
+        if "://" not in source:
+            path = Path(source) if Path(source).is_absolute() else project / source
+            if not path.exists():
+                raise ValueError(
+                    f"data_source {source!r} does not exist on this worker ({path}); give a CSV or Parquet "
+                    "file or folder that every worker can read (relative to the project, or absolute), "
+                    "or leave it empty for data.source"
+                )
+        overrides["data.source"] = source
+    text = (project / "params.yaml").read_text()
+    for dotted, value in overrides.items():
+        text = set_param(text, *dotted.split(".", 1), value)
+    try:
+        Params.model_validate(yaml.safe_load(text))
+    except Exception as error:  # pydantic's ValidationError names the key
+        raise ValueError(f"params.yaml with {overrides} does not load: {error}") from error
+    return overrides
 
 
 # --- stages ---------------------------------------------------------------------------------
@@ -103,7 +150,17 @@ def stage(project: str | Path, name: str, ancestors: Sequence[str], context: Map
     prepared = ti.xcom_pull(task_ids=PREPARE_TASK)
     upstream = results(context, ancestors)
     setup = fleet(project)
-    result = failing_fast(lambda: steps.stage(setup, context["run_id"], prepared, name, upstream, ti.try_number))
+    from stages._cli import FAILURE_FILE_ENV
+
+    with tempfile.TemporaryDirectory(prefix="stage-failure-") as tmp:
+        cause = Path(tmp) / "cause.txt"
+        os.environ[FAILURE_FILE_ENV] = str(cause)  # DVC passes the environment on to the stage
+        try:
+            result = failing_fast(
+                lambda: steps.stage(setup, context["run_id"], prepared, name, upstream, ti.try_number), cause
+            )
+        finally:
+            os.environ.pop(FAILURE_FILE_ENV, None)
     # the name Airflow records for this task instance ([core] hostname_callable), so the two agree
     return {**result, "host": getattr(ti, "hostname", None) or result["host"]}
 
@@ -282,8 +339,10 @@ def push(
     conn_id: str,
     stage_ids: Sequence[str],
     context: Mapping[str, Any],
+    served: Any = None,
 ) -> dict[str, Any]:
     """Push the run's candidate with the serving code; an identical model pushes nothing.
+    `served` (the DAG's `triton://<model>` asset) gets an event whose extra says what serves now.
     An unreachable server raises for Airflow to retry; a candidate that fails to load or answers
     wrongly fails the task at once (the serving code has put the previous version back)."""
     from airflow.sdk.exceptions import AirflowFailException
@@ -325,13 +384,36 @@ def push(
             result.version,
             result.serving,
         )
-    return {
+    pushed = {
         "model": result.model,
         "version": result.version,
         "serving": result.serving,
         "previous": result.previous,
         "created": created,
         "seconds": round(result.seconds.get("total", 0.0), 2),
+    }
+    if served is not None:
+        extra = served_extra(pushed, root / evaluate_args["candidate"], root / evaluate_args["metrics"], setup, context)
+        context["outlet_events"][served].extra = extra
+    return pushed
+
+
+def served_extra(
+    pushed: Mapping[str, Any], candidate: Path, metrics: Path, setup: steps.Fleet, context: Mapping[str, Any]
+) -> dict[str, Any]:
+    """What the served-model asset event records: version, test metrics, the data it was trained
+    on (DVC md5s), the source commit and the git tag publish gives this version."""
+    card = json.loads((candidate / "model_card.json").read_text()) if (candidate / "model_card.json").is_file() else {}
+    return {
+        "model": pushed["model"],
+        "version": pushed["version"],
+        "previous": pushed["previous"],
+        "created": pushed["created"],
+        "git_tag": f"{setup.ws.params.tag_prefix}{pushed['version']}",
+        "git_commit": card.get("git_commit"),
+        "metrics": json.loads(metrics.read_text()) if metrics.is_file() else {},
+        "data": card.get("data", {}),
+        "run_id": context["run_id"],
     }
 
 

@@ -174,6 +174,43 @@ def test_first_run_deploys_version_1(first: Run, project: Path, triton, tmp_path
     np.testing.assert_allclose(got, np.asarray(golden["outputs"]), atol=golden["atol"])
 
 
+ASSET_EVENTS = """
+import json
+from sqlalchemy import select
+from airflow.models.asset import AssetEvent, AssetModel
+from airflow.utils.session import create_session
+with create_session() as session:
+    rows = session.scalars(
+        select(AssetEvent).join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+        .where(AssetModel.uri == {uri!r}).order_by(AssetEvent.id)
+    ).all()
+    print("JSON" + json.dumps([
+        {{"extra": e.extra, "task_id": e.source_task_id, "run_id": e.source_run_id}} for e in rows
+    ]))
+"""
+
+
+def asset_events(env: dict[str, str], uri: str) -> list[dict]:
+    """The asset's events from Airflow's metadata database, through Airflow's own models."""
+    script = ASSET_EVENTS.format(uri=uri)
+    result = subprocess.run(
+        [env["PATH"].split(":")[0] + "/python", "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(next(x for x in result.stdout.splitlines() if x.startswith("JSON"))[4:])
+
+
+def test_push_records_what_serves_as_an_asset_event(first: Run, env) -> None:
+    (event,) = asset_events(env, "triton://digits/")  # (Airflow normalizes the URI with a slash)
+    assert event["task_id"] == "push" and event["run_id"] in first.output
+    extra = event["extra"]
+    assert extra["model"] == "digits" and extra["version"] == 1 and extra["created"] is True
+    assert extra["git_tag"] == "model-v1" and re.fullmatch(r"[0-9a-f]{40}", extra["git_commit"])
+    assert extra["metrics"]["accuracy"] >= 0.85 and "f1_macro" in extra["metrics"]
+    assert set(extra["data"]) == {"clean", "split"}
+    assert all(re.fullmatch(r"[0-9a-f]{32}", row["md5"]) for row in extra["data"].values())
+
+
 @pytest.fixture(scope="module")
 def unchanged(first: Run, env, project: Path, helpers) -> Run:
     return run_dag(env, project, helpers)
