@@ -79,6 +79,17 @@ class CleanParams(Section):
     max_duplicate_share: Fraction = 0.02
 
 
+class DriftParams(Section):
+    """The drift stage: the new clean table against the data the serving model was trained on."""
+
+    bins: Annotated[int, Field(ge=2, le=100)] = 10
+    sample_rows: Positive = 20_000
+    threshold: Annotated[float, Field(gt=0.0)] = 0.25
+    class_threshold: Annotated[float, Field(gt=0.0)] = 0.1
+    action: Literal["warn", "fail"] = "warn"
+    top_n: Positive = 10
+
+
 class SplitParams(Section):
     seed: int = 42
     val_fraction: Fraction = 0.15
@@ -275,15 +286,22 @@ class AirflowParams(Section):
     gpu_pool: str = "gpu"
     gpu_pool_slots: Positive = 1
     evaluate_stage: str = "evaluate"
+    drift_stage: str | None = "drift"
     require_approval: bool = False
     approval_timeout_h: Annotated[float, Field(gt=0.0)] = 72.0
-    workspace: str = ".airflow/workspace"
+    git_remote: str = ".airflow/workspace.git"
+    git_branch: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")] = "main"
+    worker_root: str = ".airflow/worker"
+    worker_keep_runs: Positive = 2
     dvc_remote: str | None = ".dvc-remote"
+    dvc_remote_conn_id: str = "dvc_remote_default"
     triton_conn_id: str = "triton_default"
+    notify_conn_id: str = "retrain_notify"
     stage_timeout_min: Positive = 120
     infra_retries: Annotated[int, Field(ge=0)] = 3
     infra_retry_delay_s: Annotated[float, Field(gt=0.0)] = 10.0
     tag_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")] = "model-v"
+    registry_stage: Annotated[str, Field(pattern=r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")] = "prod"
     git_author: str = "retrain-bot <retrain-bot@localhost>"
 
     @model_validator(mode="after")
@@ -301,6 +319,7 @@ class Params(Section):
     data: DataParams
     embed: EmbedParams = EmbedParams()
     clean: CleanParams = CleanParams()
+    drift: DriftParams = DriftParams()
     split: SplitParams = SplitParams()
     train: TrainParams = TrainParams()
     export: ExportParams = ExportParams()

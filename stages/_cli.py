@@ -8,9 +8,12 @@ as `ParamsError` and `TableError`) print as `<stage> failed: <message>`. Anythin
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from pipeline.errors import StageError
 from pipeline.params import DEFAULT_PATH, Params, load_params
@@ -20,6 +23,10 @@ __all__ = ["EXPECTED", "StageError", "add_split_inputs", "main", "parser", "setu
 # Failures a person can act on: printed without a traceback (ParamsError and TableError are
 # StageErrors too).
 EXPECTED: tuple[type[BaseException], ...] = (StageError,)
+
+# Set by whoever runs the stage (the Airflow task, through DVC) to a file that then receives the
+# failure paragraph, so the task's error and its notification carry the cause, not only the exit code.
+FAILURE_FILE_ENV = "RETRAIN_STAGE_FAILURE_FILE"
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -49,4 +56,7 @@ def main(stage: str, body: Callable[[argparse.Namespace, Params], None], args: a
     except EXPECTED as error:
         log.error("%s failed: %s", stage, error)
         print(f"\n{stage} failed: {error}", file=sys.stderr)
+        if failure_file := os.environ.get(FAILURE_FILE_ENV):
+            with contextlib.suppress(OSError):  # the message above is what counts; this is a copy
+                Path(failure_file).write_text(f"{stage} failed: {error}")
         sys.exit(1)

@@ -9,7 +9,8 @@ deployment". Thresholds are TFX-style (`gate:` in params.yaml): absolute floors 
 must reach, and a maximum regression against the champion. With no champion (the first deployment) the floors alone decide.
 
 Not a DVC stage: its answer depends on what serves right now. The retraining DAG runs it after
-evaluate; it writes a JSON report (decision, reason, per-metric diff) and exits 0 when the
+evaluate; it writes a JSON report (decision, reason, per-metric diff, and with `--drift` the drift
+stage's summary, shown on the approval page but never deciding) and exits 0 when the
 candidate passes, 3 when it is rejected, 1 on an error (unreachable server, missing metric).
 """
 
@@ -57,6 +58,7 @@ class Decision:
     champion_version: int | None = None
     model: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    drift: dict[str, Any] | None = None  # the drift stage's metrics (metrics/drift.json), shown beside the diff
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -82,6 +84,10 @@ def diff_markdown(decision: Decision) -> str:
             f"| {c.metric} | {_fmt(c.challenger)} | {_fmt(c.champion)} | {delta} | {_fmt(c.floor)} | "
             f"{_fmt(c.max_regression)} | {'yes' if c.passed else 'NO'} |"
         )
+    if decision.drift is not None:
+        from pipeline.drift import summary_markdown
+
+        lines += ["", summary_markdown(decision.drift)]
     return "\n".join(lines)
 
 
@@ -198,6 +204,7 @@ def run(args: Any, data: DataParams, serving: ServingParams, gate: GateParams) -
     from serving.repository import load_candidate
 
     challenger = json.loads(Path(args.metrics).read_text())
+    drift = read_drift(getattr(args, "drift", None))
     model = load_candidate(args.candidate).name
     test = SplitTable.open(args.clean, args.split, data).split_rows("test")
     champion = score_champion(serving, list(data.classes), model, test)
@@ -209,7 +216,19 @@ def run(args: Any, data: DataParams, serving: ServingParams, gate: GateParams) -
         champion_version=None if champion is None else champion[0],
         model=model,
         extra={"test_rows": len(test), "candidate": str(args.candidate)},
+        drift=drift,
     )
+
+
+def read_drift(path: str | None) -> dict[str, Any] | None:
+    """The drift stage's metrics, when the pipeline has a drift stage (shown, never decisive:
+    `drift.action: fail` stops the run in the drift stage itself)."""
+    if path is None:
+        return None
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise _cli.StageError(f"the drift metrics {path} are unreadable ({error}); rerun the drift stage") from None
 
 
 def main() -> None:
@@ -217,6 +236,7 @@ def main() -> None:
     p.add_argument("--candidate", required=True, help="candidate folder written by export")
     _cli.add_split_inputs(p)
     p.add_argument("--metrics", required=True, help="the candidate's evaluate metrics (JSON)")
+    p.add_argument("--drift", help="the drift stage's metrics (JSON), summarised in the report")
     p.add_argument("--report", help="where to write the gate report (default: gate.report in params)")
     decisions: list[Decision] = []
 
