@@ -113,11 +113,8 @@ def print_served(params: Params) -> None:
             print(f"  {mark} v{row.version}  commit {str(row.git_commit)[:12]}  {metrics}  pushed {row.pushed_at}")
         if model.serving is None:
             continue
-        golden = settings.repository / model.model / str(model.serving) / "golden.json"
-        if golden.is_file():
-            import json
-
-            sample = json.loads(golden.read_text())
+        sample = settings.open_repository().golden(model.model, model.serving)  # local folder or s3://
+        if sample is not None:
             rows = np.asarray(sample["inputs"][:3], dtype=np.float32)
             probabilities = predict(rows, model.model, settings=settings.client)
             classes = params.data.classes
