@@ -173,7 +173,8 @@ def triton_env(conn_id: str, project: str | Path | None = None) -> dict[str, str
     is set. The password is sent as a bearer token, and only over TLS unless the extra
     `allow_insecure_token: true` says otherwise. Other extras: `headers` (JSON object),
     `model_repository` (the live repository the push writes to), `ssl_ca_file`, `ssl_cert_file`,
-    `ssl_key_file`, `ssl_insecure`, `control_key` (the server's model-control key).
+    `ssl_key_file`, `ssl_insecure`, `control_key` (the server's model-control key), `candidate_entry`
+    (`gpu` for a server on GPUs: the candidate's KIND_GPU entry is pushed).
 
     With no such Connection, the environment and params.yaml `serving:` apply (the local server);
     given the `project`, the local server's state folder is made absolute against it, so that a
@@ -230,7 +231,7 @@ def triton_env(conn_id: str, project: str | Path | None = None) -> dict[str, str
     if extra.get("headers"):
         headers = extra["headers"]
         env["TRITON_HEADERS"] = headers if isinstance(headers, str) else json.dumps(headers)
-    for key in ("model_repository", *ssl_extras, "control_key"):
+    for key in ("model_repository", "candidate_entry", *ssl_extras, "control_key"):
         if extra.get(key):
             env[f"TRITON_{key.upper()}"] = str(extra[key])
     if _truthy(extra.get("ssl_insecure")):
