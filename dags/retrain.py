@@ -24,6 +24,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 from pathlib import Path
+from typing import Any
 
 from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, TaskGroup, task
 
@@ -40,7 +41,7 @@ TASK_IDS = {t.stage.name: t.full_id for t in SPEC.stage_tasks}
 # What Triton serves: each push records version, metrics, data hashes and git tag on the Assets page.
 SERVED = Asset(uri=f"triton://{SPEC.params.export.model_name}", group="model")
 
-INFRA_RETRIES = {
+INFRA_RETRIES: dict[str, Any] = {
     "retries": AF.infra_retries,
     "retry_delay": dt.timedelta(seconds=AF.infra_retry_delay_s),
     "retry_exponential_backoff": 2.0,
@@ -85,7 +86,8 @@ def dvc_stage(stage: str, ancestors: list[str], **context) -> dict:
 Scores the model Triton serves now on the test split and compares it with the candidate's evaluate
 metrics: every floor in `gate.floors` must be met, and no metric may fall further below the
 champion than `gate.max_regression` allows. The first deployment is judged on the floors alone.
-The report (decision, reason, metric diff) is this task's XCom and `gate.report` in the workspace.
+The decision (reason, metric diff, drift summary) is this task's value (XCom), computed in-process by
+`stages.gate.run`, and `gate.report` in the task's checkout.
 A rejection **skips** the push with the reason in this log; the champion keeps serving.
 No retries: a failing gate fails fast.""",
 )
@@ -123,10 +125,10 @@ was built from. Skipped when the push created no new version. Retries with expon
 a retry after a partial try finishes it.""",
     **INFRA_RETRIES,
 )
-def publish(pushed: dict, **context) -> dict:
+def publish(pushed: dict, prepared: dict, **context) -> dict:
     from orchestration import tasks
 
-    return tasks.publish_run(PROJECT, pushed, STAGE_IDS, context)
+    return tasks.publish_run(PROJECT, pushed, prepared, STAGE_IDS, context)
 
 
 with DAG(
@@ -174,7 +176,7 @@ with DAG(
         options = {"queue": AF.gpu_queue, "pool": AF.gpu_pool} if spec.gpu else {}
         stage_tasks[spec.stage.name] = dvc_stage.override(
             task_id=spec.task_id,
-            task_group=groups.get(spec.group_id),
+            task_group=groups.get(spec.group_id) if spec.group_id else None,
             doc_md=spec.doc_md(),
             execution_timeout=dt.timedelta(minutes=AF.stage_timeout_min),
             **options,
@@ -187,7 +189,7 @@ with DAG(
     prepared >> [stage_tasks[name] for name in SPEC.graph.roots()]
 
     checked = gate()
-    checked.operator.operator_extra_links = (ReportsLink(),)  # its decision and metric diff
+    checked.operator.operator_extra_links = (ReportsLink(),)  # type: ignore[attr-defined]  # a PlainXComArg: .operator is the task
     [stage_tasks[name] for name in SPEC.graph.leaves()] >> checked
     approval = RunApproval(
         task_id="approve",
@@ -201,4 +203,4 @@ with DAG(
     )
     pushed = push()
     checked >> approval >> pushed
-    publish(pushed)
+    publish(pushed, prepared)  # type: ignore[arg-type]  # TaskFlow resolves each XComArg to its dict at run time

@@ -8,6 +8,7 @@ Everything Airflow keeps (airflow.cfg, the SQLite database, task logs), the work
     python -m orchestration run-once [--date YYYY-MM-DD]   # airflow dags test retrain <date>, then what serves
     python -m orchestration ui                               # airflow standalone (UI on 127.0.0.1:8080)
     python -m orchestration registry                         # the model registry: versions, what is in prod
+    python -m orchestration results                          # the published version's metrics and reports
     python -m orchestration rollback [--to N]                # Triton serves version N again; #prod moves with it
     python -m orchestration cluster up|down|status           # CeleryExecutor cluster (orchestration/cluster.py)
 """
@@ -24,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+from orchestration import results
 from pipeline.params import Params, load_params
 
 log = logging.getLogger(__name__)
@@ -111,11 +113,8 @@ def print_served(params: Params) -> None:
             print(f"  {mark} v{row.version}  commit {str(row.git_commit)[:12]}  {metrics}  pushed {row.pushed_at}")
         if model.serving is None:
             continue
-        golden = settings.repository / model.model / str(model.serving) / "golden.json"
-        if golden.is_file():
-            import json
-
-            sample = json.loads(golden.read_text())
+        sample = settings.open_repository().golden(model.model, model.serving)  # local folder or s3://
+        if sample is not None:
             rows = np.asarray(sample["inputs"][:3], dtype=np.float32)
             probabilities = predict(rows, model.model, settings=settings.client)
             classes = params.data.classes
@@ -139,6 +138,7 @@ def run_once(project: Path, date: str | None) -> int:
     print(f"airflow dags test {params.airflow.dag_id} {date}  (full log: {log_file})", flush=True)
     started = time.perf_counter()
     state = "unknown"
+    run_id: str | None = None
     with (
         log_file.open("w") as out,
         subprocess.Popen(
@@ -156,9 +156,12 @@ def run_once(project: Path, date: str | None) -> int:
                 print(line.rstrip()[:300], flush=True)
             found = re.search(r"DagRun Finished: .*? state=(\w+)", line)
             state = found.group(1) if found else state
+            named = re.search(r"DagRun Finished: .*?run_id=([^,\s]+)", line)
+            run_id = named.group(1) if named else run_id
     print(f"\nrun {state} in {time.perf_counter() - started:.0f}s", flush=True)
     print_served(params)
     print_registry(project)
+    results.show(project, run_id)
     return 0 if state == "success" else 1
 
 
@@ -233,6 +236,7 @@ def main(argv: list[str] | None = None) -> None:
     once.add_argument("--date", help="logical date YYYY-MM-DD (default: the newest demo batch)")
     commands.add_parser("ui", help="Airflow with the web UI (airflow standalone)")
     commands.add_parser("registry", help="the model registry on the workspace's git remote (gto show)")
+    commands.add_parser("results", help="check out the published version's metrics and reports in .airflow/results")
     back = commands.add_parser("rollback", help="serve an earlier version again and move the registry's stage to it")
     back.add_argument("--to", type=int, help="version to serve (default: the one before the serving one)")
     cluster = commands.add_parser("cluster", help="a local CeleryExecutor cluster: up | down | status", add_help=False)
@@ -247,6 +251,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "registry":
         print_registry(project)
         return
+    if args.command == "results":
+        sys.exit(results.show(project))
     if args.command == "rollback":
         sys.exit(rollback(project, args.to))
     if args.command == "cluster":

@@ -75,7 +75,9 @@ def notify_failure(conn_id: str, context: Mapping[str, Any]) -> None:
     try:
         from airflow.providers.smtp.notifications.smtp import SmtpNotifier
 
-        SmtpNotifier(to=recipients, smtp_conn_id=conn_id, subject=subject, html_content=body).notify(context)
+        SmtpNotifier(to=recipients, smtp_conn_id=conn_id, subject=subject, html_content=body).notify(
+            context  # type: ignore[arg-type]  # the Context Airflow passed to the callback, typed here as a Mapping
+        )
     except Exception:  # a notification must never change the task's outcome
         log.exception("failure notification through Connection %r not sent", conn_id)
         return

@@ -16,15 +16,12 @@ import datetime as dt
 import json
 import logging
 import os
-import subprocess
-import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from orchestration import steps
-from orchestration.workspace import tool_env
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +131,8 @@ def form_overrides(project: Path, form: Mapping[str, Any]) -> dict[str, str | No
         overrides["data.source"] = source
     text = (project / "params.yaml").read_text()
     for dotted, value in overrides.items():
-        text = set_param(text, *dotted.split(".", 1), value)
+        section, key = dotted.split(".", 1)
+        text = set_param(text, section, key, value)
     try:
         Params.model_validate(yaml.safe_load(text))
     except Exception as error:  # pydantic's ValidationError names the key
@@ -175,7 +173,8 @@ def triton_env(conn_id: str, project: str | Path | None = None) -> dict[str, str
     is set. The password is sent as a bearer token, and only over TLS unless the extra
     `allow_insecure_token: true` says otherwise. Other extras: `headers` (JSON object),
     `model_repository` (the live repository the push writes to), `ssl_ca_file`, `ssl_cert_file`,
-    `ssl_key_file`, `ssl_insecure`, `control_key` (the server's model-control key).
+    `ssl_key_file`, `ssl_insecure`, `control_key` (the server's model-control key), `candidate_entry`
+    (`gpu` for a server on GPUs: the candidate's KIND_GPU entry is pushed).
 
     With no such Connection, the environment and params.yaml `serving:` apply (the local server);
     given the `project`, the local server's state folder is made absolute against it, so that a
@@ -232,7 +231,7 @@ def triton_env(conn_id: str, project: str | Path | None = None) -> dict[str, str
     if extra.get("headers"):
         headers = extra["headers"]
         env["TRITON_HEADERS"] = headers if isinstance(headers, str) else json.dumps(headers)
-    for key in ("model_repository", *ssl_extras, "control_key"):
+    for key in ("model_repository", "candidate_entry", *ssl_extras, "control_key"):
         if extra.get(key):
             env[f"TRITON_{key.upper()}"] = str(extra[key])
     if _truthy(extra.get("ssl_insecure")):
@@ -269,13 +268,18 @@ def gate(
     stage_ids: Sequence[str],
     context: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """Run `python -m stages.gate` in a checkout holding the candidate and its test rows. A
+    """The gate's decision as this task's value: `stages.gate.run` called in-process on a checkout
+    holding the candidate and its test rows, against the champion where the push would write. A
     rejection skips the push (the run stays green: rejecting a worse model is the gate doing its
-    job) and the champion keeps serving."""
-    from airflow.sdk.exceptions import AirflowSkipException
+    job) and the champion keeps serving. The report also lands in the checkout (`gate.report`)."""
+    from types import SimpleNamespace
 
+    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+    from pipeline import atomic
+    from pipeline.errors import StageError
     from pipeline.params import load_params
-    from stages.gate import REJECTED_EXIT
+    from stages import gate as gate_stage
 
     ti = context["ti"]
     setup = fleet(project)
@@ -293,26 +297,21 @@ def gate(
             ti.try_number,
         )
     )
-    report_path = load_params(root / "params.yaml").gate.report
-    cmd = [sys.executable, "-m", "stages.gate", *(f"--{k}={v}" for k, v in args.items())]
-    cmd.append(f"--report={report_path}")
-    log.info("$ %s  (in %s)", " ".join(cmd[1:]), root)
+    log.info("workspace: %s", root)
+    params = load_params(root / "params.yaml")
     # The champion is the version pinned in the repository the push writes to (not the checkout's).
     triton = triton_env(conn_id, setup.ws.project)  # one Connection lookup (and one log line) per task
-    env = {
-        **tool_env(),
-        **triton,
-        "TRITON_MODEL_REPOSITORY": str(serving_settings(setup.ws.project, conn_id, triton).repository),
-    }
-    result = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
-    for line in (result.stdout + result.stderr).splitlines():
-        log.info("%s", line)
-    if result.returncode not in (0, REJECTED_EXIT):
-        raise RuntimeError(f"the gate failed (exit {result.returncode}); see the lines above")
-    report = json.loads((root / report_path).read_text())
-    log.info("gate %s\n%s", report["reason"], report["diff_markdown"])
-    if not report["passed"]:
-        raise AirflowSkipException(f"candidate {report['reason']}; the champion keeps serving")
+    settings = serving_settings(setup.ws.project, conn_id, triton)
+    paths = SimpleNamespace(**{key: str(root / path) for key, path in args.items()})
+    try:
+        decision = gate_stage.run(paths, params.data, settings, params.gate)
+    except StageError as error:  # an unreachable server, a champion not READY, a missing metric
+        raise AirflowFailException(f"gate failed: {error}") from error
+    report = decision.to_json()
+    atomic.write_json(root / params.gate.report, report)
+    log.info("gate %s\n%s", decision.reason, report["diff_markdown"])
+    if not decision.passed:
+        raise AirflowSkipException(f"candidate {decision.reason}; the champion keeps serving")
     return report
 
 
@@ -421,11 +420,13 @@ def served_extra(
 def publish_run(
     project: str | Path,
     pushed: Mapping[str, Any],
+    prepared: Mapping[str, Any],
     stage_ids: Sequence[str],
     context: Mapping[str, Any],
 ) -> dict[str, Any]:
     """After a push that created a version: one dvc.lock from every stage's entry, checked
-    against the DVC remote, committed, tagged and pushed with the registry's tags."""
+    against the DVC remote, committed, tagged and pushed with the registry's tags. `pushed` and
+    `prepared` are the push's and prepare_workspace's values (TaskFlow arguments)."""
     from airflow.sdk.exceptions import AirflowSkipException
 
     from orchestration.workspace import remote_ref
@@ -439,7 +440,6 @@ def publish_run(
         )
     # (a version stored by an earlier run whose publish never finished is published now)
     ti = context["ti"]
-    prepared = ti.xcom_pull(task_ids=PREPARE_TASK)
     summary = f"data as of {prepared.get('as_of') or 'all batches'}; source {prepared.get('source_commit')}"
     return failing_fast(
         lambda: steps.publish(

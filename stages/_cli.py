@@ -14,6 +14,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from pipeline.errors import StageError
 from pipeline.params import DEFAULT_PATH, Params, load_params
@@ -47,12 +48,15 @@ def setup_logging() -> None:
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
 
 
-def main(stage: str, body: Callable[[argparse.Namespace, Params], None], args: argparse.Namespace) -> None:
-    """Run a stage body; expected failures exit 1 with `<stage> failed: <message>`."""
+T = TypeVar("T")
+
+
+def main(stage: str, body: Callable[[argparse.Namespace, Params], T], args: argparse.Namespace) -> T:
+    """Run a stage body and return its value; expected failures exit 1 with `<stage> failed: <message>`."""
     setup_logging()
     log = logging.getLogger(f"stages.{stage}")
     try:
-        body(args, load_params(args.params))
+        return body(args, load_params(args.params))
     except EXPECTED as error:
         log.error("%s failed: %s", stage, error)
         print(f"\n{stage} failed: {error}", file=sys.stderr)

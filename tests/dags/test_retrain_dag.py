@@ -109,9 +109,10 @@ def test_one_task_per_dvc_stage_wired_like_dvc_yaml(parsed: dict, spec) -> None:
     folds = [by_stage[n] for n in spec.graph.groups()["crossval"]]
     assert len(folds) == len(spec.params.split.folds)
     assert all(not set(tasks[f]["upstream"]) & set(folds) for f in folds)
-    # the tail: every stage before the gate, then push, then publish
+    # the tail: every stage before the gate, then push, then publish, which takes the push's and
+    # prepare_workspace's values as its arguments (TaskFlow), not through xcom_pull
     assert ancestors("gate") >= set(by_stage.values())
-    assert "gate" in ancestors("push") and tasks["publish"]["upstream"] == ["push"]
+    assert "gate" in ancestors("push") and tasks["publish"]["upstream"] == ["prepare_workspace", "push"]
 
 
 def test_gpu_stages_carry_queue_and_pool(parsed: dict, spec) -> None:
