@@ -134,8 +134,8 @@ def fingerprint(
     }
     digest.update(json.dumps(spec, sort_keys=True).encode())
     for part in rows:
-        digest.update(memoryview(np.ascontiguousarray(part.x)).cast("B"))  # hashed in place, no copy
-        digest.update(memoryview(np.ascontiguousarray(part.y)).cast("B"))
+        digest.update(np.ascontiguousarray(part.x).data.cast("B"))  # hashed in place, no copy
+        digest.update(np.ascontiguousarray(part.y).data.cast("B"))
     return digest.hexdigest()
 
 
