@@ -25,9 +25,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipeline.models import config_for  # noqa: E402
 from pipeline.params import load_params  # noqa: E402
 from pipeline.rows import Rows  # noqa: E402
-from pipeline.training import config_for, fit  # noqa: E402
+from pipeline.training import fit  # noqa: E402
 from serving import configs  # noqa: E402
 from stages import export  # noqa: E402
 
@@ -78,7 +79,7 @@ def main() -> None:
                 "model": params.train.model.model_copy(update={"arch": arch}),
             }
         )
-        config = config_for(train_params, params.data, train.x.shape[1])
+        config = config_for(train_params.model, params.data, train.x.shape[1])
         model = fit(config, train, val, train_params, params.data, progress=False).model
         module = export.Probabilities(model).eval()
         expected = export.torch_probabilities(module, test)
@@ -89,7 +90,7 @@ def main() -> None:
                 for i in range(args.repeats):
                     path = Path(tmp) / f"{arch}-{name}-{i}.onnx"
                     started = time.perf_counter()
-                    write(module, config["n_features"], path, params.export.opset)
+                    write(module, config.n_features, path, params.export.opset)
                     times.append(time.perf_counter() - started)
                 parity = float(np.abs(export.onnx_probabilities(path, test) - expected).max())
                 best[name] = min(times[1:] or times)

@@ -3,16 +3,20 @@
 
 One task per DVC stage, generated from `dvc.yaml` when this file is parsed (foreach items such as
 the cross-validation folds become parallel tasks in a group); dependencies follow the stages'
-deps and outs. Each task runs `dvc repro --single-item <stage>` in the workspace, so DVC's cache
-decides what really runs, and an unchanged stage finishes in seconds.
+deps and outs. Workers share no disk: **prepare_workspace** pushes the run's commit (sources and
+params, on top of the last published `dvc.lock`) to the workspace's git remote; each stage task
+checks it out on its own worker, pulls its inputs from the DVC remote, lets DVC decide whether the
+stage is up to date, restorable from DVC's run cache or has to run, pushes its outputs and returns
+its `dvc.lock` entry.
 
 Then **gate** (the candidate's test metrics against the model Triton serves now, scored live on the
 same rows, with the floors and maximum regression of `gate:` in params.yaml), an optional human
-**approve**al, **push** to Triton, and **publish** (`dvc push`, commit and tag `model-v<N>` in the
-workspace). A rejected candidate skips the push and the champion keeps serving.
+**approve**al, **push** to Triton, and **publish** (one `dvc.lock` merged from every stage's entry,
+committed, tagged `model-v<N>` and `<model>@vN.0.0`, assigned `#prod`, pushed to the git remote).
+A rejected candidate skips the push and the champion keeps serving.
 
 Configured by `airflow:` in params.yaml: schedule and data asset, GPU stages, queue and pool,
-approval, workspace, DVC remote, the Triton Connection.
+approval, git and DVC remotes, the worker root, the Triton Connection.
 """
 
 from __future__ import annotations
@@ -20,17 +24,24 @@ from __future__ import annotations
 import datetime as dt
 import os
 from pathlib import Path
+from typing import Any
 
-from airflow.providers.standard.operators.hitl import ApprovalOperator
-from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, CronTriggerTimetable, TaskGroup, task
+from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, TaskGroup, task
 
+from orchestration.approval import RunApproval
+from orchestration.notify import failure_callback
+from orchestration.reports_ui import ReportsLink
 from orchestration.spec import pipeline_spec
 
 PROJECT = Path(os.environ.get("RETRAIN_PROJECT_DIR") or Path(__file__).resolve().parents[1])
 SPEC = pipeline_spec(PROJECT)  # reads params.yaml and dvc.yaml: the only I/O at parse time
 AF = SPEC.airflow
+STAGE_IDS = [t.full_id for t in SPEC.stage_tasks]  # whose results carry the run's dvc.lock entries
+TASK_IDS = {t.stage.name: t.full_id for t in SPEC.stage_tasks}
+# What Triton serves: each push records version, metrics, data hashes and git tag on the Assets page.
+SERVED = Asset(uri=f"triton://{SPEC.params.export.model_name}", group="model")
 
-INFRA_RETRIES = {
+INFRA_RETRIES: dict[str, Any] = {
     "retries": AF.infra_retries,
     "retry_delay": dt.timedelta(seconds=AF.infra_retry_delay_s),
     "retry_exponential_backoff": 2.0,
@@ -50,9 +61,12 @@ def schedule():
 
 @task(
     doc_md="""### Prepare the workspace
-Mirrors the project's sources (what git tracks) into the workspace repository, keeping the
-workspace's own `dvc.lock` and outputs. In demo mode it sets `embed.as_of` to this run's
-data-interval end, so the run ingests the weekly batches that have arrived by then.""",
+Checks out the last published version from the workspace's git remote (`airflow.git_remote`),
+mirrors the project's sources into it and pushes the result as this run's commit
+(`refs/retrain/runs/<run>`): every later task works on exactly that commit. In demo mode it sets
+`embed.as_of` to this run's data-interval end, so the run ingests the weekly batches that have
+arrived by then. Retries with backoff (an unreachable remote is infrastructure).""",
+    **INFRA_RETRIES,
 )
 def prepare_workspace(**context) -> dict:
     from orchestration import tasks
@@ -60,11 +74,11 @@ def prepare_workspace(**context) -> dict:
     return tasks.prepare(PROJECT, context)
 
 
-@task
-def dvc_stage(stage: str) -> dict:
+@task(**INFRA_RETRIES)
+def dvc_stage(stage: str, ancestors: list[str], **context) -> dict:
     from orchestration import tasks
 
-    return tasks.stage(PROJECT, stage)
+    return tasks.stage(PROJECT, stage, ancestors, context)
 
 
 @task(
@@ -72,14 +86,15 @@ def dvc_stage(stage: str) -> dict:
 Scores the model Triton serves now on the test split and compares it with the candidate's evaluate
 metrics: every floor in `gate.floors` must be met, and no metric may fall further below the
 champion than `gate.max_regression` allows. The first deployment is judged on the floors alone.
-The report (decision, reason, metric diff) is this task's XCom and `gate.report` in the workspace.
+The decision (reason, metric diff, drift summary) is this task's value (XCom), computed in-process by
+`stages.gate.run`, and `gate.report` in the task's checkout.
 A rejection **skips** the push with the reason in this log; the champion keeps serving.
 No retries: a failing gate fails fast.""",
 )
-def gate() -> dict:
+def gate(**context) -> dict:
     from orchestration import tasks
 
-    return tasks.gate(PROJECT, SPEC.evaluate_args(), AF.triton_conn_id)
+    return tasks.gate(PROJECT, SPEC.evaluate_args(), AF.triton_conn_id, STAGE_IDS, context)
 
 
 @task(
@@ -88,28 +103,32 @@ Writes the candidate as the next version of the model into the live repository, 
 the previous version keeps serving, smoke-tests it with the golden samples, then serves only it;
 on any failure the previous version stays. Pushing an identical model creates no new version.
 Triton from the Airflow Connection `airflow.triton_conn_id`, else `TRITON_*` / params `serving:`.
-Retries with exponential backoff.""",
+Retries with exponential backoff. Emits an event of the asset `triton://<model>` (version, test
+metrics, data hashes, git tag): the Assets page lists what was served and from which run.""",
+    outlets=[SERVED],
     **INFRA_RETRIES,
 )
-def push() -> dict:
+def push(**context) -> dict:
     from orchestration import tasks
 
-    return tasks.push(PROJECT, SPEC.evaluate_args(), AF.triton_conn_id)
+    return tasks.push(PROJECT, SPEC.evaluate_args(), AF.triton_conn_id, STAGE_IDS, context, served=SERVED)
 
 
 @task(
     doc_md="""### Publish the version
-`dvc push` of the outputs to the DVC remote (`airflow.dvc_remote`), then a commit of `dvc.lock`,
-params and code in the workspace repository, tagged `<airflow.tag_prefix><Triton version>`: the
-served version maps to a commit and a data version. Skipped when the push created no new version.
-Retries with exponential backoff; a retry after a partial try finishes it.""",
+Merges the `dvc.lock` entries every stage task returned (in `dvc.yaml` order) into one lock,
+checks that the DVC remote holds every output it names, commits it on top of the run's commit,
+tags it `<airflow.tag_prefix><Triton version>` and registers the model the GTO way
+(`<model>@vN.0.0`, stage `#<airflow.registry_stage>`), and pushes branch and tags to the git
+remote in one atomic push. `git checkout model-v<N> && dvc pull` then gives back what version N
+was built from. Skipped when the push created no new version. Retries with exponential backoff;
+a retry after a partial try finishes it.""",
     **INFRA_RETRIES,
 )
-def publish(pushed: dict, **context) -> dict:
+def publish(pushed: dict, prepared: dict, **context) -> dict:
     from orchestration import tasks
 
-    prepared = context["ti"].xcom_pull(task_ids="prepare_workspace")
-    return tasks.publish_run(PROJECT, pushed, prepared)
+    return tasks.publish_run(PROJECT, pushed, prepared, STAGE_IDS, context)
 
 
 with DAG(
@@ -120,8 +139,34 @@ with DAG(
     start_date=dt.datetime.fromisoformat(AF.start_date).replace(tzinfo=dt.UTC),
     catchup=AF.catchup,
     max_active_runs=1,
-    default_args={"owner": "mlops", "retries": 0},
+    # A task that fails for good emails the Connection's recipients; no Connection, no email.
+    default_args={"owner": "mlops", "retries": 0, "on_failure_callback": failure_callback(AF.notify_conn_id)},
     tags=["dvc", "triton", "retraining"],
+    # The Trigger form. JSON-schema types are checked when the run is created; prepare_workspace
+    # checks the values against the project (the data source exists, the params still load).
+    params={
+        "require_approval": Param(
+            AF.require_approval,
+            type="boolean",
+            title="Require approval",
+            description="Ask a person (the approve task) before pushing this run's model to Triton.",
+        ),
+        "data_source": Param(
+            None,
+            type=["null", "string"],
+            minLength=1,
+            title="Data source",
+            description="A CSV or Parquet file or folder for this run instead of data.source in params.yaml "
+            "(relative to the project, or absolute; every worker must be able to read it). Empty: data.source.",
+        ),
+        "note": Param(
+            "",
+            type="string",
+            maxLength=500,
+            title="Note",
+            description="Why this run: logged by prepare_workspace and kept in its result (XCom).",
+        ),
+    },
 ) as retrain:
     prepared = prepare_workspace()
 
@@ -131,29 +176,31 @@ with DAG(
         options = {"queue": AF.gpu_queue, "pool": AF.gpu_pool} if spec.gpu else {}
         stage_tasks[spec.stage.name] = dvc_stage.override(
             task_id=spec.task_id,
-            task_group=groups.get(spec.group_id),
+            task_group=groups.get(spec.group_id) if spec.group_id else None,
             doc_md=spec.doc_md(),
             execution_timeout=dt.timedelta(minutes=AF.stage_timeout_min),
             **options,
-        )(stage=spec.stage.name)
+        )(stage=spec.stage.name, ancestors=[TASK_IDS[a] for a in sorted(SPEC.graph.ancestors(spec.stage.name))])
+    for task_ in [*stage_tasks.values()]:
+        task_.operator.operator_extra_links = (ReportsLink(),)  # its reports, read from the DVC remote
     for spec in SPEC.stage_tasks:
         for upstream in spec.upstream:
             stage_tasks[upstream] >> stage_tasks[spec.stage.name]
     prepared >> [stage_tasks[name] for name in SPEC.graph.roots()]
 
     checked = gate()
+    checked.operator.operator_extra_links = (ReportsLink(),)  # type: ignore[attr-defined]  # a PlainXComArg: .operator is the task
     [stage_tasks[name] for name in SPEC.graph.leaves()] >> checked
-    if AF.require_approval:
-        approval = ApprovalOperator(
-            task_id="approve",
-            subject="Deploy the retrained {{ ti.xcom_pull(task_ids='gate')['model'] }} model?",
-            body="{{ ti.xcom_pull(task_ids='gate')['reason'] }}\n\n{{ ti.xcom_pull(task_ids='gate')['diff_markdown'] }}",
-            defaults="Reject",  # no answer within the timeout: the champion keeps serving
-            response_timeout=dt.timedelta(hours=AF.approval_timeout_h),
-            doc_md="### Human approval\nShows the gate's metric diff; Reject (or no answer in time) skips the push.",
-        )
-        checked >> approval
-        checked = approval
+    approval = RunApproval(
+        task_id="approve",
+        subject="Deploy the retrained {{ ti.xcom_pull(task_ids='gate')['model'] }} model?",
+        body="{{ ti.xcom_pull(task_ids='gate')['reason'] }}\n\n{{ ti.xcom_pull(task_ids='gate')['diff_markdown'] }}",
+        defaults="Reject",  # no answer within the timeout: the champion keeps serving
+        response_timeout=dt.timedelta(hours=AF.approval_timeout_h),
+        doc_md="### Human approval\nAsked when the run's `require_approval` is on (Trigger form; default "
+        "`airflow.require_approval`). Shows the gate's metric diff; Reject (or no answer in time) skips the push. "
+        "A run that does not ask approves at once.",
+    )
     pushed = push()
-    checked >> pushed
-    publish(pushed)
+    checked >> approval >> pushed
+    publish(pushed, prepared)  # type: ignore[arg-type]  # TaskFlow resolves each XComArg to its dict at run time

@@ -134,6 +134,24 @@ class AirflowApi:
         }
         return self._request("POST", f"/api/v2/dags/{self._q(dag_id)}/clearTaskInstances", body)
 
+    def runs(self, dag_id: str) -> list[dict[str, Any]]:
+        return self._request("GET", f"/api/v2/dags/{self._q(dag_id)}/dagRuns?limit=100")["dag_runs"]
+
+    def asset(self, name: str) -> dict[str, Any]:
+        """The asset named `name` (or with that URI), as the scheduler registered it."""
+        assets = self._request("GET", f"/api/v2/assets?name_pattern={self._q(name)}&limit=100")["assets"]
+        found = [a for a in assets if name in (a["name"], a["uri"])]
+        if not found:
+            raise AirflowApiError(f"no asset {name!r} (is the DAG that uses it parsed?)")
+        return found[0]
+
+    def create_asset_event(self, asset_id: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """What a data producer does: record new data for the asset, which triggers its consumers."""
+        return self._request("POST", "/api/v2/assets/events", {"asset_id": asset_id, "extra": extra or {}})
+
+    def asset_events(self, asset_id: int) -> list[dict[str, Any]]:
+        return self._request("GET", f"/api/v2/assets/events?asset_id={asset_id}&limit=100")["asset_events"]
+
     def wait_for_run(self, dag_id: str, run_id: str, timeout_s: float, poll_s: float = 3.0) -> dict[str, Any]:
         """Poll a run until it finishes; raises TimeoutError with the task states when it does not."""
         deadline = time.monotonic() + timeout_s

@@ -1,83 +1,272 @@
-"""Run one DVC stage in the workspace, the way each Airflow stage task does.
+"""Run one DVC stage in a worker-local checkout, the way each Airflow stage task does, through
+DVC's Python API (`dvc.repo.Repo`) in the task's process.
 
-`dvc --wait-for-lock repro --single-item <stage>` lets DVC decide what really runs: a stage whose
-deps and params are unchanged is skipped in about a second, one found in the run cache is restored
-without running, anything else runs its command.
+1. pull the stage's inputs (the outputs of upstream stages it depends on) from the DVC remote;
+2. ask DVC whether the stage is up to date (`Repo.status`, what `dvc status --json` prints): with
+   the same deps, params and command as the lock the run started from, and its outputs on the
+   remote, it is **unchanged** and nothing runs or moves;
+3. otherwise reproduce it (`Repo.reproduce(single_item=True, pull=True)`): DVC restores it from
+   its run cache when any worker already ran the stage on these inputs (**restored**), else runs
+   its command (**ran**). Which of the two happens is read from the run cache before the stage
+   (a pulled copy of the remote's), not from DVC's log text;
+4. push the outputs, then the run cache entry, to the remote, so that the next task, on any
+   worker, continues from there (data before the entry that points at it);
+5. return the stage's `dvc.lock` entry.
 
-Parallel tasks and DVC's repository lock: DVC holds `.dvc/tmp/lock` while it reads the pipeline,
-hashes deps and writes `dvc.lock`, but releases it while the stage's command runs (per-path
-read/write locks in `.dvc/tmp/rwlock` then keep two stages from writing the same output).
-`--wait-for-lock` makes a second DVC process wait for those short bookkeeping sections instead of
-failing after three seconds. So the CV folds train in parallel in one workspace, and only their
-few-second bookkeeping is serialised; `tests/dags/test_dvc_runner.py` runs folds side by side.
+The checkout gets the worker's shared DVC cache and the remote as in-memory config (secrets never
+touch a file). DVC's own INFO chatter (including its "To track the changes with git, run: ..." hint,
+moot in a checkout that is thrown away) stays out of the task log; the log says what the stage did.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import re
-import subprocess
 import time
+from collections.abc import Callable, Collection, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from orchestration.workspace import dvc_command, tool_env
+from orchestration import lockfile
+from orchestration.remote import NAME, SECRET_KEYS, DvcRemote, RemoteError, explain
+from orchestration.workspace import tool_env
+from pipeline.errors import StageError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
-# What DVC logs for each outcome (dvc/stage/__init__.py, run.py, cache.py).
-_OUTCOMES = (
-    ("ran", re.compile(r"Running stage '([^']+)'")),
-    ("restored", re.compile(r"Stage '([^']+)' is cached - skipping run")),
-    ("unchanged", re.compile(r"Stage '([^']+)' didn't change, skipping")),
-)
+MISSING_OUT = ("deleted", "not in cache")  # an output that is only absent here, not changed
 
 
-class StageFailed(RuntimeError):
-    """The stage's command (or DVC) exited non-zero; the message ends with its last output lines."""
+class StageFailed(StageError):
+    """The stage's command (or DVC checking its outputs) failed."""
 
 
-def outcome(output: str, stage: str) -> str:
-    """ran | restored | unchanged, from DVC's own log lines about `stage`."""
-    for name, pattern in _OUTCOMES:
-        if stage in pattern.findall(output):
-            return name
-    return "unknown"
+@dataclass(frozen=True)
+class DvcSettings:
+    cache_dir: Path  # the worker's DVC cache, shared by its checkouts
+    remote: DvcRemote | None  # None = the repository's own default remote
+
+    def config(self, root: Path) -> dict[str, Any]:
+        config: dict[str, Any] = {
+            # autostage: DVC stages dvc.lock itself instead of printing how to (the checkout is scratch)
+            "core": {"autostage": True, "analytics": False, "site_cache_dir": str(root / ".dvc" / "tmp" / "site")},
+            "cache": {"dir": str(self.cache_dir)},
+        }
+        if self.remote is not None:
+            remote = self.remote.dvc_config()
+            config["core"].update(remote["core"])
+            config["remote"] = remote["remote"]
+        return config
 
 
-def run_stage(workspace: str | Path, stage: str) -> dict[str, Any]:
-    """Reproduce one stage; stream DVC's and the stage's output to the log; raise on failure."""
-    workspace = Path(workspace)
-    cmd = dvc_command("--wait-for-lock", "repro", "--single-item", stage)
-    log.info("$ %s  (in %s)", " ".join(cmd[2:]), workspace)
+@contextlib.contextmanager
+def quiet_dvc() -> Iterator[None]:
+    """DVC's warnings and errors reach our log; its INFO lines and own console handlers do not."""
+    logger = logging.getLogger("dvc")
+    handlers, level = list(logger.handlers), logger.level
+    logger.handlers.clear()
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.handlers[:] = handlers
+        logger.setLevel(level)
+
+
+@contextlib.contextmanager
+def open_repo(root: Path, settings: DvcSettings) -> Iterator[Any]:
+    from dvc.repo import Repo
+
+    # DVC resolves targets and dep paths against the current directory.
+    with contextlib.chdir(root), quiet_dvc(), Repo(str(root), config=settings.config(root)) as repo:
+        yield repo
+
+
+def on_remote(settings: DvcSettings, what: str, call: Callable[[], T]) -> T:
+    """Run `call` (a transfer); any failure becomes a RemoteError naming the remote and the cause."""
+    try:
+        return call()
+    except Exception as error:  # a transfer fails in many library-specific ways; all mean the same here
+        raise RemoteError(f"{what} failed: {explain(settings.remote, error)}") from error
+
+
+def check_remote(repo: Any, settings: DvcSettings) -> None:
+    """Fail early, and clearly, when the remote cannot be reached or refuses our credentials."""
+
+    def probe() -> None:
+        remote = repo.cloud.get_remote()
+        exists = remote.fs.exists(remote.path)
+        if settings.remote is not None and settings.remote.is_local and not exists:
+            remote.fs.makedirs(remote.path)  # a local remote is a folder DVC would create on first push
+
+    on_remote(settings, "reaching the DVC remote", probe)
+
+
+def check_remote_at(root: Path, settings: DvcSettings) -> None:
+    with open_repo(root, settings) as repo:
+        check_remote(repo, settings)
+
+
+def record_remote(root: Path, settings: DvcSettings) -> bool:
+    """Name the remote (URL, endpoint, region: never credentials) as the default in the checkout's
+    committed `.dvc/config`, so that `git checkout <tag> && dvc pull` works in any clone that has
+    credentials. Returns whether the file changed."""
+    if settings.remote is None:
+        return False
+    from dvc.config import Config
+
+    wanted = {k: v for k, v in settings.remote.dvc_config()["remote"][NAME].items() if k not in SECRET_KEYS}
+    config = Config(str(root / ".dvc"), validate=False)
+    current = config.load_one("repo")
+    if current.get("core", {}).get("remote") == NAME and dict(current.get("remote", {}).get(NAME, {})) == wanted:
+        return False
+    with config.edit("repo") as conf:
+        conf["core"]["remote"] = NAME
+        conf["remote"][NAME] = wanted
+    return True
+
+
+def changes(status: dict[str, Any], stage: str, absent_inputs: Collection[str] = ()) -> list[str]:
+    """What `dvc status` reports for `stage` besides outputs that are merely absent here (and
+    deps in `absent_inputs`: inputs known to be what the lock says, left on the remote)."""
+    found = []
+    for item in status.get(stage, []):
+        if isinstance(item, str):  # "changed command", "always changed"
+            found.append(item)
+            continue
+        for kind, paths in item.items():
+            for path, state in paths.items():
+                if kind == "changed outs" and state in MISSING_OUT:
+                    continue
+                if kind == "changed deps" and state == "deleted" and path in absent_inputs:
+                    continue
+                if isinstance(state, dict):  # params: {"params.yaml": {"train.epochs": "modified"}}
+                    found.extend(f"param {key} {value}" for key, value in state.items())
+                else:
+                    found.append(f"{kind.removeprefix('changed ').rstrip('s')} {path} {state}")
+    return found
+
+
+def run_cache_has(repo: Any, stage: str) -> bool:
+    """Whether DVC's run cache holds a run of `stage` on its current inputs, i.e. whether
+    `reproduce` will restore it rather than run it (DVC's own test, `StageCache._load`)."""
+    from dvc.stage.cache import _can_hash
+
+    (target,) = repo.stage.collect(stage)
+    if not _can_hash(target):  # e.g. a stage with a `persist` output: DVC never restores those
+        return False
+    target.save_deps()
+    return repo.stage_cache._load(target) is not None
+
+
+def read_entry(root: Path, stage: str) -> dict[str, Any]:
+    entry = lockfile.parse((root / "dvc.lock").read_text()).get(stage)
+    if entry is None:
+        raise StageFailed(f"stage {stage}: DVC wrote no dvc.lock entry for it")
+    return entry
+
+
+def run_stage(
+    root: Path,
+    stage: str,
+    inputs: Sequence[str],
+    settings: DvcSettings,
+    input_deps: Collection[str] = (),
+    inputs_as_locked: bool = False,
+) -> dict[str, Any]:
+    """Bring `stage` up to date in the checkout `root`. `inputs` are the DVC-tracked paths it
+    reads (outputs of upstream stages), `input_deps` its deps that cover them. With
+    `inputs_as_locked` (every upstream entry equals the one the run started from, so the inputs
+    are exactly what the stage's own entry recorded), they are pulled only if the stage turns out
+    to have changed for another reason. Returns outcome, timings and its dvc.lock entry."""
     started = time.monotonic()
-    lines: list[str] = []
-    with subprocess.Popen(
-        cmd,
-        cwd=workspace,
-        env=tool_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        bufsize=1,
-    ) as process:
-        assert process.stdout is not None
-        for line in process.stdout:
-            line = line.rstrip()
-            lines.append(line)
-            log.info("%s", line)
-        code = process.wait()
-    seconds = round(time.monotonic() - started, 2)
-    output = "\n".join(lines)
-    if code:
-        tail = "\n".join(lines[-15:])
-        raise StageFailed(f"stage {stage} failed (dvc exit {code}) after {seconds}s:\n{tail}")
-    result = outcome(output, stage)
-    if result == "unchanged":
-        log.info("stage %s was up to date: nothing ran (%.1fs)", stage, seconds)
-    elif result == "restored":
-        log.info("stage %s restored from DVC's run cache: nothing ran (%.1fs)", stage, seconds)
-    else:
-        log.info("stage %s %s in %.1fs", stage, result, seconds)
-    return {"stage": stage, "outcome": result, "seconds": seconds}
+    timings = {"pull_s": 0.0, "stage_s": 0.0, "push_s": 0.0}
+    with open_repo(root, settings) as repo:
+
+        def pull_inputs() -> None:
+            tick = time.monotonic()
+            what = f"pulling the inputs of {stage} ({', '.join(inputs)})"
+            on_remote(settings, what, lambda: repo.pull(targets=list(inputs)))
+            timings["pull_s"] = time.monotonic() - tick
+
+        # (prepare checked that the remote answers; every transfer below names it if it fails)
+        pulled = bool(inputs) and not inputs_as_locked
+        if pulled:
+            pull_inputs()
+        found = changes(repo.status(targets=[stage]), stage, () if pulled else input_deps)
+        absent: list[str] = []
+        # With inputs and entry as published, publish already checked that the remote holds its outputs.
+        if not found and not inputs_as_locked:
+            cloud = on_remote(
+                settings, f"checking the outputs of {stage}", lambda: repo.status(targets=[stage], cloud=True)
+            )
+            absent = sorted(path for path, state in cloud.items() if state == "missing")
+        if not found and not absent:
+            outcome = "unchanged"
+            log.info("stage %s was up to date: nothing ran (%.1fs)", stage, time.monotonic() - started)
+        else:
+            why = "; ".join(found) if found else f"its outputs are missing from the remote: {', '.join(absent)}"
+            log.info("stage %s changed (%s)", stage, why)
+            if inputs and not pulled:
+                pull_inputs()
+            tick = time.monotonic()
+            if settings.remote is not None or repo.config["core"].get("remote"):
+                on_remote(settings, "pulling DVC's run cache", lambda: repo.stage_cache.pull(None))
+            restorable = run_cache_has(repo, stage)
+            try:
+                # run_env: the stage commands say `python -m stages...`; this interpreter's bin first
+                repo.reproduce(
+                    stage, single_item=True, pull=True, allow_missing=True, run_env={"PATH": tool_env()["PATH"]}
+                )
+            except Exception as error:
+                from dvc.exceptions import ReproductionError
+
+                if isinstance(error, ReproductionError):
+                    cause = error.__cause__ or error
+                    raise StageFailed(f"stage {stage} failed: {cause} (its output is above)") from error
+                raise
+            timings["stage_s"] = time.monotonic() - tick
+            left = changes(repo.status(targets=[stage]), stage)
+            if left:
+                raise StageFailed(f"stage {stage}: DVC still reports changes after reproducing it: {'; '.join(left)}")
+            outcome = "restored" if restorable else "ran"
+            tick = time.monotonic()
+            on_remote(settings, f"pushing the outputs of {stage}", lambda: repo.push(targets=[stage]))
+            on_remote(settings, "pushing DVC's run cache", lambda: repo.stage_cache.push(None))
+            timings["push_s"] = time.monotonic() - tick
+            transfers = f"pulled inputs in {timings['pull_s']:.1f}s, pushed outputs in {timings['push_s']:.1f}s"
+            if outcome == "restored":
+                log.info("stage %s restored from DVC's run cache: nothing ran (%s)", stage, transfers)
+            else:
+                log.info("stage %s ran in %.1fs (%s)", stage, timings["stage_s"], transfers)
+    entry = read_entry(root, stage)
+    return {
+        "stage": stage,
+        "outcome": outcome,
+        "seconds": round(time.monotonic() - started, 2),
+        **{key: round(value, 2) for key, value in timings.items()},
+        "changes": found[:20],
+        "lock": {stage: entry},
+    }
+
+
+def pull_outputs(root: Path, paths: Sequence[str], settings: DvcSettings) -> None:
+    """Bring `paths` (outputs recorded in the checkout's dvc.lock) from the remote."""
+    with open_repo(root, settings) as repo:
+        check_remote(repo, settings)
+        on_remote(settings, f"pulling {', '.join(paths)}", lambda: repo.pull(targets=list(paths)))
+
+
+def missing_on_remote(root: Path, settings: DvcSettings) -> list[str]:
+    """Outputs in the checkout's dvc.lock that the remote lacks, after pushing those this worker
+    still holds: a lock naming them must not be published."""
+    with open_repo(root, settings) as repo:
+        check_remote(repo, settings)
+        cloud = on_remote(settings, "checking the run's outputs", lambda: repo.status(cloud=True))
+        local_only = sorted(path for path, state in cloud.items() if state == "new")
+        if local_only:
+            on_remote(settings, f"pushing {', '.join(local_only)}", lambda: repo.push(targets=local_only))
+            cloud = on_remote(settings, "checking the run's outputs", lambda: repo.status(cloud=True))
+    return sorted(path for path, state in cloud.items() if state in ("missing", "new"))

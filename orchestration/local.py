@@ -1,11 +1,15 @@
 """Airflow on this machine, for people: one retrain cycle (`make run`) or the web UI (`make airflow`).
 
-Everything Airflow keeps (airflow.cfg, the SQLite database, task logs) and the DAG's workspace live
-in the ignored `.airflow/` folder of the project; the DAG folder is the project's `dags/`. The
-local Triton (`python -m serving start`) is started when it is not running.
+Everything Airflow keeps (airflow.cfg, the SQLite database, task logs), the workspace's git remote
+(`workspace.git`) and this machine's worker root (task checkouts, DVC cache) live in the ignored
+`.airflow/` folder of the project; the DAG folder is the project's `dags/`. The local Triton
+(`python -m serving start`) is started when it is not running.
 
     python -m orchestration run-once [--date YYYY-MM-DD]   # airflow dags test retrain <date>, then what serves
-    python -m orchestration ui                               # airflow standalone (UI on :8080)
+    python -m orchestration ui                               # airflow standalone (UI on 127.0.0.1:8080)
+    python -m orchestration registry                         # the model registry: versions, what is in prod
+    python -m orchestration results                          # the published version's metrics and reports
+    python -m orchestration rollback [--to N]                # Triton serves version N again; #prod moves with it
     python -m orchestration cluster up|down|status           # CeleryExecutor cluster (orchestration/cluster.py)
 """
 
@@ -21,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+from orchestration import results
 from pipeline.params import Params, load_params
 
 log = logging.getLogger(__name__)
@@ -30,15 +35,30 @@ AIRFLOW_DIR = ".airflow"
 _SHOWN = re.compile(r"\[(orchestration|stages)\.[\w.]+\]|DagRun Finished|Marking task|ERROR")
 
 
+LOOPBACK = "127.0.0.1"
+
+
 def airflow_env(project: Path) -> dict[str, str]:
+    """Airflow for one person on this machine: everyone who reaches the UI is an admin (no login),
+    so the UI and REST API listen on the loopback interface only. Running it for a team is a
+    different configuration (a real auth manager and users; README, "Running Airflow for a team")."""
     env = dict(os.environ)
+    port = env.get("AIRFLOW__API__PORT", "8080")
     env.update(
         {
             "AIRFLOW_HOME": str(project / AIRFLOW_DIR),
             "AIRFLOW__CORE__DAGS_FOLDER": str(project / "dags"),
+            # the reports page and the tasks' "Reports" links (plugins/retrain_reports.py)
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(project / "plugins"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            # A local UI without a login; a shared deployment configures a real auth manager.
+            # No login: anyone who reaches the UI may approve a deployment or edit a Connection.
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+            # Airflow's default is 0.0.0.0 (every interface); with no login that is the network.
+            "AIRFLOW__API__HOST": LOOPBACK,
+            # Tasks report to the Execution API on the address it really listens on.
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": env.get(
+                "AIRFLOW__CORE__EXECUTION_API_SERVER_URL", f"http://{LOOPBACK}:{port}/execution/"
+            ),
             "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
         }
     )
@@ -93,11 +113,8 @@ def print_served(params: Params) -> None:
             print(f"  {mark} v{row.version}  commit {str(row.git_commit)[:12]}  {metrics}  pushed {row.pushed_at}")
         if model.serving is None:
             continue
-        golden = settings.repository / model.model / str(model.serving) / "golden.json"
-        if golden.is_file():
-            import json
-
-            sample = json.loads(golden.read_text())
+        sample = settings.open_repository().golden(model.model, model.serving)  # local folder or s3://
+        if sample is not None:
             rows = np.asarray(sample["inputs"][:3], dtype=np.float32)
             probabilities = predict(rows, model.model, settings=settings.client)
             classes = params.data.classes
@@ -121,6 +138,7 @@ def run_once(project: Path, date: str | None) -> int:
     print(f"airflow dags test {params.airflow.dag_id} {date}  (full log: {log_file})", flush=True)
     started = time.perf_counter()
     state = "unknown"
+    run_id: str | None = None
     with (
         log_file.open("w") as out,
         subprocess.Popen(
@@ -138,9 +156,61 @@ def run_once(project: Path, date: str | None) -> int:
                 print(line.rstrip()[:300], flush=True)
             found = re.search(r"DagRun Finished: .*? state=(\w+)", line)
             state = found.group(1) if found else state
+            named = re.search(r"DagRun Finished: .*?run_id=([^,\s]+)", line)
+            run_id = named.group(1) if named else run_id
     print(f"\nrun {state} in {time.perf_counter() - started:.0f}s", flush=True)
     print_served(params)
+    print_registry(project)
+    results.show(project, run_id)
     return 0 if state == "success" else 1
+
+
+def print_registry(project: Path) -> None:
+    """What the model registry on the workspace's git remote says (GTO tags)."""
+    from orchestration import registry
+    from orchestration.workspace import Workspace
+    from pipeline.errors import StageError
+
+    ws = Workspace.resolve(project)
+    try:
+        shown = registry.show(ws)
+    except StageError as error:
+        print(f"registry: {error}")
+        return
+    for model, row in shown.items():
+        stages = ", ".join(f"#{stage} {version}" for stage, version in (row.get("stage") or {}).items())
+        print(f"registry {model}: latest {row.get('version')}; {stages or 'no stage assigned'}")
+    print(
+        f"published versions: git clone {ws.git_remote} && git checkout {ws.params.tag_prefix}<N> && dvc pull  "
+        "(gto show there lists them)"
+    )
+
+
+def rollback(project: Path, to: int | None) -> int:
+    """Serve an earlier version on Triton, then move the registry's stage to it."""
+    from orchestration import registry
+    from orchestration.workspace import Workspace
+    from pipeline.errors import StageError
+    from serving.push import PushError, ServingSettings
+    from serving.push import rollback as serving_rollback
+
+    params = load_params(project / "params.yaml")
+    model = params.export.model_name
+    try:
+        result = serving_rollback(model, ServingSettings.from_params(params.serving), to=to)
+    except PushError as error:
+        print(f"rollback failed: {error}", file=sys.stderr)
+        return 1
+    print(f"{model}: version {result.serving} serves (was {result.previous})")
+    try:
+        tag = registry.promote(
+            Workspace.resolve(project), model, int(result.version), f"rolled back from {result.previous}"
+        )
+    except StageError as error:
+        print(f"registry unchanged: {error}", file=sys.stderr)
+        return 1
+    print(f"registry: {tag}")
+    return 0
 
 
 def ui(project: Path) -> None:
@@ -148,7 +218,11 @@ def ui(project: Path) -> None:
     env = airflow_env(project)
     prepare_airflow(env, params)
     ensure_triton(params)
-    print("Airflow UI: http://localhost:8080 (Ctrl-C stops it; Triton keeps running: `python -m serving stop`)")
+    port = env.get("AIRFLOW__API__PORT", "8080")
+    print(
+        f"Airflow UI: http://{LOOPBACK}:{port}, on this machine only (no login: everyone is admin). "
+        "Ctrl-C stops it; Triton keeps running: `python -m serving stop`"
+    )
     airflow_bin = str(Path(sys.executable).parent / "airflow")
     os.execve(airflow_bin, [airflow_bin, "standalone"], env)
 
@@ -161,6 +235,10 @@ def main(argv: list[str] | None = None) -> None:
     once = commands.add_parser("run-once", help="one retrain cycle through Airflow, then print what serves")
     once.add_argument("--date", help="logical date YYYY-MM-DD (default: the newest demo batch)")
     commands.add_parser("ui", help="Airflow with the web UI (airflow standalone)")
+    commands.add_parser("registry", help="the model registry on the workspace's git remote (gto show)")
+    commands.add_parser("results", help="check out the published version's metrics and reports in .airflow/results")
+    back = commands.add_parser("rollback", help="serve an earlier version again and move the registry's stage to it")
+    back.add_argument("--to", type=int, help="version to serve (default: the one before the serving one)")
     cluster = commands.add_parser("cluster", help="a local CeleryExecutor cluster: up | down | status", add_help=False)
     cluster.add_argument("cluster_args", nargs=argparse.REMAINDER)
     args, unknown = parser.parse_known_args(argv)  # `cluster` takes its own options (and --help)
@@ -170,6 +248,13 @@ def main(argv: list[str] | None = None) -> None:
     os.chdir(project)  # params.yaml's relative paths (the Triton repository) are relative to it
     if args.command == "run-once":
         sys.exit(run_once(project, args.date))
+    if args.command == "registry":
+        print_registry(project)
+        return
+    if args.command == "results":
+        sys.exit(results.show(project))
+    if args.command == "rollback":
+        sys.exit(rollback(project, args.to))
     if args.command == "cluster":
         from orchestration.cluster import main as cluster_main
 

@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from orchestration.drift_reference import DriftStageError, drift_paths
 from orchestration.dvc_graph import JOIN, Stage, StageGraph, read_graph
 from pipeline.params import AirflowParams, Params, load_params
 
@@ -38,9 +39,12 @@ class StageTask:
         outs = ", ".join(f"`{o}`" for o in self.stage.outs) or "none"
         return (
             f"### DVC stage `{self.stage.name}`\n\n{self.stage.desc}\n\n"
-            f"Runs `dvc repro --single-item {self.stage.name}` in the workspace on {where}. "
-            "DVC decides what really runs: with unchanged deps and params it is skipped in seconds "
-            "and the log says it was up to date. Fails fast (no retries).\n\n"
+            f"Runs on {where}, in a checkout of the run's commit of its own: pulls its inputs from the "
+            "DVC remote, then DVC decides what really runs. With unchanged deps, params and command it "
+            "is **up to date** in seconds; when any worker already ran it on these inputs it is "
+            "**restored** from DVC's run cache; otherwise its command **runs**. Pushes its outputs and "
+            "run-cache entry, and returns its `dvc.lock` entry. A failing command fails the task at "
+            "once; an unreachable remote or a lost worker is retried with backoff.\n\n"
             f"- command: `{self.stage.cmd}`\n- deps: {deps}\n- outs: {outs}\n"
         )
 
@@ -107,6 +111,10 @@ def pipeline_spec(project: str | Path) -> PipelineSpec:
     graph = read_graph(project)
     spec = PipelineSpec(project=project, params=params, graph=graph, stage_tasks=stage_tasks(graph, params.airflow))
     spec.evaluate_args()  # fail at parse time, not after an hour of training
+    try:
+        drift_paths(graph, params.airflow.drift_stage)
+    except DriftStageError as error:
+        raise SpecError(str(error)) from None
     return spec
 
 

@@ -1,8 +1,13 @@
 """What the retraining DAG's tasks do when they run (dags/retrain.py only declares them).
 
-Each function is one task's body: idempotent, keyed by the run's data interval, returning a small
-dict for XCom (paths, versions, metrics; never data). Heavy imports happen here, at run time, on
-the worker that runs the task.
+Each function is one task's body, a thin layer over `orchestration.steps`: it reads the run's
+values from the Airflow context and XCom (small dicts: commits, lock entries, versions; never data),
+resolves this worker's settings and turns expected failures into Airflow's terms. Heavy imports
+happen here, at run time, on the worker that runs the task.
+
+Failures: a stage command that fails, or results that do not fit together, fail the task at once
+(`AirflowFailException`: a retry would do the same). An unreachable DVC or git remote, or a worker
+that died, is infrastructure: the task raises and Airflow retries it with backoff, on any worker.
 """
 
 from __future__ import annotations
@@ -11,16 +16,65 @@ import datetime as dt
 import json
 import logging
 import os
-import subprocess
-import sys
-from collections.abc import Mapping
+import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from orchestration import dvc_runner
-from orchestration.workspace import Workspace, publish, sync, tool_env
+from orchestration import steps
 
 log = logging.getLogger(__name__)
+
+PREPARE_TASK = "prepare_workspace"
+
+
+# --- settings ---------------------------------------------------------------------------------
+def dvc_remote_connection(conn_id: str) -> dict[str, Any] | None:
+    """The DVC remote's credentials from the Airflow Connection `conn_id` (login = access key id,
+    password = secret access key; extra `region_name`, `endpoint_url`), or None without one."""
+    from airflow.sdk import Connection
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    try:
+        conn = Connection.get(conn_id)
+    except AirflowNotFoundException:
+        return None
+    log.info("DVC remote credentials from Airflow Connection %r", conn_id)
+    return {"login": conn.login, "password": conn.password, "extra": conn.extra_dejson}
+
+
+def fleet(project: str | Path) -> steps.Fleet:
+    from orchestration.remote import URL_ENV
+    from pipeline.params import load_params
+
+    af = load_params(Path(project) / "params.yaml").airflow
+    url = os.environ.get(URL_ENV) or af.dvc_remote or ""
+    # a local folder needs no credentials: skip the lookup (one per task)
+    connection = dvc_remote_connection(af.dvc_remote_conn_id) if "://" in url or not url else None
+    return steps.Fleet.resolve(project, connection=connection)
+
+
+def results(context: Mapping[str, Any], task_ids: Sequence[str]) -> list[dict[str, Any]]:
+    """The XCom values of `task_ids` in this run (a task that returned nothing is left out)."""
+    if not task_ids:
+        return []
+    pulled = context["ti"].xcom_pull(task_ids=list(task_ids))
+    return [value for value in pulled if value]
+
+
+def failing_fast(call: Any, cause_file: Path | None = None) -> Any:
+    """Run `call`; a failed stage or mismatched results fail the task without retries. The stage's
+    own failure paragraph (in `cause_file`, see stages/_cli.py) leads the task's error."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from orchestration.dvc_runner import StageFailed
+    from orchestration.lockfile import LockMergeError
+
+    try:
+        return call()
+    except (StageFailed, LockMergeError) as error:
+        cause = cause_file.read_text().strip() if cause_file and cause_file.is_file() else ""
+        raise AirflowFailException(f"{cause}\n({error})" if cause else str(error)) from error
 
 
 # --- prepare --------------------------------------------------------------------------------
@@ -35,15 +89,78 @@ def run_date(context: Mapping[str, Any]) -> dt.date:
 
 
 def prepare(project: str | Path, context: Mapping[str, Any]) -> dict[str, Any]:
-    """Sync the workspace with the project; in demo mode, set embed.as_of to the run's date."""
-    ws = Workspace.resolve(project)
-    as_of = run_date(context).isoformat() if ws.params.demo_batches else None
-    return sync(ws, as_of)
+    """The run's commit on the workspace's git remote; in demo mode, embed.as_of = the run's date.
+    The Trigger form's values are checked here, before any stage runs."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    setup = fleet(project)
+    as_of = run_date(context).isoformat() if setup.ws.params.demo_batches else None
+    form = context.get("params") or {}
+    try:
+        overrides = form_overrides(setup.ws.project, form)
+    except ValueError as error:
+        raise AirflowFailException(f"the run's parameters (Trigger form) are invalid: {error}") from error
+    if form.get("note"):
+        log.info("note: %s", form["note"])
+    log.info(
+        "require approval: %s; params set by the form: %s", bool(form.get("require_approval")), overrides or "none"
+    )
+    prepared = steps.prepare(setup, context["run_id"], as_of, overrides)
+    return {**prepared, "note": form.get("note") or "", "overrides": overrides}
+
+
+def form_overrides(project: Path, form: Mapping[str, Any]) -> dict[str, str | None]:
+    """The params.yaml keys the Trigger form sets for this run, checked: a data source that does
+    not exist here, or params that no longer load, raise ValueError naming the cause."""
+    import yaml
+
+    from orchestration.workspace import set_param
+    from pipeline.params import Params
+
+    overrides: dict[str, str | None] = {}
+    source = (form.get("data_source") or "").strip()
+    if source:
+        if "://" not in source:
+            path = Path(source) if Path(source).is_absolute() else project / source
+            if not path.exists():
+                raise ValueError(
+                    f"data_source {source!r} does not exist on this worker ({path}); give a CSV or Parquet "
+                    "file or folder that every worker can read (relative to the project, or absolute), "
+                    "or leave it empty for data.source"
+                )
+        overrides["data.source"] = source
+    text = (project / "params.yaml").read_text()
+    for dotted, value in overrides.items():
+        section, key = dotted.split(".", 1)
+        text = set_param(text, section, key, value)
+    try:
+        Params.model_validate(yaml.safe_load(text))
+    except Exception as error:  # pydantic's ValidationError names the key
+        raise ValueError(f"params.yaml with {overrides} does not load: {error}") from error
+    return overrides
 
 
 # --- stages ---------------------------------------------------------------------------------
-def stage(project: str | Path, name: str) -> dict[str, Any]:
-    return dvc_runner.run_stage(Workspace.resolve(project).root, name)
+def stage(project: str | Path, name: str, ancestors: Sequence[str], context: Mapping[str, Any]) -> dict[str, Any]:
+    """Stage `name` in a checkout of this worker; `ancestors` are the task ids of the stages it
+    depends on, whose results carry the dvc.lock entries it starts from."""
+    ti = context["ti"]
+    prepared = ti.xcom_pull(task_ids=PREPARE_TASK)
+    upstream = results(context, ancestors)
+    setup = fleet(project)
+    from stages._cli import FAILURE_FILE_ENV
+
+    with tempfile.TemporaryDirectory(prefix="stage-failure-") as tmp:
+        cause = Path(tmp) / "cause.txt"
+        os.environ[FAILURE_FILE_ENV] = str(cause)  # DVC passes the environment on to the stage
+        try:
+            result = failing_fast(
+                lambda: steps.stage(setup, context["run_id"], prepared, name, upstream, ti.try_number), cause
+            )
+        finally:
+            os.environ.pop(FAILURE_FILE_ENV, None)
+    # the name Airflow records for this task instance ([core] hostname_callable), so the two agree
+    return {**result, "host": getattr(ti, "hostname", None) or result["host"]}
 
 
 # --- Triton settings ------------------------------------------------------------------------
@@ -56,7 +173,8 @@ def triton_env(conn_id: str, project: str | Path | None = None) -> dict[str, str
     is set. The password is sent as a bearer token, and only over TLS unless the extra
     `allow_insecure_token: true` says otherwise. Other extras: `headers` (JSON object),
     `model_repository` (the live repository the push writes to), `ssl_ca_file`, `ssl_cert_file`,
-    `ssl_key_file`, `ssl_insecure`, `control_key` (the server's model-control key).
+    `ssl_key_file`, `ssl_insecure`, `control_key` (the server's model-control key), `candidate_entry`
+    (`gpu` for a server on GPUs: the candidate's KIND_GPU entry is pushed).
 
     With no such Connection, the environment and params.yaml `serving:` apply (the local server);
     given the `project`, the local server's state folder is made absolute against it, so that a
@@ -113,7 +231,7 @@ def triton_env(conn_id: str, project: str | Path | None = None) -> dict[str, str
     if extra.get("headers"):
         headers = extra["headers"]
         env["TRITON_HEADERS"] = headers if isinstance(headers, str) else json.dumps(headers)
-    for key in ("model_repository", *ssl_extras, "control_key"):
+    for key in ("model_repository", "candidate_entry", *ssl_extras, "control_key"):
         if extra.get(key):
             env[f"TRITON_{key.upper()}"] = str(extra[key])
     if _truthy(extra.get("ssl_insecure")):
@@ -143,55 +261,87 @@ def _local_triton_env(project: str | Path | None) -> dict[str, str]:
 
 
 # --- gate -----------------------------------------------------------------------------------
-def gate(project: str | Path, evaluate_args: Mapping[str, str], conn_id: str) -> dict[str, Any]:
-    """Run `python -m stages.gate` in the workspace. A rejection skips the push (the run stays
-    green: rejecting a worse model is the gate doing its job) and the champion keeps serving."""
-    from airflow.sdk.exceptions import AirflowSkipException
+def gate(
+    project: str | Path,
+    evaluate_args: Mapping[str, str],
+    conn_id: str,
+    stage_ids: Sequence[str],
+    context: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The gate's decision as this task's value: `stages.gate.run` called in-process on a checkout
+    holding the candidate and its test rows, against the champion where the push would write. A
+    rejection skips the push (the run stays green: rejecting a worse model is the gate doing its
+    job) and the champion keeps serving. The report also lands in the checkout (`gate.report`)."""
+    from types import SimpleNamespace
 
+    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+    from pipeline import atomic
+    from pipeline.errors import StageError
     from pipeline.params import load_params
-    from stages.gate import REJECTED_EXIT
+    from stages import gate as gate_stage
 
-    ws = Workspace.resolve(project)
-    report_path = load_params(ws.root / "params.yaml").gate.report
-    cmd = [sys.executable, "-m", "stages.gate", *(f"--{k}={v}" for k, v in evaluate_args.items())]
-    cmd.append(f"--report={report_path}")
-    log.info("$ %s  (in %s)", " ".join(cmd[1:]), ws.root)
-    # The champion is the version pinned in the repository the push writes to (not the workspace's).
-    env = {
-        **tool_env(),
-        **triton_env(conn_id, ws.project),
-        "TRITON_MODEL_REPOSITORY": str(serving_settings(ws, conn_id).repository),
-    }
-    result = subprocess.run(cmd, cwd=ws.root, env=env, capture_output=True, text=True)
-    for line in (result.stdout + result.stderr).splitlines():
-        log.info("%s", line)
-    if result.returncode not in (0, REJECTED_EXIT):
-        raise RuntimeError(f"the gate failed (exit {result.returncode}); see the lines above")
-    report = json.loads((ws.root / report_path).read_text())
-    log.info("gate %s\n%s", report["reason"], report["diff_markdown"])
-    if not report["passed"]:
-        raise AirflowSkipException(f"candidate {report['reason']}; the champion keeps serving")
+    ti = context["ti"]
+    setup = fleet(project)
+    args = dict(evaluate_args)
+    if setup.drift:  # the drift stage's summary goes into the report and the approval page
+        args["drift"] = setup.drift.metrics
+    root = failing_fast(
+        lambda: steps.checkout_outputs(
+            setup,
+            context["run_id"],
+            ti.xcom_pull(task_ids=PREPARE_TASK),
+            results(context, stage_ids),
+            "gate",
+            list(args.values()),
+            ti.try_number,
+        )
+    )
+    log.info("workspace: %s", root)
+    params = load_params(root / "params.yaml")
+    # The champion is the version pinned in the repository the push writes to (not the checkout's).
+    triton = triton_env(conn_id, setup.ws.project)  # one Connection lookup (and one log line) per task
+    settings = serving_settings(setup.ws.project, conn_id, triton)
+    paths = SimpleNamespace(**{key: str(root / path) for key, path in args.items()})
+    try:
+        decision = gate_stage.run(paths, params.data, settings, params.gate)
+    except StageError as error:  # an unreachable server, a champion not READY, a missing metric
+        raise AirflowFailException(f"gate failed: {error}") from error
+    report = decision.to_json()
+    atomic.write_json(root / params.gate.report, report)
+    log.info("gate %s\n%s", decision.reason, report["diff_markdown"])
+    if not decision.passed:
+        raise AirflowSkipException(f"candidate {decision.reason}; the champion keeps serving")
     return report
 
 
 # --- push -----------------------------------------------------------------------------------
-def serving_settings(ws: Workspace, conn_id: str) -> Any:
+def serving_settings(project: Path, conn_id: str, triton: Mapping[str, str] | None = None) -> Any:
     """The serving code's settings: params `serving:` of the project, the Connection's TRITON_*
-    over the environment, and a relative model repository taken relative to the project (where
-    `python -m serving start` runs the local server)."""
+    (`triton`, when the caller has them already) over the environment, and a relative model
+    repository taken relative to the project (where `python -m serving start` runs the local
+    server). A repository URL (`s3://...`) passes through as it is."""
     from pipeline.params import load_params
     from serving.push import ServingSettings
 
-    params = load_params(ws.project / "params.yaml").serving
-    env = {**os.environ, **triton_env(conn_id, ws.project)}
+    params = load_params(project / "params.yaml").serving
+    env = {**os.environ, **(triton_env(conn_id, project) if triton is None else triton)}
     repository = env.get("TRITON_MODEL_REPOSITORY") or params.repository
     if "://" not in repository:
-        env["TRITON_MODEL_REPOSITORY"] = str(ws.project / repository)
+        env["TRITON_MODEL_REPOSITORY"] = str(project / repository)
     return ServingSettings.from_params(params, env)
 
 
-def push(project: str | Path, evaluate_args: Mapping[str, str], conn_id: str) -> dict[str, Any]:
-    """Push the workspace's candidate with the serving code; an identical model pushes nothing.
+def push(
+    project: str | Path,
+    evaluate_args: Mapping[str, str],
+    conn_id: str,
+    stage_ids: Sequence[str],
+    context: Mapping[str, Any],
+    served: Any = None,
+) -> dict[str, Any]:
+    """Push the run's candidate with the serving code; an identical model pushes nothing.
+    `served` (the DAG's `triton://<model>` asset) gets an event whose extra says what serves now.
     An unreachable server raises for Airflow to retry; a candidate that fails to load or answers
     wrongly fails the task at once (the serving code has put the previous version back)."""
     from airflow.sdk.exceptions import AirflowFailException
@@ -199,15 +349,26 @@ def push(project: str | Path, evaluate_args: Mapping[str, str], conn_id: str) ->
     from serving.client import ServerUnreachable
     from serving.push import PushError, push_candidate
 
-    ws = Workspace.resolve(project)
-    settings = serving_settings(ws, conn_id)
+    ti = context["ti"]
+    setup = fleet(project)
+    paths = [evaluate_args["candidate"], evaluate_args["metrics"]]
+    root = failing_fast(
+        lambda: steps.checkout_outputs(
+            setup,
+            context["run_id"],
+            ti.xcom_pull(task_ids=PREPARE_TASK),
+            results(context, stage_ids),
+            "push",
+            paths,
+            ti.try_number,
+        )
+    )
+    settings = serving_settings(setup.ws.project, conn_id)
     log.info(
         "pushing %s to %s (repository %s)", evaluate_args["candidate"], settings.client.describe(), settings.repository
     )
     try:
-        result = push_candidate(
-            ws.root / evaluate_args["candidate"], settings, metrics=ws.root / evaluate_args["metrics"]
-        )
+        result = push_candidate(root / evaluate_args["candidate"], settings, metrics=root / evaluate_args["metrics"])
     except PushError as error:
         if isinstance(error.__cause__, ServerUnreachable):
             raise  # infrastructure: Airflow retries with backoff
@@ -222,7 +383,7 @@ def push(project: str | Path, evaluate_args: Mapping[str, str], conn_id: str) ->
             result.version,
             result.serving,
         )
-    return {
+    pushed = {
         "model": result.model,
         "version": result.version,
         "serving": result.serving,
@@ -230,18 +391,65 @@ def push(project: str | Path, evaluate_args: Mapping[str, str], conn_id: str) ->
         "created": created,
         "seconds": round(result.seconds.get("total", 0.0), 2),
     }
+    if served is not None:
+        extra = served_extra(pushed, root / evaluate_args["candidate"], root / evaluate_args["metrics"], setup, context)
+        context["outlet_events"][served].extra = extra
+    return pushed
+
+
+def served_extra(
+    pushed: Mapping[str, Any], candidate: Path, metrics: Path, setup: steps.Fleet, context: Mapping[str, Any]
+) -> dict[str, Any]:
+    """What the served-model asset event records: version, test metrics, the data it was trained
+    on (DVC md5s), the source commit and the git tag publish gives this version."""
+    card = json.loads((candidate / "model_card.json").read_text()) if (candidate / "model_card.json").is_file() else {}
+    return {
+        "model": pushed["model"],
+        "version": pushed["version"],
+        "previous": pushed["previous"],
+        "created": pushed["created"],
+        "git_tag": f"{setup.ws.params.tag_prefix}{pushed['version']}",
+        "git_commit": card.get("git_commit"),
+        "metrics": json.loads(metrics.read_text()) if metrics.is_file() else {},
+        "data": card.get("data", {}),
+        "run_id": context["run_id"],
+    }
 
 
 # --- publish --------------------------------------------------------------------------------
-def publish_run(project: str | Path, pushed: Mapping[str, Any], prepared: Mapping[str, Any]) -> dict[str, Any]:
-    """After a push that created a version: `dvc push`, commit and tag the workspace."""
+def publish_run(
+    project: str | Path,
+    pushed: Mapping[str, Any],
+    prepared: Mapping[str, Any],
+    stage_ids: Sequence[str],
+    context: Mapping[str, Any],
+) -> dict[str, Any]:
+    """After a push that created a version: one dvc.lock from every stage's entry, checked
+    against the DVC remote, committed, tagged and pushed with the registry's tags. `pushed` and
+    `prepared` are the push's and prepare_workspace's values (TaskFlow arguments)."""
     from airflow.sdk.exceptions import AirflowSkipException
 
-    if not pushed.get("created", True):
+    from orchestration.workspace import remote_ref
+
+    setup = fleet(project)
+    tag = f"{setup.ws.params.tag_prefix}{pushed['version']}"
+    if not pushed.get("created", True) and remote_ref(setup.ws, f"refs/tags/{tag}"):
         raise AirflowSkipException(
-            f"{pushed.get('model')} version {pushed.get('version')} already served this exact model; "
-            "nothing new to publish"
+            f"{pushed.get('model')} version {pushed.get('version')} already served this exact model and is "
+            f"published as {tag}; nothing new to publish"
         )
-    ws = Workspace.resolve(project)
+    # (a version stored by an earlier run whose publish never finished is published now)
+    ti = context["ti"]
     summary = f"data as of {prepared.get('as_of') or 'all batches'}; source {prepared.get('source_commit')}"
-    return publish(ws, int(pushed["version"]), str(pushed.get("model", "")), summary)
+    return failing_fast(
+        lambda: steps.publish(
+            setup,
+            context["run_id"],
+            prepared,
+            results(context, stage_ids),
+            int(pushed["version"]),
+            str(pushed.get("model", "")),
+            f"{pushed.get('model')} version {pushed['version']}; {summary}",
+            ti.try_number,
+        )
+    )

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import StageError
 
@@ -89,6 +89,17 @@ class EngineParams(Section):
     spark_conf: dict[str, str] = {}
 
 
+class DriftParams(Section):
+    """The drift stage: the new clean table against the data the serving model was trained on."""
+
+    bins: Annotated[int, Field(ge=2, le=100)] = 10
+    sample_rows: Positive = 20_000
+    threshold: Annotated[float, Field(gt=0.0)] = 0.25
+    class_threshold: Annotated[float, Field(gt=0.0)] = 0.1
+    action: Literal["warn", "fail"] = "warn"
+    top_n: Positive = 10
+
+
 class SplitParams(Section):
     seed: int = 42
     val_fraction: Fraction = 0.15
@@ -104,11 +115,33 @@ class SplitParams(Section):
         return self
 
 
+class RNNParams(Section):
+    cell: Literal["lstm", "gru"] = "gru"
+    hidden_size: Positive = 64
+    layers: Positive = 1
+
+
+class TransformerParams(Section):
+    patch_size: Positive = 2
+    dim: Positive = 64
+    depth: Positive = 2
+    heads: Positive = 4
+    mlp_dim: Positive = 128
+
+    @model_validator(mode="after")
+    def _check(self) -> TransformerParams:
+        if self.dim % self.heads:
+            raise ValueError(f"dim {self.dim} must be a multiple of heads {self.heads}")
+        return self
+
+
 class ModelParams(Section):
-    arch: Literal["cnn", "mlp"] = "cnn"
+    arch: Literal["cnn", "mlp", "rnn", "transformer"] = "cnn"
     channels: list[Positive] = [32, 64]
     hidden: list[Positive] = [128]
     dropout: Fraction = 0.2
+    rnn: RNNParams = RNNParams()
+    transformer: TransformerParams = TransformerParams()
 
 
 class OptimizerParams(Section):
@@ -119,8 +152,18 @@ class OptimizerParams(Section):
 
 
 class ScheduleParams(Section):
-    name: Literal["constant", "cosine", "onecycle"] = "onecycle"
+    name: Literal["constant", "cosine", "warmup_cosine"] = "warmup_cosine"
     warmup_fraction: Fraction = 0.1
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _renamed(cls, name: Any) -> Any:
+        if name == "onecycle":
+            raise ValueError(
+                "'onecycle' was renamed 'warmup_cosine' (linear warm-up, then cosine decay; it never was "
+                "PyTorch's OneCycleLR): set train.schedule.name: warmup_cosine"
+            )
+        return name
 
 
 class EarlyStoppingParams(Section):
@@ -134,6 +177,18 @@ class AugmentParams(Section):
     max_rotation: Annotated[float, Field(ge=0.0, le=180.0)] = 10.0
 
 
+class DistributedParams(Section):
+    """Data-parallel training under torchrun. The rendezvous endpoint of a multi-node run comes
+    from the environment (TRAIN_RDZV_ENDPOINT), never from here."""
+
+    nproc_per_node: Positive = 1
+    nnodes: Positive = 1
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc_per_node * self.nnodes
+
+
 class TrainParams(Section):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -141,11 +196,13 @@ class TrainParams(Section):
     epochs: Positive = 20
     batch_size: Positive = 64
     label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.05
+    checkpoint_interval_s: Annotated[float, Field(ge=0.0)] = 30.0
     model: ModelParams = ModelParams()
     optimizer: OptimizerParams = OptimizerParams()
     schedule: ScheduleParams = ScheduleParams()
     early_stopping: EarlyStoppingParams = EarlyStoppingParams()
     augment: AugmentParams = AugmentParams()
+    distributed: DistributedParams = DistributedParams()
 
 
 class ExportParams(Section):
@@ -239,15 +296,22 @@ class AirflowParams(Section):
     gpu_pool: str = "gpu"
     gpu_pool_slots: Positive = 1
     evaluate_stage: str = "evaluate"
+    drift_stage: str | None = "drift"
     require_approval: bool = False
     approval_timeout_h: Annotated[float, Field(gt=0.0)] = 72.0
-    workspace: str = ".airflow/workspace"
+    git_remote: str = ".airflow/workspace.git"
+    git_branch: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")] = "main"
+    worker_root: str = ".airflow/worker"
+    worker_keep_runs: Positive = 2
     dvc_remote: str | None = ".dvc-remote"
+    dvc_remote_conn_id: str = "dvc_remote_default"
     triton_conn_id: str = "triton_default"
+    notify_conn_id: str = "retrain_notify"
     stage_timeout_min: Positive = 120
     infra_retries: Annotated[int, Field(ge=0)] = 3
     infra_retry_delay_s: Annotated[float, Field(gt=0.0)] = 10.0
     tag_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")] = "model-v"
+    registry_stage: Annotated[str, Field(pattern=r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")] = "prod"
     git_author: str = "retrain-bot <retrain-bot@localhost>"
 
     @model_validator(mode="after")
@@ -266,6 +330,7 @@ class Params(Section):
     embed: EmbedParams = EmbedParams()
     clean: CleanParams = CleanParams()
     engine: EngineParams = EngineParams()
+    drift: DriftParams = DriftParams()
     split: SplitParams = SplitParams()
     train: TrainParams = TrainParams()
     export: ExportParams = ExportParams()
@@ -275,8 +340,14 @@ class Params(Section):
 
     @model_validator(mode="after")
     def _check(self) -> Params:
-        if self.train.model.arch == "cnn" and self.data.image_shape is None:
+        model, shape = self.train.model, self.data.image_shape
+        if model.arch == "cnn" and shape is None:
             raise ValueError("train.model.arch 'cnn' needs data.image_shape; use 'mlp' for tabular rows")
+        patch = model.transformer.patch_size
+        if model.arch == "transformer" and shape is not None and (shape[0] % patch or shape[1] % patch):
+            raise ValueError(
+                f"train.model.transformer.patch_size {patch} must divide both sides of data.image_shape {shape}"
+            )
         return self
 
 

@@ -13,9 +13,13 @@ same code:
 - All randomness comes from `train.seed` through two generators whose states travel in the
   checkpoint, so a CPU run is repeatable bit for bit and a resumed run ends with exactly the weights
   of an uninterrupted one.
-- After every epoch the whole training state is written atomically to the checkpoint. It carries a
-  fingerprint of the model config, the params, the data, the device and this code; a checkpoint
-  with another fingerprint is stale and ignored (logged), never resumed.
+- The whole training state is written atomically to the checkpoint, on a background thread, after
+  the epoch in which `train.checkpoint_interval_s` ran out (and after the last one). It carries a
+  fingerprint of the model config, the params, the data, the device, the process count and this
+  code; a checkpoint with another fingerprint, or one that cannot be read, is ignored (logged),
+  never resumed.
+- Under torchrun (`pipeline.distributed`) the processes split each epoch's rows, DDP averages the
+  gradients, and rank 0 alone writes.
 """
 
 from __future__ import annotations
@@ -27,8 +31,9 @@ import logging
 import math
 import pickle
 import sys
+import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,17 +43,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline import models
+from pipeline import distributed, models
 from pipeline.atomic import atomic_path
+from pipeline.distributed import ALONE, World
 from pipeline.errors import StageError
 from pipeline.metrics import scores
-from pipeline.models import build_model, model_config
+from pipeline.models import ModelConfig, build_model, set_input_scale
 from pipeline.params import DataParams, TrainParams
 from pipeline.rows import Rows
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = "triton-retrain/checkpoint@1"
+CHECKPOINT_FORMAT = "triton-retrain/checkpoint@2"  # @2: random states per process
+# What a resumable checkpoint holds besides its format and fingerprint.
+CHECKPOINT_KEYS = frozenset(
+    {"epoch", "done", "best", "best_epoch", "bad_epochs", "history", "best_state", "best_metrics"}
+    | {"model", "optimizer", "scheduler", "scaler", "rng"}
+)
 EVAL_BATCH = 4096  # rows per forward pass when scoring; big enough to be one pass on small sets
 STD_FLOOR = 1e-6  # a tabular feature with a smaller spread is left unscaled (constant in training)
 
@@ -73,12 +84,6 @@ def device_tensors(rows: Rows, device: torch.device | str = "cpu") -> tuple[torc
     quarter of float32, and no copy at all on the CPU); each batch becomes float32 where it is used."""
     x = torch.from_numpy(np.ascontiguousarray(rows.x))
     return x.to(device), torch.from_numpy(np.ascontiguousarray(rows.y, np.int64)).to(device)
-
-
-def config_for(params: TrainParams, data: DataParams, n_features: int) -> dict[str, Any]:
-    """The model's architecture config from the params (stored in the model file)."""
-    m = params.model
-    return model_config(m.arch, n_features, data.classes, data.image_shape, m.channels, m.hidden, m.dropout)
 
 
 def input_scale(x: np.ndarray, data: DataParams) -> tuple[np.ndarray, np.ndarray]:
@@ -109,24 +114,28 @@ def column_moments(x: np.ndarray, chunk: int = 65_536) -> tuple[np.ndarray, np.n
     return mean, np.sqrt(np.maximum(squares / len(x) - np.square(mean), 0.0))
 
 
-def fingerprint(config: dict[str, Any], params: TrainParams, data: DataParams, device: str, *rows: Rows) -> str:
+def fingerprint(
+    config: ModelConfig, params: TrainParams, data: DataParams, device: str, world_size: int, *rows: Rows
+) -> str:
     """What a checkpoint must match to be resumed: everything that changes the weights, the
     training code included (an edited loop must not pick up weights the old one made)."""
     digest = hashlib.sha256()
-    for module in (sys.modules[__name__], models):
-        digest.update(Path(module.__file__).read_bytes())
+    code = [Path(__file__), *sorted(Path(models.__file__).parent.glob("*.py"))]
+    for source in code:
+        digest.update(source.read_bytes())
     spec = {
         "format": CHECKPOINT_FORMAT,
-        "config": config,
+        "config": config.to_dict(),
         "train": params.model_dump(mode="json"),
         "data": data.model_dump(mode="json"),
         "device": device,
+        "world_size": world_size,  # the data order and batches depend on the process count
         "torch": torch.__version__,
     }
     digest.update(json.dumps(spec, sort_keys=True).encode())
     for part in rows:
-        digest.update(memoryview(np.ascontiguousarray(part.x)).cast("B"))  # hashed in place, no copy
-        digest.update(memoryview(np.ascontiguousarray(part.y)).cast("B"))
+        digest.update(np.ascontiguousarray(part.x).data.cast("B"))  # hashed in place, no copy
+        digest.update(np.ascontiguousarray(part.y).data.cast("B"))
     return digest.hexdigest()
 
 
@@ -161,7 +170,7 @@ def lr_factor(step: int, total: int, name: str, warmup_fraction: float) -> float
     so the scheduler's state is just a counter and resumes exactly)."""
     if name == "constant":
         return 1.0
-    warmup = round(total * warmup_fraction) if name == "onecycle" else 0
+    warmup = round(total * warmup_fraction) if name == "warmup_cosine" else 0
     if step < warmup:
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
@@ -175,6 +184,16 @@ def make_scheduler(optimizer: torch.optim.Optimizer, params: TrainParams, total_
     )
 
 
+def random_moves(
+    n: int, max_shift: int, max_rotation: float, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(angle in radians [n], shift in whole pixels [n, 2]) for n images, drawn from `generator`
+    on the CPU (so CPU and GPU runs draw the same numbers)."""
+    angle = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(max_rotation)
+    shift = torch.randint(-max_shift, max_shift + 1, (n, 2), generator=generator).float()
+    return angle, shift
+
+
 def augment_images(
     x: torch.Tensor,
     image_shape: list[int],
@@ -183,14 +202,16 @@ def augment_images(
     max_rotation: float,
     generator: torch.Generator,
 ) -> torch.Tensor:
-    """Randomly shift (whole pixels) and rotate each image of a batch of flat rows, in one call.
+    """Randomly shift (whole pixels) and rotate each image of a batch of flat rows, in one call."""
+    return move_images(x, image_shape, background, *random_moves(x.shape[0], max_shift, max_rotation, generator))
 
-    Random numbers come from `generator` on the CPU (so CPU and GPU runs draw the same ones);
-    areas moved in from outside the image take the background value (the value range's minimum).
-    """
+
+def move_images(
+    x: torch.Tensor, image_shape: list[int], background: float, angle: torch.Tensor, shift: torch.Tensor
+) -> torch.Tensor:
+    """Rotate and shift each image of a batch of flat rows; areas moved in from outside the image
+    take the background value (the value range's minimum)."""
     n, (h, w) = x.shape[0], image_shape
-    angle = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(max_rotation)
-    shift = torch.randint(-max_shift, max_shift + 1, (n, 2), generator=generator).float()
     cos, sin = angle.cos(), angle.sin()
     # affine_grid works in [-1, 1] coordinates: one pixel is 2 / size.
     theta = torch.stack(
@@ -202,11 +223,23 @@ def augment_images(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n_classes: int) -> dict[str, float]:
-    """Cross-entropy (no label smoothing) of `model` on (x, y), and the project's one set of
-    classification scores (`pipeline.metrics`, the numbers evaluate and the gate report too)."""
+def predict_logits(model: nn.Module, x: torch.Tensor, world: World = ALONE) -> torch.Tensor:
+    """Logits of `model` for every row of x; with several processes each scores rows[rank::size]
+    and every process gets all of them back, in order."""
     model.eval()
-    logits = torch.cat([model(x[i : i + EVAL_BATCH].float()).float() for i in range(0, len(x), EVAL_BATCH)])
+    part = x[world.rank :: world.size]
+    logits = torch.cat([model(part[i : i + EVAL_BATCH].float()).float() for i in range(0, len(part), EVAL_BATCH)])
+    return distributed.gather_rows(logits, len(x), world)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, n_classes: int, world: World = ALONE
+) -> dict[str, float]:
+    """Cross-entropy (no label smoothing) of `model` on (x, y), and the project's one set of
+    classification scores (`pipeline.metrics`, the numbers evaluate and the gate report too); the
+    same numbers on every process."""
+    logits = predict_logits(model, x, world)
     loss = F.cross_entropy(logits, y).item()
     predicted = logits.argmax(1).cpu().numpy()
     return {"loss": loss, **scores(y.cpu().numpy(), predicted, n_classes)}
@@ -227,17 +260,17 @@ def _deterministic(device: torch.device) -> Iterator[None]:
 
     before = torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    fill = deterministic.fill_uninitialized_memory
+    fill = deterministic.fill_uninitialized_memory  # type: ignore[attr-defined]  # set by torch at import; not in its stubs
     if device.type == "cpu" and not before:
         torch.use_deterministic_algorithms(True, warn_only=True)
         # Filling every new tensor with NaN (a debugging aid) cost ~5% of a step; our kernels
         # overwrite what they allocate.
-        deterministic.fill_uninitialized_memory = False
+        deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]
     try:
         yield
     finally:
         torch.use_deterministic_algorithms(before, warn_only=warn_only)
-        deterministic.fill_uninitialized_memory = fill
+        deterministic.fill_uninitialized_memory = fill  # type: ignore[attr-defined]
 
 
 # --- checkpoints -----------------------------------------------------------------------------
@@ -258,13 +291,19 @@ def read_checkpoint(path: Path, expected: str) -> dict[str, Any] | None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
-        log.warning("ignoring checkpoint %s: cannot be loaded safely (%s)", path, str(error).splitlines()[0])
+        # An empty file (a crash before the first byte) raises a bare EOFError.
+        reason = (str(error).splitlines() or [type(error).__name__])[0]
+        log.warning("ignoring checkpoint %s: cannot be loaded safely (%s)", path, reason)
         return None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         log.warning("ignoring checkpoint %s: not a training checkpoint of this project", path)
         return None
     if state.get("fingerprint") != expected:
         log.warning("ignoring stale checkpoint %s: it was made with other params, data, device or code", path)
+        return None
+    missing = sorted(CHECKPOINT_KEYS - state.keys())
+    if missing:
+        log.warning("ignoring checkpoint %s: incomplete, it lacks %s", path, ", ".join(missing))
         return None
     return state
 
@@ -294,7 +333,9 @@ class _CheckpointWriter:
     """
 
     def __init__(self, path: Path | None) -> None:
-        self.path, self.pending, self.pool = path, None, None
+        self.path = path
+        self.pending: Future[None] | None = None
+        self.pool: ThreadPoolExecutor | None = None
 
     def __enter__(self) -> _CheckpointWriter:
         if self.path is not None:
@@ -302,10 +343,11 @@ class _CheckpointWriter:
         return self
 
     def submit(self, state: dict[str, Any]) -> None:
-        if self.pool is None:
+        """Write `state` (which nothing may change any more) once the previous write is done."""
+        if self.pool is None or self.path is None:
             return
         self._wait()
-        self.pending = self.pool.submit(write_checkpoint, self.path, _frozen_copy(state))
+        self.pending = self.pool.submit(write_checkpoint, self.path, state)
 
     def _wait(self) -> None:
         if self.pending is not None:
@@ -325,65 +367,121 @@ class _CheckpointWriter:
 
 class _Learner:
     """A model with everything that changes while it learns: optimizer, schedule, loss scaler and
-    the two random generators. `snapshot`/`restore` move all of it to and from plain data."""
+    the random generators. `snapshot`/`restore` move all of it to and from plain data.
 
-    def __init__(self, config: dict[str, Any], train: Rows, params: TrainParams, data: DataParams) -> None:
+    With several processes (DDP) every process holds the whole model and all rows. Each epoch all
+    of them draw the same permutation and deal it out like torch's DistributedSampler (padded to
+    a multiple of the process count, then rows[rank::size]); `train.batch_size` stays the global
+    batch, so each process steps on ceil(batch_size / size) rows and the schedule has the same
+    number of steps as one process would take.
+    """
+
+    def __init__(
+        self, config: ModelConfig, train: Rows, params: TrainParams, data: DataParams, world: World = ALONE
+    ) -> None:
+        self.world = world
         self.device = select_device(params.device)
         self.amp = autocast_dtype(self.device, params.mixed_precision)
         torch.manual_seed(params.seed)  # model init and dropout
         self.generator = torch.Generator().manual_seed(params.seed)  # data order and augmentation
         self.model = build_model(config)
         offset, factor = input_scale(train.x, data)
-        self.model.scale.offset.copy_(torch.from_numpy(offset))
-        self.model.scale.factor.copy_(torch.from_numpy(factor))
+        set_input_scale(self.model, torch.from_numpy(offset), torch.from_numpy(factor))
         self.model.to(self.device)
+        self.net: nn.Module = self.model  # what the training step calls
+        if world.group:  # under torchrun, even with one process (e.g. to try NCCL on one GPU)
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index or torch.cuda.current_device()] if self.device.type == "cuda" else None
+            self.net = DistributedDataParallel(self.model, device_ids=ids)
+        if world.rank > 0:
+            torch.manual_seed(params.seed + world.rank)  # dropout masks differ between processes
+        self.batch_size = -(-params.batch_size // world.size)  # rows per process and step
         self.optimizer = make_optimizer(self.model, params)
-        total_steps = math.ceil(len(train) / params.batch_size) * params.epochs
+        shard = -(-len(train) // world.size)
+        total_steps = math.ceil(shard / self.batch_size) * params.epochs
         self.scheduler = make_scheduler(self.optimizer, params, total_steps)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp == torch.float16 else None
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=params.label_smoothing)
         self.augment = None
-        if params.augment.enabled and data.image_shape is not None:
+        shape = data.image_shape
+        if params.augment.enabled and shape is not None:
             a, background = params.augment, float(offset[0])
-            self.augment = lambda xb: augment_images(
-                xb, data.image_shape, background, a.max_shift, a.max_rotation, self.generator
-            )
 
-    def autocast(self):
-        return torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None)
+            def augment(xb: torch.Tensor) -> torch.Tensor:
+                # Draw for the global batch and keep this process's share: the generator stays in
+                # step across processes and every image gets its own move.
+                n = len(xb)
+                angle, shift = random_moves(n * world.size, a.max_shift, a.max_rotation, self.generator)
+                mine = slice(world.rank * n, (world.rank + 1) * n)
+                return move_images(xb, shape, background, angle[mine], shift[mine])
+
+            self.augment = augment
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp is None:
+            return contextlib.nullcontext()  # entering a disabled autocast still costs per step
+        return torch.autocast(self.device.type, dtype=self.amp)
 
     def step(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         with self.autocast():
-            loss = self.loss_fn(self.model(xb), yb)
+            loss = self.loss_fn(self.net(xb), yb)
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        if self.scaler is None:
+            loss.backward()
+            self.optimizer.step()
+        else:  # fp16: scale the loss so small gradients do not flush to zero
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         self.scheduler.step()
         return loss.detach()
 
-    def train_epoch(self, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
-        """One pass over (x, y) in a seeded random order; returns the mean training loss."""
-        self.model.train()
-        total = torch.zeros((), device=x.device)
-        order = torch.randperm(len(y), generator=self.generator).to(x.device)
-        for start in range(0, len(y), batch_size):
-            idx = order[start : start + batch_size]
+    def shard(self, n: int) -> torch.Tensor:
+        """This process's rows for one epoch, in a seeded random order drawn alike everywhere."""
+        order = torch.randperm(n, generator=self.generator)
+        size = self.world.size
+        if size > 1:
+            order = torch.cat([order, order[: -n % size]])  # pad so every process gets as many rows
+            order = order[self.world.rank :: size]
+        return order
+
+    def train_epoch(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """One pass over (x, y); returns the mean training loss over every process's rows."""
+        self.net.train()
+        order = self.shard(len(y)).to(x.device)
+        losses, sizes = [], []  # batch losses stay on the device: no sync (and no extra op) per step
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
             xb = x[idx].float()
             xb = xb if self.augment is None else self.augment(xb)
-            total += self.step(xb, y[idx]) * len(idx)  # stays on the device: no sync per step
-        return total.item() / len(y)
+            losses.append(self.step(xb, y[idx]))
+            sizes.append(len(idx))
+        total = torch.stack(losses).double() @ torch.tensor(sizes, dtype=torch.float64, device=x.device)
+        if self.world.size == 1:
+            return total.item() / len(y)
+        counts = torch.stack([total, torch.tensor(float(len(order)), dtype=torch.float64, device=x.device)])
+        loss_sum, rows = distributed.sum_(counts, self.world).tolist()
+        return loss_sum / rows
+
+    def sync(self) -> None:
+        """Rank 0's BatchNorm statistics everywhere, so every process scores and saves one model."""
+        distributed.broadcast_buffers(self.model, self.world)
 
     def snapshot(self) -> dict[str, Any]:
-        """Plain data only (tensors, numbers, strings, lists, dicts): loads with weights_only=True."""
-        rng = {"torch": torch.get_rng_state(), "data": self.generator.get_state()}
+        """Plain data only (tensors, numbers, strings, lists, dicts): loads with weights_only=True.
+        Every process must call it (the processes' random states are gathered)."""
+        own = {"torch": torch.get_rng_state()}
         if self.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+            own["cuda"] = torch.cuda.get_rng_state(self.device)
+        ranks = distributed.gather_objects(own, self.world)
+        rng = {"data": self.generator.get_state(), **{k: [r[k] for r in ranks] for k in own}}
+        # References into the live state: `_frozen_copy` makes the one copy the writer needs.
         return {
-            "model": _cpu(self.model.state_dict()),
+            "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else {},
             "rng": rng,
         }
 
@@ -391,15 +489,17 @@ class _Learner:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng"]["torch"])
-        self.generator.set_state(state["rng"]["data"])
+        if self.scaler is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        rank, rng = self.world.rank, state["rng"]
+        torch.set_rng_state(rng["torch"][rank])
+        self.generator.set_state(rng["data"])
         if self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+            torch.cuda.set_rng_state(rng["cuda"][rank], self.device)
 
 
 def fit(
-    config: dict[str, Any],
+    config: ModelConfig,
     train: Rows,
     val: Rows,
     params: TrainParams,
@@ -414,37 +514,53 @@ def fit(
     epoch. `on_epoch` sees every epoch's metrics row, replayed ones first after a resume (so a
     metrics log rebuilt from it equals an uninterrupted run's). `progress`: a progress bar
     (default: when stderr is a terminal) instead of one log line per epoch.
+
+    Under torchrun (a process group is up) every process calls `fit` with the same arguments;
+    only rank 0 reads and writes the checkpoint and calls `on_epoch`, and every process returns
+    the same result.
     """
-    learner = _Learner(config, train, params, data)
+    world = distributed.current()
+    learner = _Learner(config, train, params, data, world)
     device = learner.device
-    key = fingerprint(config, params, data, device.type, train, val)
+    key = fingerprint(config, params, data, device.type, world.size, train, val)
     path = Path(checkpoint) if checkpoint is not None else None
-    state = read_checkpoint(path, key) if path is not None else None
+    state = read_checkpoint(path, key) if path is not None and world.main else None
+    state = distributed.from_main(state, world)
     if state is not None:
-        learner.restore(state)
-        log.info("resuming from %s after epoch %d", path, state["epoch"])
-    else:
+        try:
+            learner.restore(state)
+            if world.main:
+                log.info("resuming from %s after epoch %d", path, state["epoch"])
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as error:
+            # Right keys, wrong contents (e.g. tensors of another shape): start afresh from a
+            # learner the failed restore has not touched.
+            log.warning("ignoring checkpoint %s: its training state does not fit this model (%s)", path, error)
+            learner, state = _Learner(config, train, params, data, world), None
+    if state is None:
         state = {"epoch": 0, "done": False, "best": None, "best_epoch": -1, "bad_epochs": 0, "history": []}
         state["best_state"], state["best_metrics"] = _cpu(learner.model.state_dict()), {}
     resumed_from = state["epoch"]
     history = [dict(row) for row in state["history"]]
+    on_epoch = on_epoch if world.main else None
     for epoch, row in enumerate(history):
         if on_epoch is not None:
             on_epoch(epoch, row)
 
     x_train, y_train = device_tensors(train, device)
     x_val, y_val = device_tensors(val, device)
+    last_write = time.monotonic()
     with (
         _deterministic(device),
-        _progress_bar(params.epochs, resumed_from, progress) as bar,
-        _CheckpointWriter(path) as writer,
+        _progress_bar(params.epochs, resumed_from, progress if world.main else False) as bar,
+        _CheckpointWriter(path if world.main else None) as writer,
     ):
         while not state["done"]:
             epoch = state["epoch"]
-            row = {"train_loss": learner.train_epoch(x_train, y_train, params.batch_size)}
+            row = {"train_loss": learner.train_epoch(x_train, y_train)}
+            learner.sync()
             with learner.autocast():
-                scores = evaluate(learner.model, x_val, y_val, config["n_classes"])
-            row |= {f"val_{k}": v for k, v in scores.items()} | {"lr": learner.optimizer.param_groups[0]["lr"]}
+                val_scores = evaluate(learner.model, x_val, y_val, config.n_classes, world)
+            row |= {f"val_{k}": v for k, v in val_scores.items()} | {"lr": learner.optimizer.param_groups[0]["lr"]}
             history.append(row)
             score = _score(params.early_stopping.metric, row)
             if state["best"] is None or score > state["best"]:
@@ -455,8 +571,18 @@ def fit(
                 state["bad_epochs"] += 1
             stop = state["bad_epochs"] >= params.early_stopping.patience
             state |= {"epoch": epoch + 1, "history": history, "done": stop or epoch + 1 >= params.epochs}
-            writer.submit({**state, **learner.snapshot(), "format": CHECKPOINT_FORMAT, "fingerprint": key})
-            _report(bar, epoch + 1, params.epochs, row, stop)
+            # By time, not epochs: tiny epochs are not slowed by writes, long ones are all kept. When
+            # they are written changes nothing else, since a resume is exact from any epoch.
+            due = state["done"] or time.monotonic() - last_write >= params.checkpoint_interval_s
+            if distributed.agree(due, world, device):  # rank 0's clock decides for every process
+                last_write = time.monotonic()
+                snapshot = _frozen_copy(learner.snapshot())  # on every process: it gathers random states
+                if world.main:
+                    # best_state is replaced, never changed in place, and history rows are final.
+                    checkpoint_state = {**state, "history": list(history), **snapshot}
+                    writer.submit(checkpoint_state | {"format": CHECKPOINT_FORMAT, "fingerprint": key})
+            if world.main:
+                _report(bar, epoch + 1, params.epochs, row, stop)
             if on_epoch is not None:
                 on_epoch(epoch, row)
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
 
+from pipeline.errors import StageError
 from pipeline.params import ParamsError, ServingParams
 from serving import control
 from serving.overrides import apply_env
@@ -388,7 +389,7 @@ class TritonClient:
     ) -> np.ndarray:
         rows = np.ascontiguousarray(rows, dtype=np.float32)
         if rows.ndim != 2:
-            raise ValueError(f"rows must be 2-D [n, n_features], got shape {rows.shape}")
+            raise StageError(f"rows must be 2-D [n, n_features], got shape {rows.shape}")
         tensor = self._module.InferInput(input_name, list(rows.shape), "FP32")
         tensor.set_data_from_numpy(rows)
         wanted = [self._module.InferRequestedOutput(output_name)]

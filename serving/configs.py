@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from google.protobuf import text_format
 from tritonclient.grpc.model_config_pb2 import DataType, ModelConfig, ModelInstanceGroup
 
+from pipeline.errors import StageError
 from pipeline.params import ExportParams
 
 # The tensor names of the ONNX file and the Python-backend entry (golden.json uses these).
@@ -133,8 +134,12 @@ def libtorch_gpu_config(params: ExportParams, signature: Signature, name_suffix:
     return render(config)
 
 
+class ConfigError(StageError):
+    """A model config that Triton would refuse to load; the message says what is wrong."""
+
+
 def check_config(text: str, source: str = "config.pbtxt") -> ModelConfig:
-    """Parse a config with Triton's ModelConfig protobuf; ValueError says what is wrong.
+    """Parse a config with Triton's ModelConfig protobuf; ConfigError says what is wrong.
 
     Beyond the syntax, a config must name its model, say what runs it (platform or backend) and
     declare at least one input and output: all three parse fine when missing, then fail to load.
@@ -143,7 +148,7 @@ def check_config(text: str, source: str = "config.pbtxt") -> ModelConfig:
     try:
         text_format.Parse(text, config)
     except text_format.ParseError as error:
-        raise ValueError(f"{source}: not a valid Triton model config: {error}") from None
+        raise ConfigError(f"{source}: not a valid Triton model config: {error}") from None
     missing = [
         what
         for what, ok in (
@@ -155,5 +160,5 @@ def check_config(text: str, source: str = "config.pbtxt") -> ModelConfig:
         if not ok
     ]
     if missing:
-        raise ValueError(f"{source}: Triton model config lacks {', '.join(missing)}")
+        raise ConfigError(f"{source}: Triton model config lacks {', '.join(missing)}")
     return config

@@ -8,9 +8,13 @@ as `ParamsError` and `TableError`) print as `<stage> failed: <message>`. Anythin
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
 
 from pipeline.errors import StageError
 from pipeline.params import DEFAULT_PATH, Params, load_params
@@ -20,6 +24,10 @@ __all__ = ["EXPECTED", "StageError", "add_split_inputs", "main", "parser", "setu
 # Failures a person can act on: printed without a traceback (ParamsError and TableError are
 # StageErrors too).
 EXPECTED: tuple[type[BaseException], ...] = (StageError,)
+
+# Set by whoever runs the stage (the Airflow task, through DVC) to a file that then receives the
+# failure paragraph, so the task's error and its notification carry the cause, not only the exit code.
+FAILURE_FILE_ENV = "RETRAIN_STAGE_FAILURE_FILE"
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -40,13 +48,19 @@ def setup_logging() -> None:
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
 
 
-def main(stage: str, body: Callable[[argparse.Namespace, Params], None], args: argparse.Namespace) -> None:
-    """Run a stage body; expected failures exit 1 with `<stage> failed: <message>`."""
+T = TypeVar("T")
+
+
+def main(stage: str, body: Callable[[argparse.Namespace, Params], T], args: argparse.Namespace) -> T:
+    """Run a stage body and return its value; expected failures exit 1 with `<stage> failed: <message>`."""
     setup_logging()
     log = logging.getLogger(f"stages.{stage}")
     try:
-        body(args, load_params(args.params))
+        return body(args, load_params(args.params))
     except EXPECTED as error:
         log.error("%s failed: %s", stage, error)
         print(f"\n{stage} failed: {error}", file=sys.stderr)
+        if failure_file := os.environ.get(FAILURE_FILE_ENV):
+            with contextlib.suppress(OSError):  # the message above is what counts; this is a copy
+                Path(failure_file).write_text(f"{stage} failed: {error}")
         sys.exit(1)

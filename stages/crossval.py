@@ -4,6 +4,7 @@ It runs the train stage's code unchanged (`pipeline.training.fit`) on the traini
 fold i. Early stopping watches the validation split, as in the train stage, and never the
 held-out fold: choosing the epoch on the rows being scored would make the fold's score optimistic.
 So the fold's numbers measure exactly what train's procedure delivers on rows it never saw.
+Like train, it runs under torchrun (DDP) when `train.distributed` asks for more than one process.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from pipeline import atomic
+from pipeline import atomic, distributed
+from pipeline.models import config_for
 from pipeline.params import DataParams, Params, SplitParams, TrainParams
 from pipeline.rows import SplitTable
-from pipeline.training import config_for, device_tensors, evaluate, fit
+from pipeline.training import device_tensors, evaluate, fit
 from stages import _cli
 
 log = logging.getLogger(__name__)
@@ -37,10 +39,10 @@ def run(table: SplitTable, data: DataParams, train: TrainParams, split: SplitPar
             "every part needs rows. Rerun split with the current split.folds."
         )
     parts = table.rows(**masks)  # only these rows are read
-    config = config_for(train, data, table.n_features)
+    config = config_for(train.model, data, table.n_features)
     log.info("fold %d: training on %d rows, scoring %d held-out rows", fold, counts["train"], counts["held_out"])
     result = fit(config, parts["train"], parts["val"], train, data)
-    scores = evaluate(result.model, *device_tensors(parts["held_out"]), config["n_classes"])
+    scores = evaluate(result.model, *device_tensors(parts["held_out"]), config.n_classes)
     log.info(
         "fold %d: accuracy %.4f, f1_macro %.4f, loss %.4f", fold, scores["accuracy"], scores["f1_macro"], scores["loss"]
     )
@@ -54,9 +56,12 @@ def main() -> None:
     p.add_argument("--metrics", required=True, help="JSON metrics file for this fold")
 
     def body(args, params: Params) -> None:
-        table = SplitTable.open(args.clean, args.split, params.data)
-        metrics = run(table, params.data, params.train, params.split, args.fold)
-        atomic.write_json(args.metrics, metrics)
+        distributed.relaunch_under_torchrun(params.train.distributed, "stages.crossval")  # returns if not needed
+        with distributed.session(params.train.device) as world:
+            table = SplitTable.open(args.clean, args.split, params.data)
+            metrics = run(table, params.data, params.train, params.split, args.fold)
+            if world.main:
+                atomic.write_json(args.metrics, metrics)
 
     _cli.main("crossval", body, p.parse_args())
 

@@ -33,7 +33,7 @@ from torch import nn
 from pipeline import atomic
 from pipeline.candidate import CARD_FILE, GOLDEN_FILE, ONNX_FILE, TORCHSCRIPT_FILE
 from pipeline.errors import StageError
-from pipeline.models import load_model
+from pipeline.models import ModelConfig, load_model
 from pipeline.params import DataParams, ExportParams
 from pipeline.rows import Rows, SplitTable
 from serving import configs
@@ -209,19 +209,19 @@ def run(
 ) -> dict[str, Any]:
     """Export `model` into the empty folder `out`; returns the model card (also written there)."""
     started = time.perf_counter()
-    config = model_file["config"]
-    classes = list(config["classes"])
+    config: ModelConfig = model_file["config"]
+    classes = list(config.classes)
     if classes != list(data.classes):
         raise StageError(
             f"the model was trained for classes {classes}, but data.classes is {list(data.classes)}; retrain"
         )
-    if test.x.shape[1] != config["n_features"]:
-        raise StageError(f"the test rows have {test.x.shape[1]} features, the model expects {config['n_features']}")
+    if test.x.shape[1] != config.n_features:
+        raise StageError(f"the test rows have {test.x.shape[1]} features, the model expects {config.n_features}")
     module = Probabilities(model.cpu().float()).eval()
     expected = torch_probabilities(module, test)
 
-    export_onnx(module, config["n_features"], out / ONNX_FILE, export.opset)
-    export_torchscript(module, config["n_features"], out / TORCHSCRIPT_FILE)
+    export_onnx(module, config.n_features, out / ONNX_FILE, export.opset)
+    export_torchscript(module, config.n_features, out / TORCHSCRIPT_FILE)
     tolerance = export.parity_tolerance
     parity = {
         "onnx": check_parity("ONNX", expected, onnx_probabilities(out / ONNX_FILE, test), tolerance),
@@ -231,7 +231,7 @@ def run(
     }
     log.info("parity on %d test rows: max abs diff %s (tolerance %g)", len(expected), parity, tolerance)
 
-    signature = configs.Signature(config["n_features"], config["n_classes"])
+    signature = configs.Signature(config.n_features, config.n_classes)
     write_entries(out, export, signature)
     golden = golden_samples(test, expected, classes, export)
     atomic.write_json(out / GOLDEN_FILE, golden)
@@ -252,10 +252,10 @@ def run(
             "train": _jsonable(model_file.get("params")),
             "export": export.model_dump(),
         },
-        "model_config": _jsonable(config),
+        "model_config": config.to_dict(),
         "classes": classes,
-        "inputs": [{"name": configs.INPUT_NAME, "shape": [-1, config["n_features"]], **tensor}],
-        "outputs": [{"name": configs.OUTPUT_NAME, "shape": [-1, config["n_classes"]], **tensor}],
+        "inputs": [{"name": configs.INPUT_NAME, "shape": [-1, config.n_features], **tensor}],
+        "outputs": [{"name": configs.OUTPUT_NAME, "shape": [-1, config.n_classes], **tensor}],
         "parity": {
             "rows": len(expected),
             "tolerance": tolerance,

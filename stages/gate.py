@@ -9,7 +9,8 @@ deployment". Thresholds are TFX-style (`gate:` in params.yaml): absolute floors 
 must reach, and a maximum regression against the champion. With no champion (the first deployment) the floors alone decide.
 
 Not a DVC stage: its answer depends on what serves right now. The retraining DAG runs it after
-evaluate; it writes a JSON report (decision, reason, per-metric diff) and exits 0 when the
+evaluate; it writes a JSON report (decision, reason, per-metric diff, and with `--drift` the drift
+stage's summary, shown on the approval page but never deciding) and exits 0 when the
 candidate passes, 3 when it is rejected, 1 on an error (unreachable server, missing metric).
 """
 
@@ -21,13 +22,16 @@ import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pipeline import atomic
-from pipeline.params import DataParams, GateParams, ServingParams
+from pipeline.params import DataParams, GateParams
 from stages import _cli
+
+if TYPE_CHECKING:  # serving/ (and tritonclient) load only when the champion is scored
+    from serving.push import ServingSettings
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +61,7 @@ class Decision:
     champion_version: int | None = None
     model: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    drift: dict[str, Any] | None = None  # the drift stage's metrics (metrics/drift.json), shown beside the diff
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -82,6 +87,10 @@ def diff_markdown(decision: Decision) -> str:
             f"| {c.metric} | {_fmt(c.challenger)} | {_fmt(c.champion)} | {delta} | {_fmt(c.floor)} | "
             f"{_fmt(c.max_regression)} | {'yes' if c.passed else 'NO'} |"
         )
+    if decision.drift is not None:
+        from pipeline.drift import summary_markdown
+
+        lines += ["", summary_markdown(decision.drift)]
     return "\n".join(lines)
 
 
@@ -92,7 +101,7 @@ def decide(challenger: Mapping[str, Any], champion: Mapping[str, Any] | None, pa
         missing = [n for n in names if metrics is not None and not isinstance(metrics.get(n), int | float)]
         if missing:
             raise _cli.StageError(
-                f"the {source} metrics have no {missing} (have {sorted(metrics)}); "
+                f"the {source} metrics have no {missing} (have {sorted(metrics or {})}); "
                 "gate.floors / gate.max_regression must name metrics the evaluate stage reports"
             )
     checks = []
@@ -163,13 +172,13 @@ def champion_probabilities(client: Any, model: str, version: int, features: np.n
     return np.concatenate(parts, axis=0)
 
 
-def score_champion(serving: ServingParams, classes: list, model: str, test: Any) -> tuple[int, dict[str, Any]] | None:
+def score_champion(
+    settings: ServingSettings, classes: list, model: str, test: Any
+) -> tuple[int, dict[str, Any]] | None:
     """(version, metrics) of the pinned champion for `model` on the test rows; None if nothing is pinned."""
     from pipeline.metrics import scores
     from serving.client import TritonClient
-    from serving.push import ServingSettings
 
-    settings = ServingSettings.from_params(serving)
     with TritonClient(settings.client) as client:
         version = champion_version(settings.open_repository(), client, model)
         if version is None:
@@ -190,14 +199,17 @@ def score_champion(serving: ServingParams, classes: list, model: str, test: Any)
     return version, metrics
 
 
-def run(args: Any, data: DataParams, serving: ServingParams, gate: GateParams) -> Decision:
-    """The gate's decision. Its params, given explicitly (it is not a DVC stage): the data contract
-    (to read the test rows), the serving connection and the gate's thresholds. The champion is
-    scored in requests of its own served max_batch_size, read from the server."""
+def run(args: Any, data: DataParams, serving: ServingSettings, gate: GateParams) -> Decision:
+    """The gate's decision. Its inputs, given explicitly (it is not a DVC stage): the paths in `args`
+    (candidate, clean, split, metrics, drift), the data contract (to read the test rows), where the
+    champion serves and the gate's thresholds. The champion is scored in requests of its own served
+    max_batch_size, read from the server. The Airflow task calls this in-process and returns the
+    decision as its value; the CLI below is for people and scripts."""
     from pipeline.rows import SplitTable
     from serving.repository import load_candidate
 
     challenger = json.loads(Path(args.metrics).read_text())
+    drift = read_drift(getattr(args, "drift", None))
     model = load_candidate(args.candidate).name
     test = SplitTable.open(args.clean, args.split, data).split_rows("test")
     champion = score_champion(serving, list(data.classes), model, test)
@@ -209,7 +221,19 @@ def run(args: Any, data: DataParams, serving: ServingParams, gate: GateParams) -
         champion_version=None if champion is None else champion[0],
         model=model,
         extra={"test_rows": len(test), "candidate": str(args.candidate)},
+        drift=drift,
     )
+
+
+def read_drift(path: str | None) -> dict[str, Any] | None:
+    """The drift stage's metrics, when the pipeline has a drift stage (shown, never decisive:
+    `drift.action: fail` stops the run in the drift stage itself)."""
+    if path is None:
+        return None
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise _cli.StageError(f"the drift metrics {path} are unreadable ({error}); rerun the drift stage") from None
 
 
 def main() -> None:
@@ -217,18 +241,20 @@ def main() -> None:
     p.add_argument("--candidate", required=True, help="candidate folder written by export")
     _cli.add_split_inputs(p)
     p.add_argument("--metrics", required=True, help="the candidate's evaluate metrics (JSON)")
+    p.add_argument("--drift", help="the drift stage's metrics (JSON), summarised in the report")
     p.add_argument("--report", help="where to write the gate report (default: gate.report in params)")
-    decisions: list[Decision] = []
 
-    def body(args, params):
-        decision = run(args, params.data, params.serving, params.gate)
+    def body(args: Any, params: Any) -> Decision:
+        from serving.push import ServingSettings
+
+        decision = run(args, params.data, ServingSettings.from_params(params.serving), params.gate)
         atomic.write_json(args.report or params.gate.report, decision.to_json())
         log.info("gate %s\n%s", decision.reason, diff_markdown(decision))
-        decisions.append(decision)
+        return decision
 
-    _cli.main("gate", body, p.parse_args())
-    if not decisions[0].passed:
-        print(f"\ngate {decisions[0].reason}", file=sys.stderr)
+    decision = _cli.main("gate", body, p.parse_args())
+    if not decision.passed:
+        print(f"\ngate {decision.reason}", file=sys.stderr)
         sys.exit(REJECTED_EXIT)
 
 

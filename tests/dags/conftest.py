@@ -11,12 +11,13 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from support import copy_project, free_ports
+from support import GIT_ENV, copy_project, free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -82,7 +83,93 @@ def project_copy(tmp_path: Path) -> Path:
     return copy_project(target)
 
 
+# A toy DVC project for the fleet's task bodies: seconds per stage instead of minutes.
+TOY_PARAMS = """
+data:
+  source: data.txt
+  label: label
+  classes: [0, 1]
+train:
+  model:
+    arch: mlp
+airflow:
+  demo_batches: false
+  gpu_stages: []
+"""
+
+TOY_DVC_YAML = """
+stages:
+  prep:
+    cmd: python prep.py
+    deps:
+      - prep.py
+    outs:
+      - data.txt
+  fold:
+    foreach: [0, 1, 2]
+    do:
+      cmd: python work.py ${item}
+      deps:
+        - data.txt
+        - work.py
+      outs:
+        - out/${item}.json
+  summary:
+    cmd: python summary.py
+    deps:
+      - out
+      - summary.py
+    outs:
+      - summary.json
+"""
+
+TOY_PREP = "open('data.txt', 'w').write('rows v1')\n"
+TOY_WORK = """
+import json, os, sys
+os.makedirs("out", exist_ok=True)
+with open(f"out/{sys.argv[1]}.json", "w") as f:
+    json.dump({"fold": sys.argv[1], "data": open("data.txt").read(), "pid": os.getpid()}, f)
+"""
+TOY_SUMMARY = """
+import json, os
+folds = sorted(os.listdir("out"))
+json.dump({"folds": folds}, open("summary.json", "w"))
+"""
+TOY_ORDER = ["prep", "fold@0", "fold@1", "fold@2", "summary"]
+
+
+def toy_project(target: Path) -> Path:
+    """The toy project as a fresh git + DVC repository at `target`."""
+    target.mkdir(parents=True)
+    files = {
+        "params.yaml": TOY_PARAMS,
+        "dvc.yaml": TOY_DVC_YAML,
+        "prep.py": TOY_PREP,
+        "work.py": TOY_WORK,
+        "summary.py": TOY_SUMMARY,
+        ".gitignore": "/.airflow/\n/.dvc-remote/\n",
+    }
+    for name, text in files.items():
+        (target / name).write_text(textwrap.dedent(text))
+    env = {**os.environ, **GIT_ENV}
+    for cmd in (
+        ["git", "init", "-q"],
+        [sys.executable, "-m", "dvc", "init", "-q"],
+        ["git", "add", "-A"],
+        ["git", "commit", "-q", "-m", "toy"],
+    ):
+        subprocess.run(cmd, cwd=target, env=env, check=True, capture_output=True)
+    return target
+
+
 @pytest.fixture(scope="session")
 def helpers() -> SimpleNamespace:
     """This file's plain helpers, for test modules (conftest is not importable by name)."""
-    return SimpleNamespace(airflow=airflow, airflow_env=airflow_env, free_ports=free_ports, copy_project=copy_project)
+    return SimpleNamespace(
+        airflow=airflow,
+        airflow_env=airflow_env,
+        free_ports=free_ports,
+        copy_project=copy_project,
+        toy_project=toy_project,
+        toy_order=TOY_ORDER,
+    )

@@ -38,6 +38,7 @@ from support import edit_params, free_ports, local_triton
 from orchestration import cluster
 from orchestration.airflow_api import AirflowApi, AirflowApiError
 from orchestration.spec import pipeline_spec
+from orchestration.workspace import Workspace
 
 pytestmark = [pytest.mark.cluster, pytest.mark.airflow, pytest.mark.triton, pytest.mark.integration]
 
@@ -221,14 +222,14 @@ def served(triton, model: str = "digits") -> tuple[list[int], list[int]]:
     return TritonRepository(triton.repository).versions(model), ready
 
 
-def workspace(project: Path) -> Path:
-    return project / ".airflow" / "workspace"
-
-
 def tags(project: Path) -> list[str]:
-    return subprocess.run(
-        ["git", "tag"], cwd=workspace(project), capture_output=True, text=True, check=True
-    ).stdout.split()
+    """The `model-v<N>` tags on the workspace's git remote (where publish pushes), oldest first."""
+    remote = Workspace.resolve(project, env={}).git_remote  # the cluster's workers get no RETRAIN_GIT_REMOTE
+    listed = subprocess.run(
+        ["git", "ls-remote", "--tags", remote, "model-v*"], capture_output=True, text=True, check=True
+    ).stdout
+    names = {line.split("refs/tags/", 1)[1].removesuffix("^{}") for line in listed.splitlines()}
+    return sorted(names, key=lambda name: int(name.removeprefix("model-v")))
 
 
 def assert_serves(triton, version: int, model: str = "digits") -> None:
@@ -276,11 +277,6 @@ def test_gpu_stages_ran_on_the_gpu_worker_and_the_rest_on_the_default_worker(
     assert roots["gpu-1"] != roots["cpu-1"] and all(r.is_dir() for r in roots.values())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs worker-local workspaces: each stage task logs `workspace: <path>` and returns "
-    "workspace/host/lock in its XCom (the shared-nothing task bodies of issue 8); remove this mark when they land",
-)
 def test_each_stage_worked_in_its_own_workers_root(first: ClusterRun, project: Path, running: Cluster) -> None:
     roots = {w.name: running.settings.worker_root(w) for w in running.settings.workers}
     for task in stage_tasks(project):
@@ -389,6 +385,8 @@ def test_killing_the_gpu_worker_during_train_still_ends_with_a_served_model(
     assert last_try["hostname"] == "gpu-2" and last_try["state"] == "success", killed["tries"]
     assert run.tasks["train"].xcom["outcome"] == "ran"
     assert killed["fresh_root"].is_dir()
+    # the last try worked in the replacement worker's own root, not in what gpu-1 left behind
+    assert Path(run.tasks["train"].xcom["workspace"]).is_relative_to(killed["fresh_root"]), run.tasks["train"].xcom
     assert run.tasks["push"].xcom["created"] is True and run.tasks["push"].xcom["version"] == 2
     assert served(triton) == ([1, 2], [2])
     assert tags(project) == ["model-v1", "model-v2"]

@@ -1,101 +1,90 @@
-"""Stage tasks side by side in one workspace: DVC's repository lock must not fail any of them.
-
-A toy DVC project whose foreach stages each sleep while holding nothing but their own outputs,
-run through `run_stage` from parallel threads the way parallel Airflow tasks run it.
-"""
+"""The DVC side of a stage task: reading `dvc status`, the remote's settings, and keeping secrets
+out of files and messages. (Stages really running across workers: test_fleet_steps.py.)"""
 
 from __future__ import annotations
 
-import json
 import subprocess
-import textwrap
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from orchestration.dvc_runner import StageFailed, outcome, run_stage
-from orchestration.workspace import dvc_command, tool_env
+from orchestration.dvc_runner import DvcSettings, changes, record_remote
+from orchestration.remote import DvcRemote, RemoteError, explain, resolve
+from orchestration.workspace import dvc_command
 
-FOLDS = 4
-SLEEP_S = 2.0
-
-WORK = """
-import json, os, sys, time
-item = sys.argv[1]
-start = time.time()
-time.sleep(float(os.environ.get("TOY_SLEEP", "0")))
-os.makedirs("out", exist_ok=True)
-with open(f"out/{item}.json", "w") as f:
-    json.dump({"start": start, "end": time.time()}, f)
-"""
-
-DVC_YAML = """
-stages:
-  prep:
-    cmd: python -c "open('data.txt', 'w').write('rows')"
-    outs:
-      - data.txt
-  fold:
-    foreach: ${folds}
-    do:
-      cmd: python work.py ${item}
-      deps:
-        - data.txt
-        - work.py
-      outs:
-        - out/${item}.json
-  broken:
-    cmd: python -c "raise SystemExit('deliberately broken')"
-    deps:
-      - data.txt
-"""
+SECRET = "wJalrXUtnFEMI-not-a-real-secret"
 
 
-def sh(cwd: Path, *cmd: str) -> None:
-    subprocess.run(cmd, cwd=cwd, check=True, capture_output=True, env=tool_env())
+def test_changes_ignore_outputs_that_are_only_absent_here() -> None:
+    # A fresh checkout has none of the outputs: DVC says "deleted" / "not in cache"; not a change.
+    assert changes({"train": [{"changed outs": {"models/model.pt": "not in cache"}}]}, "train") == []
+    assert changes({"train": [{"changed outs": {"models/model.pt": "deleted"}}]}, "train") == []
+    assert changes({}, "train") == []
+    status = {
+        "train": [
+            {"changed deps": {"data/clean.parquet": "modified", "params.yaml": {"train.epochs": "modified"}}},
+            {"changed outs": {"models/model.pt": "modified"}},
+            "changed command",
+        ]
+    }
+    assert changes(status, "train") == [
+        "dep data/clean.parquet modified",
+        "param train.epochs modified",
+        "out models/model.pt modified",
+        "changed command",
+    ]
+    assert changes(status, "export") == []
+    # inputs left on the remote because they are what the lock says: absent, not changed
+    absent = {"train": [{"changed deps": {"data/clean.parquet": "deleted", "stages/train.py": "modified"}}]}
+    assert changes(absent, "train", absent_inputs=["data/clean.parquet"]) == ["dep stages/train.py modified"]
+    assert changes(absent, "train") == ["dep data/clean.parquet deleted", "dep stages/train.py modified"]
 
 
-@pytest.fixture
-def toy_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    repo = tmp_path / "toy"
+def test_the_remote_comes_from_params_env_or_a_connection(tmp_path: Path) -> None:
+    assert resolve(tmp_path, ".dvc-remote", env={}) == DvcRemote(url=str(tmp_path / ".dvc-remote"))
+    assert resolve(tmp_path, None, env={}) is None
+    over = resolve(tmp_path, ".dvc-remote", env={"RETRAIN_DVC_REMOTE": "s3://bucket/dvc"})
+    assert over is not None and over.url == "s3://bucket/dvc" and not over.is_local
+
+    env = {"AWS_ENDPOINT_URL_S3": "http://127.0.0.1:9000"}
+    connection = {"login": "AKIAEXAMPLE", "password": SECRET, "extra": {"region_name": "eu-west-1"}}
+    remote = resolve(tmp_path, "s3://bucket/dvc", env=env, connection=connection)
+    assert remote is not None and remote.endpoint_url == "http://127.0.0.1:9000" and remote.region == "eu-west-1"
+    assert remote.dvc_config()["remote"]["retrain"]["secret_access_key"] == SECRET  # in memory only
+    assert SECRET not in repr(remote) and SECRET not in remote.describe()
+    with pytest.raises(RemoteError, match="needs both login"):
+        resolve(tmp_path, "s3://bucket/dvc", env={}, connection={"login": "AKIAEXAMPLE"})
+
+
+def test_the_committed_dvc_config_names_the_remote_but_never_a_secret(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
     repo.mkdir()
-    (repo / "work.py").write_text(WORK)
-    (repo / "dvc.yaml").write_text(textwrap.dedent(DVC_YAML))
-    (repo / "params.yaml").write_text(f"folds: {list(range(FOLDS))}\n")
-    sh(repo, "git", "init", "-q")
-    sh(repo, *dvc_command("init", "-q"))
-    sh(repo, *dvc_command("config", "core.analytics", "false"))
-    monkeypatch.setenv("TOY_SLEEP", str(SLEEP_S))
-    return repo
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    subprocess.run(dvc_command("init", "-q"), cwd=repo, check=True)
+    remote = DvcRemote(
+        url="s3://bucket/dvc",
+        endpoint_url="http://127.0.0.1:9000",
+        credentials={"access_key_id": "AKIAEXAMPLE", "secret_access_key": SECRET},
+    )
+    settings = DvcSettings(cache_dir=tmp_path / "cache", remote=remote)
+    assert record_remote(repo, settings) is True
+    config = (repo / ".dvc" / "config").read_text()
+    assert "remote = retrain" in config and "s3://bucket/dvc" in config and "endpointurl" in config
+    assert SECRET not in config and "AKIAEXAMPLE" not in config
+    assert not (repo / ".dvc" / "config.local").exists()
+    assert record_remote(repo, settings) is False, "an unchanged remote rewrites nothing"
 
 
-def test_parallel_stages_share_one_workspace(toy_repo: Path) -> None:
-    assert run_stage(toy_repo, "prep")["outcome"] == "ran"
-    with ThreadPoolExecutor(FOLDS) as pool:
-        results = list(pool.map(lambda i: run_stage(toy_repo, f"fold@{i}"), range(FOLDS)))
-    assert [r["outcome"] for r in results] == ["ran"] * FOLDS
+def test_remote_errors_say_what_to_do_and_never_show_a_secret() -> None:
+    remote = DvcRemote(url="s3://bucket/dvc", credentials={"secret_access_key": SECRET})
 
-    # The commands overlapped in time: DVC released its lock while they ran.
-    spans = [json.loads((toy_repo / "out" / f"{i}.json").read_text()) for i in range(FOLDS)]
-    assert max(s["start"] for s in spans) < min(s["end"] for s in spans)
-    lock = (toy_repo / "dvc.lock").read_text()
-    assert all(f"fold@{i}" in lock for i in range(FOLDS))
+    class NoCredentialsError(Exception):
+        pass
 
-    # A second pass finds every fold up to date.
-    with ThreadPoolExecutor(FOLDS) as pool:
-        again = list(pool.map(lambda i: run_stage(toy_repo, f"fold@{i}"), range(FOLDS)))
-    assert [r["outcome"] for r in again] == ["unchanged"] * FOLDS
-
-
-def test_failed_stage_raises_with_its_output(toy_repo: Path) -> None:
-    run_stage(toy_repo, "prep")
-    with pytest.raises(StageFailed, match="deliberately broken"):
-        run_stage(toy_repo, "broken")
-
-
-def test_outcome_reads_dvc_log_lines() -> None:
-    assert outcome("Running stage 'train':\n> python -m stages.train", "train") == "ran"
-    assert outcome("Stage 'crossval@1' didn't change, skipping", "crossval@1") == "unchanged"
-    assert outcome("Stage 'export' is cached - skipping run, checking out outputs", "export") == "restored"
-    assert outcome("Stage 'crossval@1' didn't change, skipping", "crossval@2") == "unknown"
+    text = explain(remote, NoCredentialsError("Unable to locate credentials"))
+    assert text.startswith("DVC remote s3://bucket/dvc: no S3 credentials: set AWS_ACCESS_KEY_ID")
+    text = explain(remote, PermissionError("Forbidden: SignatureDoesNotMatch"))
+    assert "credentials were refused" in text
+    text = explain(remote, ConnectionRefusedError("Could not connect to the endpoint URL"))
+    assert "cannot be reached" in text
+    assert all(SECRET not in explain(remote, e) for e in (ValueError(""), OSError("x")))

@@ -40,6 +40,7 @@ if dag is not None:
     out["doc_md"] = dag.doc_md
     out["max_active_runs"] = dag.max_active_runs
     out["timetable"] = type(dag.timetable).__name__
+    out["params"] = {{k: dag.params.get_param(k).serialize() for k in dag.params}}
     out["tasks"] = {{
         t.task_id: {{
             "upstream": sorted(t.upstream_task_ids),
@@ -48,6 +49,8 @@ if dag is not None:
             "retries": t.retries,
             "doc_md": t.doc_md,
             "op_kwargs": getattr(t, "op_kwargs", {{}}),
+            "outlets": [getattr(o, "uri", str(o)) for o in t.outlets],
+            "on_failure_callback": bool(t.on_failure_callback),
         }}
         for t in dag.tasks
     }}
@@ -81,9 +84,12 @@ def test_one_task_per_dvc_stage_wired_like_dvc_yaml(parsed: dict, spec) -> None:
     by_stage = {t.stage.name: t.full_id for t in spec.stage_tasks}
     assert set(by_stage) == set(spec.graph.stages)
     assert {tasks[i]["op_kwargs"]["stage"] for i in by_stage.values()} == set(spec.graph.stages)
-    assert set(tasks) == {*by_stage.values(), "prepare_workspace", "gate", "push", "publish"} | (
-        {"approve"} if spec.airflow.require_approval else set()
-    )
+    # each stage task reads the results (dvc.lock entries) of exactly its ancestors
+    for name, task_id in by_stage.items():
+        expected = sorted(by_stage[a] for a in spec.graph.ancestors(name))
+        assert sorted(tasks[task_id]["op_kwargs"]["ancestors"]) == expected, name
+    # approve is in every run's graph; a run whose require_approval is off approves at once
+    assert set(tasks) == {*by_stage.values(), "prepare_workspace", "gate", "approve", "push", "publish"}
 
     # Airflow's ordering equals DVC's: the same ancestors for every stage (Airflow keeps only the
     # direct edges of a transitive reduction; DVC lists every dep).
@@ -103,9 +109,10 @@ def test_one_task_per_dvc_stage_wired_like_dvc_yaml(parsed: dict, spec) -> None:
     folds = [by_stage[n] for n in spec.graph.groups()["crossval"]]
     assert len(folds) == len(spec.params.split.folds)
     assert all(not set(tasks[f]["upstream"]) & set(folds) for f in folds)
-    # the tail: every stage before the gate, then push, then publish
+    # the tail: every stage before the gate, then push, then publish, which takes the push's and
+    # prepare_workspace's values as its arguments (TaskFlow), not through xcom_pull
     assert ancestors("gate") >= set(by_stage.values())
-    assert "gate" in ancestors("push") and tasks["publish"]["upstream"] == ["push"]
+    assert "gate" in ancestors("push") and tasks["publish"]["upstream"] == ["prepare_workspace", "push"]
 
 
 def test_gpu_stages_carry_queue_and_pool(parsed: dict, spec) -> None:
@@ -126,9 +133,12 @@ def test_retries_docs_and_description(parsed: dict, spec) -> None:
     assert parsed["doc_md"] and "gate" in parsed["doc_md"]
     assert parsed["timetable"] == "AssetOrTimeSchedule"
     assert all(info["doc_md"] for info in tasks.values()), [k for k, v in tasks.items() if not v["doc_md"]]
-    assert tasks["push"]["retries"] == tasks["publish"]["retries"] == spec.airflow.infra_retries > 0
+    # infrastructure (a lost worker, an unreachable remote) retries; the gate never does, and a
+    # failing stage command fails its task without retries (AirflowFailException)
     stage_ids = [t.full_id for t in spec.stage_tasks]
-    assert all(tasks[i]["retries"] == 0 for i in [*stage_ids, "gate", "prepare_workspace"])
+    retried = ["push", "publish", "prepare_workspace", *stage_ids]
+    assert {tasks[i]["retries"] for i in retried} == {spec.airflow.infra_retries} and spec.airflow.infra_retries > 0
+    assert tasks["gate"]["retries"] == 0
 
 
 def test_parse_time_is_modest(parsed: dict) -> None:
@@ -136,14 +146,33 @@ def test_parse_time_is_modest(parsed: dict) -> None:
     assert parsed["parse_s"] < 30
 
 
-def test_approval_sits_between_gate_and_push_when_required(project_copy: Path, make_airflow_home) -> None:
+def test_approval_sits_between_gate_and_push_and_params_yaml_sets_its_default(
+    project_copy: Path, make_airflow_home
+) -> None:
     params = project_copy / "params.yaml"
     params.write_text(params.read_text().replace("require_approval: false", "require_approval: true"))
     env = make_airflow_home(project_copy / "dags")
     script = PARSE.format(heavy=HEAVY, dags=str(project_copy / "dags"))
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    tasks = json.loads(next(x for x in result.stdout.splitlines() if x.startswith("JSON"))[4:])["tasks"]
+    parsed = json.loads(next(x for x in result.stdout.splitlines() if x.startswith("JSON"))[4:])
+    tasks = parsed["tasks"]
     assert tasks["approve"]["upstream"] == ["gate"]
     assert tasks["push"]["upstream"] == ["approve"]
     assert "metric diff" in tasks["approve"]["doc_md"]
+    assert parsed["params"]["require_approval"]["value"] is True
+
+
+def test_trigger_form_params_failure_callback_and_served_asset(parsed: dict, spec) -> None:
+    form = parsed["params"]
+    assert set(form) == {"require_approval", "data_source", "note"}
+    assert form["require_approval"]["value"] is spec.airflow.require_approval
+    assert form["require_approval"]["schema"]["type"] == "boolean"
+    assert form["data_source"]["value"] is None and form["data_source"]["schema"]["type"] == ["null", "string"]
+    assert form["note"]["schema"]["type"] == "string"
+    assert all(form[k]["description"] for k in form)
+    # every task notifies its final failure (through the Connection, when there is one)
+    assert all(t["on_failure_callback"] for t in parsed["tasks"].values())
+    # (Airflow normalizes the URI with a trailing slash)
+    outlets = [uri.rstrip("/") for uri in parsed["tasks"]["push"]["outlets"]]
+    assert outlets == [f"triton://{spec.params.export.model_name}"]

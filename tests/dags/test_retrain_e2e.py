@@ -1,8 +1,11 @@
 """The retraining DAG end to end with `airflow dags test`, on the embedded data, against a real local
-Triton (started on free ports, stopped by its PID).
+Triton (started on free ports, stopped by its PID). `dags test` runs the tasks one by one on one
+machine: the fleet's code path with one worker root (each task in a checkout of its own, outputs
+through the DVC remote, lock entries through XCom).
 
 One copy of the project goes through four runs, in order:
-1. first run: every stage runs, the gate passes on the floors alone, version 1 serves, tagged;
+1. first run: every stage runs, the gate passes on the floors alone, version 1 serves, published
+   (tag model-v1, registered as digits@v1.0.0 in #prod);
 2. same data again: no stage reruns, nothing is pushed or tagged;
 3. a worse candidate (forced by params): the gate rejects it, version 1 keeps serving;
 4. corrupted raw data: clean fails, nothing downstream runs, nothing is pushed.
@@ -22,6 +25,8 @@ import numpy as np
 import pytest
 import yaml
 from support import edit_params, local_triton
+
+from orchestration.workspace import dvc_command
 
 pytestmark = [pytest.mark.airflow, pytest.mark.triton, pytest.mark.integration]
 
@@ -101,9 +106,17 @@ def served(triton, model: str = "digits") -> tuple[list[int], list[int]]:
     return TritonRepository(triton.repository).versions(model), ready
 
 
+def git_remote(project: Path) -> Path:
+    return project / ".airflow" / "workspace.git"
+
+
 def tags(project: Path) -> list[str]:
-    workspace = project / ".airflow" / "workspace"
-    return subprocess.run(["git", "tag"], cwd=workspace, capture_output=True, text=True, check=True).stdout.split()
+    return subprocess.run(
+        ["git", "--git-dir", str(git_remote(project)), "tag"], capture_output=True, text=True, check=True
+    ).stdout.split()
+
+
+PUBLISHED_V1 = ["digits#prod#1", "digits@v1.0.0", "model-v1"]  # `git tag` order
 
 
 @pytest.fixture(scope="module")
@@ -117,24 +130,42 @@ def stage_names(project: Path) -> set[str]:
     return set(read_graph(project).stages)
 
 
-def test_first_run_deploys_version_1(first: Run, project: Path, triton) -> None:
+def test_first_run_deploys_version_1(first: Run, project: Path, triton, tmp_path: Path) -> None:
     assert set(first.states.values()) == {"success"}, first.states
-    assert set(first.log_lines(r"Running stage '([^']+)'")) == stage_names(project)
+    assert set(first.log_lines(r"stage (\S+) ran in")) == stage_names(project)
+    assert len(set(first.log_lines(r"workspace: (\S+)"))) >= len(stage_names(project)), "a checkout per task"
     assert "passed: first deployment" in first.output
     assert served(triton) == ([1], [1])
-    assert tags(project) == ["model-v1"]
+    assert tags(project) == PUBLISHED_V1
     # the DVC remote got the outputs; the tag holds dvc.lock with the data version of embed.as_of
     assert any((project / ".dvc-remote").rglob("*")), "dvc push sent nothing"
-    workspace = project / ".airflow" / "workspace"
     locked = subprocess.run(
-        ["git", "show", "model-v1:params.yaml"], cwd=workspace, capture_output=True, text=True, check=True
+        ["git", "--git-dir", str(git_remote(project)), "show", "model-v1:params.yaml"],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert yaml.safe_load(locked)["embed"]["as_of"] == RUN_DATE
+    # the model registry says what is in prod
+    from orchestration.registry import in_stage
+
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(git_remote(project)), str(clone)], check=True)
+    assert in_stage(clone, "digits", "prod") == 1
+    # ...and any clone at model-v1 gets back exactly what version 1 was built from
+    subprocess.run(["git", "checkout", "-q", "model-v1"], cwd=clone, check=True)
+    subprocess.run(dvc_command("pull", "-q"), cwd=clone, check=True)
+    status = subprocess.run(dvc_command("status", "--json"), cwd=clone, capture_output=True, text=True, check=True)
+    assert json.loads(status.stdout) == {}, status.stdout
+    card = json.loads((clone / "models" / "candidate" / "model_card.json").read_text())
+    served_card = json.loads((triton.repository / "digits" / "1" / "model_card.json").read_text())
+    # (the push adds what it learnt to the served card: evaluate metrics, where it came from)
+    assert card["artifacts"] == served_card["artifacts"] and card["git_commit"] == served_card["git_commit"]
 
     # the served model answers like the candidate's golden samples
     from serving.client import ClientSettings, predict
 
-    golden = json.loads((workspace / "models" / "candidate" / "golden.json").read_text())
+    golden = json.loads((triton.repository / "digits" / "1" / "golden.json").read_text())
     got = predict(
         np.asarray(golden["inputs"], dtype=np.float32),
         "digits",
@@ -143,18 +174,61 @@ def test_first_run_deploys_version_1(first: Run, project: Path, triton) -> None:
     np.testing.assert_allclose(got, np.asarray(golden["outputs"]), atol=golden["atol"])
 
 
+ASSET_EVENTS = """
+import json
+from sqlalchemy import select
+from airflow.models.asset import AssetEvent, AssetModel
+from airflow.utils.session import create_session
+with create_session() as session:
+    rows = session.scalars(
+        select(AssetEvent).join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+        .where(AssetModel.uri == {uri!r}).order_by(AssetEvent.id)
+    ).all()
+    print("JSON" + json.dumps([
+        {{"extra": e.extra, "task_id": e.source_task_id, "run_id": e.source_run_id}} for e in rows
+    ]))
+"""
+
+
+def asset_events(env: dict[str, str], uri: str) -> list[dict]:
+    """The asset's events from Airflow's metadata database, through Airflow's own models."""
+    script = ASSET_EVENTS.format(uri=uri)
+    result = subprocess.run(
+        [env["PATH"].split(":")[0] + "/python", "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(next(x for x in result.stdout.splitlines() if x.startswith("JSON"))[4:])
+
+
+def test_push_records_what_serves_as_an_asset_event(first: Run, env) -> None:
+    (event,) = asset_events(env, "triton://digits/")  # (Airflow normalizes the URI with a slash)
+    assert event["task_id"] == "push" and event["run_id"] in first.output
+    extra = event["extra"]
+    assert extra["model"] == "digits" and extra["version"] == 1 and extra["created"] is True
+    assert extra["git_tag"] == "model-v1" and re.fullmatch(r"[0-9a-f]{40}", extra["git_commit"])
+    assert extra["metrics"]["accuracy"] >= 0.85 and "f1_macro" in extra["metrics"]
+    assert set(extra["data"]) == {"clean", "split"}
+    assert all(re.fullmatch(r"[0-9a-f]{32}", row["md5"]) for row in extra["data"].values())
+
+
 @pytest.fixture(scope="module")
 def unchanged(first: Run, env, project: Path, helpers) -> Run:
     return run_dag(env, project, helpers)
 
 
 def test_second_run_with_same_data_reruns_nothing_and_pushes_nothing(unchanged: Run, project: Path, triton) -> None:
-    assert unchanged.log_lines(r"Running stage '([^']+)'") == []
+    assert unchanged.log_lines(r"stage (\S+) ran in") == []
     assert set(unchanged.log_lines(r"stage (\S+) was up to date")) == stage_names(project)
     assert unchanged.states["publish"] == "skipped"
     assert "nothing pushed" in unchanged.output
     assert served(triton) == ([1], [1])
-    assert tags(project) == ["model-v1"]
+    assert tags(project) == PUBLISHED_V1
+
+
+def test_the_gate_report_carries_the_drift_summary(first: Run, unchanged: Run) -> None:
+    """The first run has no reference; the next compares with version 1's training data."""
+    assert "**Data drift:** no reference yet (nothing published)" in first.output
+    assert "**Data drift** against the training data of model-v1: no drift above the thresholds" in unchanged.output
 
 
 @pytest.fixture(scope="module")
@@ -164,13 +238,13 @@ def worse(unchanged: Run, env, project: Path, helpers) -> Run:
 
 
 def test_worse_candidate_is_rejected_and_version_1_keeps_serving(worse: Run, project: Path, triton) -> None:
-    assert set(worse.log_lines(r"Running stage '([^']+)'")) >= {"train", "export", "evaluate"}
+    assert set(worse.log_lines(r"stage (\S+) ran in")) >= {"train", "export", "evaluate"}
     assert worse.states["gate"] == "skipped"
     assert worse.states["push"] == worse.states["publish"] == "skipped"
     assert "candidate rejected: accuracy" in worse.output
     assert "the champion keeps serving" in worse.output
     assert served(triton) == ([1], [1])
-    assert tags(project) == ["model-v1"]
+    assert tags(project) == PUBLISHED_V1
 
 
 def test_corrupted_data_fails_at_clean_with_nothing_pushed(worse: Run, env, project: Path, helpers, triton) -> None:
@@ -191,4 +265,4 @@ def test_corrupted_data_fails_at_clean_with_nothing_pushed(worse: Run, env, proj
     assert all(corrupted.states[t] in ("upstream_failed", "skipped") for t in downstream), corrupted.states
     assert "clean failed" in corrupted.output and "px_" in corrupted.output
     assert served(triton) == ([1], [1])
-    assert tags(project) == ["model-v1"]
+    assert tags(project) == PUBLISHED_V1

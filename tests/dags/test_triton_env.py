@@ -20,7 +20,7 @@ CONNECTIONS = {
     # conn id -> AIRFLOW_CONN_* value (a URI or Airflow's JSON form)
     "https_host": {"conn_type": "http", "host": "https://triton.example.com", "port": 443, "password": "t0ken-a"},
     "hook_schema": {"conn_type": "http", "host": "triton.example.com", "schema": "https", "password": "t0ken-b"},
-    "grpcs_uri": "grpcs://:t0ken-c@triton.example.com:8001?model_repository=%2Fmnt%2Fmodels",
+    "grpcs_uri": "grpcs://:t0ken-c@triton.example.com:8001?model_repository=%2Fmnt%2Fmodels&candidate_entry=gpu",
     "ssl_extra": {"conn_type": "http", "host": "triton.example.com", "port": 8000, "extra": {"ssl_ca_file": "ca.pem"}},
     "clear_token": {"conn_type": "http", "host": "triton.example.com", "port": 8000, "password": "t0ken-d"},
     "allowed_clear": {
@@ -127,3 +127,14 @@ def test_without_a_connection_the_local_state_folder_is_absolute(resolved):
     """The gate runs in the workspace: a relative `.triton` there is not the local server's."""
     case = resolved["missing"]
     assert case["env"] == {"TRITON_STATE_DIR": str(ROOT / ".triton")}
+
+
+def test_a_gpu_server_gets_the_candidates_gpu_entry_from_the_connection(resolved):
+    """The extra `candidate_entry` picks the candidate's folder the push writes (gpu/: KIND_GPU
+    configs for an onnxruntime/libtorch server on GPUs), as TRITON_CANDIDATE_ENTRY does."""
+    from pipeline.params import ServingParams
+    from serving.push import ServingSettings
+
+    env = resolved["grpcs_uri"]["env"]
+    assert env["TRITON_CANDIDATE_ENTRY"] == "gpu"
+    assert ServingSettings.from_params(ServingParams(), env).candidate_entry == "gpu"

@@ -76,7 +76,7 @@ def test_batching_settings_come_from_params(params):
     ],
 )
 def test_broken_config_is_rejected(text, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(configs.ConfigError, match=message):
         configs.check_config(text, source="m/config.pbtxt")
 
 

@@ -15,7 +15,7 @@ from project_imports import ROOT, project_modules
 from sklearn.metrics import accuracy_score, classification_report, f1_score, precision_score, recall_score
 
 from pipeline import atomic
-from pipeline.models import build_model, model_config
+from pipeline.models import MLPConfig, build_model
 from pipeline.rows import Rows, SplitTable
 from pipeline.tables import write_parquet
 from stages import _cli, evaluate, export
@@ -50,7 +50,7 @@ class Always(torch.nn.Module):
 
 
 def export_candidate(out: Path, model: torch.nn.Module, table: pd.DataFrame, params) -> Rows:
-    config = model_config("mlp", 64, params.data.classes, None, [], [8], 0.0)
+    config = MLPConfig(64, params.data.classes, None, 0.0, hidden=[8])
     test = SplitTable.of(table, assignment_for(table), params.data).split_rows("test")
     hashes = {"clean": {"path": "c", "md5": "0" * 32}, "split": {"path": "s", "md5": "1" * 32}}
     with atomic.atomic_dir(out) as tmp:
@@ -119,7 +119,7 @@ def test_scores_the_onnx_file_not_the_model(tmp_path, image_table, params):
 def test_candidate_for_other_classes_is_refused(tmp_path, image_table, params):
     out = tmp_path / "candidate"
     test = export_candidate(
-        out, build_model(model_config("mlp", 64, params.data.classes, None, [], [8], 0.0)), image_table, params
+        out, build_model(MLPConfig(64, params.data.classes, None, 0.0, hidden=[8])), image_table, params
     )
     card = json.loads((out / "model_card.json").read_text())
     (out / "model_card.json").write_text(json.dumps({**card, "classes": list(range(1, 11))}))
@@ -129,7 +129,7 @@ def test_candidate_for_other_classes_is_refused(tmp_path, image_table, params):
 
 def test_cli_writes_metrics_report_and_confusion(tmp_path, image_table, params, project_root, monkeypatch):
     """A short chained run: export's output is read back by the evaluate CLI, as DVC runs it."""
-    model = build_model(model_config("mlp", 64, params.data.classes, None, [], [8], 0.0)).eval()
+    model = build_model(MLPConfig(64, params.data.classes, None, 0.0, hidden=[8])).eval()
     out = tmp_path / "models" / "candidate"
     test = export_candidate(out, model, image_table, params)
     write_parquet(image_table, tmp_path / "clean.parquet")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from conftest import tiny_image_table
 from tritonclient.grpc import model_config_pb2 as pb
 
 from pipeline import atomic
-from pipeline.models import build_model, model_config
+from pipeline.models import CNNConfig, build_model
 from pipeline.params import ParamsError, parse_params
 from pipeline.rows import Rows, SplitTable
 from serving import configs
@@ -36,7 +37,7 @@ def split_rows(table: pd.DataFrame, params, split: str) -> Rows:
 
 def tiny_model(table: pd.DataFrame, params, steps: int = 25) -> tuple[torch.nn.Module, dict]:
     """A small CNN trained for a few Adam steps: confident outputs, as a real model gives."""
-    config = model_config("cnn", 64, params.data.classes, params.data.image_shape, [4, 8], [16], 0.1)
+    config = CNNConfig(64, params.data.classes, params.data.image_shape, 0.1, channels=[4, 8], hidden=[16])
     torch.manual_seed(0)
     model = build_model(config)
     model.scale.factor.fill_(1 / 16)  # value_range [0, 16] -> [0, 1], as training sets it
@@ -199,7 +200,7 @@ def test_check_parity_reports_diff_and_key():
 
 def test_model_for_other_classes_is_refused(tmp_path, image_table, params):
     model, model_file = tiny_model(image_table, params, steps=0)
-    model_file["config"] = {**model_file["config"], "classes": list(range(1, 11))}
+    model_file["config"] = dataclasses.replace(model_file["config"], classes=tuple(range(1, 11)))
     test = split_rows(image_table, params, "test")
     with pytest.raises(_cli.StageError, match="data.classes"):
         export.run(model, model_file, test, params.data, params.export, tmp_path, hashes())

@@ -8,6 +8,7 @@ from support import ROOT, local_triton
 
 from pipeline.params import GateParams, ServingParams, load_params
 from pipeline.rows import Rows
+from serving.push import ServingSettings
 from serving.toy import build_candidate
 from stages import _cli
 from stages.gate import decide, diff_markdown, score_champion
@@ -97,7 +98,13 @@ def push(params, candidate):
 @pytest.mark.triton
 def test_nothing_pinned_and_nothing_served_is_a_first_deployment(params):
     assert (
-        score_champion(params.serving, CLASSES, "never_pushed", Rows(np.zeros((2, 64)), np.zeros(2, np.int64))) is None
+        score_champion(
+            ServingSettings.from_params(params.serving),
+            CLASSES,
+            "never_pushed",
+            Rows(np.zeros((2, 64)), np.zeros(2, np.int64)),
+        )
+        is None
     )
 
 
@@ -112,7 +119,7 @@ def test_a_pinned_champion_that_is_not_ready_fails_closed(params, tmp_path):
         client.unload("gone")  # as after a server restart that did not restore the pinned version
 
     with pytest.raises(_cli.StageError, match="version 1 .pinned in .* is not READY"):
-        score_champion(params.serving, CLASSES, "gone", rows_and_labels(champion))
+        score_champion(ServingSettings.from_params(params.serving), CLASSES, "gone", rows_and_labels(champion))
 
 
 @pytest.mark.triton
@@ -130,7 +137,9 @@ def test_the_champion_is_the_pinned_version_not_the_newest_ready_one(params, tmp
     with TritonClient(settings.client) as client:  # 2 loaded beside it, as a cut-off push leaves it
         client.load("pinned", config_json(pin_versions(repo.version_config("pinned", 2), [1, 2])))
 
-    version, metrics = score_champion(params.serving, CLASSES, "pinned", rows_and_labels(first))
+    version, metrics = score_champion(
+        ServingSettings.from_params(params.serving), CLASSES, "pinned", rows_and_labels(first)
+    )
 
     assert version == 1 and metrics["accuracy"] == 1.0
 
@@ -141,6 +150,8 @@ def test_the_champion_is_scored_with_its_own_max_batch_size(params, tmp_path):
     push(params, small)
     assert params.export.max_batch_size > 4  # the candidate's would be too big for the champion
 
-    version, metrics = score_champion(params.serving, CLASSES, "small_batches", rows_and_labels(small, count=21))
+    version, metrics = score_champion(
+        ServingSettings.from_params(params.serving), CLASSES, "small_batches", rows_and_labels(small, count=21)
+    )
 
     assert version == 1 and metrics["accuracy"] == 1.0

@@ -13,9 +13,10 @@ import pytest
 import torch
 import yaml
 
+from pipeline.models import config_for
 from pipeline.params import Params, ParamsError, parse_params
 from pipeline.rows import Rows, SplitTable
-from pipeline.training import augment_images, fit, lr_factor, read_checkpoint
+from pipeline.training import CHECKPOINT_FORMAT, augment_images, fit, lr_factor, read_checkpoint
 from stages import train
 from stages.split import split_stratified
 
@@ -31,6 +32,7 @@ def raw_params(**train_overrides) -> dict:
         "optimizer": {**raw["train"]["optimizer"], "lr": 0.01},
         "early_stopping": {"metric": "val_accuracy", "patience": 50},
         "device": "cpu",
+        "checkpoint_interval_s": 0.0,  # a checkpoint after every epoch
     }
     raw["train"] = {**raw["train"], **tiny, **train_overrides}
     return raw
@@ -57,7 +59,7 @@ def test_a_tiny_model_learns(image_table, assignment):
     history = []
     params = tiny_params(epochs=5, augment={"enabled": False, "max_shift": 0, "max_rotation": 0.0})
     result, config = run_train(image_table, assignment, params, on_epoch=lambda e, row: history.append(row))
-    assert config["arch"] == "cnn" and len(history) == 5
+    assert config.arch == "cnn" and len(history) == 5
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     assert result.metrics["val_accuracy"] >= max(0.5, history[0]["val_accuracy"])
     assert result.model(torch.zeros(2, 64)).shape == (2, 10)
@@ -102,6 +104,24 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(image_table, assignme
     assert _states_equal(last_whole["model"], last_resumed["model"])  # the last epoch's weights too
 
 
+def test_checkpoints_by_time_skip_short_epochs_and_keep_the_last(image_table, assignment, tmp_path):
+    # An hour between checkpoints: none is written mid-run, so a crash restarts from scratch (and
+    # still ends with the same weights); the last epoch is always written.
+    params = tiny_params(epochs=3, checkpoint_interval_s=3600.0)
+    whole, _ = run_train(image_table, assignment, params)
+
+    def crash_in_the_second_epoch(epoch, row):
+        if epoch == 1:
+            raise Crash
+
+    with pytest.raises(Crash):
+        run_train(image_table, assignment, params, tmp_path / "ck.pt", crash_in_the_second_epoch)
+    assert not (tmp_path / "ck.pt").exists()
+    again, _ = run_train(image_table, assignment, params, tmp_path / "ck.pt")
+    assert again.resumed_from == 0 and _states_equal(again.model.state_dict(), whole.model.state_dict())
+    assert torch.load(tmp_path / "ck.pt", weights_only=True)["epoch"] == 3
+
+
 def test_a_stale_checkpoint_is_ignored(image_table, assignment, tmp_path, caplog):
     checkpoint = tmp_path / "ck.pt"
     run_train(image_table, assignment, tiny_params(epochs=1), checkpoint)
@@ -114,9 +134,43 @@ def test_a_checkpoint_that_would_run_code_is_never_loaded(tmp_path, caplog):
         def __reduce__(self):
             return (Path.touch, (tmp_path / "pwned",))
 
-    torch.save({"format": "triton-retrain/checkpoint@1", "x": RunsCode()}, tmp_path / "ck.pt")
+    torch.save({"format": CHECKPOINT_FORMAT, "x": RunsCode()}, tmp_path / "ck.pt")
     assert read_checkpoint(tmp_path / "ck.pt", "any") is None
     assert not (tmp_path / "pwned").exists() and "cannot be loaded safely" in caplog.text
+
+
+def _truncated(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _missing_keys(path: Path) -> None:
+    state = torch.load(path, weights_only=True)
+    for key in ("optimizer", "history", "rng"):
+        del state[key]
+    torch.save(state, path)
+
+
+def _wrong_shapes(path: Path) -> None:
+    state = torch.load(path, weights_only=True)
+    state["model"] = {name: torch.zeros(1) for name in state["model"]}
+    torch.save(state, path)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [lambda path: path.write_bytes(b""), _truncated, _missing_keys, _wrong_shapes],
+    ids=["empty", "truncated", "missing-keys", "wrong-shapes"],
+)
+def test_a_corrupt_checkpoint_is_ignored_with_a_warning(image_table, assignment, tmp_path, caplog, damage):
+    # A crash during a write or a truncated copy must not block every later run.
+    checkpoint, params = tmp_path / "ck.pt", tiny_params(epochs=2)
+    whole, _ = run_train(image_table, assignment, params, checkpoint)
+    damage(checkpoint)
+    again, _ = run_train(image_table, assignment, params, checkpoint)
+    assert again.resumed_from == 0 and "ignoring checkpoint" in caplog.text
+    assert _states_equal(again.model.state_dict(), whole.model.state_dict())
+    assert read_checkpoint(checkpoint, torch.load(checkpoint, weights_only=True)["fingerprint"]) is not None
 
 
 @pytest.mark.parametrize(
@@ -136,6 +190,13 @@ def test_bad_params_name_the_key(change, key):
         parse_params(raw)
 
 
+def test_the_old_onecycle_name_is_refused_naming_the_new_one():
+    raw = raw_params()
+    raw["train"]["schedule"]["name"] = "onecycle"
+    with pytest.raises(ParamsError, match=r"train\.schedule\.name: .*renamed 'warmup_cosine'"):
+        parse_params(raw)
+
+
 def test_a_cnn_needs_an_image_shape():
     raw = raw_params()
     raw["data"]["image_shape"] = None
@@ -151,7 +212,7 @@ def test_mlp_trains_on_tabular_rows():
     raw["data"] |= {"image_shape": None, "value_range": None, "classes": [0, 1]}
     raw["train"]["model"]["arch"] = "mlp"
     params = parse_params(raw)
-    config = train.config_for(params.train, params.data, 5)
+    config = config_for(params.train.model, params.data, 5)
     result = fit(config, Rows(x[:90], y[:90]), Rows(x[90:], y[90:]), params.train, params.data)
     assert torch.isfinite(result.model.scale.factor).all() and result.model.scale.factor[3] == 1.0
     assert result.metrics["val_accuracy"] > 0.7
@@ -172,8 +233,8 @@ def test_shifts_move_whole_pixels_and_fill_with_background():
         assert any(torch.allclose(row, c, atol=1e-4) for c in candidates)
 
 
-def test_onecycle_warms_up_then_decays_to_zero():
-    factors = [lr_factor(s, 100, "onecycle", 0.1) for s in range(101)]
+def test_warmup_cosine_warms_up_then_decays_to_zero():
+    factors = [lr_factor(s, 100, "warmup_cosine", 0.1) for s in range(101)]
     assert factors[0] == pytest.approx(0.1) and factors[9] == 1.0 and factors[100] == pytest.approx(0.0)
     assert all(a >= b for a, b in zip(factors[10:], factors[11:], strict=False))
 

@@ -1,0 +1,157 @@
+"""Reports one click from the task: an operator extra link on the stage and gate tasks, and a
+read-only page of the api-server (an Airflow plugin's FastAPI app, `plugins/retrain_reports.py`)
+that shows them.
+
+Workers share no disk, so the page never reads a worker's checkout: a stage task's result (its
+XCom) holds its `dvc.lock` entry, whose outputs carry their md5; the page reads those objects
+from the DVC remote (`airflow.dvc_remote`, a folder or S3), the same bytes `dvc pull` would bring.
+The gate's decision is its XCom itself.
+
+    /retrain-reports/<dag_id>/<run_id>/<task_id>   the task's reports (HTML as is; CSV, TSV, JSON as text)
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import urllib.parse
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import BaseOperatorLink
+
+log = logging.getLogger(__name__)
+
+URL_PREFIX = "/retrain-reports"
+# Outputs worth a person's look, by folder: validation report, confusion matrix and class report,
+# training curves. Data, models and checkpoints are not shown.
+REPORT_FOLDERS = ("reports/", "dvclive/")
+SHOWN_SUFFIXES = (".html", ".csv", ".tsv", ".json")
+MAX_BYTES = 5_000_000
+
+
+class ReportsLink(BaseOperatorLink):
+    """The "Reports" button of a task: the plugin's page for this task instance."""
+
+    name = "Reports"
+
+    def get_link(self, operator: Any, *, ti_key: Any) -> str:
+        from airflow.configuration import conf
+
+        base = conf.get("api", "base_url", fallback="").rstrip("/")
+        quote = urllib.parse.quote
+        return f"{base}{URL_PREFIX}/{quote(ti_key.dag_id)}/{quote(ti_key.run_id, safe='')}/{quote(ti_key.task_id)}"
+
+
+def report_outputs(result: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The report outputs in a stage task's result: [{path, md5, ...}] from its dvc.lock entry."""
+    outs: list[dict[str, Any]] = []
+    for entry in (result.get("lock") or {}).values():
+        outs += [o for o in entry.get("outs", []) if str(o.get("path", "")).startswith(REPORT_FOLDERS)]
+    return outs
+
+
+class RemoteReader:
+    """Objects of the DVC remote by md5 (DVC 3's layout: files/md5/<2>/<30>)."""
+
+    def __init__(self, project: Path):
+        from orchestration.remote import resolve
+        from pipeline.params import load_params
+
+        params = load_params(project / "params.yaml")
+        remote = resolve(project, params.airflow.dvc_remote)
+        if remote is None:
+            raise LookupError("airflow.dvc_remote is not set: no DVC remote to read reports from")
+        self.remote = remote
+
+    def read(self, md5: str) -> bytes:
+        key = f"files/md5/{md5[:2]}/{md5[2:]}"
+        if self.remote.is_local:
+            return (Path(self.remote.url) / key).read_bytes()[:MAX_BYTES]
+        import boto3
+
+        bucket, _, prefix = self.remote.url.removeprefix("s3://").partition("/")
+        client = boto3.client(
+            "s3",
+            endpoint_url=self.remote.endpoint_url,
+            region_name=self.remote.region,
+            aws_access_key_id=self.remote.credentials.get("access_key_id"),
+            aws_secret_access_key=self.remote.credentials.get("secret_access_key"),
+        )
+        body = client.get_object(Bucket=bucket, Key=f"{prefix.strip('/')}/{key}".lstrip("/"))["Body"]
+        return body.read(MAX_BYTES)
+
+    def files(self, out: Mapping[str, Any]) -> list[tuple[str, bytes]]:
+        """(path, bytes) of one output: a file, or the shown files of a directory output."""
+        md5 = str(out.get("md5", ""))
+        if not md5.endswith(".dir"):
+            return [(str(out["path"]), self.read(md5))]
+        listing = json.loads(self.read(md5))
+        return [
+            (f"{out['path']}/{row['relpath']}", self.read(row["md5"]))
+            for row in listing
+            if row["relpath"].endswith(SHOWN_SUFFIXES)
+        ]
+
+
+def render(task_id: str, run_id: str, files: list[tuple[str, bytes]], gate: Mapping[str, Any] | None) -> str:
+    """One page: a single HTML report as it is; otherwise every file as text under its path."""
+    if gate is None and len(files) == 1 and files[0][0].endswith(".html"):
+        return files[0][1].decode(errors="replace")
+    title = f"{task_id} of run {run_id}"
+    parts = [f"<!doctype html><title>{html.escape(title)}</title><h1>{html.escape(title)}</h1>"]
+    if gate is not None:
+        parts.append(f"<h2>decision: {'passed' if gate.get('passed') else 'rejected'}</h2>")
+        parts.append(f"<p>{html.escape(str(gate.get('reason', '')))}</p>")
+        parts.append(f"<pre>{html.escape(str(gate.get('diff_markdown', '')))}</pre>")
+        parts.append(f"<pre>{html.escape(json.dumps(dict(gate), indent=2, default=str))}</pre>")
+    for path, data in files:
+        parts.append(f"<h2>{html.escape(path)}</h2><pre>{html.escape(data.decode(errors='replace'))}</pre>")
+    if len(parts) == 1:
+        parts.append("<p>This task has no reports.</p>")
+    return "\n".join(parts)
+
+
+def task_result(dag_id: str, run_id: str, task_id: str) -> Any:
+    """The task's return value (XCom) from Airflow's metadata database."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        row = session.scalars(
+            select(XComModel)
+            .where(
+                XComModel.dag_id == dag_id,
+                XComModel.run_id == run_id,
+                XComModel.task_id == task_id,
+                XComModel.key == "return_value",
+            )
+            .order_by(XComModel.map_index)
+        ).first()
+        return None if row is None else XComModel.deserialize_value(row)
+
+
+def create_app(project: Path) -> Any:
+    from fastapi import FastAPI, HTTPException
+    from fastapi.responses import HTMLResponse
+
+    app = FastAPI(title="retrain reports", description="The retrain DAG's reports, read-only, from the DVC remote")
+
+    @app.get("/{dag_id}/{run_id}/{task_id}", response_class=HTMLResponse)
+    def task_reports(dag_id: str, run_id: str, task_id: str) -> str:
+        result = task_result(dag_id, run_id, task_id)
+        if not isinstance(result, Mapping):
+            raise HTTPException(404, f"{task_id} of run {run_id} has no result (yet)")
+        gate = result if "diff_markdown" in result else None  # the gate's report is its result
+        outs = report_outputs(result)
+        files: list[tuple[str, bytes]] = []
+        if outs:
+            reader = RemoteReader(project)
+            for out in outs:
+                files += reader.files(out)
+        return render(task_id, run_id, files, gate)
+
+    return app

@@ -1,0 +1,213 @@
+"""What the retraining DAG's tasks do, without Airflow: plain values in, a small dict out.
+
+`orchestration/tasks.py` adapts these to Airflow (context, XCom, retries); tests chain them
+directly, as one worker or as several (one `worker_root` each).
+
+- `prepare`: the run's commit on the workspace's git remote (orchestration.workspace);
+- `stage`: a fresh checkout of it on this worker; the `dvc.lock` entries of the stage's upstream
+  stages (their task results) merged in; the stage brought up to date through DVC
+  (orchestration.dvc_runner); its own entry returned;
+- `checkout_outputs`: a checkout holding chosen outputs of the run (what the gate and the push read);
+- `publish`: every stage's entry merged into one lock, checked against the DVC remote, committed,
+  tagged and pushed with the model registry's tags.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from orchestration import dvc_runner, lockfile, registry, workspace
+from orchestration.drift_reference import DriftPaths, commit_reference, drift_paths, write_reference
+from orchestration.dvc_graph import StageGraph, read_graph
+from orchestration.remote import RemoteError, resolve
+from orchestration.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """Everything a task needs to know about where it works, resolved on the worker that runs it
+    (params.yaml, this worker's environment, an optional Airflow Connection for the DVC remote)."""
+
+    ws: Workspace
+    dvc: dvc_runner.DvcSettings
+    graph: StageGraph
+
+    @classmethod
+    def resolve(
+        cls,
+        project: str | Path,
+        env: Mapping[str, str] | None = None,
+        connection: Mapping[str, Any] | None = None,
+    ) -> Fleet:
+        ws = Workspace.resolve(project, env)
+        remote = resolve(ws.project, ws.params.dvc_remote, env, connection)
+        return cls(ws=ws, dvc=dvc_runner.DvcSettings(ws.cache_dir, remote), graph=read_graph(ws.project))
+
+    @property
+    def order(self) -> list[str]:
+        return list(self.graph.stages)
+
+    @property
+    def drift(self) -> DriftPaths | None:
+        """The drift stage's metrics, profile and reference (None: the pipeline has none)."""
+        return drift_paths(self.graph, self.ws.params.drift_stage, strict=False)
+
+
+def task_folder(name: str, try_number: int) -> str:
+    """A retry gets a folder of its own: a dead try may still hold files in the old one."""
+    return name if try_number <= 1 else f"{name}.try{try_number}"
+
+
+def inputs(graph: StageGraph, name: str) -> tuple[list[str], list[str]]:
+    """The DVC-tracked paths `name` reads (outputs of upstream stages that its deps cover), and
+    the deps that cover them."""
+    deps = graph.stages[name].deps
+    found, covering = set(), set()
+    for up in graph.upstream[name]:
+        for out in graph.stages[up].outs:
+            for dep in deps:
+                if out == dep or out.startswith(dep + "/"):
+                    found.add(out)
+                    covering.add(dep)
+                elif dep.startswith(out + "/"):
+                    found.add(dep)
+                    covering.add(dep)
+    return sorted(found), sorted(covering)
+
+
+def prepare(
+    fleet: Fleet, run_id: str, as_of: str | None, overrides: Mapping[str, str | None] | None = None
+) -> dict[str, Any]:
+    """`overrides`: `section.key` -> value set in the run's params.yaml (the Trigger form's)."""
+
+    def name_remote(root: Path) -> None:
+        for dotted, value in (overrides or {}).items():
+            section, key = dotted.split(".", 1)
+            params = root / "params.yaml"
+            params.write_text(workspace.set_param(params.read_text(), section, key, value))
+        dvc_runner.record_remote(root, fleet.dvc)
+        dvc_runner.check_remote_at(root, fleet.dvc)  # an unreachable remote fails here, not in every stage
+
+    owned = [fleet.drift.reference] if fleet.drift else []  # published by publish, kept across runs
+    return workspace.prepare(fleet.ws, workspace.safe_run_key(run_id), as_of, before_commit=name_remote, owned=owned)
+
+
+def _merged(
+    fleet: Fleet, root: Path, results: Sequence[Mapping[str, Any]], require: Sequence[str]
+) -> dict[str, lockfile.Entry]:
+    """Write into the checkout's dvc.lock the entries of `results` over the run's base lock;
+    returns the base lock."""
+    entries = lockfile.latest_entries(results)
+    base = lockfile.parse((root / "dvc.lock").read_text() if (root / "dvc.lock").exists() else None)
+    merged = lockfile.merge(base, entries, fleet.order)
+    lockfile.verify(merged, require=require, among=set(entries) | set(require))
+    (root / "dvc.lock").write_text(lockfile.dump(merged))
+    return base
+
+
+def stage(
+    fleet: Fleet,
+    run_id: str,
+    prepared: Mapping[str, Any],
+    name: str,
+    upstream: Sequence[Mapping[str, Any]],
+    try_number: int = 1,
+) -> dict[str, Any]:
+    """Bring stage `name` up to date in a checkout of its own; `upstream` holds the results of
+    the tasks of the stages it depends on (all its ancestors)."""
+    root = workspace.checkout(
+        fleet.ws, workspace.safe_run_key(run_id), task_folder(name, try_number), prepared["ref"], prepared["commit"]
+    )
+    ancestors = sorted(fleet.graph.ancestors(name))
+    base = _merged(fleet, root, [r for r in upstream if r and r.get("stage") in ancestors], require=ancestors)
+    paths, covering = inputs(fleet.graph, name)
+    merged = lockfile.parse((root / "dvc.lock").read_text())
+    # The base lock is a published one: consistent, and its outputs were on the remote when published.
+    as_locked = name in base and all(merged.get(a) == base.get(a) for a in ancestors)
+    result = dvc_runner.run_stage(root, name, paths, fleet.dvc, covering, inputs_as_locked=as_locked)
+    return {**result, "workspace": str(root), "host": socket.gethostname(), "try_number": try_number}
+
+
+def checkout_outputs(
+    fleet: Fleet,
+    run_id: str,
+    prepared: Mapping[str, Any],
+    results: Sequence[Mapping[str, Any]],
+    task: str,
+    paths: Sequence[str],
+    try_number: int = 1,
+) -> Path:
+    """A checkout of the run with its merged lock and `paths` (outputs of the run) pulled."""
+    root = workspace.checkout(
+        fleet.ws, workspace.safe_run_key(run_id), task_folder(task, try_number), prepared["ref"], prepared["commit"]
+    )
+    _merged(fleet, root, results, require=fleet.order)
+    dvc_runner.pull_outputs(root, paths, fleet.dvc)
+    return root
+
+
+def publish(
+    fleet: Fleet,
+    run_id: str,
+    prepared: Mapping[str, Any],
+    results: Sequence[Mapping[str, Any]],
+    version: int,
+    model: str,
+    message: str,
+    try_number: int = 1,
+) -> dict[str, Any]:
+    """Publish the run as version `version` of `model`. Safe to retry: a version whose tag is on
+    the remote already is done, and the one push is atomic."""
+    ws = fleet.ws
+    tag = f"{ws.params.tag_prefix}{version}"
+    existing = workspace.remote_ref(ws, f"refs/tags/{tag}")
+    if existing:
+        log.info("%s already tags commit %s; nothing to publish", tag, existing[:12])
+        return {"tag": tag, "commit": existing, "pushed": False}
+    root = workspace.checkout(
+        ws,
+        workspace.safe_run_key(run_id),
+        task_folder("publish", try_number),
+        prepared["ref"],
+        prepared["commit"],
+        depth=2,
+    )
+    _merged(fleet, root, results, require=fleet.order)
+    missing = dvc_runner.missing_on_remote(root, fleet.dvc)
+    if missing:
+        where = fleet.dvc.remote.describe() if fleet.dvc.remote else "the default DVC remote"
+        raise RemoteError(
+            f"{where} lacks outputs of this run: {', '.join(missing[:10])}; nothing was published. "
+            "Clear the stage tasks that wrote them so that they push again."
+        )
+    workspace.fetch_tags(ws, root)
+    commit, tag = workspace.commit_published(ws, root, (root / "dvc.lock").read_text(), version, message)
+    author = workspace.split_author(ws.params.git_author)
+    tags = [tag, *registry.register(root, model, version, ws.params.registry_stage, message, author)]
+    head = publish_reference(fleet, root, tag) or commit  # the next run compares its data with this version's
+    workspace.push_published(ws, root, head, tags)
+    return {"tag": tag, "commit": commit, "pushed": True, "tags": tags, "workspace": str(root)}
+
+
+def publish_reference(fleet: Fleet, root: Path, tag: str) -> str | None:
+    """In publish's checkout (at the commit tagged `tag`): make the run's data profile the drift
+    reference, bring the drift stage up to date against it (so that the next run on the same data
+    finds it unchanged) and commit both; returns that commit (None: no drift stage, or nothing
+    changed)."""
+    drift = fleet.drift
+    if drift is None:
+        return None
+    dvc_runner.pull_outputs(root, [drift.profile], fleet.dvc)
+    if not write_reference(root, drift, tag):
+        log.info("the drift reference %s is already the data of %s", drift.reference, tag)
+        return None
+    paths, covering = inputs(fleet.graph, drift.stage)
+    dvc_runner.run_stage(root, drift.stage, paths, fleet.dvc, covering)
+    return commit_reference(root, drift, tag, fleet.ws.git_env())

@@ -1,0 +1,179 @@
+"""Reports one click from the task: the "Reports" extra link of a stage task opens, in headless
+Chromium, that task's report as the api-server's plugin page reads it from the DVC remote (never
+from a worker's disk). The screenshot is kept as a test artifact.
+
+The run is the real DAG through `airflow dags test`, with the stages after clean marked successful
+without running (what is checked is the link and the page, not training).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support import edit_params
+
+from orchestration.airflow_api import AirflowApi, AirflowApiError
+from orchestration.reports_ui import RemoteReader, render, report_outputs
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS_DIR") or ROOT / ".airflow" / "test-artifacts")
+DAG_ID = "retrain"
+AFTER_CLEAN = r"^(split|train|crossval|export|evaluate|gate|approve|push|publish)"
+
+
+def _store(remote: Path, data: bytes, suffix: str = "") -> str:
+    """`data` where DVC 3 puts it in a remote (a directory's listing keeps its `.dir` suffix)."""
+    md5 = hashlib.md5(data).hexdigest() + suffix  # noqa: S324 - DVC's content address
+    path = remote / "files" / "md5" / md5[:2] / md5[2:]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return md5
+
+
+def test_the_page_reads_report_outputs_from_the_remote_by_md5(project_copy: Path, tmp_path: Path) -> None:
+    remote = tmp_path / "remote"
+    edit_params(project_copy, airflow__dvc_remote=str(remote))
+    report = _store(remote, b"<html><title>Data validation report</title></html>")
+    curve = _store(remote, b"step\tloss\n0\t1.5\n")
+    listing = json.dumps([{"relpath": "plots/metrics/loss.tsv", "md5": curve}, {"relpath": "x.bin", "md5": curve}])
+    directory = _store(remote, listing.encode(), ".dir")
+    result = {
+        "stage": "clean",
+        "lock": {
+            "clean": {
+                "outs": [
+                    {"path": "data/clean.parquet", "md5": "0" * 32},  # data: not a report
+                    {"path": "reports/clean.html", "md5": report},
+                    {"path": "dvclive/train", "md5": directory},
+                ]
+            }
+        },
+    }
+    outs = report_outputs(result)
+    assert [o["path"] for o in outs] == ["reports/clean.html", "dvclive/train"]
+    reader = RemoteReader(project_copy)
+    assert reader.files(outs[0]) == [("reports/clean.html", b"<html><title>Data validation report</title></html>")]
+    assert reader.files(outs[1]) == [("dvclive/train/plots/metrics/loss.tsv", b"step\tloss\n0\t1.5\n")]
+    # one HTML report is served as it is; anything else as text under its path
+    assert render("clean", "r1", reader.files(outs[0]), None).startswith("<html>")
+    page = render("train", "r1", reader.files(outs[1]), None)
+    assert "dvclive/train/plots/metrics/loss.tsv" in page and "1.5" in page
+    gate = render("gate", "r1", [], {"passed": False, "reason": "accuracy fell 0.05", "diff_markdown": "| a |"})
+    assert "decision: rejected" in gate and "accuracy fell 0.05" in gate
+
+
+@contextlib.contextmanager
+def api_server(env: dict[str, str], port: int, log: Path) -> Iterator[AirflowApi]:
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "airflow"), "api-server", "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        api = AirflowApi(f"http://127.0.0.1:{port}")
+        deadline = time.monotonic() + 180
+        while True:
+            assert process.poll() is None, log.read_text()[-3000:]
+            with contextlib.suppress(AirflowApiError):
+                api.health()
+                break
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(1)
+        yield api
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@pytest.mark.airflow
+@pytest.mark.integration
+def test_clean_links_to_its_validation_report(project_copy: Path, make_airflow_home, helpers, tmp_path: Path) -> None:
+    missing = [name for name in ("chromium", "chromedriver") if shutil.which(name) is None]
+    if missing:
+        pytest.skip(
+            f"headless Chromium unavailable ({', '.join(missing)} not found): "
+            "install the Debian packages with `apt-get install -y chromium chromium-driver`"
+        )
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    (port,) = helpers.free_ports(1)
+    env = make_airflow_home(
+        project_copy / "dags",
+        AIRFLOW__CORE__PLUGINS_FOLDER=str(project_copy / "plugins"),
+        AIRFLOW__API__BASE_URL=f"http://127.0.0.1:{port}",
+        AIRFLOW__API__HOST="127.0.0.1",
+    )
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "airflow"), "dags", "test", DAG_ID, "2026-01-26"]
+        + ["--mark-success-pattern", AFTER_CLEAN],
+        env=env,
+        cwd=project_copy,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    output = result.stdout + result.stderr
+    run_id = re.findall(r"DagRun Finished: dag_id=retrain, .*?run_id=([^,]+),", output)
+    assert run_id, output[-5000:]
+    # the worker's checkouts are gone: the page can only read the DVC remote
+    shutil.rmtree(project_copy / ".airflow" / "worker")
+
+    with api_server(env, port, tmp_path / "api-server.log") as api:
+        q = urllib.parse.quote
+        links = api._request("GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{q(run_id[-1], safe='')}/taskInstances/clean/links")
+        link = links["extra_links"]["Reports"]
+        assert link.startswith(f"http://127.0.0.1:{port}/retrain-reports/retrain/")
+        with urllib.request.urlopen(link, timeout=60) as response:  # noqa: S310 - 127.0.0.1
+            assert response.status == 200 and b"Data validation report" in response.read()
+
+        options = Options()
+        options.binary_location = shutil.which("chromium") or "chromium"
+        for flag in (
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--window-size=1400,1000",
+            f"--user-data-dir={tmp_path / 'chromium'}",
+        ):
+            options.add_argument(flag)
+        browser = webdriver.Chrome(options=options, service=Service(executable_path=shutil.which("chromedriver")))
+        try:
+            browser.get(link)
+            title = browser.title
+            text = browser.find_element("tag name", "body").text
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            shot = ARTIFACTS / "clean-report-link.png"
+            browser.save_screenshot(str(shot))
+        finally:
+            browser.quit()
+    assert title == "Data validation report", text[:500]
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,47 @@
+"""`python -m orchestration results` (the end of `make run`): the published version checked out in
+`.airflow/results` with only its shown outputs pulled from the DVC remote, and the gate's table read
+from the gate task's checkout. On the toy project (tests/dags/conftest.py), with real git and DVC."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from orchestration import results, steps
+
+pytestmark = pytest.mark.integration  # real git and DVC
+
+
+def test_results_check_out_the_published_version_with_its_shown_outputs(
+    tmp_path: Path, helpers, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    toy = helpers.toy_project(tmp_path / "project")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RETRAIN_")}
+    monkeypatch.setattr(os, "environ", env)
+    fleet = steps.Fleet.resolve(toy, env)
+    assert results.show(toy) == 1  # nothing published yet: said, not a traceback
+    assert "no published version" in capsys.readouterr().err
+
+    prepared = steps.prepare(fleet, "run-1", None)
+    done: list[dict] = []
+    for name in ["prep", "fold@0", "fold@1", "fold@2", "summary"]:
+        done.append(steps.stage(fleet, "run-1", prepared, name, done))
+    steps.publish(fleet, "run-1", prepared, done, 1, "toy", "first")
+    # The gate wrote its report in its own checkout of the run on this worker.
+    gate = fleet.ws.worker_root / "runs" / "run-1" / "gate" / "reports" / "gate.json"
+    gate.parent.mkdir(parents=True)
+    gate.write_text(json.dumps({"reason": "passed: first deployment", "diff_markdown": "| metric | candidate |"}))
+
+    # The toy's one small output stands for reports/, metrics/ and dvclive/.
+    monkeypatch.setattr(results, "SHOWN_ROOTS", ("summary.json",))
+    assert results.show(toy, "run-1") == 0
+    shown = capsys.readouterr().out
+    checkout = toy / results.RESULTS_DIR
+    assert "passed: first deployment" in shown and "| metric | candidate |" in shown
+    assert "The published version model-v1" in shown and str(gate) in shown
+    assert json.loads((checkout / "summary.json").read_text())["folds"] == ["0.json", "1.json", "2.json"]
+    assert not (checkout / "data.txt").exists()  # data and models stay on the remote
+    assert (checkout / "dvc.lock").is_file()  # the published lock: dvc metrics/plots show work there

@@ -1,0 +1,133 @@
+"""Every model family trains on tiny data through the train stage's core, exports to ONNX and
+TorchScript through the export stage's core with its parity check over the test split, and (one
+test, all families) serves on a real local Triton with nothing else changed."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from conftest import tiny_image_table
+
+from pipeline import atomic
+from pipeline.params import Params, parse_params
+from pipeline.rows import SplitTable
+from stages import export, train
+from stages.split import split_stratified
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Small sizes of every family, so each trains in about a second.
+TINY_MODEL = {
+    "channels": [8],
+    "hidden": [32],
+    "dropout": 0.1,
+    "rnn": {"cell": "lstm", "hidden_size": 32, "layers": 2},
+    "transformer": {"patch_size": 2, "dim": 32, "depth": 2, "heads": 4, "mlp_dim": 64},
+}
+CASES = [
+    ("cnn", "image"),
+    ("mlp", "image"),
+    ("mlp", "tabular"),
+    ("rnn", "image"),
+    ("rnn", "tabular"),
+    ("transformer", "image"),
+    ("transformer", "tabular"),
+]
+
+
+def tabular_table(rows: int = 240) -> pd.DataFrame:
+    """The first rows of scikit-learn's breast cancer set as `embed` writes it (label, x0..x29)."""
+    from pipeline.params import DataParams, EmbedParams
+    from stages.embed import run as embed
+
+    data = DataParams(source="unused", label="label", feature_prefix="", classes=[0, 1])
+    return embed(EmbedParams(dataset="breast_cancer"), data).iloc[:rows].reset_index(drop=True)
+
+
+def family_params(arch: str, rows: str, **train) -> Params:
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["train"] |= {"epochs": 4, "batch_size": 16, "device": "cpu", **train}
+    raw["train"]["model"] = {"arch": arch, **TINY_MODEL}
+    raw["export"]["model_name"] = f"{arch}_{rows}"
+    if rows == "tabular":
+        raw["data"] |= {"feature_prefix": "", "image_shape": None, "value_range": None, "classes": [0, 1]}
+    return parse_params(raw)
+
+
+def train_and_export(arch: str, rows: str, out: Path) -> dict:
+    """Train with the train stage's core, export with the export stage's; returns the model card."""
+    table = tiny_image_table() if rows == "image" else tabular_table()
+    params = family_params(arch, rows)
+    assignment = split_stratified(table[params.data.label].to_numpy(), params.split)
+    split_table = SplitTable.of(table, assignment, params.data)
+    result, config = train.run(split_table, params.data, params.train)
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]  # it learns
+    test = split_table.split_rows("test")
+    model_file = {"config": config, "metrics": result.metrics, "params": params.train.model_dump(mode="json")}
+    hashes = {"clean": {"path": "c", "md5": "0" * 32}, "split": {"path": "s", "md5": "1" * 32}}
+    with atomic.atomic_dir(out) as tmp:
+        Path(tmp).chmod(0o755)
+        return export.run(result.model, model_file, test, params.data, params.export, Path(tmp), hashes)
+
+
+@pytest.mark.parametrize("arch,rows", CASES)
+def test_a_family_trains_and_exports_with_parity(arch, rows, tmp_path):
+    card = train_and_export(arch, rows, tmp_path / "candidate")
+    tolerance = family_params(arch, rows).export.parity_tolerance
+    assert card["model_config"]["arch"] == arch and card["parity"]["tolerance"] == tolerance
+    # export.run refuses a difference above the tolerance; both formats were compared.
+    assert set(card["parity"]["max_abs_diff"]) == {"onnx", "torchscript"}
+    assert max(card["parity"]["max_abs_diff"].values()) <= tolerance
+    assert (tmp_path / "candidate" / f"triton/{arch}_{rows}/1/model.onnx").exists()
+
+
+def test_an_image_family_exports_batches_of_any_size(tmp_path):
+    """The traced TorchScript file and the ONNX graph keep a dynamic batch axis (LSTM, attention)."""
+    import onnxruntime as ort
+    import torch
+
+    for arch in ("rnn", "transformer"):
+        out = tmp_path / arch
+        train_and_export(arch, "image", out)
+        rows = np.random.default_rng(0).uniform(0, 16, (37, 64)).astype(np.float32)
+        session = ort.InferenceSession(str(out / export.ONNX_FILE), providers=["CPUExecutionProvider"])
+        (onnx_out,) = session.run(None, {"input": rows})
+        ts_out = torch.jit.load(str(out / export.TORCHSCRIPT_FILE)).eval()(torch.from_numpy(rows)).detach().numpy()
+        assert onnx_out.shape == ts_out.shape == (37, 10)
+        assert np.allclose(onnx_out, ts_out, atol=1e-4) and np.allclose(onnx_out.sum(1), 1, atol=1e-5)
+
+
+@pytest.mark.triton
+def test_every_family_serves_on_a_real_triton(tmp_path):
+    from support import local_triton
+
+    from serving.client import ClientSettings, TritonClient
+    from serving.push import ServingSettings, push_candidate
+
+    candidates = {f"{arch}_image": tmp_path / arch for arch in ("cnn", "mlp", "rnn", "transformer")}
+    candidates["transformer_tabular"] = tmp_path / "transformer_tabular"
+    for name, folder in candidates.items():
+        train_and_export(*name.split("_"), folder)
+
+    with local_triton(tmp_path / "triton") as server:
+        client = ClientSettings.local(server, timeout_s=30.0, retries=1, backoff_s=0.1)  # with its control key
+        settings = ServingSettings(client=client, repository=server.repository, load_timeout_s=60.0, retention=3)
+        for name, folder in candidates.items():
+            result = push_candidate(folder, settings)
+            assert (result.status, result.serving) == ("pushed", 1), name
+            golden = yaml.safe_load((folder / "golden.json").read_text())
+            with TritonClient(settings.client) as triton:
+                served = triton.predict(name, np.asarray(golden["inputs"], dtype=np.float32))
+            assert np.allclose(served, np.asarray(golden["outputs"]), atol=golden["atol"]), name
+
+
+def test_the_card_records_the_typed_config_as_plain_data(tmp_path):
+    card = train_and_export("rnn", "tabular", tmp_path / "c")
+    config = card["model_config"]
+    assert config == {**config, "arch": "rnn", "cell": "lstm", "image_shape": None, "n_features": 30}
+    assert dataclasses.is_dataclass(family_params("rnn", "tabular").train.model) is False  # params stay pydantic
