@@ -77,6 +77,16 @@ class CleanParams(Section):
     min_rows: Positive = 100
     max_quarantine_share: Fraction = 0.05
     max_duplicate_share: Fraction = 0.02
+    batch_mb: Annotated[float, Field(gt=0.0)] = 16.0
+
+
+class EngineParams(Section):
+    """Where the data stages (clean, split) run. Only they read it: switching engines reruns them
+    and gives the same files, so nothing downstream reruns."""
+
+    name: Literal["local", "spark"] = "local"
+    spark_master: str = "local[*]"
+    spark_conf: dict[str, str] = {}
 
 
 class DriftParams(Section):
@@ -319,6 +329,7 @@ class Params(Section):
     data: DataParams
     embed: EmbedParams = EmbedParams()
     clean: CleanParams = CleanParams()
+    engine: EngineParams = EngineParams()
     drift: DriftParams = DriftParams()
     split: SplitParams = SplitParams()
     train: TrainParams = TrainParams()

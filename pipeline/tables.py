@@ -78,11 +78,11 @@ def compact(values: pd.Series) -> pd.Series:
     return values.astype(np.float32)
 
 
-def write_parquet(table: pd.DataFrame, path: str | Path) -> None:
-    """Write atomically, without the pandas index."""
+def write_parquet(table: pd.DataFrame, path: str | Path, **options) -> None:
+    """Write atomically, without the pandas index; `options` go to pyarrow's write_table."""
     arrow = pa.Table.from_pandas(table, preserve_index=False)
     with atomic_path(path) as tmp:
-        pq.write_table(arrow, tmp)
+        pq.write_table(arrow, tmp, **options)
 
 
 def read_parquet(path: str | Path, columns: list[str] | None = None) -> pd.DataFrame:

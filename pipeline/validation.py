@@ -1,25 +1,37 @@
-"""Great Expectations suites built from the data contract in params.yaml.
+"""Great Expectations suites built from the data contract in params.yaml, run batch by batch.
 
-GX checks three small views of the raw table rather than every cell one expectation at a time, so
-an MNIST-sized table (785 columns) validates in a second:
+GX checks small views of the raw table rather than every cell one expectation at a time, so an
+MNIST-sized table (785 columns) validates at the speed the rows can be read:
 
-- `table`:   the raw table itself, table-level expectations (columns, row count);
-- `columns`: one row per feature column with its dtype (a wrong type fails the table);
+- `table`:   table-level expectations: the columns (checked on the schema, before any row is
+             read) and the row count (checked once every batch has been counted);
+- `columns`: one row per feature column with its kind (a wrong type fails the table);
 - `rows`:    one row per raw row with its label and a profile of its features (nulls, min, max,
-             non-finite count, duplicate flag). Failures here are row-level: GX's unexpected index
-             list says which rows go to quarantine.
+             non-finite count, duplicate flag), built and validated one batch at a time with the
+             same suite. Failures here are row-level: GX's unexpected index list says which rows go
+             to quarantine. The duplicate share is judged once, over every batch.
+
+`StreamValidation` holds the GX context and accumulates the per-batch results into one result
+per check, which reads as if GX had seen the whole table at once. The column descriptions
+(`ColumnSpec`: role and kind) are what a new column kind (e.g. categorical) extends: its own
+profile columns and row checks.
 """
 
 from __future__ import annotations
 
 import html
 import logging
+import re
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
+from pipeline.errors import StageError
 from pipeline.params import CleanParams, DataParams
 from pipeline.tables import feature_columns
 
@@ -34,6 +46,12 @@ ROW_REASONS = {
     "features_below_max": "feature value above range",
     "not_duplicate": "exact duplicate of an earlier row",
 }
+# Checks that need every batch: judged once at the end, on what the batches accumulated.
+WHOLE_TABLE_CHECKS = ("enough rows", "duplicate share within limit")
+
+
+class ValidationFailed(StageError):
+    """The raw table failed validation; nothing was written."""
 
 
 @dataclass(frozen=True)
@@ -50,62 +68,90 @@ class CheckResult:
 
 
 @dataclass(frozen=True)
-class ValidationOutcome:
-    checks: list[CheckResult]
-    bad_rows: dict[int, list[str]]  # row position -> names of the row-level checks it failed
+class ColumnSpec:
+    """One column of the raw table as the contract sees it."""
 
-    @property
-    def table_failures(self) -> list[CheckResult]:
-        return [c for c in self.checks if not c.success and not c.row_level]
+    name: str
+    role: Literal["label", "feature", "other"]
+    kind: Literal["numeric", "other"]  # what the row profile does with it
 
 
-def row_profile(table: pd.DataFrame, features: list[str], label: str, chunk: int = 8_192) -> pd.DataFrame:
-    """One row per table row: label, null count, min, max, non-finite count, duplicate flag.
+def describe_columns(schema: pa.Schema, contract: DataParams) -> list[ColumnSpec]:
+    features = set(feature_columns(schema.names, contract))
 
-    Works through the rows in chunks so a 700k x 784 table never exists as one float copy.
-    """
-    n = len(table)
+    def kind(t: pa.DataType) -> Literal["numeric", "other"]:
+        numeric = pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
+        return "numeric" if numeric else "other"
+
+    return [
+        ColumnSpec(
+            f.name, "label" if f.name == contract.label else "feature" if f.name in features else "other", kind(f.type)
+        )
+        for f in schema
+    ]
+
+
+def profile_batch(batch: pa.RecordBatch, label: str, features: list[str]) -> pd.DataFrame:
+    """One row per row of the batch: label, null count, min, max, non-finite count.
+
+    Column by column, so no batch-sized float copy exists; integer columns without nulls are used
+    as they are (no NaN or inf possible)."""
+    n = batch.num_rows
     nulls = np.zeros(n, np.int32)
     nonfinite = np.zeros(n, np.int32)
     lo = np.full(n, np.inf, np.float64)
     hi = np.full(n, -np.inf, np.float64)
-    for start in range(0, n, chunk):
-        part = table.iloc[start : start + chunk][features].to_numpy()
-        if part.shape[1] == 0:
+    for name in features:
+        column = batch.column(name)
+        if column.null_count == 0 and pa.types.is_integer(column.type):
+            values = column.to_numpy()
+            np.minimum(lo, values, out=lo)
+            np.maximum(hi, values, out=hi)
             continue
-        stop = start + len(part)
-        if part.dtype.kind in "iu":  # integer pixels: no NaN or inf possible, skip the float copy
-            lo[start:stop], hi[start:stop] = part.min(axis=1), part.max(axis=1)
-            continue
-        part = (
-            part.astype(np.float64)
-            if part.dtype != object
-            else pd.DataFrame(part).to_numpy(np.float64, na_value=np.nan)
-        )
-        isnan = np.isnan(part)
-        isinf = np.isinf(part)
-        nulls[start:stop] = isnan.sum(axis=1)
-        nonfinite[start:stop] = isinf.sum(axis=1)
-        finite = ~(isnan | isinf)
-        lo[start:stop] = np.where(finite, part, np.inf).min(axis=1)
-        hi[start:stop] = np.where(finite, part, -np.inf).max(axis=1)
+        values = column.cast(pa.float64()).to_numpy(zero_copy_only=False)  # nulls are NaN
+        isnan, isinf = np.isnan(values), np.isinf(values)
+        nulls += isnan
+        nonfinite += isinf
+        bad = isnan | isinf
+        np.minimum(lo, np.where(bad, np.inf, values), out=lo)
+        np.maximum(hi, np.where(bad, -np.inf, values), out=hi)
     return pd.DataFrame(
         {
-            "label": table[label].to_numpy(),
+            "label": batch.column(label).to_numpy(zero_copy_only=False),
             "null_features": nulls,
             "nonfinite_features": nonfinite,
             "feature_min": lo,
             "feature_max": hi,
-            "duplicate": table.duplicated(keep="first").to_numpy(),
         }
     )
 
 
-def _expectations(contract: DataParams, clean: CleanParams, features: list[str]) -> dict[str, list]:
+def expected_features(features: list[str], contract: DataParams) -> list[str]:
+    """The feature names the contract expects, given the ones the table has.
+
+    Image rows are numbered pixels (`px_0`..`px_63`): a missing or renamed one shifts every later
+    pixel, so when every feature is the prefix plus a number the full numbered set is expected
+    (numbered from 0, or from 1 when that fits the table better). Otherwise the contract names no
+    columns and the table's own features are expected.
+    """
+    n = contract.n_features
+    pattern = re.compile(re.escape(contract.feature_prefix) + r"(\d+)")
+    numbers = [m and int(m.group(1)) for m in map(pattern.fullmatch, features)]
+    if n is None or not features or None in numbers:
+        return features
+    present = set(features)
+
+    def numbered(base: int) -> list[str]:
+        return [f"{contract.feature_prefix}{i}" for i in range(base, base + n)]
+
+    return min(numbered(0), numbered(1), key=lambda names: len(present.symmetric_difference(names)))
+
+
+def expectations(contract: DataParams, clean: CleanParams, features: list[str]) -> dict[str, list]:
     import great_expectations as gx
 
     E = gx.expectations
-    expected_columns = [contract.label, *features]
+    expected_columns = [contract.label, *expected_features(features, contract)]
     table_checks = [
         ("label column present", E.ExpectColumnToExist(column=contract.label)),
         (
@@ -142,22 +188,35 @@ def _expectations(contract: DataParams, clean: CleanParams, features: list[str])
     return {"table": table_checks, "columns": column_checks, "rows": row_checks}
 
 
-def _run_view(context, view: str, checks: list, frame: pd.DataFrame) -> list[tuple[str, Any]]:
-    import great_expectations as gx
+class GxView:
+    """One GX validation definition (a suite on a dataframe asset), built once and run per frame."""
 
-    asset = context.data_sources.add_pandas(f"{view}_source").add_dataframe_asset(view)
-    batch = asset.add_batch_definition_whole_dataframe(f"{view}_batch")
-    suite = context.suites.add(gx.ExpectationSuite(name=f"{view}_suite"))
-    for _, expectation in checks:
-        suite.add_expectation(expectation)
-    definition = context.validation_definitions.add(gx.ValidationDefinition(name=view, data=batch, suite=suite))
-    result = definition.run(batch_parameters={"dataframe": frame}, result_format="COMPLETE")
-    # GX keeps the suite's order; pair results back with our names by expectation id.
-    by_id = {r.expectation_config.id: r for r in result.results}
-    return [(name, by_id[exp.id]) for name, exp in checks]
+    def __init__(self, context, key: str, checks: list, source: str = "pandas") -> None:
+        import great_expectations as gx
+
+        sources = context.data_sources
+        if source == "pandas":
+            datasource = sources.add_pandas(f"{key}_source")
+        else:  # the caller's session and caching, not GX's own
+            datasource = sources.add_spark(f"{key}_source", persist=False)
+        asset = datasource.add_dataframe_asset(key)
+        batch = asset.add_batch_definition_whole_dataframe(f"{key}_batch")
+        suite = context.suites.add(gx.ExpectationSuite(name=f"{key}_suite"))
+        for _, expectation in checks:
+            suite.add_expectation(expectation)
+        self.checks = checks
+        self.definition = context.validation_definitions.add(gx.ValidationDefinition(name=key, data=batch, suite=suite))
+
+    def run(self, frame, result_format: Any = "COMPLETE") -> list[tuple[str, Any]]:
+        if not self.checks:
+            return []
+        result = self.definition.run(batch_parameters={"dataframe": frame}, result_format=result_format)
+        # GX keeps the suite's order; pair results back with our names by expectation id.
+        by_id = {r.expectation_config.id: r for r in result.results}
+        return [(name, by_id[exp.id]) for name, exp in self.checks]
 
 
-def _silent_context():
+def silent_context():
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
@@ -166,43 +225,199 @@ def _silent_context():
     return context
 
 
-def validate(table: pd.DataFrame, contract: DataParams, clean: CleanParams) -> ValidationOutcome:
-    """Run the suites; table-level failures and the rows that failed row-level checks."""
-    features = feature_columns(list(table.columns), contract)
-    checks = _expectations(contract, clean, features)
-    columns = pd.DataFrame({"column": features, "numeric": [pd.api.types.is_numeric_dtype(table[c]) for c in features]})
-    views = {"table": table, "columns": columns}
-    if columns["numeric"].all() and contract.label in table:
-        views["rows"] = row_profile(table, features, contract.label)
-    context = _silent_context()
-    outcome: list[CheckResult] = []
-    bad_rows: dict[int, list[str]] = {}
-    for view, frame in views.items():
-        for name, res in _run_view(context, view, checks[view], frame):
-            info = res.result or {}
-            unexpected = info.get("unexpected_index_list") or []
-            row_level = view == "rows" and name in ROW_REASONS
-            if view == "columns":
-                examples = [columns["column"].iloc[i] for i in unexpected[:5]]
-            else:
-                examples = list(info.get("partial_unexpected_list") or [])[:5]
-            outcome.append(
-                CheckResult(
-                    view=view,
-                    name=name,
-                    expectation=res.expectation_config.type,
-                    success=bool(res.success),
-                    observed=info.get("observed_value"),
-                    unexpected_count=int(info.get("unexpected_count") or 0),
-                    examples=examples,
-                    row_level=row_level,
-                    details=dict(info.get("details") or {}),
-                )
-            )
-            if row_level:
-                for index in unexpected:
-                    bad_rows.setdefault(int(index), []).append(name)
-    return ValidationOutcome(outcome, bad_rows)
+def check_result(view: str, name: str, res: Any, examples: list[Any] | None = None) -> CheckResult:
+    info = res.result or {}
+    return CheckResult(
+        view=view,
+        name=name,
+        expectation=res.expectation_config.type,
+        success=bool(res.success),
+        observed=info.get("observed_value"),
+        unexpected_count=int(info.get("unexpected_count") or 0),
+        examples=list(info.get("partial_unexpected_list") or [])[:5] if examples is None else examples,
+        row_level=view == "rows" and name in ROW_REASONS,
+        details=dict(info.get("details") or {}),
+    )
+
+
+@dataclass
+class _RowCheck:
+    """A row-level check's results summed over the batches seen so far."""
+
+    view: str
+    name: str
+    expectation: str = ""
+    unexpected_count: int = 0
+    examples: list[Any] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, result: CheckResult) -> None:
+        self.expectation = result.expectation
+        self.unexpected_count += result.unexpected_count
+        self.examples.extend(result.examples[: 5 - len(self.examples)])
+        self.details = self.details or result.details
+
+    def result(self) -> CheckResult:
+        return CheckResult(
+            self.view,
+            self.name,
+            self.expectation,
+            self.unexpected_count == 0,
+            None,
+            self.unexpected_count,
+            self.examples,
+            True,
+            self.details,
+        )
+
+
+@dataclass
+class Tally:
+    """What the rows said, summed over every batch: the inputs of the verdict."""
+
+    checks: list[CheckResult]
+    rows_in: int
+    quarantined: int
+    reasons: Counter
+    first_failures: dict[str, tuple[int, str]]  # check name -> (first row failing it, its reason)
+    columns: list[str]
+    features: int
+
+
+class StreamValidation:
+    """The suite for one raw table, run on its schema first and then batch by batch."""
+
+    def __init__(self, schema: pa.Schema, contract: DataParams, params: CleanParams, context=None) -> None:
+        self.contract, self.params = contract, params
+        self.columns = describe_columns(schema, contract)
+        self.features = [c.name for c in self.columns if c.role == "feature"]
+        suite = expectations(contract, params, self.features)
+        self._order = [(view, name) for view, checks in suite.items() for name, _ in checks]
+        context = context or silent_context()
+
+        def view(key: str, from_view: str, keep: Callable[[str], bool]) -> GxView:
+            return GxView(context, key, [c for c in suite[from_view] if keep(c[0])])
+
+        self._schema_view = view("schema", "table", lambda name: name not in WHOLE_TABLE_CHECKS)
+        self._count_view = view("row_count", "table", lambda name: name in WHOLE_TABLE_CHECKS)
+        self._columns_view = view("columns", "columns", lambda name: True)
+        self._rows_view = view("rows", "rows", lambda name: name in ROW_REASONS)
+        self._share_view = view("duplicates", "rows", lambda name: name in WHOLE_TABLE_CHECKS)
+        self._schema = schema
+        self._results: dict[tuple[str, str], CheckResult] = {}
+        self._rows = {name: _RowCheck("rows", name) for name, _ in self._rows_view.checks}
+        self._duplicate_rows: list[np.ndarray] = []
+        self.rows_in = 0
+        self.quarantined = 0
+        self.reasons: Counter = Counter()
+        self.first_failures: dict[str, tuple[int, str]] = {}
+
+    def check_schema(self) -> list[CheckResult]:
+        """The column checks, on the schema alone; returns the failures (nothing is read yet)."""
+        empty = pd.DataFrame(columns=self._schema.names)
+        for name, res in self._schema_view.run(empty):
+            self._results["table", name] = check_result("table", name, res)
+        kinds = pd.DataFrame(
+            {"column": self.features, "numeric": [c.kind == "numeric" for c in self.columns if c.role == "feature"]}
+        )
+        for name, res in self._columns_view.run(kinds):
+            unexpected = (res.result or {}).get("unexpected_index_list") or []
+            examples = [kinds["column"].iloc[i] for i in unexpected[:5]]
+            self._results["columns", name] = check_result("columns", name, res, examples)
+        return [r for r in self._results.values() if not r.success]
+
+    def validate_batch(self, batch: pa.RecordBatch, duplicate: np.ndarray) -> dict[int, list[str]]:
+        """Row-level checks on one batch (its rows numbered from `rows_in`); returns the batch's bad
+        rows as {row number in the table: names of the checks it failed}."""
+        offset = self.rows_in
+        profile = profile_batch(batch, self.contract.label, self.features)
+        profile["duplicate"] = duplicate
+        profile.index = pd.RangeIndex(offset, offset + batch.num_rows)
+        bad: dict[int, list[str]] = {}
+        for name, res in self._rows_view.run(profile):
+            self._rows[name].add(check_result("rows", name, res))
+            for row in (res.result or {}).get("unexpected_index_list") or []:
+                bad.setdefault(int(row), []).append(name)
+        self._duplicate_rows.append(np.flatnonzero(duplicate) + offset)
+        self.rows_in += batch.num_rows
+        return bad
+
+    def count_quarantined(self, bad: dict[int, list[str]], reason: Callable[[int, list[str]], str]) -> None:
+        """Tally a batch's bad rows; `reason(row, names)` words one (called for first examples only)."""
+        self.quarantined += len(bad)
+        self.reasons.update(ROW_REASONS[name] for names in bad.values() for name in names)
+        for row in sorted(bad):
+            for name in bad[row]:
+                if name not in self.first_failures:
+                    self.first_failures[name] = (row, reason(row, [name]))
+
+    def finish(self) -> Tally:
+        """The whole-table checks on what the batches accumulated; every check's result."""
+        counted = pd.DataFrame(index=pd.RangeIndex(self.rows_in))
+        for name, res in self._count_view.run(counted):
+            self._results["table", name] = check_result("table", name, res)
+        if self._share_view.checks:
+            flags = np.zeros(self.rows_in, bool)
+            flags[np.concatenate([np.empty(0, np.int64), *self._duplicate_rows])] = True
+            for name, res in self._share_view.run(pd.DataFrame({"duplicate": flags})):
+                self._results["rows", name] = check_result("rows", name, res)
+        for name, check in self._rows.items():
+            self._results["rows", name] = check.result()
+        return self.tally()
+
+    def record(self, view: str, name: str, result: CheckResult) -> None:
+        """A result found elsewhere (another engine's run of the same check)."""
+        self._results[view, name] = result
+
+    def tally(self) -> Tally:
+        """Every check's result so far, in the suite's order, with the row counts."""
+        checks = [self._results[key] for key in self._order if key in self._results]
+        return Tally(
+            checks,
+            self.rows_in,
+            self.quarantined,
+            self.reasons,
+            self.first_failures,
+            self._schema.names,
+            len(self.features),
+        )
+
+
+def judge(tally: Tally, contract: DataParams, params: CleanParams) -> tuple[dict[str, Any], str]:
+    """Metrics and the HTML report of a validated table, or ValidationFailed naming every problem."""
+    share = tally.quarantined / max(tally.rows_in, 1)
+    summary = {
+        "rows_in": tally.rows_in,
+        "rows_kept": tally.rows_in - tally.quarantined,
+        "rows_quarantined": tally.quarantined,
+        "quarantined_share": round(share, 6),
+    }
+    # In the suite's order, as GX reports the checks.
+    reasons = {ROW_REASONS[c.name]: tally.reasons[ROW_REASONS[c.name]] for c in tally.checks if c.row_level}
+    reasons = {text: count for text, count in reasons.items() if count}
+    report = render_report(tally.checks, summary, reasons)
+    problems = [describe_failure(c, contract, tally.columns) for c in tally.checks if not c.success and not c.row_level]
+    if share > params.max_quarantine_share:
+        examples = [
+            f"{tally.reasons[ROW_REASONS[name]]} x {ROW_REASONS[name]} (e.g. row {row}: {text})"
+            for name in ROW_REASONS
+            if name in tally.first_failures
+            for row, text in [tally.first_failures[name]]
+        ]
+        problems.append(
+            f"{share:.1%} of rows would be quarantined, above clean.max_quarantine_share="
+            f"{params.max_quarantine_share:.1%}: " + "; ".join(examples)
+        )
+    if problems:
+        raise validation_failed(problems)
+    return {**summary, "reasons": reasons, "features": tally.features}, report
+
+
+def validation_failed(problems: list[str]) -> ValidationFailed:
+    return ValidationFailed(
+        "raw table failed validation:\n  - " + "\n  - ".join(problems) + "\nFix the data (or the contract in "
+        "params.yaml `data`/`clean`) and rerun."
+    )
 
 
 def row_reason(table: pd.DataFrame, row: int, failed: list[str], contract: DataParams) -> str:
@@ -213,7 +428,8 @@ def row_reason(table: pd.DataFrame, row: int, failed: list[str], contract: DataP
     for name in failed:
         text = ROW_REASONS[name]
         if name == "label_in_set":
-            text += f" {values[contract.label]!r}"
+            label = table[contract.label].iloc[row]  # from its column: a row of mixed types would widen it
+            text += f" {label.item() if isinstance(label, np.generic) else label!r}"
         elif name in ("no_null_features", "finite_features", "features_above_min", "features_below_max"):
             feats = pd.to_numeric(values[features], errors="coerce").astype(float)
             if name == "no_null_features":
@@ -232,23 +448,44 @@ def row_reason(table: pd.DataFrame, row: int, failed: list[str], contract: DataP
     return "; ".join(parts)
 
 
-def describe_failure(check: CheckResult, contract: DataParams) -> str:
+def _natural(name: str) -> list:
+    """Sort key that puts px_2 before px_10."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def describe_failure(check: CheckResult, contract: DataParams, columns: list[str]) -> str:
     """One line a person can act on: which check, which column, an example value."""
     if check.name == "label column present":
         return f"label column {contract.label!r} is missing (data.label in params.yaml names it)"
     if check.name == "no unexpected columns":
         mismatched = check.details.get("mismatched", {})
-        missing, unexpected = mismatched.get("missing", []), mismatched.get("unexpected", [])
+        named = ", ".join(
+            f"{what} {sorted(map(str, names), key=_natural)[:5]}"
+            for what, names in (
+                ("missing", mismatched.get("missing") or []),
+                ("unexpected", mismatched.get("unexpected") or []),
+            )
+            if names
+        )
         return (
-            f"columns do not match the contract: missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]} "
+            f"columns do not match the contract: {named} "
             f"(features are the columns starting with {contract.feature_prefix!r})"
         )
     if check.name == "enough rows":
         return f"too few rows: {check.observed} (clean.min_rows requires more)"
     if check.name == "feature count matches image_shape":
+        features = feature_columns(columns, contract)
+        expected = expected_features(features, contract)
+        missing = [c for c in expected if c not in set(features)]
+        unexpected = [c for c in columns if c != contract.label and c not in set(expected)]
+        named = "".join(
+            f"; {what} {names[:5]}{' ...' if len(names) > 5 else ''}"
+            for what, names in (("missing", missing), ("unexpected", unexpected))
+            if names
+        )
         return (
             f"expected {contract.n_features} feature columns for image_shape {contract.image_shape} plus "
-            f"{contract.label!r}, found {check.observed} columns in all"
+            f"{contract.label!r}, found {len(features)} feature columns ({check.observed} columns in all){named}"
         )
     if check.name == "features are numeric":
         return f"non-numeric feature column(s) {check.examples} (wrong type; every feature must be a number)"

@@ -1,31 +1,33 @@
 """clean: validate the raw table against the data contract and quarantine bad rows.
 
-Table-level failures (unreadable or empty file, missing or unexpected column, wrong type, too few
-rows, too many duplicates) and a quarantined share above `clean.max_quarantine_share` stop the
-stage with a message naming the check, the column and an example value. Nothing is written then,
-so the outputs of the last good run stay as they were.
+The table streams through in batches (`clean.batch_mb`), on the engine named in `engine:`
+(`pipeline/engines`). Table-level failures (unreadable or empty file, missing or unexpected
+column, wrong type, too few rows, too many duplicates) and a quarantined share above
+`clean.max_quarantine_share` stop the stage with a message naming the check, the column and an
+example value. Nothing is written then: the outputs appear only once every row has been checked.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import Counter
+import os
 from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 
-from pipeline import atomic
-from pipeline.params import CleanParams, DataParams
-from pipeline.tables import TableError, compact, feature_columns, read_source, write_parquet
-from pipeline.validation import ROW_REASONS, describe_failure, render_report, row_reason, validate
+from pipeline import atomic, batches
+from pipeline.engines import local
+from pipeline.params import CleanParams, DataParams, EngineParams, Params
+from pipeline.sinks import MemorySink, ParquetSink
+from pipeline.tables import TableError
+from pipeline.validation import ValidationFailed
 from stages import _cli
 
+__all__ = ["CleanResult", "ValidationFailed", "main", "run", "run_source"]
+
 log = logging.getLogger(__name__)
-
-
-class ValidationFailed(_cli.StageError):
-    """The raw table failed validation; nothing was written."""
 
 
 @dataclass(frozen=True)
@@ -36,53 +38,52 @@ class CleanResult:
     report_html: str
 
 
-def run(raw: pd.DataFrame, contract: DataParams, params: CleanParams) -> CleanResult:
-    """Validate `raw`; split it into kept rows and quarantined rows (with a reason each)."""
-    outcome = validate(raw, contract, params)
-    reasons = Counter(ROW_REASONS[name] for failed in outcome.bad_rows.values() for name in failed)
-    share = len(outcome.bad_rows) / max(len(raw), 1)
-    summary = {
-        "rows_in": len(raw),
-        "rows_kept": len(raw) - len(outcome.bad_rows),
-        "rows_quarantined": len(outcome.bad_rows),
-        "quarantined_share": round(share, 6),
-    }
-    report = render_report(outcome.checks, summary, dict(reasons))
+def run(
+    raw: pd.DataFrame | pa.Table, contract: DataParams, params: CleanParams, batch_rows: int | None = None
+) -> CleanResult:
+    """Validate an in-memory table the way the stage validates a file: batch by batch (`batch_rows`
+    rows each; default from clean.batch_mb), in memory sinks."""
+    stream = batches.from_table(raw, batch_rows or 1)
+    if batch_rows is None:
+        stream = batches.from_table(raw, batches.rows_per_batch(stream.schema, params.batch_mb))
+    sinks: dict[str, MemorySink] = {}
 
-    problems = [describe_failure(check, contract) for check in outcome.table_failures]
-    if share > params.max_quarantine_share:
-        examples = []
-        for name in ROW_REASONS:
-            rows = [row for row, failed in outcome.bad_rows.items() if name in failed]
-            if rows:
-                examples.append(
-                    f"{len(rows)} x {ROW_REASONS[name]} (e.g. row {rows[0]}: "
-                    f"{row_reason(raw, rows[0], [name], contract)})"
-                )
-        problems.append(
-            f"{share:.1%} of rows would be quarantined, above clean.max_quarantine_share="
-            f"{params.max_quarantine_share:.1%}: " + "; ".join(examples)
+    def open_sink(name: str, schema: pa.Schema) -> MemorySink:
+        sinks[name] = MemorySink(schema)
+        return sinks[name]
+
+    metrics, report = local.clean(stream, contract, params, open_sink)
+    return CleanResult(sinks["clean"].frame(), sinks["quarantine"].frame(), metrics, report)
+
+
+def run_source(
+    source: str, data: DataParams, params: CleanParams, engine: EngineParams, out: str, quarantine: str
+) -> tuple[dict[str, Any], str]:
+    """Clean a CSV/Parquet file or folder into the Parquet files `out` and `quarantine` on the
+    engine `engine` names; returns (metrics, report)."""
+    paths = {"clean": out, "quarantine": quarantine}
+
+    def open_sink(name: str, schema: pa.Schema) -> ParquetSink:
+        return ParquetSink(paths[name], schema)
+
+    if engine.name == "spark":
+        from pipeline.engines import spark
+
+        return spark.clean(source, data, params, engine, open_sink)
+    stream = batches.open_source(source, data, params.batch_mb)
+    return local.clean(stream, data, params, open_sink)
+
+
+def _what_happened_to_outputs() -> str:
+    """Nothing is written on failure, but under `dvc repro` (which sets DVC_STAGE for the command)
+    DVC has already removed the stage's outputs before it started; its cache still holds them."""
+    stage = os.environ.get("DVC_STAGE")
+    if stage:
+        return (
+            "This run wrote nothing, but DVC removed the previous outputs before the stage started; "
+            f"`dvc checkout {stage}` restores those of the last good run (recorded in dvc.lock)."
         )
-    if problems:
-        raise ValidationFailed(
-            "raw table failed validation:\n  - " + "\n  - ".join(problems) + "\nFix the data (or the contract in "
-            "params.yaml `data`/`clean`) and rerun; the previous outputs are untouched."
-        )
-
-    bad = sorted(outcome.bad_rows)
-    quarantine = raw.iloc[bad].copy()
-    quarantine.insert(0, "row", bad)
-    quarantine["reason"] = [row_reason(raw, row, outcome.bad_rows[row], contract) for row in bad]
-    for column in quarantine.columns:
-        if quarantine[column].dtype == object and column != "reason":
-            quarantine[column] = quarantine[column].astype(str)
-
-    features = feature_columns(list(raw.columns), contract)
-    kept = raw.drop(index=raw.index[bad])[[contract.label, *features]].reset_index(drop=True)
-    kept = pd.DataFrame({column: compact(kept[column]) for column in kept.columns})
-    metrics = {**summary, "reasons": dict(reasons), "features": len(features)}
-    log.info("kept %d rows, quarantined %d (%.2f%%)", summary["rows_kept"], len(bad), 100 * share)
-    return CleanResult(kept, quarantine, metrics, report)
+    return "This run wrote nothing: the previous outputs are untouched."
 
 
 def main() -> None:
@@ -93,17 +94,18 @@ def main() -> None:
     p.add_argument("--metrics", required=True, help="JSON metrics file")
     p.add_argument("--report", required=True, help="HTML validation report")
 
-    def body(args, params):
+    def body(args, params: Params):
         try:
-            raw = read_source(args.raw or params.data.source)
+            metrics, report = run_source(
+                args.raw or params.data.source, params.data, params.clean, params.engine, args.out, args.quarantine
+            )
+        except ValidationFailed as error:
+            raise ValidationFailed(f"{error} {_what_happened_to_outputs()}") from None
         except TableError as error:
-            raise ValidationFailed(f"raw table failed validation: {error}") from None
-        result = run(raw, params.data, params.clean)
-        # Written only after every check passed; each write is atomic.
-        write_parquet(result.quarantine, args.quarantine)
-        atomic.write_text(args.report, result.report_html)
-        atomic.write_json(args.metrics, result.metrics)
-        write_parquet(result.clean, args.out)
+            raise ValidationFailed(f"raw table failed validation: {error}. {_what_happened_to_outputs()}") from None
+        # The tables are in place (each renamed atomically once every check had passed).
+        atomic.write_text(args.report, report)
+        atomic.write_json(args.metrics, metrics)
 
     _cli.main("clean", body, p.parse_args())
 

@@ -1,8 +1,9 @@
 """split: stratified train/validation/test assignment, plus k-fold ids over the training part.
 
-The output is an assignment table (`row`, `split`, `fold`) rather than three copies of the data:
-row `i` of the clean table goes to `split` (train | val | test); training rows also carry the
-fold (0..k-1) they are held out in during cross-validation, other rows carry -1.
+Only the label column of the clean table is read (a row's id is its position), never the
+features. The output is an assignment table (`row`, `split`, `fold`) rather than three copies of
+the data: row `i` of the clean table goes to `split` (train | val | test); training rows also
+carry the fold (0..k-1) they are held out in during cross-validation, other rows carry -1.
 """
 
 from __future__ import annotations
@@ -13,20 +14,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline import atomic
-from pipeline.params import SplitParams
-from pipeline.tables import read_parquet, write_parquet
+from pipeline import atomic, stratify
+from pipeline.engines import local
+from pipeline.params import DataParams, EngineParams, SplitParams
+from pipeline.tables import write_parquet
 from stages import _cli
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+# Row numbers do not repeat: a dictionary only costs the writer memory; bounded row groups.
+WRITE_OPTIONS = {"use_dictionary": ["split"], "row_group_size": 65_536}
 
 
 def split_stratified(labels: np.ndarray, params: SplitParams) -> pd.DataFrame:
     """Assign each row to a split and each training row to a fold, stratified by label."""
-    from sklearn.model_selection import StratifiedKFold, train_test_split
-
     counts = pd.Series(labels).value_counts()
     k = len(params.folds)
     # Each class needs a row in every split and at least one per fold in the training part.
@@ -37,29 +39,32 @@ def split_stratified(labels: np.ndarray, params: SplitParams) -> pd.DataFrame:
             f"class {rare.index[0]!r} has only {rare.iloc[0]} row(s); a stratified split with {k} folds needs "
             f"at least {need} per class. Add data, or lower the number of split.folds."
         )
-    rows = np.arange(len(labels))
     held = params.val_fraction + params.test_fraction
-    train, rest = train_test_split(rows, test_size=held, stratify=labels, random_state=params.seed)
-    val, test = train_test_split(
-        rest, test_size=params.test_fraction / held, stratify=labels[rest], random_state=params.seed
-    )
-    split = np.empty(len(labels), dtype=object)
-    split[train], split[val], split[test] = "train", "val", "test"
+    train, rest = stratify.shuffle_split(labels, held, params.seed)
+    val, test = stratify.shuffle_split(labels[rest], params.test_fraction / held, params.seed)
+    codes = np.empty(len(labels), dtype=np.int8)
+    codes[train], codes[rest[val]], codes[rest[test]] = 0, 1, 2
     fold = np.full(len(labels), -1, dtype=np.int8)
-    folds = StratifiedKFold(n_splits=k, shuffle=True, random_state=params.seed)
-    for i, (_, held_out) in enumerate(folds.split(train, labels[train])):
-        fold[train[held_out]] = i
-    return pd.DataFrame({"row": rows.astype(np.int64), "split": pd.Categorical(split, SPLITS), "fold": fold})
+    fold[train] = stratify.fold_ids(labels[train], k, params.seed)
+    return pd.DataFrame(
+        {
+            "row": np.arange(len(labels), dtype=np.int64),
+            "split": pd.Categorical.from_codes(codes, SPLITS),
+            "fold": fold,
+        }
+    )
 
 
 def class_counts(assignment: pd.DataFrame, labels: np.ndarray) -> dict[str, Any]:
     """Rows per class in each split and each fold, for the metrics file."""
-    frame = assignment.assign(label=labels)
-    out: dict[str, Any] = {"rows": {s: int((frame["split"] == s).sum()) for s in SPLITS}}
-    for split in SPLITS:
-        part = frame[frame["split"] == split]
-        out[split] = {str(k): int(v) for k, v in part["label"].value_counts().sort_index().items()}
-    out["folds"] = {str(f): int((frame["fold"] == f).sum()) for f in sorted(frame["fold"].unique()) if f >= 0}
+    classes, label_codes = np.unique(labels, return_inverse=True)
+    codes = assignment["split"].cat.codes.to_numpy()
+    out: dict[str, Any] = {"rows": {s: int((codes == i).sum()) for i, s in enumerate(SPLITS)}}
+    for i, split in enumerate(SPLITS):
+        per_class = np.bincount(label_codes[codes == i], minlength=len(classes))
+        out[split] = {str(c): int(n) for c, n in zip(classes, per_class, strict=True) if n}
+    folds = assignment["fold"].to_numpy()
+    out["folds"] = {str(f): int(n) for f, n in enumerate(np.bincount(folds[folds >= 0]))}
     return out
 
 
@@ -70,6 +75,19 @@ def run(labels: np.ndarray, params: SplitParams) -> tuple[pd.DataFrame, dict[str
     return assignment, metrics
 
 
+def run_file(
+    clean_path: str, data: DataParams, params: SplitParams, engine: EngineParams
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Split the clean table at `clean_path`, reading only its label column, on `engine`."""
+    if engine.name == "spark":
+        from pipeline.engines import spark
+
+        labels = spark.read_labels(clean_path, data.label, engine)
+    else:
+        labels = local.read_labels(clean_path, data.label)
+    return run(labels, params)
+
+
 def main() -> None:
     p = _cli.parser(__doc__.splitlines()[0])
     p.add_argument("--clean", required=True, help="clean table (Parquet)")
@@ -77,9 +95,8 @@ def main() -> None:
     p.add_argument("--metrics", required=True, help="JSON metrics file")
 
     def body(args, params):
-        labels = read_parquet(args.clean, columns=[params.data.label])[params.data.label].to_numpy()
-        assignment, metrics = run(labels, params.split)
-        write_parquet(assignment, args.out)
+        assignment, metrics = run_file(args.clean, params.data, params.split, params.engine)
+        write_parquet(assignment, args.out, **WRITE_OPTIONS)
         atomic.write_json(args.metrics, metrics)
 
     _cli.main("split", body, p.parse_args())

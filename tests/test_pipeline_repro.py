@@ -84,6 +84,7 @@ def test_corrupt_raw_file_fails_clean_and_last_good_outputs_restore(repo):
     assert failed.returncode != 0
     assert "clean failed" in failed.stderr + failed.stdout
     assert "raw table failed validation" in failed.stderr + failed.stdout
+    assert "dvc checkout clean" in failed.stderr + failed.stdout  # DVC removed the outputs before the stage ran
 
     # The last good outputs are still in the DVC cache and come back with `dvc checkout`.
     sh(repo, "dvc", "checkout", "--force")

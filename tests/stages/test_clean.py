@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -80,6 +81,22 @@ def test_table_level_failures_stop_with_a_clear_message(image_table, params, mut
     assert expected in str(error.value)
 
 
+def test_missing_feature_column_is_named(image_table, params):
+    with pytest.raises(clean.ValidationFailed) as error:
+        clean.run(image_table.drop(columns=["px_5"]), params.data, LENIENT)
+    message = str(error.value)
+    assert "missing ['px_5']" in message
+    assert "found 63 feature columns" in message
+
+
+def test_renamed_feature_column_names_the_missing_and_the_unexpected_one(image_table, params):
+    """px_5 renamed to px_64 keeps the count right but shifts the image: both names are reported."""
+    with pytest.raises(clean.ValidationFailed) as error:
+        clean.run(image_table.rename(columns={"px_5": "px_64"}), params.data, LENIENT)
+    message = str(error.value)
+    assert "missing ['px_5']" in message and "unexpected ['px_64']" in message
+
+
 def test_duplicate_share_limit(image_table, params):
     image_table.iloc[1:40] = image_table.iloc[0]
     strict = CleanParams(min_rows=10, max_quarantine_share=0.5, max_duplicate_share=0.05)
@@ -123,3 +140,18 @@ def test_cli_failure_writes_nothing_and_keeps_previous_outputs(image_table, tmp_
     assert "Traceback" not in failed.stderr
     assert {name: path.read_bytes() for name, path in outs.items()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["raw.csv", *(p.name for p in outs.values())])
+    assert "previous outputs are untouched" in failed.stderr  # true outside DVC
+
+
+def test_cli_failure_under_dvc_says_how_to_restore_outputs(image_table, tmp_path, project_root):
+    """Under `dvc repro` the outputs are gone before the stage starts (DVC removes them and sets
+    DVC_STAGE for the command): the message must not claim they are untouched."""
+    raw = tmp_path / "raw.csv"
+    pd.DataFrame({"label": [1, 2], "px_0": [0, 1]}).to_csv(raw, index=False)
+    cmd = [sys.executable, "-m", "stages.clean", "--raw", str(raw), "--params", str(project_root / "params.yaml")]
+    cmd += [arg for name in ("out", "quarantine", "metrics", "report") for arg in (f"--{name}", str(tmp_path / name))]
+    env = {**os.environ, "DVC_STAGE": "clean"}
+    failed = subprocess.run(cmd, cwd=project_root, capture_output=True, text=True, env=env)
+    assert failed.returncode == 1
+    assert "untouched" not in failed.stderr
+    assert "dvc checkout clean" in failed.stderr

@@ -1,0 +1,205 @@
+"""A raw table as a stream of Arrow record batches with one schema, in bounded memory.
+
+- Parquet is read one row group at a time, so memory follows the file's row groups and the batch
+  rather than the table. (A row group is the smallest unit a Parquet reader decodes: a file
+  written as one 1M-row group costs that much to read whatever the batch size;
+  `large_row_groups` names such files so the log can say so.)
+- CSV goes through pyarrow's streaming reader. Its type inference looks only at the first block,
+  so feature columns are read as float64 from the start: a decimal point or a gap in a later
+  block then reads as a number (or a null), and a word reads as a conversion error that names the
+  column (`NonNumericColumn`).
+- A folder of files reads as one table: their schemas are unified (int + float = float; a column
+  one file lacks is null there), in file order, as `pandas.concat` of the files would be.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from pipeline.params import DataParams
+from pipeline.tables import TableError, feature_columns, source_files
+
+CSV_BLOCK_BYTES = 16 << 20  # CSV text parsed at a time; batches are then merged up to the batch size
+LARGE_ROW_GROUP_BYTES = 512 << 20  # above this much raw data per row group the log warns
+
+
+class NonNumericColumn(TableError):
+    """A CSV feature column holds a value that is not a number (found while streaming)."""
+
+    def __init__(self, column: str, value: str) -> None:
+        super().__init__(f"non-numeric feature column(s) {[column]} (wrong type; every feature must be a number)")
+        self.column, self.value = column, value
+
+
+@dataclass(frozen=True)
+class RawStream:
+    """Where the rows come from: the files (or one in-memory table), their unified schema, and the
+    number of rows per batch."""
+
+    schema: pa.Schema
+    batch_rows: int
+    files: tuple[Path, ...] = ()
+    table: pa.Table | None = None
+    contract: DataParams | None = None
+
+    def batches(self) -> Iterator[pa.RecordBatch]:
+        """Every row once, in source order, each batch cast to `schema`."""
+        if self.table is not None:
+            yield from self.table.to_batches(max_chunksize=self.batch_rows)
+            return
+        for path in self.files:
+            reader = _parquet_batches if path.suffix.lower() == ".parquet" else self._csv_batches
+            for batch in _merged(reader(path, self.batch_rows), self.batch_rows):
+                yield _conform(batch, self.schema)
+
+    def _csv_batches(self, path: Path, batch_rows: int) -> Iterator[pa.RecordBatch]:
+        reader = _open_csv(path, self.contract)
+        names = reader.schema.names
+        while True:
+            try:
+                batch = reader.read_next_batch()
+            except StopIteration:
+                return
+            except pa.ArrowInvalid as error:
+                raise _csv_error(path, names, error) from None
+            yield batch
+
+    def large_row_groups(self) -> list[tuple[Path, int]]:
+        """Parquet files whose row groups alone exceed LARGE_ROW_GROUP_BYTES of raw data."""
+        width = row_width(self.schema)
+        out = []
+        for path in self.files:
+            if path.suffix.lower() == ".parquet":
+                meta = pq.ParquetFile(path).metadata
+                biggest = max((meta.row_group(i).num_rows for i in range(meta.num_row_groups)), default=0)
+                if biggest * width > LARGE_ROW_GROUP_BYTES:
+                    out.append((path, biggest))
+        return out
+
+
+def row_width(schema: pa.Schema) -> int:
+    """Bytes one row takes in memory (fixed-width types exactly; 32 bytes assumed for others)."""
+    total = 0
+    for field in schema:
+        try:
+            total += max(field.type.bit_width // 8, 1)
+        except ValueError:
+            total += 32
+    return max(total, 1)
+
+
+def rows_per_batch(schema: pa.Schema, batch_mb: float) -> int:
+    return max(1, int(batch_mb * (1 << 20)) // row_width(schema))
+
+
+def open_source(source: str | Path, contract: DataParams, batch_mb: float) -> RawStream:
+    """The stream of a CSV/Parquet file or folder; reads schemas only (and CSV's first block)."""
+    files = source_files(source)
+    schemas = [_file_schema(path, contract) for path in files]
+    try:
+        schema = pa.unify_schemas(schemas, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
+        raise TableError(f"{source}: the files' columns have types that do not combine ({error})") from None
+    if len(schema) == 0:
+        raise TableError(f"{source}: the table is empty (no rows or no columns)")
+    return RawStream(schema, rows_per_batch(schema, batch_mb), tuple(files), contract=contract)
+
+
+def from_table(table: pd.DataFrame | pa.Table, batch_rows: int) -> RawStream:
+    """An in-memory table as a stream (tests, small tables)."""
+    if isinstance(table, pd.DataFrame):
+        table = _arrow_from_pandas(table)
+    table = table.replace_schema_metadata(None)
+    return RawStream(table.schema, batch_rows, table=table)
+
+
+def _arrow_from_pandas(frame: pd.DataFrame) -> pa.Table:
+    columns = {}
+    for name in frame.columns:
+        try:
+            columns[str(name)] = pa.array(frame[name], from_pandas=True)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed objects: keep them as text, as a CSV would
+            columns[str(name)] = pa.array(frame[name].astype(str))
+    return pa.table(columns)
+
+
+def _file_schema(path: Path, contract: DataParams) -> pa.Schema:
+    try:
+        if path.suffix.lower() == ".parquet":
+            return pq.read_schema(path).remove_metadata()
+        return _open_csv(path, contract).schema
+    except TableError:
+        raise
+    except Exception as error:  # pyarrow raises many types; all mean "cannot read"
+        raise TableError(f"{path}: unreadable as {path.suffix[1:]} ({error}); restore or re-export the file") from None
+
+
+def _parquet_batches(path: Path, batch_rows: int) -> Iterator[pa.RecordBatch]:
+    # One row group at a time, synchronously: pyarrow's dataset scanner reads ahead while a slow
+    # consumer (validation, the writer) works, and its queue grew to several row groups.
+    reader = pq.ParquetFile(path)
+    for group in range(reader.num_row_groups):
+        yield from reader.read_row_group(group).to_batches(max_chunksize=batch_rows)
+
+
+def _open_csv(path: Path, contract: DataParams | None) -> pacsv.CSVStreamingReader:
+    try:
+        names = pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=1 << 16)).schema.names
+        types = {}
+        if contract is not None:
+            types = {name: pa.float64() for name in feature_columns(names, contract)}
+        return pacsv.open_csv(
+            path,
+            read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES),
+            convert_options=pacsv.ConvertOptions(column_types=types),
+        )
+    except pa.ArrowInvalid as error:
+        raise TableError(f"{path}: unreadable as csv ({error}); restore or re-export the file") from None
+
+
+def _csv_error(path: Path, names: list[str], error: pa.ArrowInvalid) -> TableError:
+    found = re.search(r"CSV column #(\d+).*invalid value '(.*)'", str(error))
+    if found and int(found.group(1)) < len(names):
+        return NonNumericColumn(names[int(found.group(1))], found.group(2))
+    return TableError(f"{path}: unreadable as csv ({error}); restore or re-export the file")
+
+
+def _merged(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:
+    """Small batches (CSV blocks, short row groups) merged up to `rows` rows each."""
+    pending: list[pa.RecordBatch] = []
+    count = 0
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        if not pending and batch.num_rows >= rows:
+            yield batch
+            continue
+        pending.append(batch)
+        count += batch.num_rows
+        if count >= rows:
+            yield pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
+            pending, count = [], 0
+    if pending:
+        yield pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
+
+
+def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    """The batch with exactly `schema`'s columns and types (a column its file lacks is null)."""
+    if batch.schema.equals(schema, check_metadata=False):
+        return batch
+    names = batch.schema.names
+    arrays = [
+        batch.column(names.index(field.name)).cast(field.type)
+        if field.name in names
+        else pa.nulls(batch.num_rows, field.type)
+        for field in schema
+    ]
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
