@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: install browser cluster-deps run repro test lint triton-start triton-stop airflow cluster cluster-down cluster-status
+.PHONY: install browser cluster-deps java run repro test lint triton-start triton-stop airflow cluster cluster-down cluster-status
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,7 @@ repro: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 # Redis (the Celery broker) and Postgres (Airflow's metadata database) for the local Celery cluster
 # (Debian packages). Where they cannot be installed (not root, no apt-get) the cluster tests skip
@@ -52,7 +53,16 @@ cluster-deps:
 	    redis-server postgresql >/dev/null; \
 	else echo "note: redis-server and postgresql are not installed; the cluster tests will skip"; fi
 
-test: install lint browser cluster-deps
+# Java 17 for the Spark engine's tests (Debian package). Where it cannot be installed (not root, no
+# apt-get) the Spark tests skip and say so; the default local engine needs no Java.
+java:
+	@if command -v java >/dev/null; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    openjdk-17-jre-headless >/dev/null; \
+	else echo "note: no Java runtime; the Spark tests will skip"; fi
+
+test: install lint browser cluster-deps java
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
 
 # A real local Triton (the binary from the nvidia-pytriton wheel) on the ports and repository of

@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -97,7 +98,7 @@ def params(engine: str):
     return Params(
         data=contract(),
         clean=CleanParams(min_rows=100, max_quarantine_share=0.05),
-        engine=EngineParams(name=engine, spark_master="local[*]"),
+        engine=EngineParams.model_validate({"name": engine, "spark_master": "local[*]"}),  # checks the name
     )
 
 
@@ -162,7 +163,9 @@ def peak_mb(pid: int | str = "self") -> float:
 
 
 def child_main(task: str, raw: str, workdir: str) -> None:
-    result = make_table(int(workdir), Path(raw)) if task == "make" else measure(task, Path(raw), Path(workdir))
+    result: dict[str, Any] = (
+        dict(make_table(int(workdir), Path(raw))) if task == "make" else measure(task, Path(raw), Path(workdir))
+    )
     usage = resource.getrusage(resource.RUSAGE_SELF)
     result.update(peak_mb=peak_mb(), cpu=usage.ru_utime + usage.ru_stime)
     print(json.dumps(result))
@@ -225,8 +228,10 @@ def report(results: dict, sizes: list[int]) -> None:
                 f"driver peak (Python + JVM) x{(spark['peak_mb'] + spark['jvm_peak_mb']) / new['peak_mb']:.2f}"
             )
     print("targets:")
-    at = {rows: results.get((rows, "local", "clean")) for rows in sizes}
-    if at.get(700_000):
+    at: dict[int, dict[str, Any]] = {
+        rows: found for rows in sizes if (found := results.get((rows, "local", "clean"))) is not None
+    }
+    if 700_000 in at:
         peak = at[700_000]["peak_mb"]
         print(f"  clean peak at 700k: {peak:.0f} MB (<= {CLEAN_PEAK_MB_AT_700K}: {peak <= CLEAN_PEAK_MB_AT_700K})")
         old = results.get((700_000, "memory", "clean"))
@@ -237,7 +242,7 @@ def report(results: dict, sizes: list[int]) -> None:
         print(
             f"  split peak at 700k: {split_peak:.0f} MB (<= {SPLIT_PEAK_MB_AT_700K}: {split_peak <= SPLIT_PEAK_MB_AT_700K})"
         )
-    if at.get(700_000) and at.get(BIG):
+    if 700_000 in at and BIG in at:
         growth = at[BIG]["peak_mb"] / at[700_000]["peak_mb"]
         print(
             f"  clean peak 7M / 700k: x{growth:.2f} (<= {PEAK_GROWTH_700K_TO_7M}: {growth <= PEAK_GROWTH_700K_TO_7M})"

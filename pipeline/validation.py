@@ -436,6 +436,8 @@ def row_reason(table: pd.DataFrame, row: int, failed: list[str], contract: DataP
                 bad = feats[feats.isna()]
             elif name == "finite_features":
                 bad = feats[np.isinf(feats)]
+            elif contract.value_range is None:  # the range checks exist only with a range
+                bad = feats.iloc[:0]
             elif name == "features_above_min":
                 bad = feats[feats < contract.value_range[0]]
             else:
