@@ -16,6 +16,7 @@ import datetime as dt
 import json
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -152,15 +153,56 @@ def stage(project: str | Path, name: str, ancestors: Sequence[str], context: Map
 
     with tempfile.TemporaryDirectory(prefix="stage-failure-") as tmp:
         cause = Path(tmp) / "cause.txt"
-        os.environ[FAILURE_FILE_ENV] = str(cause)  # DVC passes the environment on to the stage
+        # DVC passes the environment on to the stage command.
+        added = {FAILURE_FILE_ENV: str(cause), **spark_env(project, setup.ws.params.spark_conn_id)}
+        os.environ.update(added)
         try:
             result = failing_fast(
                 lambda: steps.stage(setup, context["run_id"], prepared, name, upstream, ti.try_number), cause
             )
         finally:
-            os.environ.pop(FAILURE_FILE_ENV, None)
+            for key in added:
+                os.environ.pop(key, None)
     # the name Airflow records for this task instance ([core] hostname_callable), so the two agree
     return {**result, "host": getattr(ti, "hostname", None) or result["host"]}
+
+
+# --- Spark settings -------------------------------------------------------------------------
+def spark_env(project: str | Path, conn_id: str) -> dict[str, str]:
+    """SPARK_MASTER (what pipeline/engines/spark.py reads) from the Airflow Connection `conn_id`,
+    when the project's clean and split run on `engine.name: spark`; {} otherwise or without it."""
+    from pipeline.params import load_params
+
+    if load_params(Path(project) / "params.yaml").engine.name != "spark":
+        return {}
+    from airflow.sdk import Connection
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    try:
+        conn = Connection.get(conn_id)
+    except AirflowNotFoundException:
+        log.info("no Airflow Connection %r: the Spark master is engine.spark_master (or SPARK_MASTER)", conn_id)
+        return {}
+    master = spark_master_url(conn.host, conn.port)
+    log.info("Spark master from Connection %r: %s", conn_id, master)
+    return {"SPARK_MASTER": master}
+
+
+def spark_master_url(host: str | None, port: int | None) -> str:
+    """The master URL of an Airflow Spark Connection, read the way Airflow's Spark provider does:
+    the host is `spark://name`, a bare name (spark:// is added), `yarn`, `local[*]` or `k8s://...`;
+    the port, when given, is appended to a host that has none."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    host = (host or "").strip().rstrip("/")
+    if not host:
+        raise AirflowFailException("the Spark Connection has no host: give spark://<master>, yarn or local[*]")
+    if host.startswith(("yarn", "local")):
+        return host
+    if "://" not in host:
+        host = f"spark://{host}"
+    has_port = re.search(r":\d+$", host.split("://", 1)[1]) is not None
+    return f"{host}:{port}" if port and not has_port else host
 
 
 # --- Triton settings ------------------------------------------------------------------------

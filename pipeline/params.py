@@ -307,6 +307,7 @@ class AirflowParams(Section):
     dvc_remote_conn_id: str = "dvc_remote_default"
     triton_conn_id: str = "triton_default"
     notify_conn_id: str = "retrain_notify"
+    spark_conn_id: str = "spark_default"
     stage_timeout_min: Positive = 120
     infra_retries: Annotated[int, Field(ge=0)] = 3
     infra_retry_delay_s: Annotated[float, Field(gt=0.0)] = 10.0
