@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: install browser cluster-deps java run repro test lint triton-start triton-stop airflow cluster cluster-down cluster-status
+.PHONY: install browser cluster-deps java run repro test test-slow test-all lint triton-start triton-stop airflow cluster cluster-down cluster-status
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -62,7 +62,16 @@ java:
 	    openjdk-17-jre-headless >/dev/null; \
 	else echo "note: no Java runtime; the Spark tests will skip"; fi
 
+# The suite (about 40 minutes on two cores) leaves out the tests marked `slow` (over ten minutes
+# each); `make test-slow` runs those, `make test-all` everything.
 test: install lint browser cluster-deps java
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m "not slow"
+	@echo "left out: the tests marked slow (pytest --markers); run them with make test-slow"
+
+test-slow: install browser cluster-deps java
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m slow
+
+test-all: install lint browser cluster-deps java
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
 
 # A real local Triton (the binary from the nvidia-pytriton wheel) on the ports and repository of

@@ -72,7 +72,10 @@ def _bench():
     return module
 
 
-@pytest.mark.integration  # minutes of Spark on a small machine: selectable apart from the tiny-table tests
+# More than ten minutes of Spark on two cores (784 feature columns, each checked on the cluster):
+# in `make test-slow`, not in `make test`.
+@pytest.mark.slow
+@pytest.mark.integration
 def test_70k_synthetic_table_same_as_the_local_engine(params, tmp_path):
     """MNIST-shaped, 70,000 rows x 785 columns in 65,536-row groups, duplicates across them and
     unknown labels in the last one."""
