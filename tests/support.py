@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -138,4 +139,24 @@ def moto_s3(*buckets: str, timeout_s: float = 30.0) -> Iterator[str]:
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             process.kill()
+            process.wait()
+
+
+@contextlib.contextmanager
+def started(
+    cmd: list[str], env: dict[str, str], log: Path, cwd: Path | None = None, stop_timeout_s: float = 30
+) -> Iterator[subprocess.Popen]:
+    """A background process in its own session, its output in `log`, stopped with its whole process
+    group at the end (SIGTERM, then SIGKILL after `stop_timeout_s`)."""
+    with log.open("wb") as out:
+        process = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield process
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=stop_timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
             process.wait()

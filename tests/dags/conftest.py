@@ -7,7 +7,9 @@ runs or DAG versions.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -53,6 +55,36 @@ def airflow(env: dict[str, str], *args: str, cwd: Path | None = None, timeout: f
             f"airflow {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
         )
     return result.stdout + result.stderr
+
+
+def dags_test(
+    env: dict[str, str], project: Path, date: str, *extra: str, dag_id: str = "retrain", timeout: float = 1500
+) -> tuple[str | None, str, dict[str, str]]:
+    """`airflow dags test <dag_id> <date> [extra]` in `project`: (run id, output, each task's state
+    from the metadata database). No run id (and no states) when Airflow created no run."""
+    result = subprocess.run(
+        [str(BIN / "airflow"), "dags", "test", dag_id, date, *extra],
+        env=env,
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    output = result.stdout + result.stderr
+    found = re.findall(rf"DagRun Finished: dag_id={re.escape(dag_id)}, .*?run_id=([^,]+),", output)
+    if not found:
+        return None, output, {}
+    rows = json.loads(
+        airflow(env, "tasks", "states-for-dag-run", dag_id, found[-1], "--output", "json").strip().splitlines()[-1]
+    )
+    return found[-1], output, {row["task_id"]: row["state"] for row in rows}
+
+
+def dags_test_run(env: dict[str, str], project: Path, date: str, *extra: str) -> tuple[str, str, dict[str, str]]:
+    """`dags_test` that must have created and finished a run."""
+    run_id, output, states = dags_test(env, project, date, *extra)
+    assert run_id, f"no finished run in the output:\n{output[-5000:]}"
+    return run_id, output, states
 
 
 @pytest.fixture(scope="session")
@@ -168,6 +200,8 @@ def helpers() -> SimpleNamespace:
     return SimpleNamespace(
         airflow=airflow,
         airflow_env=airflow_env,
+        dags_test=dags_test,
+        dags_test_run=dags_test_run,
         free_ports=free_ports,
         copy_project=copy_project,
         toy_project=toy_project,

@@ -12,8 +12,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -21,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support import edit_params, local_triton
+from support import edit_params, local_triton, started
 
 from orchestration.airflow_api import AirflowApi, AirflowApiError
 from orchestration.local import airflow_env, prepare_airflow
@@ -67,16 +65,8 @@ def standalone(project: Path, triton, migrated_db: Path, helpers, log: Path) -> 
     home.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(migrated_db, home / "airflow.db")  # migrated once per session; migrate is then a no-op
     prepare_airflow(env, load_params(project / "params.yaml"))
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "airflow"), "standalone"],
-            env=env,
-            cwd=project,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
+    cmd = [str(Path(sys.executable).parent / "airflow"), "standalone"]
+    with started(cmd, env, log, cwd=project) as process:
         api = AirflowApi(f"http://127.0.0.1:{api_port}")
         deadline = time.monotonic() + 300
         while True:  # the api-server answers and the dag-processor has parsed the DAG
@@ -87,14 +77,6 @@ def standalone(project: Path, triton, migrated_db: Path, helpers, log: Path) -> 
             assert time.monotonic() < deadline, f"the retrain DAG never appeared:\n{log.read_text()[-4000:]}"
             time.sleep(2)
         yield api
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 def test_new_raw_data_triggers_a_run_that_ingests_it(

@@ -9,8 +9,6 @@
 from __future__ import annotations
 
 import json
-import re
-import subprocess
 from collections.abc import Iterator
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -69,23 +67,7 @@ def project(tmp_path_factory: pytest.TempPathFactory, helpers) -> Path:
 
 
 def run_dag(env: dict[str, str], project: Path, date: str, helpers) -> tuple[str, str, dict[str, str]]:
-    result = subprocess.run(
-        [env["PATH"].split(":")[0] + "/airflow", "dags", "test", DAG_ID, date],
-        env=env,
-        cwd=project,
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
-    output = result.stdout + result.stderr
-    run_id = re.findall(r"DagRun Finished: dag_id=retrain, .*?run_id=([^,]+),", output)
-    assert run_id, f"no finished run in the output:\n{output[-5000:]}"
-    rows = json.loads(
-        helpers.airflow(env, "tasks", "states-for-dag-run", DAG_ID, run_id[-1], "--output", "json")
-        .strip()
-        .splitlines()[-1]
-    )
-    return run_id[-1], output, {row["task_id"]: row["state"] for row in rows}
+    return helpers.dags_test_run(env, project, date)
 
 
 def test_failed_clean_sends_one_email_naming_run_task_and_cause(

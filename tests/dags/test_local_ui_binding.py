@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from support import started
 
 from orchestration.local import airflow_env
 
@@ -61,11 +61,7 @@ def test_api_server_listens_on_loopback_only(tmp_path: Path, helpers, migrated_d
     env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{home / 'airflow.db'}"
     (tmp_path / "dags").mkdir()
     log = tmp_path / "api-server.log"
-    with log.open("wb") as out:
-        server = subprocess.Popen(
-            [AIRFLOW, "api-server"], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    try:
+    with started([AIRFLOW, "api-server"], env, log) as server:
         listening: set[str] = set()
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
@@ -80,11 +76,3 @@ def test_api_server_listens_on_loopback_only(tmp_path: Path, helpers, migrated_d
                 break
             time.sleep(0.5)
         assert listening == {"127.0.0.1"}, f"listening on {listening}:\n{log.read_text()[-2000:]}"
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()

@@ -14,7 +14,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import edit_params
+from support import edit_params, started
 
 from orchestration.airflow_api import AirflowApi, AirflowApiError
 from orchestration.reports_ui import RemoteReader, render, report_outputs
@@ -79,15 +78,8 @@ def test_the_page_reads_report_outputs_from_the_remote_by_md5(project_copy: Path
 
 @contextlib.contextmanager
 def api_server(env: dict[str, str], port: int, log: Path) -> Iterator[AirflowApi]:
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "airflow"), "api-server", "--port", str(port)],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
+    cmd = [str(Path(sys.executable).parent / "airflow"), "api-server", "--port", str(port)]
+    with started(cmd, env, log) as process:
         api = AirflowApi(f"http://127.0.0.1:{port}")
         deadline = time.monotonic() + 180
         while True:
@@ -98,14 +90,6 @@ def api_server(env: dict[str, str], port: int, log: Path) -> Iterator[AirflowApi
             assert time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(1)
         yield api
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 @pytest.mark.airflow

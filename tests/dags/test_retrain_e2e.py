@@ -75,23 +75,8 @@ class Run:
 
 
 def run_dag(env: dict[str, str], project: Path, helpers) -> Run:
-    result = subprocess.run(
-        [env["PATH"].split(":")[0] + "/airflow", "dags", "test", DAG_ID, RUN_DATE],
-        env=env,
-        cwd=project,
-        capture_output=True,
-        text=True,
-        timeout=1500,
-    )
-    output = result.stdout + result.stderr
-    run_id = re.findall(r"DagRun Finished: dag_id=retrain, .*?run_id=([^,]+),", output)
-    assert run_id, f"no finished run in the output:\n{output[-5000:]}"
-    rows = json.loads(
-        helpers.airflow(env, "tasks", "states-for-dag-run", DAG_ID, run_id[-1], "--output", "json")
-        .strip()
-        .splitlines()[-1]
-    )
-    return Run(output, {row["task_id"]: row["state"] for row in rows})
+    _, output, states = helpers.dags_test_run(env, project, RUN_DATE)
+    return Run(output, states)
 
 
 def served(triton, model: str = "digits") -> tuple[list[int], list[int]]:

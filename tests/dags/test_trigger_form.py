@@ -11,8 +11,6 @@ source, a note), checked before any stage runs.
 from __future__ import annotations
 
 import json
-import re
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -45,41 +43,20 @@ def test_a_run_without_require_approval_approves_at_once() -> None:
     assert approval.execute({"params": {"require_approval": False}}) == {"chosen_options": ["Approve"], "asked": False}
 
 
-def dags_test(env: dict[str, str], project: Path, date: str, conf: dict, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [env["PATH"].split(":")[0] + "/airflow", "dags", "test", DAG_ID, date, "-c", json.dumps(conf), *extra],
-        env=env,
-        cwd=project,
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
-
-
-def states(env: dict[str, str], output: str, helpers) -> dict[str, str]:
-    run_id = re.findall(r"DagRun Finished: dag_id=retrain, .*?run_id=([^,]+),", output)
-    assert run_id, f"no finished run in the output:\n{output[-5000:]}"
-    rows = json.loads(
-        helpers.airflow(env, "tasks", "states-for-dag-run", DAG_ID, run_id[-1], "--output", "json")
-        .strip()
-        .splitlines()[-1]
-    )
-    return {row["task_id"]: row["state"] for row in rows}
-
-
 @pytest.mark.airflow
 @pytest.mark.integration
 def test_invalid_form_values_stop_the_run_before_any_stage(project_copy: Path, make_airflow_home, helpers) -> None:
     env = make_airflow_home(project_copy / "dags")
 
-    wrong_type = dags_test(env, project_copy, "2026-01-12", {"require_approval": "yes"})
-    output = wrong_type.stdout + wrong_type.stderr
-    assert "DagRun Finished" not in output
+    run_id, output, _ = helpers.dags_test(
+        env, project_copy, "2026-01-12", "-c", json.dumps({"require_approval": "yes"})
+    )
+    assert run_id is None and "DagRun Finished" not in output
     assert "require_approval" in output and "is not of type 'boolean'" in output, output[-3000:]
 
-    missing = dags_test(env, project_copy, "2026-01-19", {"data_source": "nowhere.csv"})
-    output = missing.stdout + missing.stderr
-    run = states(env, output, helpers)
+    _, output, run = helpers.dags_test_run(
+        env, project_copy, "2026-01-19", "-c", json.dumps({"data_source": "nowhere.csv"})
+    )
     assert run["prepare_workspace"] == "failed"
     assert all(s == "upstream_failed" for t, s in run.items() if t != "prepare_workspace"), run
     assert "the run's parameters (Trigger form) are invalid: data_source 'nowhere.csv' does not exist" in output
@@ -97,16 +74,15 @@ def test_the_forms_data_source_and_note_reach_the_run(project_copy: Path, make_a
     np.savetxt(project_copy / "incoming" / "few.csv", rows, fmt="%d", delimiter=",", header=header, comments="")
     env = make_airflow_home(project_copy / "dags")
 
-    result = dags_test(
+    _, output, run = helpers.dags_test_run(
         env,
         project_copy,
         "2026-01-26",
-        {"data_source": "incoming/few.csv", "note": "900 rows from the lab"},
+        "-c",
+        json.dumps({"data_source": "incoming/few.csv", "note": "900 rows from the lab"}),
         "--mark-success-pattern",
         AFTER_CLEAN,
     )
-    output = result.stdout + result.stderr
-    run = states(env, output, helpers)
     assert run["prepare_workspace"] == run["embed"] == run["clean"] == "success", run
     assert "note: 900 rows from the lab" in output
     # clean ran in its own checkout of the run's commit, whose params name the form's source
