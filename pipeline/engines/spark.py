@@ -92,6 +92,9 @@ def session(engine: EngineParams, app: str) -> Iterator:
     for key, value in {**conf, **engine.spark_conf}.items():
         builder = builder.config(key, value)
     log.info("Spark master %s", url)
+    # py4j's finalizers log "Closing down clientserver connection" at INFO, even at interpreter exit
+    # after the log streams are closed ("--- Logging error ---"); the line tells a user nothing.
+    logging.getLogger("py4j").setLevel(logging.WARNING)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     try:
