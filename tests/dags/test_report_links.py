@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -24,13 +23,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from browser import chromium, screenshot, skip_without_chromium
 from support import edit_params, started
 
 from orchestration.airflow_api import AirflowApi, AirflowApiError
 from orchestration.reports_ui import RemoteReader, render, report_outputs
 
-ROOT = Path(__file__).resolve().parents[2]
-ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS_DIR") or ROOT / ".airflow" / "test-artifacts")
 DAG_ID = "retrain"
 AFTER_CLEAN = r"^(split|train|crossval|export|evaluate|gate|approve|push|publish)"
 
@@ -95,16 +93,7 @@ def api_server(env: dict[str, str], port: int, log: Path) -> Iterator[AirflowApi
 @pytest.mark.airflow
 @pytest.mark.integration
 def test_clean_links_to_its_validation_report(project_copy: Path, make_airflow_home, helpers, tmp_path: Path) -> None:
-    missing = [name for name in ("chromium", "chromedriver") if shutil.which(name) is None]
-    if missing:
-        pytest.skip(
-            f"headless Chromium unavailable ({', '.join(missing)} not found): "
-            "install the Debian packages with `apt-get install -y chromium chromium-driver`"
-        )
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
+    skip_without_chromium()
     (port,) = helpers.free_ports(1)
     env = make_airflow_home(
         project_copy / "dags",
@@ -135,29 +124,10 @@ def test_clean_links_to_its_validation_report(project_copy: Path, make_airflow_h
         with urllib.request.urlopen(link, timeout=60) as response:  # noqa: S310 - 127.0.0.1
             assert response.status == 200 and b"Data validation report" in response.read()
 
-        options = Options()
-        options.binary_location = shutil.which("chromium") or "chromium"
-        for flag in (
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            "--window-size=1400,1000",
-            f"--user-data-dir={tmp_path / 'chromium'}",
-        ):
-            options.add_argument(flag)
-        browser = webdriver.Chrome(options=options, service=Service(executable_path=shutil.which("chromedriver")))
-        try:
+        with chromium(tmp_path / "chromium", window="1400,1000") as browser:
             browser.get(link)
             title = browser.title
             text = browser.find_element("tag name", "body").text
-            ARTIFACTS.mkdir(parents=True, exist_ok=True)
-            shot = ARTIFACTS / "clean-report-link.png"
-            browser.save_screenshot(str(shot))
-        finally:
-            browser.quit()
+            shot = screenshot(browser, "clean-report-link.png")
     assert title == "Data validation report", text[:500]
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -11,20 +11,17 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import subprocess
 import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from browser import chromium, screenshot, skip_without_chromium
 from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
-from selenium.webdriver.chrome.options import Options as ChromeOptions
-from selenium.webdriver.chrome.service import Service as ChromeService
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 from support import started
@@ -34,17 +31,6 @@ from orchestration.spec import pipeline_spec
 pytestmark = pytest.mark.airflow
 
 ROOT = Path(__file__).resolve().parents[2]
-ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS_DIR") or ROOT / ".airflow" / "test-artifacts")
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--window-size=1600,1000",
-]
 
 
 def _get(url: str, timeout: float = 10) -> dict:
@@ -64,23 +50,6 @@ def _wait_for(url: str, seconds: float, process: subprocess.Popen, log: Path) ->
     raise AssertionError(f"{url} did not answer within {seconds:.0f}s:\n{log.read_text()[-3000:]}")
 
 
-@contextlib.contextmanager
-def chromium(profile: Path) -> Iterator[webdriver.Chrome]:
-    """Headless Chromium under the Debian chromedriver, closed at the end."""
-    options = ChromeOptions()
-    options.binary_location = shutil.which("chromium") or "chromium"
-    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}"):
-        options.add_argument(flag)
-    service = ChromeService(
-        executable_path=shutil.which("chromedriver"), log_output=str(profile.parent / "chromedriver.log")
-    )
-    browser = webdriver.Chrome(options=options, service=service)
-    try:
-        yield browser
-    finally:
-        browser.quit()
-
-
 def rendered_nodes(browser: webdriver.Chrome) -> set[str]:
     """The first line of every node's label in the React Flow graph."""
     return {
@@ -91,12 +60,7 @@ def rendered_nodes(browser: webdriver.Chrome) -> set[str]:
 
 
 def test_dag_graph_renders_in_the_web_ui(make_airflow_home, helpers, tmp_path: Path) -> None:
-    missing = [name for name in ("chromium", "chromedriver") if shutil.which(name) is None]
-    if missing:
-        pytest.skip(
-            f"headless Chromium unavailable ({', '.join(missing)} not found): "
-            "install the Debian packages with `apt-get install -y chromium chromium-driver`"
-        )
+    skip_without_chromium()
     spec = pipeline_spec(ROOT)
     groups = set(spec.graph.groups())
     expected_nodes = {
@@ -154,8 +118,6 @@ def test_dag_graph_renders_in_the_web_ui(make_airflow_home, helpers, tmp_path: P
 
             with contextlib.suppress(TimeoutException):
                 WebDriverWait(browser, 10, poll_frequency=0.5).until(layout_settled)
-            ARTIFACTS.mkdir(parents=True, exist_ok=True)
-            shot = ARTIFACTS / "retrain-graph.png"
-            shot.write_bytes(browser.get_screenshot_as_png())
+            shot = screenshot(browser, "retrain-graph.png")
     assert expected_nodes <= labels, f"graph nodes rendered: {labels}; screenshot {shot}"
     assert shot.stat().st_size > 10_000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from browser import chromium, screenshot, skip_without_chromium
 from drift_data import digits_table, shifted, write
 from support import ROOT
 
@@ -153,31 +154,17 @@ def test_the_gate_report_carries_the_drift_summary(tmp_path: Path, params) -> No
 def test_the_report_renders_in_headless_chromium(tmp_path: Path, params) -> None:
     """The report of a shifted copy, opened in a real browser; the screenshot is kept as a test
     artifact (TEST_ARTIFACTS_DIR, default .airflow/test-artifacts)."""
-    import os
-    import shutil
-
-    if shutil.which("chromium") is None:
-        pytest.skip("headless Chromium unavailable: install the Debian package with `apt-get install -y chromium`")
+    skip_without_chromium()
     table = digits_table()
     result = drift.run(
         write(shifted(table), tmp_path / "clean.parquet"), reference_of(table, tmp_path, params), params.data, PARAMS
     )
     page = tmp_path / "drift.html"
     page.write_text(result.report_html)
-    artifacts = Path(os.environ.get("TEST_ARTIFACTS_DIR") or ROOT / ".airflow" / "test-artifacts")
-    artifacts.mkdir(parents=True, exist_ok=True)
-    shot = artifacts / "drift-report.png"
-    shot.unlink(missing_ok=True)
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}"]
-    dom = subprocess.run(
-        ["chromium", *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120, check=True
-    ).stdout
+    with chromium(tmp_path / "profile", window="1000,1600") as browser:
+        browser.get(page.as_uri())
+        dom = browser.page_source
+        shot = screenshot(browser, "drift-report.png")
     top = next(iter(result.metrics["top"]))
     assert "Data drift report" in dom and f"<td>{top}</td>" in dom and dom.count("<svg") == PARAMS.top_n
-    subprocess.run(
-        ["chromium", *flags, "--window-size=1000,1600", f"--screenshot={shot}", page.as_uri()],
-        capture_output=True,
-        timeout=120,
-        check=True,
-    )
     assert shot.stat().st_size > 10_000  # a rendered page, not a blank one
