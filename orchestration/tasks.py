@@ -303,6 +303,25 @@ def _local_triton_env(project: str | Path | None) -> dict[str, str]:
 
 
 # --- gate -----------------------------------------------------------------------------------
+def run_outputs(
+    setup: steps.Fleet, context: Mapping[str, Any], stage_ids: Sequence[str], task: str, paths: Sequence[str]
+) -> Path:
+    """A checkout of this run for `task` (its merged lock from the stage tasks' results) with
+    `paths`, outputs of the run, pulled from the DVC remote."""
+    ti = context["ti"]
+    return failing_fast(
+        lambda: steps.checkout_outputs(
+            setup,
+            context["run_id"],
+            ti.xcom_pull(task_ids=PREPARE_TASK),
+            results(context, stage_ids),
+            task,
+            list(paths),
+            ti.try_number,
+        )
+    )
+
+
 def gate(
     project: str | Path,
     evaluate_args: Mapping[str, str],
@@ -323,23 +342,11 @@ def gate(
     from pipeline.params import load_params
     from stages import gate as gate_stage
 
-    ti = context["ti"]
     setup = fleet(project)
     args = dict(evaluate_args)
     if setup.drift:  # the drift stage's summary goes into the report and the approval page
         args["drift"] = setup.drift.metrics
-    root = failing_fast(
-        lambda: steps.checkout_outputs(
-            setup,
-            context["run_id"],
-            ti.xcom_pull(task_ids=PREPARE_TASK),
-            results(context, stage_ids),
-            "gate",
-            list(args.values()),
-            ti.try_number,
-        )
-    )
-    log.info("workspace: %s", root)
+    root = run_outputs(setup, context, stage_ids, "gate", list(args.values()))
     params = load_params(root / "params.yaml")
     # The champion is the version pinned in the repository the push writes to (not the checkout's).
     triton = triton_env(conn_id, setup.ws.project)  # one Connection lookup (and one log line) per task
@@ -391,20 +398,9 @@ def push(
     from serving.client import ServerUnreachable
     from serving.push import PushError, push_candidate
 
-    ti = context["ti"]
     setup = fleet(project)
     paths = [evaluate_args["candidate"], evaluate_args["metrics"]]
-    root = failing_fast(
-        lambda: steps.checkout_outputs(
-            setup,
-            context["run_id"],
-            ti.xcom_pull(task_ids=PREPARE_TASK),
-            results(context, stage_ids),
-            "push",
-            paths,
-            ti.try_number,
-        )
-    )
+    root = run_outputs(setup, context, stage_ids, "push", paths)
     settings = serving_settings(setup.ws.project, conn_id)
     log.info(
         "pushing %s to %s (repository %s)", evaluate_args["candidate"], settings.client.describe(), settings.repository
