@@ -233,13 +233,37 @@ def compare(reference: Profile, current: Profile, current_on_reference: Mapping[
     )
 
 
+# --- the novelty line ------------------------------------------------------------------------------
+def novelty_line(ratios: np.ndarray, quantile: float, source: str) -> dict[str, Any]:
+    """The batch-level novelty figures: the share of the table's rows whose novelty (reconstruction
+    error / threshold of a served model's autoencoder) is above 1. Data like that model's training
+    data gives about `1 - quantile`; many times that means rows unlike anything it learnt."""
+    above = int(np.count_nonzero(ratios > 1.0))
+    rows = len(ratios)
+    return {
+        "source": source,
+        "rows": rows,
+        "above_threshold": above,
+        "share_above_threshold": round(above / rows, 6) if rows else 0.0,
+        "expected_share": round(1.0 - quantile, 6),
+    }
+
+
+def novelty_sentence(line: Mapping[str, Any]) -> str:
+    return (
+        f"{100 * line['share_above_threshold']:.1f}% of rows ({line['above_threshold']} of {line['rows']}) above the "
+        f"novelty threshold of {line['source']} (about {100 * line['expected_share']:.1f}% expected of familiar data)"
+    )
+
+
 # --- the summary the gate shows ------------------------------------------------------------------
 def summary_markdown(metrics: Mapping[str, Any]) -> str:
     """A few Markdown lines from the drift stage's metrics (metrics/drift.json), for the gate's
     report and the approval page."""
     status = metrics.get("status")
     if status == "no_reference":
-        return f"**Data drift:** no reference yet (nothing published); {metrics.get('rows')} rows."
+        text = f"**Data drift:** no reference yet (nothing published); {metrics.get('rows')} rows."
+        return text + (f"\n\n- novelty: {novelty_sentence(metrics['novelty'])}" if "novelty" in metrics else "")
     head = {"ok": "no drift above the thresholds", "drift": f"DRIFT (drift.action: {metrics.get('action')})"}.get(
         str(status), str(status)
     )
@@ -257,4 +281,6 @@ def summary_markdown(metrics: Mapping[str, Any]) -> str:
     top = list(metrics.get("top", {}).items())[:5]
     if top:
         lines.append("- top: " + ", ".join(f"{name} {value:.3f}" for name, value in top))
+    if "novelty" in metrics:
+        lines.append(f"- novelty: {novelty_sentence(metrics['novelty'])}")
     return "\n".join(lines)

@@ -230,6 +230,22 @@ class ExportParams(Section):
         return self
 
 
+class NoveltyParams(Section):
+    """novelty stage: an autoencoder whose reconstruction error flags rows unlike the training data."""
+
+    enabled: bool = False
+    arch: Literal["dense", "conv"] = "dense"
+    hidden: list[Positive] = [32]
+    channels: list[Positive] = [8, 16]
+    bottleneck: Positive = 4
+    loss: Literal["mse", "l1"] = "mse"
+    epochs: Positive = 60
+    batch_size: Positive = 64
+    lr: Annotated[float, Field(gt=0.0)] = 0.003
+    seed: int = 0
+    quantile: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.99
+
+
 Port = Annotated[int, Field(ge=1, le=65535)]
 Seconds = Annotated[float, Field(gt=0.0)]
 
@@ -334,6 +350,7 @@ class Params(Section):
     drift: DriftParams = DriftParams()
     split: SplitParams = SplitParams()
     train: TrainParams = TrainParams()
+    novelty: NoveltyParams = NoveltyParams()
     export: ExportParams = ExportParams()
     serving: ServingParams = ServingParams()
     gate: GateParams = GateParams()
@@ -344,6 +361,8 @@ class Params(Section):
         model, shape = self.train.model, self.data.image_shape
         if model.arch == "cnn" and shape is None:
             raise ValueError("train.model.arch 'cnn' needs data.image_shape; use 'mlp' for tabular rows")
+        if self.novelty.arch == "conv" and shape is None:
+            raise ValueError("novelty.arch 'conv' needs data.image_shape; use 'dense' for tabular rows")
         patch = model.transformer.patch_size
         if model.arch == "transformer" and shape is not None and (shape[0] % patch or shape[1] % patch):
             raise ValueError(

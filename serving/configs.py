@@ -41,12 +41,20 @@ ALLOW_SPINNING = "session.intra_op.allow_spinning"
 
 @dataclass(frozen=True)
 class Signature:
-    """One FP32 input row of `n_features` values in, one FP32 row of `n_classes` probabilities out."""
+    """One FP32 input row of `n_features` values in, one FP32 row of `n_classes` probabilities out,
+    and optionally more FP32 outputs after it (`more_outputs`: (name, values per row) each, e.g.
+    the novelty score), in the order the model returns them."""
 
     n_features: int
     n_classes: int
     input_name: str = INPUT_NAME
     output_name: str = OUTPUT_NAME
+    more_outputs: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def outputs(self) -> list[tuple[str, int]]:
+        """Every output as (name, values per row), the probabilities first."""
+        return [(self.output_name, self.n_classes), *self.more_outputs]
 
 
 def build_config(
@@ -70,7 +78,8 @@ def build_config(
     )
     # dims leave out the batch axis: with max_batch_size > 0 Triton adds it in front.
     config.input.add(name=signature.input_name, data_type=DataType.TYPE_FP32, dims=[signature.n_features])
-    config.output.add(name=signature.output_name, data_type=DataType.TYPE_FP32, dims=[signature.n_classes])
+    for name, width in signature.outputs:
+        config.output.add(name=name, data_type=DataType.TYPE_FP32, dims=[width])
     if params.dynamic_batching:
         config.dynamic_batching.SetInParent()  # present even when every field keeps its default
         config.dynamic_batching.preferred_batch_size.extend(params.preferred_batch_sizes)
@@ -122,7 +131,9 @@ def onnx_gpu_config(params: ExportParams, signature: Signature) -> str:
 def libtorch_gpu_config(params: ExportParams, signature: Signature, name_suffix: str = "_torchscript") -> str:
     """A GPU production server's entry for the TorchScript file (native libtorch backend)."""
     renamed = params.model_copy(update={"model_name": params.model_name + name_suffix})
-    libtorch = Signature(signature.n_features, signature.n_classes, LIBTORCH_INPUT_NAME, LIBTORCH_OUTPUT_NAME)
+    # Outputs by position: output__0, output__1, ...
+    more = tuple((f"output__{i}", width) for i, (_, width) in enumerate(signature.more_outputs, start=1))
+    libtorch = Signature(signature.n_features, signature.n_classes, LIBTORCH_INPUT_NAME, LIBTORCH_OUTPUT_NAME, more)
     config = build_config(
         renamed,
         libtorch,

@@ -7,6 +7,11 @@ table's own profile (`--profile`, what publish turns into the next reference), `
 (row count change, class balance shift, per-feature PSI: max, mean, drifted count, the top
 features) and an HTML report. Features scoring above `drift.threshold`, or a class balance above
 `drift.class_threshold`, are drift: reported with `drift.action: warn`, a failure with `fail`.
+
+With `--novelty` (the novelty file of a served version, written by its novelty stage) every row of
+the clean table also goes through that version's autoencoder, and the share of rows above its
+threshold joins the metrics (`novelty`) and the report: a batch-level "how much of this data looks
+like nothing the served model was trained on". A novelty file with the stage disabled adds nothing.
 """
 
 from __future__ import annotations
@@ -19,7 +24,17 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import atomic
-from pipeline.drift import DriftError, DriftReport, FeatureDrift, Profile, compare, profile
+from pipeline.drift import (
+    BATCH_ROWS,
+    DriftError,
+    DriftReport,
+    FeatureDrift,
+    Profile,
+    compare,
+    novelty_line,
+    novelty_sentence,
+    profile,
+)
 from pipeline.params import DataParams, DriftParams
 from pipeline.tables import feature_columns
 from stages import _cli
@@ -95,8 +110,40 @@ def metrics_of(
     }
 
 
-def run(clean: str | Path, reference: Reference, contract: DataParams, params: DriftParams) -> DriftResult:
-    """Profile the clean table and compare it with the reference (when there is one)."""
+def score_novelty(clean: str | Path, features: list[str], novelty_file: str | Path) -> dict[str, Any] | None:
+    """The novelty line of the clean table under a served version's autoencoder; None when that
+    version was exported without one. Reads a row group at a time."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from pipeline import autoencoder  # torch: only when a novelty file is given
+
+    model, blob = autoencoder.load(novelty_file)
+    if model is None:
+        return None
+    if model.config.n_features != len(features):
+        raise DriftError(
+            f"{novelty_file}: its autoencoder takes {model.config.n_features} features, the clean table has "
+            f"{len(features)}; pass the novelty file of a version trained on this data contract"
+        )
+    threshold = float(blob["threshold"])
+    parts = []
+    for batch in pq.ParquetFile(clean).iter_batches(batch_size=BATCH_ROWS, columns=features):
+        x = np.column_stack([batch.column(i).to_numpy(zero_copy_only=False) for i in range(len(features))])
+        parts.append(autoencoder.errors(model, x) / threshold)
+    ratios = np.concatenate(parts) if parts else np.zeros(0)
+    return novelty_line(ratios, float(blob["metrics"]["quantile"]), Path(novelty_file).as_posix())
+
+
+def run(
+    clean: str | Path,
+    reference: Reference,
+    contract: DataParams,
+    params: DriftParams,
+    novelty_file: str | Path | None = None,
+) -> DriftResult:
+    """Profile the clean table and compare it with the reference (when there is one); with a
+    novelty file, add the share of rows above its threshold."""
     import pyarrow.parquet as pq
 
     try:
@@ -107,6 +154,8 @@ def run(clean: str | Path, reference: Reference, contract: DataParams, params: D
     current, on_reference = profile(clean, contract.label, features, params.bins, params.sample_rows, reference.profile)
     report = None if reference.profile is None else compare(reference.profile, current, on_reference)
     metrics = metrics_of(report, current, reference, params)
+    if novelty_file is not None and (line := score_novelty(clean, features, novelty_file)) is not None:
+        metrics["novelty"] = line
     return DriftResult(current, report, metrics, render_report(metrics, report, params))
 
 
@@ -145,8 +194,10 @@ def _bars(feature: FeatureDrift, width: int = 160, height: int = 36) -> str:
 def render_report(metrics: dict[str, Any], report: DriftReport | None, params: DriftParams) -> str:
     esc = html.escape
     summary = "".join(
-        f"<tr><th>{esc(k)}</th><td>{esc(str(v))}</td></tr>" for k, v in metrics.items() if k not in ("top",)
+        f"<tr><th>{esc(k)}</th><td>{esc(str(v))}</td></tr>" for k, v in metrics.items() if k not in ("top", "novelty")
     )
+    if "novelty" in metrics:
+        summary += f"<tr><th>novelty</th><td>{esc(novelty_sentence(metrics['novelty']))}</td></tr>"
     if report is None:
         body = (
             "<p class='none'>No reference yet: no model has been published, so there is nothing to compare "
@@ -203,9 +254,10 @@ def main() -> None:
     p.add_argument("--profile", required=True, help="where to write this table's profile (JSON)")
     p.add_argument("--metrics", required=True, help="JSON metrics file")
     p.add_argument("--report", required=True, help="HTML drift report")
+    p.add_argument("--novelty", help="novelty file of a served version: adds the share of rows above its threshold")
 
     def body(args, params):
-        result = run(args.clean, Reference.load(args.reference), params.data, params.drift)
+        result = run(args.clean, Reference.load(args.reference), params.data, params.drift, args.novelty)
         metrics = result.metrics
         if result.drifted and params.drift.action == "fail":
             # The report alone, for reading: DVC records no outputs of a failed stage.

@@ -9,6 +9,12 @@ stage and nothing is written. The output folder (the "candidate") is swapped in 
     triton/<name>/config.pbtxt, triton/<name>/1/{model.py, model.onnx}    local CPU server (Python backend)
     gpu/<name>/config.pbtxt, gpu/<name>/1/model.onnx                       GPU server, onnxruntime backend
     gpu/<name>_torchscript/config.pbtxt, gpu/<name>_torchscript/1/model.pt GPU server, libtorch backend
+
+With a novelty file from an enabled novelty stage (`--novelty`), the autoencoder goes into the same
+graphs as a second output, `novelty` FP32 `[batch, 1]`: the row's reconstruction error divided by
+the threshold picked on the validation split (1.0 = the threshold; above 1 = less like the training
+data than all but 1 - novelty.quantile of the validation rows). Parity, golden samples, configs
+and the model card then cover both outputs; without it, everything is as for the classifier alone.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from pipeline import atomic
+from pipeline import atomic, autoencoder
 from pipeline.candidate import CARD_FILE, GOLDEN_FILE, ONNX_FILE, TORCHSCRIPT_FILE
 from pipeline.errors import StageError
 from pipeline.models import ModelConfig, load_model
@@ -61,7 +67,22 @@ class Probabilities(nn.Module):
         return torch.softmax(self.model(rows), dim=1)
 
 
-def export_onnx(module: nn.Module, n_features: int, path: Path, opset: int) -> None:
+class WithNovelty(nn.Module):
+    """Probabilities and the autoencoder's novelty (error / threshold, `[batch, 1]`) of the same rows."""
+
+    def __init__(self, model: nn.Module, detector: autoencoder.Autoencoder, threshold: float) -> None:
+        super().__init__()
+        self.model = model
+        self.detector = detector
+        self.register_buffer("inverse_threshold", torch.tensor(1.0 / threshold, dtype=torch.float32))
+
+    def forward(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.softmax(self.model(rows), dim=1), self.detector(rows) * self.inverse_threshold
+
+
+def export_onnx(
+    module: nn.Module, n_features: int, path: Path, opset: int, output_names: list[str] | None = None
+) -> None:
     """Write an ONNX file with PyTorch's maintained exporter (`torch.export` + onnxscript), the
     batch axis dynamic. The weights stay inside the file: Triton's entries copy model.onnx alone."""
     example = torch.zeros(2, n_features)  # 2, not 1: a batch of one would be specialised away
@@ -84,7 +105,7 @@ def export_onnx(module: nn.Module, n_features: int, path: Path, opset: int) -> N
                 (example,),
                 str(path),
                 input_names=[configs.INPUT_NAME],
-                output_names=[configs.OUTPUT_NAME],
+                output_names=output_names or [configs.OUTPUT_NAME],
                 dynamic_shapes=({0: torch.export.Dim("batch")},),
                 opset_version=opset,
                 dynamo=True,
@@ -108,14 +129,27 @@ def batched(predict, rows: Rows) -> np.ndarray:
     return np.concatenate([predict(rows.float32(i, i + BATCH_ROWS)) for i in range(0, len(rows), BATCH_ROWS)])
 
 
-def torch_probabilities(module: nn.Module, rows: Rows) -> np.ndarray:
+def _tensors(result: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    return result if isinstance(result, tuple) else (result,)
+
+
+def torch_outputs(module: nn.Module, rows: Rows, count: int = 1) -> list[np.ndarray]:
+    """Each of the module's `count` outputs over all rows."""
     with torch.no_grad():
-        return batched(lambda x: module(torch.from_numpy(x)).numpy(), rows)
+        return [batched(lambda x, k=k: _tensors(module(torch.from_numpy(x)))[k].numpy(), rows) for k in range(count)]
+
+
+def onnx_outputs(path: Path, rows: Rows, names: list[str]) -> list[np.ndarray]:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return [batched(lambda x, n=n: session.run([n], {configs.INPUT_NAME: x})[0], rows) for n in names]
+
+
+def torch_probabilities(module: nn.Module, rows: Rows) -> np.ndarray:
+    return torch_outputs(module, rows)[0]
 
 
 def onnx_probabilities(path: Path, rows: Rows) -> np.ndarray:
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return batched(lambda x: session.run([configs.OUTPUT_NAME], {configs.INPUT_NAME: x})[0], rows)
+    return onnx_outputs(path, rows, [configs.OUTPUT_NAME])[0]
 
 
 def torchscript_probabilities(path: Path, rows: Rows) -> np.ndarray:
@@ -142,9 +176,13 @@ def golden_indices(labels: np.ndarray, count: int) -> np.ndarray:
     return np.sort(order[:count])
 
 
-def golden_samples(rows: Rows, expected: np.ndarray, classes: list, export: ExportParams) -> dict[str, Any]:
+def golden_samples(
+    rows: Rows, expected: np.ndarray, classes: list, export: ExportParams, more: dict[str, np.ndarray] | None = None
+) -> dict[str, Any]:
+    """Golden rows with their expected probabilities; `more` = the expected values of further
+    outputs by name (`more_outputs`, only present when there are any)."""
     picks = golden_indices(rows.y, export.golden_samples)
-    return {
+    golden = {
         "model_name": export.model_name,
         "input_name": configs.INPUT_NAME,
         "output_name": configs.OUTPUT_NAME,
@@ -153,6 +191,9 @@ def golden_samples(rows: Rows, expected: np.ndarray, classes: list, export: Expo
         "labels": [classes[i] for i in rows.y[picks]],
         "atol": export.parity_tolerance,
     }
+    if more:
+        golden["more_outputs"] = {name: values[picks].tolist() for name, values in more.items()}
+    return golden
 
 
 def file_md5(path: str | Path) -> str:
@@ -206,8 +247,10 @@ def run(
     export: ExportParams,
     out: Path,
     data_hashes: dict[str, dict[str, str]],
+    novelty: tuple[autoencoder.Autoencoder, float] | None = None,
 ) -> dict[str, Any]:
-    """Export `model` into the empty folder `out`; returns the model card (also written there)."""
+    """Export `model` into the empty folder `out`; returns the model card (also written there).
+    `novelty` = (autoencoder, threshold) adds the `novelty` output."""
     started = time.perf_counter()
     config: ModelConfig = model_file["config"]
     classes = list(config.classes)
@@ -217,23 +260,38 @@ def run(
         )
     if test.x.shape[1] != config.n_features:
         raise StageError(f"the test rows have {test.x.shape[1]} features, the model expects {config.n_features}")
-    module = Probabilities(model.cpu().float()).eval()
-    expected = torch_probabilities(module, test)
+    if novelty is None:
+        module: nn.Module = Probabilities(model.cpu().float()).eval()
+        signature = configs.Signature(config.n_features, config.n_classes)
+    else:
+        detector, threshold = novelty
+        if detector.config.n_features != config.n_features:
+            raise StageError(
+                f"the novelty autoencoder takes {detector.config.n_features} features, the model {config.n_features}; "
+                "rerun novelty"
+            )
+        module = WithNovelty(model.cpu().float(), detector.cpu().float(), threshold).eval()
+        signature = configs.Signature(config.n_features, config.n_classes, more_outputs=((autoencoder.OUTPUT_NAME, 1),))
+    names = [name for name, _ in signature.outputs]
+    expected = torch_outputs(module, test, len(names))
 
-    export_onnx(module, config.n_features, out / ONNX_FILE, export.opset)
+    export_onnx(module, config.n_features, out / ONNX_FILE, export.opset, names)
     export_torchscript(module, config.n_features, out / TORCHSCRIPT_FILE)
     tolerance = export.parity_tolerance
-    parity = {
-        "onnx": check_parity("ONNX", expected, onnx_probabilities(out / ONNX_FILE, test), tolerance),
-        "torchscript": check_parity(
-            "TorchScript", expected, torchscript_probabilities(out / TORCHSCRIPT_FILE, test), tolerance
-        ),
-    }
-    log.info("parity on %d test rows: max abs diff %s (tolerance %g)", len(expected), parity, tolerance)
+    traced = torch.jit.load(str(out / TORCHSCRIPT_FILE), map_location="cpu").eval()
+    found = {"onnx": onnx_outputs(out / ONNX_FILE, test, names), "torchscript": torch_outputs(traced, test, len(names))}
+    parity: dict[str, Any] = {}
+    for fmt, label in (("onnx", "ONNX"), ("torchscript", "TorchScript")):
+        diffs = [
+            check_parity(label if k == 0 else f"{label} {name}", expected[k], found[fmt][k], tolerance)
+            for k, name in enumerate(names)
+        ]
+        # One output: the number, as before; several: one number per output name.
+        parity[fmt] = diffs[0] if len(names) == 1 else dict(zip(names, diffs, strict=True))
+    log.info("parity on %d test rows: max abs diff %s (tolerance %g)", len(expected[0]), parity, tolerance)
 
-    signature = configs.Signature(config.n_features, config.n_classes)
     write_entries(out, export, signature)
-    golden = golden_samples(test, expected, classes, export)
+    golden = golden_samples(test, expected[0], classes, export, dict(zip(names[1:], expected[1:], strict=True)))
     atomic.write_json(out / GOLDEN_FILE, golden)
 
     tensor = {"datatype": "FP32"}
@@ -255,9 +313,9 @@ def run(
         "model_config": config.to_dict(),
         "classes": classes,
         "inputs": [{"name": configs.INPUT_NAME, "shape": [-1, config.n_features], **tensor}],
-        "outputs": [{"name": configs.OUTPUT_NAME, "shape": [-1, config.n_classes], **tensor}],
+        "outputs": [{"name": name, "shape": [-1, width], **tensor} for name, width in signature.outputs],
         "parity": {
-            "rows": len(expected),
+            "rows": len(expected[0]),
             "tolerance": tolerance,
             "max_abs_diff": parity,
         },
@@ -266,6 +324,13 @@ def run(
         },
         "golden_samples": len(golden["inputs"]),
     }
+    if novelty is not None:
+        card["novelty"] = {
+            "output": autoencoder.OUTPUT_NAME,
+            "meaning": "reconstruction error / threshold; above 1 = unlike the training data",
+            "threshold": novelty[1],
+            "model_config": novelty[0].config.to_dict(),
+        }
     atomic.write_json(out / CARD_FILE, card)
     log.info("exported %s in %.1f s", export.model_name, time.perf_counter() - started)
     return card
@@ -274,11 +339,14 @@ def run(
 def main() -> None:
     p = _cli.parser(__doc__.splitlines()[0])
     p.add_argument("--model", required=True, help="model file written by train")
+    p.add_argument("--novelty", required=True, help="autoencoder file written by novelty (may say it is disabled)")
     _cli.add_split_inputs(p)
     p.add_argument("--out", required=True, help="candidate folder to write (replaced atomically)")
 
     def body(args, params):
         model, model_file = load_model(args.model)
+        detector, novelty_file = autoencoder.load(args.novelty)
+        novelty = None if detector is None else (detector, float(novelty_file["threshold"]))
         test = SplitTable.open(args.clean, args.split, params.data).split_rows("test")
         hashes = {
             name: {"path": path, "md5": file_md5(path)} for name, path in (("clean", args.clean), ("split", args.split))
@@ -286,7 +354,7 @@ def main() -> None:
         with atomic.atomic_dir(args.out) as tmp:
             # The temporary folder is private (0700); a server running as another user must read it.
             Path(tmp).chmod(0o755)
-            run(model, model_file, test, params.data, params.export, Path(tmp), hashes)
+            run(model, model_file, test, params.data, params.export, Path(tmp), hashes, novelty)
 
     _cli.main("export", body, p.parse_args())
 

@@ -52,11 +52,14 @@ class TritonPythonModel:
         """Load the ONNX file once; tensor names and dtypes come from the model config."""
         config = json.loads(args["model_config"])
         self.input_name = config["input"][0]["name"]
-        self.output_name = config["output"][0]["name"]
+        # Every output the config lists (probabilities, then e.g. novelty), with its dtype.
+        self.output_names = [output["name"] for output in config["output"]]
         input_config = pb_utils.get_input_config_by_name(config, self.input_name)
-        output_config = pb_utils.get_output_config_by_name(config, self.output_name)
         self.input_dtype = pb_utils.triton_string_to_numpy(input_config["data_type"])
-        self.output_dtype = pb_utils.triton_string_to_numpy(output_config["data_type"])
+        self.output_dtypes = [
+            pb_utils.triton_string_to_numpy(pb_utils.get_output_config_by_name(config, name)["data_type"])
+            for name in self.output_names
+        ]
 
         path = Path(args["model_repository"]) / args["model_version"] / ONNX_FILENAME
         if not path.is_file():
@@ -69,9 +72,9 @@ class TritonPythonModel:
         onnx_outputs = [o.name for o in self.session.get_outputs()]
         # A config/ONNX name mismatch would fail every request; fail the load instead, so the
         # previously loaded version keeps serving.
-        if self.input_name not in onnx_inputs or self.output_name not in onnx_outputs:
+        if self.input_name not in onnx_inputs or not set(self.output_names) <= set(onnx_outputs):
             raise pb_utils.TritonModelException(
-                f"config names input {self.input_name!r} / output {self.output_name!r}, but {path.name} has "
+                f"config names input {self.input_name!r} / outputs {self.output_names}, but {path.name} has "
                 f"inputs {onnx_inputs} / outputs {onnx_outputs}"
             )
 
@@ -84,17 +87,24 @@ class TritonPythonModel:
         ]
         try:
             merged = batches[0] if len(batches) == 1 else np.concatenate(batches, axis=0)
-            (outputs,) = self.session.run([self.output_name], {self.input_name: merged})
+            outputs = self.session.run(self.output_names, {self.input_name: merged})
         except Exception as error:  # onnxruntime raises its own types
             # Raised, not returned as error responses: the Python backend then fails every request
             # of the batch with this message, and Triton counts them as failures in its metrics
             # (error responses count as successes there), so `serving status` shows them.
             raise pb_utils.TritonModelException(f"onnxruntime failed: {error}") from error
-        outputs = outputs.astype(self.output_dtype, copy=False)
         bounds = np.cumsum([len(batch) for batch in batches])[:-1]
+        parts = [
+            np.split(output.astype(dtype, copy=False), bounds)
+            for output, dtype in zip(outputs, self.output_dtypes, strict=True)
+        ]
         return [
-            pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, part)])
-            for part in np.split(outputs, bounds)
+            pb_utils.InferenceResponse(
+                output_tensors=[
+                    pb_utils.Tensor(name, part[i]) for name, part in zip(self.output_names, parts, strict=True)
+                ]
+            )
+            for i in range(len(batches))
         ]
 
     def finalize(self):

@@ -163,5 +163,14 @@ def load_candidate(root: str | Path, entry: str = "triton") -> Candidate:
             raise RepositoryError(f"{root / GOLDEN} has no {key!r}; re-run the export stage")
     if config.input and config.output:  # the smoke test speaks the entry's own tensor names
         golden = {**golden, "input_name": config.input[0].name, "output_name": config.output[0].name}
+        if more := golden.get("more_outputs"):  # further outputs, in order (libtorch: output__1, ...)
+            if len(more) != len(config.output) - 1:
+                raise RepositoryError(
+                    f"{root / GOLDEN} lists outputs {list(more)} beyond the first, but {model_dir / CONFIG} declares "
+                    f"{[o.name for o in config.output[1:]]}; re-run the export stage"
+                )
+            golden["more_outputs"] = {
+                o.name: values for o, values in zip(config.output[1:], more.values(), strict=True)
+            }
     card = _read_json(root / CARD) if (root / CARD).exists() else {}
     return Candidate(root=root, name=name, config=text, golden=golden, card=card, entry=entry)

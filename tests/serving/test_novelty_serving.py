@@ -1,0 +1,68 @@
+"""The served model's second output on a real Triton: push (its golden smoke test covers both
+outputs), then the live answers against PyTorch and onnxruntime for every test row."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from novelty_support import export_with_novelty
+
+from serving.client import TritonClient
+from serving.push import PushError, push_candidate, smoke_test
+from serving.repository import load_candidate
+
+
+@pytest.fixture(scope="module")
+def candidate(tmp_path_factory, params):
+    out = tmp_path_factory.mktemp("novelty") / "candidate"
+    export_params = params.export.model_copy(update={"model_name": "digits_novelty"})
+    _, rows, (model, ae, threshold) = export_with_novelty(out, params, export_params)
+    x = rows["test"].float32()
+    with torch.no_grad():
+        expected = (
+            torch.softmax(model(torch.from_numpy(x)), dim=1).numpy(),
+            (ae(torch.from_numpy(x)) / threshold).numpy(),
+        )
+    return out, x, expected
+
+
+@pytest.mark.triton
+def test_triton_serves_probabilities_and_novelty_like_torch_and_onnx(serving_settings, candidate, params):
+    out, x, (probabilities, novelty) = candidate
+    result = push_candidate(out, serving_settings)
+    assert result.status == "pushed" and result.max_abs_diff is not None
+    onnx_p, onnx_n = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"input": x}
+    )
+    with TritonClient(serving_settings.client) as client:
+        live_p = client.infer("digits_novelty", x, output_name="probabilities")
+        live_n = client.infer("digits_novelty", x, output_name="novelty")
+        assert np.array_equal(client.predict("digits_novelty", x), live_p)  # clients that ask only for probabilities
+    tolerance = params.export.parity_tolerance
+    assert live_n.shape == (len(x), 1)
+    for served_p, served_n in ((live_p, live_n), (onnx_p, onnx_n)):
+        np.testing.assert_allclose(served_p, probabilities, atol=tolerance)
+        np.testing.assert_allclose(served_n, novelty, atol=tolerance)
+
+
+@pytest.mark.triton
+def test_smoke_test_checks_the_golden_novelty_too(serving_settings, candidate):
+    """golden.json's novelty values are checked as well as its probabilities: off by more than
+    atol there alone, and the smoke test fails, naming the output."""
+    out, _, _ = candidate
+    served = push_candidate(out, serving_settings)  # pushed, or unchanged if the test above ran first
+    golden = load_candidate(out).golden
+    assert list(golden["more_outputs"]) == ["novelty"]
+    with TritonClient(serving_settings.client) as client:
+        assert smoke_test(client, "digits_novelty", served.version, golden) <= golden["atol"]
+        wrong = {**golden, "more_outputs": {"novelty": (np.asarray(golden["more_outputs"]["novelty"]) + 0.5).tolist()}}
+        with pytest.raises(PushError, match="golden novelty outputs by 0.5"):
+            smoke_test(client, "digits_novelty", served.version, wrong)
+
+
+def test_torchscript_entry_maps_novelty_to_its_positional_name(candidate):
+    out, _, _ = candidate
+    golden = load_candidate(out, "gpu_torchscript").golden
+    assert (golden["output_name"], list(golden["more_outputs"])) == ("output__0", ["output__1"])
