@@ -11,8 +11,8 @@ Two shapes, from `novelty.arch`:
   transposed convolutions back to the image's exact size.
 
 The file is `torch.save` of plain data (format, enabled, config, state dict, threshold, metrics),
-read with `torch.load(..., weights_only=True)`. A disabled stage writes the same format with
-`enabled: False` and nothing else, so export can depend on the file in both cases.
+read with `torch.load(..., weights_only=True)`. A disabled stage writes a small JSON document of
+the same format instead (pipeline/novelty_format.py), so export can depend on the file in both cases.
 """
 
 from __future__ import annotations
@@ -29,9 +29,10 @@ from torch import nn
 
 from pipeline.errors import StageError
 from pipeline.models.base import Scale
+from pipeline.novelty_format import DISABLED, FORMAT, is_disabled
 from pipeline.params import DataParams, NoveltyParams
 
-FORMAT = "triton-retrain/novelty@1"
+__all__ = ["DISABLED", "FORMAT", "Autoencoder", "AutoencoderConfig", "errors", "fit", "load", "save"]
 OUTPUT_NAME = "novelty"  # the served model's second output: [batch, 1] reconstruction error
 
 
@@ -195,14 +196,12 @@ def errors(model: Autoencoder, x: np.ndarray, batch_rows: int = 4096) -> np.ndar
     return np.concatenate(parts) if parts else np.zeros(0)
 
 
-def save(path: str | Path, fitted: Autoencoder | None, **extra: Any) -> None:
-    """Atomically write the novelty file; `fitted=None` writes the disabled form."""
+def save(path: str | Path, fitted: Autoencoder, **extra: Any) -> None:
+    """Atomically write the novelty file of a trained autoencoder (`extra`: threshold, metrics)."""
     from pipeline.atomic import atomic_path
 
-    blob: dict[str, Any] = {"format": FORMAT, "enabled": fitted is not None}
-    if fitted is not None:
-        state = {k: v.detach().cpu() for k, v in fitted.state_dict().items()}
-        blob |= {"config": fitted.config.to_dict(), "state_dict": state, **extra}
+    state = {k: v.detach().cpu() for k, v in fitted.state_dict().items()}
+    blob = {"format": FORMAT, "enabled": True, "config": fitted.config.to_dict(), "state_dict": state, **extra}
     with atomic_path(path) as tmp:
         torch.save(blob, tmp)
 
@@ -221,6 +220,8 @@ def config_of(data: Any, path: str | Path) -> AutoencoderConfig:
 
 def load(path: str | Path) -> tuple[Autoencoder | None, dict[str, Any]]:
     """(model in eval mode, the file's dict), or (None, dict) when the stage was disabled."""
+    if is_disabled(path):
+        return None, dict(DISABLED)
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -228,8 +229,6 @@ def load(path: str | Path) -> tuple[Autoencoder | None, dict[str, Any]]:
         raise StageError(f"{path}: refused, loading it would need to run code ({reason})") from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise StageError(f"{path}: not a novelty file of this project (format {FORMAT!r} expected); rerun novelty")
-    if not blob["enabled"]:
-        return None, blob
     config = config_of(blob["config"], path)
     model = Autoencoder(config)
     model.load_state_dict(blob["state_dict"])

@@ -5,8 +5,9 @@ model as its second output, and `metrics/novelty.json`: the reconstruction error
 median, 99th percentile), the threshold (`novelty.quantile` of the validation errors) and the share
 of each split's rows above it. The test rows are the only ones neither trained on nor used for the
 threshold: their share is what to expect of new data like the training data (about
-1 - quantile). With `novelty.enabled: false` it writes a file saying so and no model, in well under
-a second, and export serves the classifier alone.
+1 - quantile). With `novelty.enabled: false` it writes a small JSON file saying so and no model,
+without importing torch (a Python start, well under a second of CPU), and export serves the
+classifier alone.
 """
 
 from __future__ import annotations
@@ -14,15 +15,18 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from pipeline import atomic, autoencoder
+from pipeline import atomic, novelty_format
 from pipeline.params import DataParams, NoveltyParams, Params
-from pipeline.rows import SplitTable
-from pipeline.training import input_scale
 from stages import _cli
+
+# torch, numpy and the tables only when enabled: the default (disabled) run stays nearly free.
+if TYPE_CHECKING:
+    import numpy as np
+
+    from pipeline.autoencoder import Autoencoder
+    from pipeline.rows import SplitTable
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +35,8 @@ SPLITS = ("train", "val", "test")
 
 def summary(errors: np.ndarray, threshold: float) -> dict[str, float]:
     """What one split's reconstruction errors look like, against the threshold."""
+    import numpy as np
+
     return {
         "rows": len(errors),
         "error_mean": float(np.mean(errors)),
@@ -40,8 +46,13 @@ def summary(errors: np.ndarray, threshold: float) -> dict[str, float]:
     }
 
 
-def run(table: SplitTable, data: DataParams, novelty: NoveltyParams) -> tuple[autoencoder.Autoencoder, dict[str, Any]]:
+def run(table: SplitTable, data: DataParams, novelty: NoveltyParams) -> tuple[Autoencoder, dict[str, Any]]:
     """Fit on the train split, threshold on the val split; returns (model, metrics)."""
+    import numpy as np
+
+    from pipeline import autoencoder
+    from pipeline.training import input_scale
+
     started = time.perf_counter()
     parts = table.rows(**{split: table.splits == split for split in SPLITS})
     config = autoencoder.AutoencoderConfig.of(novelty, data, table.n_features)
@@ -81,10 +92,13 @@ def main() -> None:
 
     def body(args, params: Params) -> None:
         if not params.novelty.enabled:
-            autoencoder.save(args.out, None)
+            novelty_format.write_disabled(args.out)
             atomic.write_json(args.metrics, {"enabled": False})
             log.info("novelty.enabled is false: export serves the classifier alone")
             return
+        from pipeline import autoencoder
+        from pipeline.rows import SplitTable
+
         table = SplitTable.open(args.clean, args.split, params.data)
         model, metrics = run(table, params.data, params.novelty)
         autoencoder.save(args.out, model, threshold=metrics["threshold"], metrics=metrics)

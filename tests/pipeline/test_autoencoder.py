@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline import autoencoder
+from pipeline import autoencoder, novelty_format
 from pipeline.rows import SplitTable
 from stages import novelty as novelty_stage
 
@@ -122,7 +122,7 @@ def test_file_round_trip_and_disabled_form(tmp_path, trained):
     loaded, blob = autoencoder.load(tmp_path / "on.pt")
     assert loaded is not None and blob["threshold"] == metrics["threshold"]
     np.testing.assert_array_equal(autoencoder.errors(loaded, test), autoencoder.errors(model, test))
-    autoencoder.save(tmp_path / "off.pt", None)
+    novelty_format.write_disabled(tmp_path / "off.pt")
     assert autoencoder.load(tmp_path / "off.pt") == (None, {"format": autoencoder.FORMAT, "enabled": False})
 
 

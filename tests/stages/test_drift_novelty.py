@@ -7,7 +7,7 @@ import pytest
 from conftest import tiny_image_table
 from novelty_support import detector, parts
 
-from pipeline import autoencoder
+from pipeline import autoencoder, novelty_format
 from pipeline.drift import summary_markdown
 from pipeline.tables import write_parquet
 from stages import drift
@@ -53,7 +53,7 @@ def test_without_a_novelty_file_or_with_a_disabled_one_nothing_changes(tmp_path,
     path = tmp_path / "clean.parquet"
     write_parquet(tiny_image_table(), path)
     off = tmp_path / "off.pt"
-    autoencoder.save(off, None)
+    novelty_format.write_disabled(off)
     plain = drift.run(path, drift.Reference(None, None), params.data, params.drift)
     disabled = drift.run(path, drift.Reference(None, None), params.data, params.drift, off)
     assert "novelty" not in plain.metrics and plain.metrics == disabled.metrics
