@@ -37,8 +37,9 @@ def classifier(params: Params) -> tuple[torch.nn.Module, dict]:
     return model.eval(), {"config": config, "metrics": {"val_accuracy": 0.5}, "params": {"seed": 123}}
 
 
-def detector(rows: Rows, params: Params, epochs: int = 10) -> tuple[autoencoder.Autoencoder, float]:
-    novelty = params.novelty.model_copy(update={"enabled": True, "epochs": epochs})
+def detector(rows: Rows, params: Params, epochs: int = 10, **changes) -> tuple[autoencoder.Autoencoder, float]:
+    """An autoencoder of `novelty:` (with `changes`) fitted on `rows`, its threshold on them too."""
+    novelty = params.novelty.model_copy(update={"enabled": True, "epochs": epochs, **changes})
     config = autoencoder.AutoencoderConfig.of(novelty, params.data, rows.x.shape[1])
     offset, factor = input_scale(rows.x, params.data)
     fitted = autoencoder.fit(config, rows.x, novelty, offset, factor)
@@ -46,14 +47,16 @@ def detector(rows: Rows, params: Params, epochs: int = 10) -> tuple[autoencoder.
     return fitted.model, threshold
 
 
-def export_with_novelty(out: Path, params: Params, export_params=None) -> tuple[dict, dict[str, Rows], tuple]:
+def export_with_novelty(
+    out: Path, params: Params, export_params=None, **novelty_changes
+) -> tuple[dict, dict[str, Rows], tuple]:
     """Export a tiny classifier + autoencoder into `out`; returns (card, split rows, (model, detector, threshold))."""
     from stages import export
 
     table = tiny_image_table()
     rows = parts(table, params)
     model, model_file = classifier(params)
-    ae, threshold = detector(rows["train"], params)
+    ae, threshold = detector(rows["train"], params, **novelty_changes)
     hashes = {"clean": {"path": "c", "md5": "0" * 32}, "split": {"path": "s", "md5": "1" * 32}}
     with atomic.atomic_dir(out) as tmp:
         Path(tmp).chmod(0o755)

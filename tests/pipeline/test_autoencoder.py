@@ -105,6 +105,22 @@ def test_conv_autoencoder_gives_back_the_image_size(params, shape):
     assert model(rows).shape == (3, 1)
 
 
+def test_conv_needs_images_and_dense_takes_tables(params):
+    from pipeline.params import ParamsError, parse_params
+
+    raw = params.model_dump(mode="json")
+    raw["data"]["image_shape"] = None
+    raw["train"]["model"]["arch"] = "mlp"
+    raw["novelty"]["arch"] = "conv"
+    with pytest.raises(ParamsError, match="novelty.arch 'conv' needs data.image_shape"):
+        parse_params(raw)
+    raw["novelty"]["arch"] = "dense"
+    tabular = parse_params(raw)
+    rows = np.random.default_rng(0).normal(size=(40, 30)).astype(np.float32)
+    config = autoencoder.AutoencoderConfig.of(tabular.novelty, tabular.data, 30)
+    assert autoencoder.Autoencoder(config)(torch.from_numpy(rows)).shape == (40, 1)
+
+
 def test_conv_autoencoder_learns_digits_too(params):
     novelty = params.novelty.model_copy(update={"arch": "conv", "epochs": 10})
     table = digits_table()

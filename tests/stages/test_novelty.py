@@ -71,6 +71,14 @@ def test_golden_rows_and_card_cover_novelty(exported):
     assert card["novelty"]["threshold"] > 0 and card["novelty"]["output"] == "novelty"
 
 
+def test_a_conv_autoencoder_exports_with_parity_too(tmp_path, params):
+    """Transposed convolutions and reshapes with a dynamic batch axis: ONNX and TorchScript agree."""
+    card, _, (_, ae, _) = export_with_novelty(tmp_path / "candidate", params, arch="conv", epochs=2)
+    assert ae.config.kind == "conv" and card["novelty"]["model_config"]["kind"] == "conv"
+    diffs = [*card["parity"]["max_abs_diff"]["onnx"].values(), *card["parity"]["max_abs_diff"]["torchscript"].values()]
+    assert max(diffs) <= params.export.parity_tolerance
+
+
 def test_novelty_parity_failure_stops_the_export(tmp_path, params, monkeypatch):
     """An ONNX file whose novelty output drifts (probabilities intact) fails like any parity miss."""
     original = export.export_onnx
