@@ -13,6 +13,7 @@ classifier alone.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -60,6 +61,12 @@ def run(table: SplitTable, data: DataParams, novelty: NoveltyParams) -> tuple[Au
     fitted = autoencoder.fit(config, parts["train"].x, novelty, offset, factor)
     errors = {split: autoencoder.errors(fitted.model, parts[split].x) for split in SPLITS}
     threshold = float(np.quantile(errors["val"], novelty.quantile))
+    if not (math.isfinite(threshold) and threshold > 0):
+        # Export divides by it; a NaN would only surface later as a puzzling parity failure.
+        raise _cli.StageError(
+            f"the autoencoder's validation errors give threshold {threshold!r} (final training loss "
+            f"{fitted.losses[-1]!r}): training diverged or reconstructs nothing; lower novelty.lr or change novelty.loss"
+        )
     splits = {split: summary(errors[split], threshold) for split in SPLITS}
     metrics: dict[str, Any] = {
         "enabled": True,

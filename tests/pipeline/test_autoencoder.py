@@ -146,3 +146,11 @@ def test_a_file_of_another_kind_is_refused(tmp_path):
     torch.save({"format": "something else"}, tmp_path / "x.pt")
     with pytest.raises(autoencoder.StageError, match="not a novelty file"):
         autoencoder.load(tmp_path / "x.pt")
+
+
+def test_a_diverged_autoencoder_stops_the_stage_naming_the_lever(params):
+    table = digits_table()
+    split = SplitTable.of(table, assignment(len(table)), params.data)
+    novelty = params.novelty.model_copy(update={"lr": 1e30, "epochs": 1})
+    with pytest.raises(novelty_stage._cli.StageError, match="diverged.*lower novelty.lr"):
+        novelty_stage.run(split, params.data, novelty)
