@@ -131,7 +131,7 @@ class Page:
         pixels = self.test.x[row].astype(np.float32).reshape(h, w)
         return (
             f"<figure>{png(pixels, 'gray_r', lo, hi)}{png(values, 'bwr', -bound, bound)}"
-            f"<figcaption>row {row}: class {self.name(int(self.test.y[row]))}, predicted "
+            f"<figcaption>test row {row}: class {self.name(int(self.test.y[row]))}, predicted "
             f"{self.name(int(self.predicted[row]))} ({self.confidence[row]:.2f})<br>"
             f"completeness error {self.found.delta[k]:+.2g} of {self.found.gap[k]:.3g}</figcaption></figure>"
         )
@@ -147,7 +147,8 @@ class Page:
 <p>Each pair: the input (dark = high value) and its integrated-gradients map for the class the model
 predicted. <span style='color:#b2182b'>Red</span> pixels raised that class's score compared with a blank
 image, <span style='color:#2166ac'>blue</span> ones lowered it; each map is scaled to its own largest
-value, so compare shapes, not brightness between maps.</p>
+value, so compare shapes, not brightness between maps. Against a blank image only inked pixels can
+carry attribution: a map shows which strokes decided, not which missing strokes did.</p>
 <table>{"".join(rows)}</table>"""
 
     def feature_importance(self, shown: np.ndarray) -> str:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import base64
 import io
 import re
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -75,7 +77,7 @@ def test_image_report_names_every_class_and_shows_input_beside_its_map(image_cas
     assert "<title>Model explanations</title>" in page
     for k in data.classes:
         assert f"<th>class {k}</th>" in page
-        assert len(re.findall(rf"row \d+: class {k}, predicted", page)) >= 2  # its rows, captioned
+        assert len(re.findall(rf"test row \d+: class {k}, predicted", page)) >= 2  # its rows, captioned
     shown = 2 * len(data.classes)
     pairs = re.findall(r"<h3>class (\d+) predicted as (\d+): (\d+) test row", page)
     assert 1 <= len(pairs) <= 2  # random weights: mistakes are certain
@@ -84,7 +86,7 @@ def test_image_report_names_every_class_and_shows_input_beside_its_map(image_cas
     images = pngs(page)
     assert len(images) == 2 * figures  # each figure: the input, then its map
     assert all(img.shape[:2] == (8, 8) for img in images)
-    first = test.x[int(re.search(r"row (\d+): class", page).group(1))].reshape(8, 8)
+    first = test.x[int(re.search(r"test row (\d+): class", page).group(1))].reshape(8, 8)
     grey = images[0][..., 0]  # gray_r: more ink, darker
     assert np.corrcoef(grey.ravel(), -first.ravel().astype(float))[0, 1] > 0.99
     assert result.metrics["rows_explained"] >= shown and result.metrics["n_steps"] == 16
@@ -114,6 +116,10 @@ def test_off_writes_a_page_that_says_so_and_computes_nothing(tmp_path, image_cas
     result = explain.run(tmp_path / "absent.pt", test, features, data, ExplainParams(enabled=False))
     assert result.metrics == {"enabled": False}
     assert "explain.enabled: false" in result.report_html
+    # the stage's own imports stay light when it is off: no torch, no Captum
+    probe = "import sys, stages.explain; print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'captum'}))"
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
 
 
 def test_a_model_of_other_classes_is_refused_naming_the_fix(tmp_path, image_case):
