@@ -39,7 +39,7 @@ def image_rows(n: int = 40) -> np.ndarray:
     return tiny_image_table(rows_per_class=4).drop(columns="label").to_numpy(np.float32)[:n]
 
 
-def fitted(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, steps: int = 60) -> torch.nn.Module:
+def fitted(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, steps: int = 40) -> torch.nn.Module:
     """A few full-batch Adam steps, so the logits move as a trained model's do (random weights
     barely move them, and a completeness check on near-zero changes proves little)."""
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
