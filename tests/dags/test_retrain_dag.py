@@ -177,7 +177,8 @@ def test_trigger_form_params_failure_callback_and_served_asset(parsed: dict, spe
     assert form["require_approval"]["value"] is spec.airflow.require_approval
     assert form["require_approval"]["schema"]["type"] == "boolean"
     assert form["data_source"]["value"] is None and form["data_source"]["schema"]["type"] == ["null", "string"]
-    assert form["note"]["schema"]["type"] == "string"
+    # optional: a field the form may leave empty (a plain "string" is required in the form)
+    assert form["note"]["value"] is None and form["note"]["schema"]["type"] == ["null", "string"]
     assert all(form[k]["description"] for k in form)
     # every task notifies its final failure (through the Connection, when there is one)
     assert all(t["on_failure_callback"] for t in parsed["tasks"].values())
