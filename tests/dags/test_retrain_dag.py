@@ -51,6 +51,7 @@ if dag is not None:
             "op_kwargs": getattr(t, "op_kwargs", {{}}),
             "outlets": [getattr(o, "uri", str(o)) for o in t.outlets],
             "on_failure_callback": bool(t.on_failure_callback),
+            "links": [link.name for link in t.operator_extra_links],
         }}
         for t in dag.tasks
     }}
@@ -113,6 +114,13 @@ def test_one_task_per_dvc_stage_wired_like_dvc_yaml(parsed: dict, spec) -> None:
     # prepare_workspace's values as its arguments (TaskFlow), not through xcom_pull
     assert ancestors("gate") >= set(by_stage.values())
     assert "gate" in ancestors("push") and tasks["publish"]["upstream"] == ["prepare_workspace", "push"]
+
+
+def test_every_stage_task_and_the_gate_link_their_reports(parsed: dict, spec) -> None:
+    tasks = parsed["tasks"]
+    for task_id in [*(t.full_id for t in spec.stage_tasks), "gate"]:
+        assert "Reports" in tasks[task_id]["links"], task_id
+    assert "explain" in {t.stage.name for t in spec.stage_tasks}  # reports/explain.html's button
 
 
 def test_gpu_stages_carry_queue_and_pool(parsed: dict, spec) -> None:
