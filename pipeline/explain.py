@@ -52,7 +52,9 @@ class ConfusedPair:
 
 def baseline_of(model: nn.Module) -> torch.Tensor:
     """The raw row the model's input scaling maps to zero: `[n_features]`."""
-    return model.get_submodule("scale").offset.detach().clone()
+    offset = model.get_submodule("scale").offset
+    assert isinstance(offset, torch.Tensor)  # a buffer of the model's input scaling
+    return offset.detach().clone()
 
 
 def logits(model: nn.Module, x: np.ndarray) -> np.ndarray:

@@ -123,6 +123,7 @@ class Page:
 
     def figure(self, row: int) -> str:
         """Input and attribution map of one test row, with what the model said."""
+        assert self.shape is not None, "figures are drawn for image rows only"
         h, w = self.shape
         k = self.at[row]
         values = self.found.values[k].reshape(h, w)
