@@ -34,6 +34,22 @@ class DriftPaths:
     metrics: str  # what the gate summarises
     profile: str  # this run's data profile (a DVC output)
     reference: str  # the git-tracked reference the stage compares with
+    # The served version's novelty file (the drift stage's --novelty, git-tracked like the
+    # reference) and the run's own (the file another stage reads with --novelty: export's).
+    novelty: str | None = None
+    novelty_source: str | None = None
+
+    @property
+    def owned(self) -> list[str]:
+        """The git-tracked files publish writes (the workspace keeps them across runs)."""
+        return [self.reference, *([self.novelty] if self.novelty else [])]
+
+    def sources(self, root: Path) -> list[str]:
+        """The run's outputs a reference is made of, among those the checkout's dvc.lock records
+        (a version published before the novelty stage existed has no novelty file)."""
+        locked = (root / "dvc.lock").read_text() if (root / "dvc.lock").exists() else ""
+        extra = [self.novelty_source] if self.novelty and self.novelty_source else []
+        return [self.profile, *(path for path in extra if f"path: {path}" in locked)]
 
 
 def drift_paths(graph: StageGraph, stage: str | None, strict: bool = True) -> DriftPaths | None:
@@ -49,21 +65,44 @@ def drift_paths(graph: StageGraph, stage: str | None, strict: bool = True) -> Dr
     missing = [f"--{k}" for k in ("metrics", "profile", "reference") if k not in args]
     if missing:
         raise DriftStageError(f"airflow.drift_stage {stage!r}: its cmd has no {missing}")
-    return DriftPaths(stage=stage, metrics=args["metrics"], profile=args["profile"], reference=args["reference"])
+    novelty = args.get("novelty")
+    source = next(
+        (
+            other.cli_args()["novelty"]
+            for name, other in graph.stages.items()
+            if name != stage and "novelty" in other.cli_args()
+        ),
+        None,
+    )
+    return DriftPaths(
+        stage=stage,
+        metrics=args["metrics"],
+        profile=args["profile"],
+        reference=args["reference"],
+        novelty=novelty,
+        novelty_source=source if novelty else None,
+    )
 
 
-def write_reference(root: Path, paths: DriftPaths, tag: str, profile_file: Path | None = None) -> bool:
-    """Make the checkout's profile (pulled already), or `profile_file`, its reference, naming the
-    version `tag`; False when the reference holds exactly that already."""
-    profile = json.loads((profile_file or root / paths.profile).read_text())
-    text = json.dumps({"profile": profile, "tag": tag}, indent=2, sort_keys=True) + "\n"
-    target = root / paths.reference
-    if target.is_file() and target.read_text() == text:
-        return False
+def write_reference(root: Path, paths: DriftPaths, tag: str, source: Path | None = None) -> bool:
+    """Make the run's profile (and novelty file), pulled already into the checkout `root` or into
+    the checkout `source` of version `tag`, the reference, naming the version `tag`; False when
+    the reference holds exactly that already."""
     from pipeline import atomic
 
-    atomic.write_text(target, text)
-    return True
+    source = source or root
+    profile = json.loads((source / paths.profile).read_text())
+    text = json.dumps({"profile": profile, "tag": tag}, indent=2, sort_keys=True) + "\n"
+    target = root / paths.reference
+    changed = not (target.is_file() and target.read_text() == text)
+    if changed:
+        atomic.write_text(target, text)
+    if paths.novelty and paths.novelty_source and (source / paths.novelty_source).is_file():
+        data, kept = (source / paths.novelty_source).read_bytes(), root / paths.novelty
+        if not (kept.is_file() and kept.read_bytes() == data):
+            atomic.write_bytes(kept, data)
+            changed = True
+    return changed
 
 
 def commit_reference(root: Path, paths: DriftPaths, tag: str, env: dict[str, str]) -> str:
@@ -71,7 +110,7 @@ def commit_reference(root: Path, paths: DriftPaths, tag: str, env: dict[str, str
     checkout's HEAD (the tagged version); returns the new commit."""
     from orchestration.workspace import run
 
-    run(["git", "add", paths.reference, "dvc.lock"], root, env=env)
+    run(["git", "add", *paths.owned, "dvc.lock"], root, env=env)
     run(["git", "commit", "-q", "-m", f"drift reference: the data {tag} was trained on"], root, env=env)
     commit = run(["git", "rev-parse", "HEAD"], root).strip()
     log.info("drift reference %s := the profile of %s's data (commit %s)", paths.reference, tag, commit[:12])

@@ -95,7 +95,7 @@ def prepare(
         dvc_runner.record_remote(root, fleet.dvc)
         dvc_runner.check_remote_at(root, fleet.dvc)  # an unreachable remote fails here, not in every stage
 
-    owned = [fleet.drift.reference] if fleet.drift else []  # published by publish, kept across runs
+    owned = fleet.drift.owned if fleet.drift else []  # published by publish, kept across runs
     return workspace.prepare(fleet.ws, workspace.safe_run_key(run_id), as_of, before_commit=name_remote, owned=owned)
 
 
@@ -204,7 +204,7 @@ def publish_reference(fleet: Fleet, root: Path, tag: str) -> str | None:
     drift = fleet.drift
     if drift is None:
         return None
-    dvc_runner.pull_outputs(root, [drift.profile], fleet.dvc)
+    dvc_runner.pull_outputs(root, drift.sources(root), fleet.dvc)
     if not write_reference(root, drift, tag):
         log.info("the drift reference %s is already the data of %s", drift.reference, tag)
         return None
@@ -225,10 +225,9 @@ def rollback_reference(fleet: Fleet, version: int, run_key: str) -> str | None:
     tag = f"{ws.params.tag_prefix}{version}"
     # the profile as version N's run wrote it (its tag's dvc.lock names it; the remote holds it)
     tagged = workspace.checkout(ws, run_key, "rollback-source", f"refs/tags/{tag}")
-    dvc_runner.pull_outputs(tagged, [drift.profile], fleet.dvc)
+    dvc_runner.pull_outputs(tagged, drift.sources(tagged), fleet.dvc)
     root = workspace.checkout(ws, run_key, "rollback", f"refs/heads/{ws.params.git_branch}")
-    dvc_runner.pull_outputs(root, [drift.profile], fleet.dvc)
-    if not write_reference(root, drift, tag, profile_file=tagged / drift.profile):
+    if not write_reference(root, drift, tag, source=tagged):
         log.info("the drift reference %s is already the data of %s", drift.reference, tag)
         return None
     paths, covering = inputs(fleet.graph, drift.stage)

@@ -112,11 +112,18 @@ def metrics_of(
 
 def score_novelty(clean: str | Path, features: list[str], novelty_file: str | Path) -> dict[str, Any] | None:
     """The novelty line of the clean table under a served version's autoencoder; None when that
-    version was exported without one. Reads a row group at a time."""
+    version was exported without one (or no version is served yet). Reads a row group at a time."""
     import numpy as np
     import pyarrow.parquet as pq
 
-    from pipeline import autoencoder  # torch: only when a novelty file is given
+    from pipeline.novelty_format import is_disabled
+
+    if not Path(novelty_file).exists():
+        log.warning("%s does not exist: no novelty line (no served version with a novelty output)", novelty_file)
+        return None
+    if is_disabled(novelty_file):  # the served version has no autoencoder: no torch import at all
+        return None
+    from pipeline import autoencoder  # torch: only for an enabled novelty file
 
     model, blob = autoencoder.load(novelty_file)
     if model is None:

@@ -48,8 +48,15 @@ def sh(cwd: Path, *cmd: str) -> str:
 def test_the_projects_drift_paths_come_from_its_dvc_yaml() -> None:
     graph = read_graph(ROOT)
     assert drift_paths(graph, "drift") == DriftPaths(
-        "drift", "metrics/drift.json", "data/profile.json", "reference/profile.json"
+        "drift",
+        "metrics/drift.json",
+        "data/profile.json",
+        "reference/profile.json",
+        # the served version's novelty file, and the run's (what export reads)
+        novelty="reference/novelty.pt",
+        novelty_source="models/novelty.pt",
     )
+    assert drift_paths(graph, "drift").owned == ["reference/profile.json", "reference/novelty.pt"]
     assert drift_paths(graph, None) is None
     assert drift_paths(graph, "nope", strict=False) is None
     with pytest.raises(DriftStageError, match="dvc.yaml has no stage 'nope'"):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from conftest import tiny_image_table
 from novelty_support import detector, parts
+from support import ROOT
 
 from pipeline import autoencoder, novelty_format
 from pipeline.drift import summary_markdown
@@ -58,3 +59,26 @@ def test_without_a_novelty_file_or_with_a_disabled_one_nothing_changes(tmp_path,
     disabled = drift.run(path, drift.Reference(None, None), params.data, params.drift, off)
     assert "novelty" not in plain.metrics and plain.metrics == disabled.metrics
     assert plain.report_html == disabled.report_html
+    # a path where nothing is (nothing served yet) is no novelty line either, not an error
+    missing = drift.run(path, drift.Reference(None, None), params.data, params.drift, tmp_path / "none.pt")
+    assert missing.metrics == plain.metrics
+
+
+def test_a_disabled_novelty_file_costs_no_torch_import(tmp_path, params):
+    """The drift stage runs every time: with the default (a served version without an autoencoder)
+    it must not pay torch's import."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "clean.parquet"
+    write_parquet(tiny_image_table(), path)
+    off = tmp_path / "off.pt"
+    novelty_format.write_disabled(off)
+    script = (
+        "import sys; from pipeline.params import Params; from stages import drift; "
+        f"p = Params.model_validate({params.model_dump(mode='json')!r}); "
+        f"drift.run({str(path)!r}, drift.Reference(None, None), p.data, p.drift, {str(off)!r}); "
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "False", out.stderr[-2000:]
