@@ -7,7 +7,7 @@ stratified split, the train stage's core with params.yaml's `train` section, onc
 `--epochs`/`--batch-size`/`--lr` say otherwise for every run alike), then the accuracy of the kept
 weights on the test split. Prints a Markdown table (the README's).
 
-    python bench/privacy.py [--epsilons 1 3 8] [--repeats 1] [--epochs N] [--batch-size N] [--lr X]
+    python bench/privacy.py [--epsilons 1 3 8] [--repeats 1] [--epochs N] [--batch-size N] [--lr X] [--threads 1]
 """
 
 from __future__ import annotations
@@ -61,8 +61,10 @@ def main() -> None:
     p.add_argument("--epochs", type=int, help="train.epochs for every run (default: params.yaml's)")
     p.add_argument("--batch-size", type=int, help="train.batch_size for every run (default: params.yaml's)")
     p.add_argument("--lr", type=float, help="train.optimizer.lr for every run (default: params.yaml's)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: steadier on shared cores)")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(args.threads)
     params = load_params(args.params)
     overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr}
     table = embed.run(params.embed, params.data)
