@@ -123,7 +123,7 @@ class PrivateSteps:
             if getattr(layer, "inplace", False):
                 # The per-row-gradient hooks hand on views that an in-place ReLU may not overwrite;
                 # a flag, not a weight: the model file and export are unchanged.
-                layer.inplace = False
+                setattr(layer, "inplace", False)  # noqa: B010  # a plain attribute, not a submodule
         self.rows = rows
         self.steps_per_epoch = math.ceil(rows / batch_size)  # as many steps as the non-private loop takes
         self.sample_rate = 1.0 / self.steps_per_epoch  # each row joins each step with this chance
