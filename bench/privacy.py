@@ -72,18 +72,21 @@ def main() -> None:
         f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, arch {params.train.model.arch}, "
         f"overrides {overrides}"
     )
-    print("| training | epsilon spent | test accuracy | epochs run | seconds | time vs non-private |")
-    print("|---|---|---|---|---|---|")
-    baseline = None
+    print("| training | epsilon spent | test accuracy | epochs run | seconds | time vs non-private | per epoch |")
+    print("|---|---|---|---|---|---|---|")
+    baseline = per_epoch = None
     for epsilon in [None, *args.epsilons]:
         runs = [measure(table, params_for(params, epsilon, overrides)) for _ in range(args.repeats)]
         accuracy, _, spent, epochs = runs[0]  # same seed: the same model every repeat
         seconds = statistics.median(r[1] for r in runs)
         baseline = seconds if baseline is None else baseline
+        per_epoch = seconds / epochs if per_epoch is None else per_epoch  # early stopping varies the epochs
         name = "non-private" if epsilon is None else f"DP-SGD, target epsilon {epsilon:g}"
         shown = "-" if spent is None else f"{spent:.2f}"
         print(
-            f"| {name} | {shown} | {accuracy:.4f} | {epochs} | {seconds:.1f} | {seconds / baseline:.2f} |", flush=True
+            f"| {name} | {shown} | {accuracy:.4f} | {epochs} | {seconds:.1f} | {seconds / baseline:.2f} "
+            f"| {seconds / epochs / per_epoch:.2f} |",
+            flush=True,
         )
 
 

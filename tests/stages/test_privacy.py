@@ -166,3 +166,13 @@ def test_epsilon_reaches_the_train_metrics_the_model_file_and_the_card(image_tab
     card = export.run(model, blob, test, params.data, params.export, tmp_path / "candidate", hashes)
     assert card["privacy"]["epsilon"] == epsilon
     assert json.loads((tmp_path / "candidate" / "model_card.json").read_text())["privacy"] == card["privacy"]
+
+
+def test_crossval_trains_its_folds_privately_too(image_table, assignment):
+    from stages import crossval
+
+    params = private(epochs=1)
+    table = SplitTable.of(image_table, assignment, params.data)
+    # It would stop at the cnn's batch norm if crossval did not train the private config.
+    metrics = crossval.run(table, params.data, params.train, params.split, fold=0)
+    assert metrics["fold"] == 0 and 0 <= metrics["accuracy"] <= 1
