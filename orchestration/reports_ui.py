@@ -7,7 +7,8 @@ XCom) holds its `dvc.lock` entry, whose outputs carry their md5; the page reads 
 from the DVC remote (`airflow.dvc_remote`, a folder or S3), the same bytes `dvc pull` would bring.
 The gate's decision is its XCom itself.
 
-    /retrain-reports/<dag_id>/<run_id>/<task_id>   the task's reports (HTML as is; CSV, TSV, JSON as text)
+    /retrain-reports/<dag_id>/<run_id>/<task_id>   the task's reports (HTML as is; DVCLive curves as
+                                                   charts; CSV, JSON and other TSV as text)
 """
 
 from __future__ import annotations
@@ -108,10 +109,40 @@ def render(task_id: str, run_id: str, files: list[tuple[str, bytes]], gate: Mapp
         parts.append(f"<pre>{html.escape(str(gate.get('diff_markdown', '')))}</pre>")
         parts.append(f"<pre>{html.escape(json.dumps(dict(gate), indent=2, default=str))}</pre>")
     for path, data in files:
-        parts.append(f"<h2>{html.escape(path)}</h2><pre>{html.escape(data.decode(errors='replace'))}</pre>")
+        text = data.decode(errors="replace")
+        chart = curve_svg(text) if path.endswith(".tsv") else None
+        parts.append(f"<h2>{html.escape(path)}</h2>" + (chart or f"<pre>{html.escape(text)}</pre>"))
     if len(parts) == 1:
         parts.append("<p>This task has no reports.</p>")
     return "\n".join(parts)
+
+
+def curve_svg(tsv: str, width: int = 480, height: int = 160) -> str | None:
+    """A DVCLive series (`step<TAB>value` rows, as dvclive/*/plots/metrics/*.tsv) as a small inline
+    SVG line chart with its range; None when the text is not such a series."""
+    rows = [line.split("\t") for line in tsv.strip().splitlines()]
+    try:
+        points = [(float(r[0]), float(r[1])) for r in rows[1:] if len(r) >= 2]
+    except ValueError:
+        return None
+    if len(rows[0]) < 2 or rows[0][0] != "step" or len(points) < 2:
+        return None
+    (x0, x1), (y0, y1) = [(min(v), max(v)) for v in zip(*points, strict=True)]
+    pad = 8
+
+    def at(x: float, y: float) -> str:
+        px = pad + (x - x0) / ((x1 - x0) or 1) * (width - 2 * pad)
+        py = height - pad - (y - y0) / ((y1 - y0) or 1) * (height - 2 * pad)
+        return f"{px:.1f},{py:.1f}"
+
+    line = " ".join(at(x, y) for x, y in points)
+    name = html.escape(rows[0][1])
+    return (
+        f'<svg role="img" aria-label="{name} by step" width="{width}" height="{height}" '
+        f'style="border:1px solid #ccc"><polyline fill="none" stroke="#1f77b4" stroke-width="2" points="{line}"/></svg>'
+        f"<p>{name}: {points[0][1]:.4g} at step {points[0][0]:g} to {points[-1][1]:.4g} at step {points[-1][0]:g} "
+        f"(min {y0:.4g}, max {y1:.4g})</p>"
+    )
 
 
 def task_result(dag_id: str, run_id: str, task_id: str) -> Any:

@@ -7,6 +7,7 @@ runs or DAG versions.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -14,12 +15,14 @@ import shutil
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
-from support import GIT_ENV, copy_project, free_ports
+from support import GIT_ENV, copy_project, free_ports, started
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -194,12 +197,32 @@ def toy_project(target: Path) -> Path:
     return target
 
 
+@contextlib.contextmanager
+def api_server(env: dict[str, str], port: int, log: Path) -> Iterator[Any]:
+    """`airflow api-server` on 127.0.0.1:`port` until the block ends: an AirflowApi on it, once healthy."""
+    from orchestration.airflow_api import AirflowApi, AirflowApiError
+
+    cmd = [str(BIN / "airflow"), "api-server", "--port", str(port)]
+    with started(cmd, env, log) as process:
+        api = AirflowApi(f"http://127.0.0.1:{port}")
+        deadline = time.monotonic() + 180
+        while True:
+            assert process.poll() is None, log.read_text()[-3000:]
+            with contextlib.suppress(AirflowApiError):
+                api.health()
+                break
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(1)
+        yield api
+
+
 @pytest.fixture(scope="session")
 def helpers() -> SimpleNamespace:
     """This file's plain helpers, for test modules (conftest is not importable by name)."""
     return SimpleNamespace(
         airflow=airflow,
         airflow_env=airflow_env,
+        api_server=api_server,
         dags_test=dags_test,
         dags_test_run=dags_test_run,
         free_ports=free_ports,

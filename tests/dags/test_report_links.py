@@ -8,25 +8,21 @@ without running (what is checked is the link and the page, not training).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import re
 import shutil
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from browser import chromium, screenshot, skip_without_chromium
-from support import edit_params, started
+from support import edit_params
 
-from orchestration.airflow_api import AirflowApi, AirflowApiError
 from orchestration.reports_ui import RemoteReader, render, report_outputs
 
 DAG_ID = "retrain"
@@ -70,24 +66,14 @@ def test_the_page_reads_report_outputs_from_the_remote_by_md5(project_copy: Path
     assert render("clean", "r1", reader.files(outs[0]), None).startswith("<html>")
     page = render("train", "r1", reader.files(outs[1]), None)
     assert "dvclive/train/plots/metrics/loss.tsv" in page and "1.5" in page
+    # a DVCLive curve is drawn, not listed
+    curves = render(
+        "train", "r1", [("dvclive/train/plots/metrics/loss.tsv", b"step\tloss\n0\t1.5\n1\t0.5\n2\t0.25\n")], None
+    )
+    assert curves.count("<polyline") == 1 and "loss: 1.5 at step 0 to 0.25 at step 2" in curves
+    assert "<pre>" not in curves
     gate = render("gate", "r1", [], {"passed": False, "reason": "accuracy fell 0.05", "diff_markdown": "| a |"})
     assert "decision: rejected" in gate and "accuracy fell 0.05" in gate
-
-
-@contextlib.contextmanager
-def api_server(env: dict[str, str], port: int, log: Path) -> Iterator[AirflowApi]:
-    cmd = [str(Path(sys.executable).parent / "airflow"), "api-server", "--port", str(port)]
-    with started(cmd, env, log) as process:
-        api = AirflowApi(f"http://127.0.0.1:{port}")
-        deadline = time.monotonic() + 180
-        while True:
-            assert process.poll() is None, log.read_text()[-3000:]
-            with contextlib.suppress(AirflowApiError):
-                api.health()
-                break
-            assert time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(1)
-        yield api
 
 
 @pytest.mark.airflow
@@ -116,7 +102,7 @@ def test_clean_links_to_its_validation_report(project_copy: Path, make_airflow_h
     # the worker's checkouts are gone: the page can only read the DVC remote
     shutil.rmtree(project_copy / ".airflow" / "worker")
 
-    with api_server(env, port, tmp_path / "api-server.log") as api:
+    with helpers.api_server(env, port, tmp_path / "api-server.log") as api:
         q = urllib.parse.quote
         links = api._request("GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{q(run_id[-1], safe='')}/taskInstances/clean/links")
         link = links["extra_links"]["Reports"]

@@ -54,7 +54,12 @@ def project(tmp_path_factory: pytest.TempPathFactory, helpers) -> Path:
 
 
 @pytest.fixture(scope="module")
-def env(make_airflow_home, project: Path, triton) -> dict[str, str]:
+def ui_port(helpers) -> int:
+    return helpers.free_ports(1)[0]
+
+
+@pytest.fixture(scope="module")
+def env(make_airflow_home, project: Path, triton, ui_port: int) -> dict[str, str]:
     connection = {
         "conn_type": "http",
         "host": "127.0.0.1",
@@ -62,11 +67,19 @@ def env(make_airflow_home, project: Path, triton) -> dict[str, str]:
         # the local server restricts model control to its key; a Connection carries it as an extra
         "extra": {"model_repository": str(triton.repository), "control_key": triton.read_control_key()},
     }
-    return make_airflow_home(project / "dags", AIRFLOW_CONN_TRITON_DEFAULT=json.dumps(connection))
+    return make_airflow_home(
+        project / "dags",
+        AIRFLOW_CONN_TRITON_DEFAULT=json.dumps(connection),
+        # the Reports pages (the project's plugin) on the api-server a test starts on this port
+        AIRFLOW__CORE__PLUGINS_FOLDER=str(project / "plugins"),
+        AIRFLOW__API__BASE_URL=f"http://127.0.0.1:{ui_port}",
+        AIRFLOW__API__HOST="127.0.0.1",
+    )
 
 
 class Run:
-    def __init__(self, output: str, states: dict[str, str]):
+    def __init__(self, run_id: str, output: str, states: dict[str, str]):
+        self.run_id = run_id
         self.output = output
         self.states = states
 
@@ -75,8 +88,7 @@ class Run:
 
 
 def run_dag(env: dict[str, str], project: Path, helpers) -> Run:
-    _, output, states = helpers.dags_test_run(env, project, RUN_DATE)
-    return Run(output, states)
+    return Run(*helpers.dags_test_run(env, project, RUN_DATE))
 
 
 def served(triton, model: str = "digits") -> tuple[list[int], list[int]]:
@@ -194,6 +206,41 @@ def test_push_records_what_serves_as_an_asset_event(first: Run, env) -> None:
     assert extra["metrics"]["accuracy"] >= 0.85 and "f1_macro" in extra["metrics"]
     assert set(extra["data"]) == {"clean", "split"}
     assert all(re.fullmatch(r"[0-9a-f]{32}", row["md5"]) for row in extra["data"].values())
+
+
+# What each task's "Reports" page must show, and a text only that report has.
+REPORT_PAGES = {
+    "train": "train_loss: ",  # the training curves, drawn (each chart has a caption with its range)
+    "evaluate": "reports/confusion.csv",  # the confusion matrix, beside the class report
+    "gate": "decision: passed",  # the gate's decision and its table
+    "explain": "Model explanations",  # integrated-gradients maps
+}
+
+
+def test_reports_links_open_the_runs_reports_in_a_browser(first: Run, env, ui_port: int, helpers, tmp_path) -> None:
+    """Train, evaluate, explain and gate link to their reports (clean's link: test_report_links), each page
+    opened in headless Chromium as the api-server's plugin serves it from the DVC remote."""
+    import urllib.parse
+
+    from browser import chromium, screenshot, skip_without_chromium
+
+    skip_without_chromium()
+    run_id = first.run_id
+    text: dict[str, str] = {}
+    with (
+        helpers.api_server(env, ui_port, tmp_path / "api-server.log") as api,
+        chromium(tmp_path / "chromium", window="1400,1000") as browser,
+    ):
+        for task_id in REPORT_PAGES:
+            run = urllib.parse.quote(run_id, safe="")
+            link = api._request("GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{run}/taskInstances/{task_id}/links")
+            link = link["extra_links"]["Reports"]
+            assert link.startswith(f"http://127.0.0.1:{ui_port}/retrain-reports/{DAG_ID}/"), link
+            browser.get(link)
+            text[task_id] = browser.find_element("tag name", "body").text
+            screenshot(browser, f"{task_id}-report-link.png")
+    for task_id, expected in REPORT_PAGES.items():
+        assert expected in text[task_id], f"{task_id}'s Reports page:\n{text[task_id][:1500]}"
 
 
 @pytest.fixture(scope="module")
