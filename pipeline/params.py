@@ -189,6 +189,15 @@ class DistributedParams(Section):
         return self.nproc_per_node * self.nnodes
 
 
+class PrivacyParams(Section):
+    """Differentially private training (DP-SGD through Opacus, `pipeline/privacy.py`). Off by default."""
+
+    enabled: bool = False
+    target_epsilon: Annotated[float, Field(gt=0.0)] = 3.0
+    delta: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None  # None: 0.1 / training rows
+    max_grad_norm: Annotated[float, Field(gt=0.0)] = 1.0
+
+
 class TrainParams(Section):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -203,6 +212,17 @@ class TrainParams(Section):
     early_stopping: EarlyStoppingParams = EarlyStoppingParams()
     augment: AugmentParams = AugmentParams()
     distributed: DistributedParams = DistributedParams()
+    privacy: PrivacyParams = PrivacyParams()
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainParams:
+        if self.privacy.enabled and self.distributed.world_size > 1:
+            raise ValueError(
+                f"privacy.enabled with distributed training ({self.distributed.world_size} processes) is not "
+                "supported: DP-SGD's per-row clipping and noise run in one process. Set "
+                "train.distributed.nproc_per_node and nnodes to 1, or switch train.privacy off"
+            )
+        return self
 
 
 class ExportParams(Section):
@@ -301,6 +321,7 @@ class GateParams(Section):
     floors: dict[str, Fraction] = {"accuracy": 0.95, "f1_macro": 0.95}
     max_regression: dict[str, Fraction] = {"accuracy": 0.01, "f1_macro": 0.01}
     report: str = "reports/gate.json"
+    max_epsilon: Annotated[float, Field(gt=0.0)] | None = None  # None: privacy not required
 
     @model_validator(mode="after")
     def _check(self) -> GateParams:

@@ -20,6 +20,8 @@ same code:
   never resumed.
 - Under torchrun (`pipeline.distributed`) the processes split each epoch's rows, DDP averages the
   gradients, and rank 0 alone writes.
+- With `train.privacy` on, the steps are DP-SGD steps (`pipeline.privacy`): Poisson batches from
+  the same generator, per-row clipping and noise, and the accountant's history in the checkpoint.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline import distributed, models
+from pipeline import distributed, models, privacy
 from pipeline.atomic import atomic_path
 from pipeline.distributed import ALONE, World
 from pipeline.errors import StageError
@@ -54,11 +56,11 @@ from pipeline.rows import Rows
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = "triton-retrain/checkpoint@2"  # @2: random states per process
+CHECKPOINT_FORMAT = "triton-retrain/checkpoint@3"  # @2: random states per process; @3: privacy accountant
 # What a resumable checkpoint holds besides its format and fingerprint.
 CHECKPOINT_KEYS = frozenset(
     {"epoch", "done", "best", "best_epoch", "bad_epochs", "history", "best_state", "best_metrics"}
-    | {"model", "optimizer", "scheduler", "scaler", "rng"}
+    | {"model", "optimizer", "scheduler", "scaler", "rng", "privacy"}
 )
 EVAL_BATCH = 4096  # rows per forward pass when scoring; big enough to be one pass on small sets
 STD_FLOOR = 1e-6  # a tabular feature with a smaller spread is left unscaled (constant in training)
@@ -74,6 +76,7 @@ class FitResult:
     best_epoch: int  # index into history (0-based, = the DVCLive step) of the kept weights
     history: list[dict[str, float]] = field(default_factory=list)  # one row per epoch run
     resumed_from: int = 0  # epochs taken from a checkpoint (0 = fresh start)
+    privacy: dict[str, Any] | None = None  # DP-SGD: epsilon spent, delta, noise... (None: trained without)
 
 
 # --- data ------------------------------------------------------------------------------------
@@ -120,7 +123,7 @@ def fingerprint(
     """What a checkpoint must match to be resumed: everything that changes the weights, the
     training code included (an edited loop must not pick up weights the old one made)."""
     digest = hashlib.sha256()
-    code = [Path(__file__), *sorted(Path(models.__file__).parent.glob("*.py"))]
+    code = [Path(__file__), Path(privacy.__file__), *sorted(Path(models.__file__).parent.glob("*.py"))]
     for source in code:
         digest.update(source.read_bytes())
     spec = {
@@ -401,6 +404,15 @@ class _Learner:
         shard = -(-len(train) // world.size)
         total_steps = math.ceil(shard / self.batch_size) * params.epochs
         self.scheduler = make_scheduler(self.optimizer, params, total_steps)
+        self.private: privacy.PrivateSteps | None = None
+        if params.privacy.enabled:
+            # Full precision: per-row gradients under autocast come out in half precision and
+            # would be clipped and summed there (and a loss scaler would scale what is clipped).
+            self.amp = None
+            self.private = privacy.PrivateSteps(
+                self.model, self.optimizer, params.privacy, len(train), params.batch_size, params.epochs
+            )
+            self.net = self.private.net
         self.scaler = torch.amp.GradScaler("cuda") if self.amp == torch.float16 else None
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=params.label_smoothing)
         self.augment = None
@@ -424,6 +436,11 @@ class _Learner:
         return torch.autocast(self.device.type, dtype=self.amp)
 
     def step(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        if self.private is not None:
+            loss = self.loss_fn(self.net(xb), yb) if len(yb) else None
+            self.private.step(loss)
+            self.scheduler.step()
+            return loss.detach() if loss is not None else torch.zeros((), device=xb.device)
         with self.autocast():
             loss = self.loss_fn(self.net(xb), yb)
         self.optimizer.zero_grad(set_to_none=True)
@@ -449,18 +466,22 @@ class _Learner:
     def train_epoch(self, x: torch.Tensor, y: torch.Tensor) -> float:
         """One pass over (x, y); returns the mean training loss over every process's rows."""
         self.net.train()
-        order = self.shard(len(y)).to(x.device)
+        batches: Iterator[torch.Tensor]
+        if self.private is not None:  # Poisson batches of the training rows (one process)
+            batches = (idx.to(x.device) for idx in self.private.batches(self.generator))
+        else:
+            order = self.shard(len(y)).to(x.device)
+            batches = (order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size))
         losses, sizes = [], []  # batch losses stay on the device: no sync (and no extra op) per step
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
+        for idx in batches:
             xb = x[idx].float()
             xb = xb if self.augment is None else self.augment(xb)
             losses.append(self.step(xb, y[idx]))
             sizes.append(len(idx))
         total = torch.stack(losses).double() @ torch.tensor(sizes, dtype=torch.float64, device=x.device)
         if self.world.size == 1:
-            return total.item() / len(y)
-        counts = torch.stack([total, torch.tensor(float(len(order)), dtype=torch.float64, device=x.device)])
+            return total.item() / max(1, sum(sizes))  # Poisson batches need not add up to len(y)
+        counts = torch.stack([total, torch.tensor(float(sum(sizes)), dtype=torch.float64, device=x.device)])
         loss_sum, rows = distributed.sum_(counts, self.world).tolist()
         return loss_sum / rows
 
@@ -483,6 +504,7 @@ class _Learner:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else {},
             "rng": rng,
+            "privacy": self.private.state() if self.private is not None else [],
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -491,6 +513,8 @@ class _Learner:
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None:
             self.scaler.load_state_dict(state["scaler"])
+        if self.private is not None:
+            self.private.load(state["privacy"])
         rank, rng = self.world.rank, state["rng"]
         torch.set_rng_state(rng["torch"][rank])
         self.generator.set_state(rng["data"])
@@ -561,6 +585,8 @@ def fit(
             with learner.autocast():
                 val_scores = evaluate(learner.model, x_val, y_val, config.n_classes, world)
             row |= {f"val_{k}": v for k, v in val_scores.items()} | {"lr": learner.optimizer.param_groups[0]["lr"]}
+            if learner.private is not None:
+                row["epsilon"] = learner.private.epsilon()  # spent so far: a curve beside the loss
             history.append(row)
             score = _score(params.early_stopping.metric, row)
             if state["best"] is None or score > state["best"]:
@@ -588,7 +614,8 @@ def fit(
 
     best = build_model(config)
     best.load_state_dict(state["best_state"])
-    return FitResult(best.eval(), dict(state["best_metrics"]), state["best_epoch"], history, resumed_from)
+    spent = learner.private.summary() if learner.private is not None else None
+    return FitResult(best.eval(), dict(state["best_metrics"]), state["best_epoch"], history, resumed_from, spent)
 
 
 class _NoBar:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from pipeline import atomic, distributed
+from pipeline import atomic, distributed, privacy
 from pipeline.models import config_for
 from pipeline.params import DataParams, Params, SplitParams, TrainParams
 from pipeline.rows import SplitTable
@@ -39,7 +39,7 @@ def run(table: SplitTable, data: DataParams, train: TrainParams, split: SplitPar
             "every part needs rows. Rerun split with the current split.folds."
         )
     parts = table.rows(**masks)  # only these rows are read
-    config = config_for(train.model, data, table.n_features)
+    config = privacy.private_config(config_for(train.model, data, table.n_features), train.privacy)
     log.info("fold %d: training on %d rows, scoring %d held-out rows", fold, counts["train"], counts["held_out"])
     result = fit(config, parts["train"], parts["val"], train, data)
     scores = evaluate(result.model, *device_tensors(parts["held_out"]), config.n_classes)

@@ -303,6 +303,9 @@ def run(
         # What train measured on the validation rows (evaluate adds the test metrics beside it).
         "metrics": _jsonable(model_file.get("metrics", {})),
         "best_epoch": model_file.get("best_epoch"),
+        # Differential privacy as train measured it (epsilon spent at delta, noise, clipping); null
+        # when trained without. The gate's gate.max_epsilon reads it.
+        "privacy": _jsonable(model_file.get("privacy")),
         "params": {
             "data": data.model_dump(),
             # The train params the weights came from, as train stored them in the model file (not

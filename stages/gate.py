@@ -7,6 +7,9 @@ scoring code and in requests of the served model's own max batch size, so both a
 same data. A champion that is pinned but not READY fails the gate (closed), never "first
 deployment". Thresholds are TFX-style (`gate:` in params.yaml): absolute floors the challenger
 must reach, and a maximum regression against the champion. With no champion (the first deployment) the floors alone decide.
+With `gate.max_epsilon` set, the candidate must also have been trained with differential privacy
+(its model card's `privacy`) at an epsilon no higher, so a model trained without privacy cannot
+replace one trained with it unless the params drop the requirement.
 
 Not a DVC stage: its answer depends on what serves right now. The retraining DAG runs it after
 evaluate; it writes a JSON report (decision, reason, per-metric diff, and with `--drift` the drift
@@ -62,6 +65,7 @@ class Decision:
     model: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     drift: dict[str, Any] | None = None  # the drift stage's metrics (metrics/drift.json), shown beside the diff
+    privacy: dict[str, Any] | None = None  # the candidate card's DP-SGD figures (None: trained without)
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -87,6 +91,9 @@ def diff_markdown(decision: Decision) -> str:
             f"| {c.metric} | {_fmt(c.challenger)} | {_fmt(c.champion)} | {delta} | {_fmt(c.floor)} | "
             f"{_fmt(c.max_regression)} | {'yes' if c.passed else 'NO'} |"
         )
+    if decision.privacy is not None:
+        spent = decision.privacy
+        lines += ["", f"Differential privacy: epsilon {spent['epsilon']:.3f} spent at delta {spent['delta']:.3g}."]
     if decision.drift is not None:
         from pipeline.drift import summary_markdown
 
@@ -94,8 +101,14 @@ def diff_markdown(decision: Decision) -> str:
     return "\n".join(lines)
 
 
-def decide(challenger: Mapping[str, Any], champion: Mapping[str, Any] | None, params: GateParams) -> Decision:
-    """Apply the floors and, when there is a champion, the maximum regression to each metric."""
+def decide(
+    challenger: Mapping[str, Any],
+    champion: Mapping[str, Any] | None,
+    params: GateParams,
+    privacy: Mapping[str, Any] | None = None,
+) -> Decision:
+    """Apply the floors and, when there is a champion, the maximum regression to each metric;
+    with gate.max_epsilon, require `privacy` (the candidate card's) to be within it."""
     names = list(dict.fromkeys([*params.floors, *params.max_regression]))
     for source, metrics in (("challenger", challenger), ("champion", champion)):
         missing = [n for n in names if metrics is not None and not isinstance(metrics.get(n), int | float)]
@@ -120,14 +133,32 @@ def decide(challenger: Mapping[str, Any], champion: Mapping[str, Any] | None, pa
             )
         checks.append(Check(name, value, best, floor, allowed, not problems, "; ".join(problems)))
 
-    failed = [c.why for c in checks if not c.passed]
+    failed = [c.why for c in checks if not c.passed] + privacy_problems(privacy, params.max_epsilon)
     if failed:
         reason = "rejected: " + "; ".join(failed)
     elif champion is None:
         reason = "passed: first deployment (no champion serving), every floor met"
     else:
         reason = "passed: every floor met and no metric regressed beyond its allowance against the champion"
-    return Decision(passed=not failed, reason=reason, checks=checks)
+    return Decision(passed=not failed, reason=reason, checks=checks, privacy=dict(privacy) if privacy else None)
+
+
+def privacy_problems(privacy: Mapping[str, Any] | None, max_epsilon: float | None) -> list[str]:
+    """Why the candidate's privacy falls short of gate.max_epsilon (empty: it does not)."""
+    if max_epsilon is None:
+        return []
+    if privacy is None:
+        return [
+            f"the candidate was trained without differential privacy, but gate.max_epsilon is {max_epsilon:g}; "
+            "train with train.privacy.enabled: true, or set gate.max_epsilon: null to accept it"
+        ]
+    epsilon = float(privacy["epsilon"])
+    if epsilon > max_epsilon:
+        return [
+            f"the candidate spent epsilon {epsilon:.3f}, above gate.max_epsilon {max_epsilon:g}; "
+            "lower train.privacy.target_epsilon, or raise gate.max_epsilon"
+        ]
+    return []
 
 
 # --- the champion, scored live --------------------------------------------------------------
@@ -210,10 +241,11 @@ def run(args: Any, data: DataParams, serving: ServingSettings, gate: GateParams)
 
     challenger = json.loads(Path(args.metrics).read_text())
     drift = read_drift(getattr(args, "drift", None))
-    model = load_candidate(args.candidate).name
+    candidate = load_candidate(args.candidate)
+    model = candidate.name
     test = SplitTable.open(args.clean, args.split, data).split_rows("test")
     champion = score_champion(serving, list(data.classes), model, test)
-    decision = decide(challenger, None if champion is None else champion[1], gate)
+    decision = decide(challenger, None if champion is None else champion[1], gate, candidate.card.get("privacy"))
     return Decision(
         passed=decision.passed,
         reason=decision.reason,
@@ -222,6 +254,7 @@ def run(args: Any, data: DataParams, serving: ServingSettings, gate: GateParams)
         model=model,
         extra={"test_rows": len(test), "candidate": str(args.candidate)},
         drift=drift,
+        privacy=decision.privacy,
     )
 
 

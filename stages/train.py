@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from pipeline import distributed
+from pipeline import distributed, privacy
 from pipeline.models import ModelConfig, config_for, save_model
 from pipeline.params import DataParams, Params, TrainParams
 from pipeline.rows import SplitTable
@@ -32,7 +32,7 @@ def run(
 ) -> tuple[FitResult, ModelConfig]:
     """Train on the train split, early-stop on the val split. Returns (result, model config)."""
     parts = table.rows(train=table.splits == "train", val=table.splits == "val")  # only these rows are read
-    config = config_for(train.model, data, table.n_features)
+    config = privacy.private_config(config_for(train.model, data, table.n_features), train.privacy)
     log.info("training %s on %d rows, validating on %d", config.arch, len(parts["train"]), len(parts["val"]))
     result = fit(config, parts["train"], parts["val"], train, data, checkpoint, on_epoch, progress)
     log.info("kept epoch %d: %s", result.best_epoch + 1, _fmt(result.metrics))
@@ -73,6 +73,9 @@ def main() -> None:
                 for name, value in result.metrics.items():
                     live.log_metric(f"best/{name}", value, plot=False)
                 live.log_metric("best/step", result.best_epoch, plot=False)
+                if result.privacy is not None:  # epsilon spent over every epoch run, at that delta
+                    for name in ("epsilon", "delta", "noise_multiplier"):
+                        live.log_metric(f"privacy/{name}", result.privacy[name], plot=False)
             save_model(
                 args.out,
                 result.model,
@@ -80,6 +83,7 @@ def main() -> None:
                 params=params.train.model_dump(mode="json"),
                 metrics=result.metrics,
                 epochs=result.best_epoch + 1,  # epochs trained when the kept weights were taken
+                privacy=result.privacy,  # None: trained without differential privacy
             )
             log.info("wrote %s", args.out)
 

@@ -61,8 +61,9 @@ def config_from_dict(data: Any, families: dict[str, type[ModelConfig]]) -> Model
         raise StageError(f"model config: unknown arch {arch!r}; known families: {', '.join(families)}")
     cls = families[arch]
     names = {field.name for field in dataclasses.fields(cls)}
+    required = {field.name for field in dataclasses.fields(cls) if field.default is dataclasses.MISSING}
     given = set(data) - {"arch"}
-    unknown, missing = sorted(given - names), sorted(names - given)
+    unknown, missing = sorted(given - names), sorted(required - given)
     if unknown or missing:
         raise StageError(
             f"model config for {arch!r}: unknown key(s) {unknown}, missing key(s) {missing}; "

@@ -1,7 +1,12 @@
-"""cnn: conv-bn-relu-maxpool blocks over the image, then a dropout + linear head."""
+"""cnn: conv-bn-relu-maxpool blocks over the image, then a dropout + linear head.
+
+`norm: group` puts GroupNorm where BatchNorm was: differentially private training needs it, since
+batch norm mixes the rows of a batch and per-row gradients then no longer exist.
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,10 +23,19 @@ class CNNConfig(ModelConfig):
 
     channels: tuple[int, ...]  # output channels of each conv block
     hidden: tuple[int, ...]  # widths of the fully connected head
+    norm: str = "batch"  # batch | group (GroupNorm, for differentially private training)
 
     @classmethod
     def from_params(cls, model: ModelParams, **common: Any) -> CNNConfig:
         return cls(channels=tuple(model.channels), hidden=tuple(model.hidden), **common)
+
+
+def norm_layer(kind: str, channels: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "group":
+        return nn.GroupNorm(math.gcd(channels, 32), channels)  # groups of channels, as opacus' fix does
+    raise ValueError(f"unknown cnn norm {kind!r}; use 'batch' or 'group'")
 
 
 class CNN(nn.Module):
@@ -37,7 +51,7 @@ class CNN(nn.Module):
         for out_ch in config.channels:
             blocks += [
                 nn.Conv2d(in_ch, out_ch, kernel_size=3, padding=1, bias=False),
-                nn.BatchNorm2d(out_ch),
+                norm_layer(config.norm, out_ch),
                 nn.ReLU(inplace=True),
             ]
             if min(h, w) >= 4:  # pool while the map is big enough to stay >= 2x2

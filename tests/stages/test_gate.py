@@ -53,6 +53,30 @@ def test_diff_table_shows_both_sides() -> None:
     assert "| accuracy | 0.9700 | 0.9600 | +0.0100 | 0.9000 | 0.0100 | yes |" in text
 
 
+PRIVATE = {"epsilon": 2.97, "delta": 1e-4, "noise_multiplier": 1.1}
+
+
+def test_without_max_epsilon_privacy_is_not_required() -> None:
+    assert decide(GOOD, None, PARAMS).passed and decide(GOOD, None, PARAMS, PRIVATE).passed
+
+
+def test_max_epsilon_rejects_a_candidate_trained_without_privacy() -> None:
+    strict = PARAMS.model_copy(update={"max_epsilon": 3.0})
+    decision = decide(GOOD, {**GOOD}, strict)
+    assert not decision.passed and all(c.passed for c in decision.checks)  # the metrics alone would pass
+    assert "trained without differential privacy, but gate.max_epsilon is 3" in decision.reason
+    assert "gate.max_epsilon: null" in decision.reason  # and what to do
+
+
+def test_max_epsilon_rejects_a_larger_epsilon_and_passes_a_smaller_one() -> None:
+    loose = {**PRIVATE, "epsilon": 7.9}
+    rejected = decide(GOOD, None, PARAMS.model_copy(update={"max_epsilon": 3.0}), loose)
+    assert not rejected.passed and "spent epsilon 7.900, above gate.max_epsilon 3" in rejected.reason
+    passed = decide(GOOD, None, PARAMS.model_copy(update={"max_epsilon": 3.0}), PRIVATE)
+    assert passed.passed and passed.to_json()["privacy"]["epsilon"] == 2.97
+    assert "epsilon 2.970 spent at delta 0.0001" in diff_markdown(passed)
+
+
 # --- the champion, scored live on a real Triton ---------------------------------------------------
 
 
