@@ -39,14 +39,33 @@ INTRA_OP_THREADS = "intra_op_thread_count"
 ALLOW_SPINNING = "session.intra_op.allow_spinning"
 
 
+# Triton's wire datatypes of the inputs a model may take, and their config types.
+DATATYPES = {"FP32": DataType.TYPE_FP32, "BYTES": DataType.TYPE_STRING}
+
+
+@dataclass(frozen=True)
+class Input:
+    """One input tensor `[batch, width]`: FP32 numbers or BYTES (strings)."""
+
+    name: str
+    width: int
+    datatype: str = "FP32"
+
+
 @dataclass(frozen=True)
 class Signature:
-    """One FP32 input row of `n_features` values in, one FP32 row of `n_classes` probabilities out."""
+    """One FP32 input row of `n_features` values in, one FP32 row of `n_classes` probabilities out;
+    or, with `inputs`, several typed inputs (a mixed table's raw columns: FP32 numbers, BYTES
+    categories)."""
 
     n_features: int
     n_classes: int
     input_name: str = INPUT_NAME
     output_name: str = OUTPUT_NAME
+    inputs: tuple[Input, ...] = ()
+
+    def tensors(self) -> tuple[Input, ...]:
+        return self.inputs or (Input(self.input_name, self.n_features),)
 
 
 def build_config(
@@ -69,7 +88,8 @@ def build_config(
         default_model_filename=default_model_filename,
     )
     # dims leave out the batch axis: with max_batch_size > 0 Triton adds it in front.
-    config.input.add(name=signature.input_name, data_type=DataType.TYPE_FP32, dims=[signature.n_features])
+    for tensor in signature.tensors():
+        config.input.add(name=tensor.name, data_type=DATATYPES[tensor.datatype], dims=[tensor.width])
     config.output.add(name=signature.output_name, data_type=DataType.TYPE_FP32, dims=[signature.n_classes])
     if params.dynamic_batching:
         config.dynamic_batching.SetInParent()  # present even when every field keeps its default

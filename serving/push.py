@@ -201,9 +201,17 @@ def staging_name(name: str) -> str:
     return f"{name}{STAGING_SUFFIX}"
 
 
+def golden_inputs(golden: dict[str, Any]) -> np.ndarray | dict[str, np.ndarray]:
+    """golden.json's inputs as a client sends them: float32 rows, or {input name: rows} for a
+    model with several inputs (a mixed table's numbers and category strings)."""
+    if isinstance(golden["inputs"], dict):
+        return {name: np.asarray(rows) for name, rows in golden["inputs"].items()}
+    return np.asarray(golden["inputs"], dtype=np.float32)
+
+
 def smoke_test(client: TritonClient, name: str, version: int, golden: dict[str, Any]) -> float:
     """Golden inputs through `version`; returns the max abs difference, raises if above atol."""
-    inputs = np.asarray(golden["inputs"], dtype=np.float32)
+    inputs = golden_inputs(golden)
     expected = np.asarray(golden["outputs"], dtype=np.float64)
     got = client.infer(
         name,

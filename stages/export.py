@@ -30,12 +30,13 @@ import pandas as pd
 import torch
 from torch import nn
 
-from pipeline import atomic
+from pipeline import atomic, transform
 from pipeline.candidate import CARD_FILE, GOLDEN_FILE, ONNX_FILE, TORCHSCRIPT_FILE
 from pipeline.errors import StageError
 from pipeline.models import ModelConfig, load_model
 from pipeline.params import DataParams, ExportParams
 from pipeline.rows import Rows, SplitTable
+from pipeline.transform import RawRows
 from serving import configs
 from stages import _cli
 
@@ -113,8 +114,18 @@ def torch_probabilities(module: nn.Module, rows: Rows) -> np.ndarray:
         return batched(lambda x: module(torch.from_numpy(x)).numpy(), rows)
 
 
-def onnx_probabilities(path: Path, rows: Rows) -> np.ndarray:
+def onnx_probabilities(path: Path, rows: Rows | RawRows) -> np.ndarray:
+    """The ONNX file's outputs: on float32 rows, or on raw rows (a mixed table's model, whose graph
+    holds the transform) fed as the served model's inputs."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    if isinstance(rows, RawRows):
+        from pipeline.transform_onnx import feeds
+
+        parts = [
+            session.run([configs.OUTPUT_NAME], feeds(rows.take(np.arange(i, min(i + BATCH_ROWS, len(rows))))))[0]
+            for i in range(0, len(rows), BATCH_ROWS)
+        ]
+        return np.concatenate(parts)
     return batched(lambda x: session.run([configs.OUTPUT_NAME], {configs.INPUT_NAME: x})[0], rows)
 
 
@@ -142,13 +153,23 @@ def golden_indices(labels: np.ndarray, count: int) -> np.ndarray:
     return np.sort(order[:count])
 
 
-def golden_samples(rows: Rows, expected: np.ndarray, classes: list, export: ExportParams) -> dict[str, Any]:
+def golden_samples(
+    rows: Rows, expected: np.ndarray, classes: list, export: ExportParams, raw: RawRows | None = None
+) -> dict[str, Any]:
+    """A few test rows with expected outputs. With `raw` (a mixed table's model) the inputs are
+    the raw rows, {input name: rows}, as a client sends them (NaN / "" where a value is missing)."""
     picks = golden_indices(rows.y, export.golden_samples)
+    if raw is not None:
+        from pipeline.transform_onnx import feeds
+
+        inputs: Any = {name: values.tolist() for name, values in feeds(raw.take(picks)).items()}
+    else:
+        inputs = rows.take(picks).float32().tolist()
     return {
         "model_name": export.model_name,
         "input_name": configs.INPUT_NAME,
         "output_name": configs.OUTPUT_NAME,
-        "inputs": rows.take(picks).float32().tolist(),
+        "inputs": inputs,
         "outputs": expected[picks].tolist(),
         "labels": [classes[i] for i in rows.y[picks]],
         "atol": export.parity_tolerance,
@@ -173,8 +194,11 @@ def git_commit() -> str | None:
     return done.stdout.strip() or None
 
 
-def write_entries(out: Path, export: ExportParams, signature: configs.Signature) -> list[str]:
-    """The three Triton repository entries beside the exported files; each config is parsed first."""
+def write_entries(
+    out: Path, export: ExportParams, signature: configs.Signature, torchscript_entry: bool = True
+) -> list[str]:
+    """The Triton repository entries beside the exported files; each config is parsed first. No
+    libtorch entry for a model with string inputs (TorchScript cannot take them)."""
     name = export.model_name
     onnx, torchscript = out / ONNX_FILE, out / TORCHSCRIPT_FILE
     entries = [
@@ -182,7 +206,7 @@ def write_entries(out: Path, export: ExportParams, signature: configs.Signature)
         (f"triton/{name}", configs.python_backend_config, {"model.py": BACKEND_SOURCE, configs.ONNX_FILENAME: onnx}),
         (f"gpu/{name}", configs.onnx_gpu_config, {configs.ONNX_FILENAME: onnx}),
         (f"gpu/{name}_torchscript", configs.libtorch_gpu_config, {configs.TORCHSCRIPT_FILENAME: torchscript}),
-    ]
+    ][: 3 if torchscript_entry else 2]
     for folder, render, files in entries:
         text = render(export, signature)
         configs.check_config(text, source=f"{folder}/config.pbtxt")
@@ -206,8 +230,14 @@ def run(
     export: ExportParams,
     out: Path,
     data_hashes: dict[str, dict[str, str]],
+    raw: RawRows | None = None,
 ) -> dict[str, Any]:
-    """Export `model` into the empty folder `out`; returns the model card (also written there)."""
+    """Export `model` into the empty folder `out`; returns the model card (also written there).
+
+    A mixed table's model (its file holds the fitted transform, `test` are the raw test rows
+    `raw` encoded by it) is served from raw rows: the ONNX graph gets the transform in front of the
+    network, the parity check feeds it `raw` and compares with torch on the numpy-encoded rows, and
+    there is no TorchScript file (it cannot take strings)."""
     started = time.perf_counter()
     config: ModelConfig = model_file["config"]
     classes = list(config.classes)
@@ -220,20 +250,36 @@ def run(
     module = Probabilities(model.cpu().float()).eval()
     expected = torch_probabilities(module, test)
 
+    fitted = transform.check(model_file["transform"]) if "transform" in model_file else None
+    if (fitted is None) != (raw is None):
+        raise StageError("the model file and the test rows disagree on the table's transform; retrain")
     export_onnx(module, config.n_features, out / ONNX_FILE, export.opset)
-    export_torchscript(module, config.n_features, out / TORCHSCRIPT_FILE)
     tolerance = export.parity_tolerance
-    parity = {
-        "onnx": check_parity("ONNX", expected, onnx_probabilities(out / ONNX_FILE, test), tolerance),
-        "torchscript": check_parity(
-            "TorchScript", expected, torchscript_probabilities(out / TORCHSCRIPT_FILE, test), tolerance
-        ),
-    }
+    if fitted is None:
+        export_torchscript(module, config.n_features, out / TORCHSCRIPT_FILE)
+        parity = {
+            "onnx": check_parity("ONNX", expected, onnx_probabilities(out / ONNX_FILE, test), tolerance),
+            "torchscript": check_parity(
+                "TorchScript", expected, torchscript_probabilities(out / TORCHSCRIPT_FILE, test), tolerance
+            ),
+        }
+        signature = configs.Signature(config.n_features, config.n_classes)
+    else:
+        import onnx
+
+        from pipeline import transform_onnx
+
+        served = transform_onnx.prepend(onnx.load(str(out / ONNX_FILE)), fitted, configs.INPUT_NAME)
+        onnx.save(served, str(out / ONNX_FILE))
+        parity = {
+            "onnx": check_parity("ONNX (raw rows)", expected, onnx_probabilities(out / ONNX_FILE, raw), tolerance)
+        }
+        inputs = tuple(configs.Input(*spec) for spec in transform_onnx.inputs(fitted))
+        signature = configs.Signature(config.n_features, config.n_classes, inputs=inputs)
     log.info("parity on %d test rows: max abs diff %s (tolerance %g)", len(expected), parity, tolerance)
 
-    signature = configs.Signature(config.n_features, config.n_classes)
-    write_entries(out, export, signature)
-    golden = golden_samples(test, expected, classes, export)
+    write_entries(out, export, signature, torchscript_entry=fitted is None)
+    golden = golden_samples(test, expected, classes, export, raw)
     atomic.write_json(out / GOLDEN_FILE, golden)
 
     tensor = {"datatype": "FP32"}
@@ -254,7 +300,7 @@ def run(
         },
         "model_config": config.to_dict(),
         "classes": classes,
-        "inputs": [{"name": configs.INPUT_NAME, "shape": [-1, config.n_features], **tensor}],
+        "inputs": [{"name": t.name, "shape": [-1, t.width], "datatype": t.datatype} for t in signature.tensors()],
         "outputs": [{"name": configs.OUTPUT_NAME, "shape": [-1, config.n_classes], **tensor}],
         "parity": {
             "rows": len(expected),
@@ -262,10 +308,16 @@ def run(
             "max_abs_diff": parity,
         },
         "artifacts": {
-            name: hashlib.sha256((out / name).read_bytes()).hexdigest() for name in (ONNX_FILE, TORCHSCRIPT_FILE)
+            name: hashlib.sha256((out / name).read_bytes()).hexdigest()
+            for name in (ONNX_FILE, TORCHSCRIPT_FILE)
+            if (out / name).exists()
         },
-        "golden_samples": len(golden["inputs"]),
+        "golden_samples": len(golden["labels"]),
     }
+    if fitted is not None:
+        # What the served graph does to raw rows, fitted on the train split: fills, vocabularies,
+        # indicators, and the encoded features the network sees.
+        card["transform"] = {**fitted, "features": transform.feature_names(fitted)}
     atomic.write_json(out / CARD_FILE, card)
     log.info("exported %s in %.1f s", export.model_name, time.perf_counter() - started)
     return card
@@ -279,14 +331,20 @@ def main() -> None:
 
     def body(args, params):
         model, model_file = load_model(args.model)
-        test = SplitTable.open(args.clean, args.split, params.data).split_rows("test")
+        table = SplitTable.open(args.clean, args.split, params.data)
+        raw = None
+        if "transform" in model_file:  # a mixed table: raw test rows, encoded by the fitted transform
+            raw = table.raw_rows(test=table.splits == "test")["test"]
+            test = Rows(transform.encode(transform.check(model_file["transform"]), raw), raw.y)
+        else:
+            test = table.split_rows("test")
         hashes = {
             name: {"path": path, "md5": file_md5(path)} for name, path in (("clean", args.clean), ("split", args.split))
         }
         with atomic.atomic_dir(args.out) as tmp:
             # The temporary folder is private (0700); a server running as another user must read it.
             Path(tmp).chmod(0o755)
-            run(model, model_file, test, params.data, params.export, Path(tmp), hashes)
+            run(model, model_file, test, params.data, params.export, Path(tmp), hashes, raw)
 
     _cli.main("export", body, p.parse_args())
 
