@@ -78,7 +78,8 @@ def prepend(model: onnx.ModelProto, fitted: dict[str, Any], network_input: str) 
             helper.make_tensor_value_info(CATEGORICAL_INPUT, TensorProto.STRING, ["batch", len(categorical)])
         )
         on_off = const("transform/on_off", np.array([0.0, 1.0], np.float32))
-        axis1 = const("transform/axis1", np.array([1], np.int64))
+        if any(c["indicator"] for c in categorical):
+            axis1 = const("transform/axis1", np.array([1], np.int64))
     for j, column in enumerate(categorical):
         p = f"transform/{j}"
         vocabulary = list(column["vocabulary"])
