@@ -16,6 +16,7 @@ against an all-numeric one with the same number of columns.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import tempfile
@@ -90,11 +91,11 @@ def latency(out: dict[str, Path], requests: int) -> dict[str, dict[int, float]]:
     try:
         client = ClientSettings.local(server, timeout_s=60, retries=0)
         settings = ServingSettings(client=client, repository=server.repository, load_timeout_s=120.0, retention=3)
-        inputs = {}
+        inputs, served = {}, {}
         for name, folder in out.items():
             push_candidate(folder, settings)
-            golden = golden_inputs(yaml.safe_load((folder / "golden.json").read_text()))
-            inputs[name] = golden
+            golden = json.loads((folder / "golden.json").read_text())
+            inputs[name], served[name] = golden_inputs(golden), golden["model_name"]
         times: dict[str, dict[int, list[float]]] = {name: {1: [], 64: []} for name in out}
         with TritonClient(client) as triton:
 
@@ -107,12 +108,12 @@ def latency(out: dict[str, Path], requests: int) -> dict[str, dict[int, float]]:
             batches = {(name, n): rows(name, n) for name in out for n in (1, 64)}
             for name in out:  # warm-up
                 for _ in range(20):
-                    triton.predict(name, batches[name, 1])
+                    triton.predict(served[name], batches[name, 1])
             for _ in range(requests):
                 for n in (1, 64):
                     for name in out:
                         start = time.perf_counter()
-                        triton.predict(name, batches[name, n])
+                        triton.predict(served[name], batches[name, n])
                         times[name][n].append(time.perf_counter() - start)
         return {name: {n: float(np.median(t)) * 1e3 for n, t in cells.items()} for name, cells in times.items()}
     finally:

@@ -205,7 +205,11 @@ def golden_inputs(golden: dict[str, Any]) -> np.ndarray | dict[str, np.ndarray]:
     """golden.json's inputs as a client sends them: float32 rows, or {input name: rows} for a
     model with several inputs (a mixed table's numbers and category strings)."""
     if isinstance(golden["inputs"], dict):
-        return {name: np.asarray(rows) for name, rows in golden["inputs"].items()}
+        types = golden.get("input_datatypes", {})
+        return {
+            name: np.asarray(rows, dtype=object if types.get(name) == "BYTES" else np.float32)
+            for name, rows in golden["inputs"].items()
+        }
     return np.asarray(golden["inputs"], dtype=np.float32)
 
 

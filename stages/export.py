@@ -162,10 +162,13 @@ def golden_samples(
     if raw is not None:
         from pipeline.transform_onnx import feeds
 
-        inputs: Any = {name: values.tolist() for name, values in feeds(raw.take(picks)).items()}
+        fed = feeds(raw.take(picks))
+        inputs: Any = {name: values.tolist() for name, values in fed.items()}
+        datatypes = {name: "BYTES" if values.dtype.kind in "OUS" else "FP32" for name, values in fed.items()}
     else:
-        inputs = rows.take(picks).float32().tolist()
+        inputs, datatypes = rows.take(picks).float32().tolist(), None
     return {
+        **({"input_datatypes": datatypes} if datatypes else {}),
         "model_name": export.model_name,
         "input_name": configs.INPUT_NAME,
         "output_name": configs.OUTPUT_NAME,
