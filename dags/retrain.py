@@ -160,8 +160,9 @@ with DAG(
             "(relative to the project, or absolute; every worker must be able to read it). Empty: data.source.",
         ),
         "note": Param(
-            "",
-            type="string",
+            None,
+            # nullable, so that the form accepts an empty note (a plain string field is required)
+            type=["null", "string"],
             maxLength=500,
             title="Note",
             description="Why this run: logged by prepare_workspace and kept in its result (XCom).",

@@ -8,6 +8,8 @@ reference the run was compared with, the published branch (where the next run st
 with version N's data, and both are consistent (`dvc status` is clean at either), so a next run
 on unchanged data runs nothing. The workspace owns the file from then on: prepare copies the
 project's (the "no reference yet" one the project ships) only while the workspace has none.
+A rollback to version N makes version N's profile the reference again, the same way
+(`orchestration.steps.rollback_reference`).
 """
 
 from __future__ import annotations
@@ -50,10 +52,10 @@ def drift_paths(graph: StageGraph, stage: str | None, strict: bool = True) -> Dr
     return DriftPaths(stage=stage, metrics=args["metrics"], profile=args["profile"], reference=args["reference"])
 
 
-def write_reference(root: Path, paths: DriftPaths, tag: str) -> bool:
-    """Make the checkout's profile (pulled already) its reference, naming the version `tag`;
-    False when the reference holds exactly that already."""
-    profile = json.loads((root / paths.profile).read_text())
+def write_reference(root: Path, paths: DriftPaths, tag: str, profile_file: Path | None = None) -> bool:
+    """Make the checkout's profile (pulled already), or `profile_file`, its reference, naming the
+    version `tag`; False when the reference holds exactly that already."""
+    profile = json.loads((profile_file or root / paths.profile).read_text())
     text = json.dumps({"profile": profile, "tag": tag}, indent=2, sort_keys=True) + "\n"
     target = root / paths.reference
     if target.is_file() and target.read_text() == text:

@@ -188,7 +188,7 @@ def print_registry(project: Path) -> None:
 
 def rollback(project: Path, to: int | None) -> int:
     """Serve an earlier version on Triton, then move the registry's stage to it."""
-    from orchestration import registry
+    from orchestration import registry, workspace
     from orchestration.workspace import Workspace
     from pipeline.errors import StageError
     from serving.push import PushError, ServingSettings
@@ -210,6 +210,17 @@ def rollback(project: Path, to: int | None) -> int:
         print(f"registry unchanged: {error}", file=sys.stderr)
         return 1
     print(f"registry: {tag}")
+    try:  # the next run's data is compared with what serves again
+        from orchestration.steps import Fleet, rollback_reference
+
+        head = rollback_reference(
+            Fleet.resolve(project), int(result.version), workspace.safe_run_key(f"rollback-{time.time():.0f}")
+        )
+    except StageError as error:
+        print(f"drift reference unchanged: {error}", file=sys.stderr)
+        return 1
+    if head:
+        print(f"drift reference: the data of version {result.version} (commit {head[:12]})")
     return 0
 
 

@@ -211,3 +211,28 @@ def publish_reference(fleet: Fleet, root: Path, tag: str) -> str | None:
     paths, covering = inputs(fleet.graph, drift.stage)
     dvc_runner.run_stage(root, drift.stage, paths, fleet.dvc, covering)
     return commit_reference(root, drift, tag, fleet.ws.git_env())
+
+
+def rollback_reference(fleet: Fleet, version: int, run_key: str) -> str | None:
+    """After a rollback to `version`: make that version's data profile the drift reference on the
+    published branch, with the drift stage up to date against it, so that the next run compares its
+    data with what serves again. Returns the commit pushed (None: no drift stage, or the reference
+    is that version's already)."""
+    drift = fleet.drift
+    if drift is None:
+        return None
+    ws = fleet.ws
+    tag = f"{ws.params.tag_prefix}{version}"
+    # the profile as version N's run wrote it (its tag's dvc.lock names it; the remote holds it)
+    tagged = workspace.checkout(ws, run_key, "rollback-source", f"refs/tags/{tag}")
+    dvc_runner.pull_outputs(tagged, [drift.profile], fleet.dvc)
+    root = workspace.checkout(ws, run_key, "rollback", f"refs/heads/{ws.params.git_branch}")
+    dvc_runner.pull_outputs(root, [drift.profile], fleet.dvc)
+    if not write_reference(root, drift, tag, profile_file=tagged / drift.profile):
+        log.info("the drift reference %s is already the data of %s", drift.reference, tag)
+        return None
+    paths, covering = inputs(fleet.graph, drift.stage)
+    dvc_runner.run_stage(root, drift.stage, paths, fleet.dvc, covering)
+    head = commit_reference(root, drift, tag, ws.git_env())
+    workspace.push_published(ws, root, head, [])
+    return head

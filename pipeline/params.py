@@ -259,6 +259,17 @@ class ExportParams(Section):
         return self
 
 
+class ExplainParams(Section):
+    """explain stage: integrated-gradients attributions of the torch model (Captum), as a report."""
+
+    enabled: bool = True
+    n_steps: Annotated[int, Field(ge=2, le=1000)] = 32
+    rows_per_class: Annotated[int, Field(ge=1, le=20)] = 2
+    max_rows: Positive = 500
+    confused_pairs: Annotated[int, Field(ge=0, le=50)] = 3
+    examples_per_pair: Annotated[int, Field(ge=1, le=20)] = 3
+
+
 Port = Annotated[int, Field(ge=1, le=65535)]
 Seconds = Annotated[float, Field(gt=0.0)]
 
@@ -364,6 +375,7 @@ class Params(Section):
     split: SplitParams = SplitParams()
     train: TrainParams = TrainParams()
     export: ExportParams = ExportParams()
+    explain: ExplainParams = ExplainParams()
     serving: ServingParams = ServingParams()
     gate: GateParams = GateParams()
     airflow: AirflowParams = AirflowParams()

@@ -1,6 +1,6 @@
 """The drift reference across runs (orchestration/drift_reference.py, the publish hook): publish
 makes the run's data profile the next run's reference, in a commit after the version's tag; prepare
-keeps it. On the toy DVC project with a drift-like stage, as workers sharing only the remotes."""
+keeps it; a rollback to version N makes N's profile the reference again. On the toy DVC project with a drift-like stage, as workers sharing only the remotes."""
 
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ def test_sync_copies_an_owned_file_only_where_the_workspace_has_none(tmp_path: P
 
 
 @pytest.mark.integration  # real git and DVC
-def test_publish_makes_the_runs_profile_the_next_runs_reference(tmp_path: Path, helpers) -> None:
+def test_publish_and_rollback_make_the_served_versions_profile_the_reference(tmp_path: Path, helpers) -> None:
     toy = helpers.toy_project(tmp_path / "project")
     with (toy / "dvc.yaml").open("a") as f:
         f.write(TOY_DRIFT_STAGE)
@@ -130,8 +130,28 @@ def test_publish_makes_the_runs_profile_the_next_runs_reference(tmp_path: Path, 
     _, again = run_all("run-2")
     assert {n: r["outcome"] for n, r in again.items()} == dict.fromkeys(fleet.order, "unchanged")
     (toy / "prep.py").write_text("open('data.txt', 'w').write('rows v2')\n")
-    _, third = run_all("run-3")
+    third_prepared, third = run_all("run-3")
     assert third["drift"]["outcome"] == "ran"
     compared = json.loads((Path(third["drift"]["workspace"]) / "drift.json").read_text())
     assert compared == {"reference": "model-v1", "reference_data": "rows v1"}
     assert json.loads((Path(third["drift"]["workspace"]) / "profile.json").read_text()) == {"data": "rows v2"}
+
+    # Version 2 is published from the new data; a rollback to version 1 makes version 1's data the
+    # reference again (the branch: drift up to date against it; the tags untouched).
+    assert steps.publish(fleet, "run-3", third_prepared, list(third.values()), 2, "toy", "second")["pushed"]
+    sh(clone, "git", "checkout", "-q", "main")
+    sh(clone, "git", "pull", "-q", "--tags")
+    assert json.loads((clone / "reference.json").read_text())["tag"] == "model-v2"
+    head = steps.rollback_reference(fleet, 1, "rollback-1")
+    assert head is not None
+    sh(clone, "git", "pull", "-q")
+    assert sh(clone, "git", "rev-parse", "HEAD").strip() == head
+    assert json.loads((clone / "reference.json").read_text()) == {"profile": {"data": "rows v1"}, "tag": "model-v1"}
+    sh(clone, *dvc_command("pull", "-q"))
+    assert json.loads(sh(clone, *dvc_command("status", "--json"))) == {}
+    assert json.loads((clone / "drift.json").read_text()) == {"reference": "model-v1", "reference_data": "rows v1"}
+    # ...a second rollback to the same version changes nothing
+    assert steps.rollback_reference(fleet, 1, "rollback-2") is None
+    # ...and the next run on the same data finds drift already compared with version 1's: nothing runs
+    _, fourth = run_all("run-4")
+    assert {n: r["outcome"] for n, r in fourth.items()} == dict.fromkeys(fleet.order, "unchanged")

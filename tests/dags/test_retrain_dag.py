@@ -51,6 +51,7 @@ if dag is not None:
             "op_kwargs": getattr(t, "op_kwargs", {{}}),
             "outlets": [getattr(o, "uri", str(o)) for o in t.outlets],
             "on_failure_callback": bool(t.on_failure_callback),
+            "links": [link.name for link in t.operator_extra_links],
         }}
         for t in dag.tasks
     }}
@@ -115,6 +116,13 @@ def test_one_task_per_dvc_stage_wired_like_dvc_yaml(parsed: dict, spec) -> None:
     assert "gate" in ancestors("push") and tasks["publish"]["upstream"] == ["prepare_workspace", "push"]
 
 
+def test_every_stage_task_and_the_gate_link_their_reports(parsed: dict, spec) -> None:
+    tasks = parsed["tasks"]
+    for task_id in [*(t.full_id for t in spec.stage_tasks), "gate"]:
+        assert "Reports" in tasks[task_id]["links"], task_id
+    assert "explain" in {t.stage.name for t in spec.stage_tasks}  # reports/explain.html's button
+
+
 def test_gpu_stages_carry_queue_and_pool(parsed: dict, spec) -> None:
     af = spec.airflow
     for task in spec.stage_tasks:
@@ -169,7 +177,8 @@ def test_trigger_form_params_failure_callback_and_served_asset(parsed: dict, spe
     assert form["require_approval"]["value"] is spec.airflow.require_approval
     assert form["require_approval"]["schema"]["type"] == "boolean"
     assert form["data_source"]["value"] is None and form["data_source"]["schema"]["type"] == ["null", "string"]
-    assert form["note"]["schema"]["type"] == "string"
+    # optional: a field the form may leave empty (a plain "string" is required in the form)
+    assert form["note"]["value"] is None and form["note"]["schema"]["type"] == ["null", "string"]
     assert all(form[k]["description"] for k in form)
     # every task notifies its final failure (through the Connection, when there is one)
     assert all(t["on_failure_callback"] for t in parsed["tasks"].values())
