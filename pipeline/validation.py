@@ -13,8 +13,10 @@ MNIST-sized table (785 columns) validates at the speed the rows can be read:
 
 `StreamValidation` holds the GX context and accumulates the per-batch results into one result
 per check, which reads as if GX had seen the whole table at once. The column descriptions
-(`ColumnSpec`: role and kind) are what a new column kind (e.g. categorical) extends: its own
-profile columns and row checks.
+(`ColumnSpec`: role, kind and the column's contract, `pipeline.contract`) decide what the profile
+counts: a gap in a column whose missing-value policy fills it is not one; a categorical column
+counts only its gaps, and one with declared categories adds its values to the profile under
+`categories:<column>`, checked by GX against the set (an undeclared value quarantines the row).
 """
 
 from __future__ import annotations
