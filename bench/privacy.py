@@ -45,7 +45,7 @@ def measure(table: Any, params: Params) -> tuple[float, float, float | None, int
     assignment = split_stratified(table[params.data.label].to_numpy(), params.split)
     split_table = SplitTable.of(table, assignment, params.data)
     start = time.perf_counter()
-    result, config = train.run(split_table, params.data, params.train, progress=False)
+    result, config, _ = train.run(split_table, params.data, params.train, progress=False)
     seconds = time.perf_counter() - start
     test = device_tensors(split_table.split_rows("test"))
     accuracy = evaluate(result.model, *test, config.n_classes)["accuracy"]

@@ -5,7 +5,8 @@
   written as one 1M-row group costs that much to read whatever the batch size;
   `large_row_groups` names such files so the log can say so.)
 - CSV goes through pyarrow's streaming reader. Its type inference looks only at the first block,
-  so feature columns are read as float64 from the start: a decimal point or a gap in a later
+  so numeric feature columns are read as float64 from the start (categorical ones, declared or
+  text in the first block of a tabular table, as text): a decimal point or a gap in a later
   block then reads as a number (or a null), and a word reads as a conversion error that names the
   column (`NonNumericColumn`).
 - A folder of files reads as one table: their schemas are unified (int + float = float; a column
@@ -24,6 +25,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from pipeline.contract import inferred_kind
 from pipeline.params import DataParams
 from pipeline.tables import TableError, feature_columns, source_files
 
@@ -152,10 +154,13 @@ def _parquet_batches(path: Path, batch_rows: int) -> Iterator[pa.RecordBatch]:
 
 def _open_csv(path: Path, contract: DataParams | None) -> pacsv.CSVStreamingReader:
     try:
-        names = pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=1 << 16)).schema.names
+        first = pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=1 << 16)).schema
         types = {}
         if contract is not None:
-            types = {name: pa.float64() for name in feature_columns(names, contract)}
+            types = {
+                name: _csv_type(first.field(name).type, name, contract)
+                for name in feature_columns(first.names, contract)
+            }
         return pacsv.open_csv(
             path,
             read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES),
@@ -163,6 +168,14 @@ def _open_csv(path: Path, contract: DataParams | None) -> pacsv.CSVStreamingRead
         )
     except pa.ArrowInvalid as error:
         raise TableError(f"{path}: unreadable as csv ({error}); restore or re-export the file") from None
+
+
+def _csv_type(first_block: pa.DataType, name: str, contract: DataParams) -> pa.DataType:
+    """A feature column's type for the whole file: a categorical one (declared, or text in the
+    first block of a tabular table) is read as text, anything else as float64."""
+    spec = contract.columns.get(name)
+    kind = spec.type if spec is not None and spec.type is not None else inferred_kind(first_block, contract)
+    return pa.string() if kind == "categorical" else pa.float64()
 
 
 def _csv_error(path: Path, names: list[str], error: pa.ArrowInvalid) -> TableError:

@@ -173,7 +173,8 @@ def profile(
         n = len(batch[label])
         picks = np.arange((-seen) % step, n, step)  # every step-th row of the whole table
         for name in features:
-            sample[name].append(batch[name][picks].astype(np.float64))
+            picked = batch[name][picks].astype(np.float64)
+            sample[name].append(picked[~np.isnan(picked)])  # a gap the transform fills has no bin
         seen += n
 
     edges = {
@@ -186,6 +187,7 @@ def profile(
     for batch in _batches(path, features):
         for name in features:
             values = batch[name].astype(np.float64)
+            values = values[~np.isnan(values)]
             counts[name] += np.bincount(bin_index(edges[name], values), minlength=len(counts[name]))
             if name in on_counts:
                 on_counts[name] += np.bincount(bin_index(theirs[name], values), minlength=len(on_counts[name]))

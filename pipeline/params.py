@@ -31,6 +31,26 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
+MissingPolicy = Literal["quarantine", "impute", "indicator"]
+
+
+class ColumnParams(Section):
+    """One feature column's contract (`data.columns.<name>`); what is left out is inferred or
+    taken from `data.missing`."""
+
+    type: Literal["numeric", "categorical"] | None = None  # None = inferred: text is categorical
+    missing: MissingPolicy | None = None  # None = data.missing
+    categories: list[str] | None = None  # allowed values (categorical only); None = any value
+
+    @model_validator(mode="after")
+    def _check(self) -> ColumnParams:
+        if self.categories is not None and self.type == "numeric":
+            raise ValueError("categories are for categorical columns; drop them or set type: categorical")
+        if self.categories is not None and len(set(self.categories)) != len(self.categories):
+            raise ValueError("categories must be distinct")
+        return self
+
+
 class DataParams(Section):
     source: str
     label: str
@@ -38,9 +58,18 @@ class DataParams(Section):
     image_shape: list[Positive] | None = None
     value_range: list[float] | None = None
     classes: list[int | str]
+    missing: MissingPolicy = "quarantine"
+    columns: dict[str, ColumnParams] = {}
 
     @model_validator(mode="after")
     def _check(self) -> DataParams:
+        if self.image_shape is not None and (
+            self.missing != "quarantine" or any(c.type == "categorical" for c in self.columns.values())
+        ):
+            raise ValueError(
+                "image rows are numeric pixels: categorical columns and missing-value policies "
+                "need tabular rows (image_shape: null)"
+            )
         if self.image_shape is not None and len(self.image_shape) != 2:
             raise ValueError("image_shape must be [height, width] or null")
         if self.value_range is not None and (len(self.value_range) != 2 or self.value_range[0] > self.value_range[1]):

@@ -25,9 +25,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline import transform
+from pipeline.contract import category_values, feature_contracts, is_mixed
 from pipeline.errors import StageError
 from pipeline.params import DataParams
 from pipeline.tables import feature_columns, read_parquet
+from pipeline.transform import RawRows
 
 # Feature values (in the stored dtype) read at once: columns are read in groups of about this
 # size (at least one column), so what a read needs beyond its result stays bounded whatever the
@@ -68,6 +71,18 @@ def stored_dtype(types: list[pa.DataType]) -> np.dtype:
     return np.dtype(np.float32)
 
 
+def raw_block(block: pa.Table, label: str, numeric: list[str], categorical: list[str], indices, part: str) -> RawRows:
+    """One block of raw rows from the label, numeric and categorical columns of `block`."""
+    num = np.empty((block.num_rows, len(numeric)), np.float32)
+    for j, name in enumerate(numeric):
+        num[:, j] = block.column(name).cast(pa.float64()).to_numpy(zero_copy_only=False)  # null -> NaN
+    cat = np.empty((block.num_rows, len(categorical)), object)
+    for j, name in enumerate(categorical):
+        cat[:, j] = category_values(block.column(name).combine_chunks())
+    labels = block.column(label).combine_chunks().to_numpy(zero_copy_only=False)
+    return RawRows(num, cat, indices(part, labels))
+
+
 class SplitTable:
     """The clean table (a Parquet file, or an in-memory table in tests) and its split assignment,
     checked to fit each other. Rows are read on demand by `rows` / `split_rows`."""
@@ -89,7 +104,12 @@ class SplitTable:
             raise RowsError(
                 f"the clean table has no feature columns (data.feature_prefix {data.feature_prefix!r}); rerun clean"
             )
-        self.dtype = stored_dtype([schema.field(name).type for name in self.features])
+        # The contract per column: a categorical column or a missing-value policy makes the rows
+        # "mixed": stages read them raw (`raw_rows`) and encode them with a fitted transform.
+        self.contracts = feature_contracts(schema, data)
+        self.mixed = is_mixed(self.contracts)
+        types = [schema.field(c.name).type for c in self.contracts if c.kind == "numeric"]
+        self.dtype = stored_dtype(types) if types else np.dtype(np.float32)
         order = np.argsort(rows, kind="stable")
         # Row i of the clean table: its split (train | val | test) and fold (-1 outside train).
         self.splits = np.asarray(assignment["split"].to_numpy()[order], dtype=str)
@@ -140,6 +160,44 @@ class SplitTable:
                 self._fill_features(read, n, wanted, xs)
             start += n
         return {name: Rows(xs[name], np.concatenate(ys[name])) for name in picks}
+
+    def fitted_rows(self, fit_on: str, **parts: np.ndarray) -> tuple[dict[str, Rows], dict | None]:
+        """The rows of each part as the model takes them, and the transform fitted on part `fit_on`
+        alone (None for a table that needs none: those rows are `rows(**parts)` unchanged)."""
+        if not self.mixed:
+            return self.rows(**parts), None
+        raw = self.raw_rows(**parts)
+        fitted = transform.fit(raw[fit_on], self.contracts)
+        return {name: Rows(transform.encode(fitted, r), r.y) for name, r in raw.items()}, fitted
+
+    def raw_rows(self, **parts: np.ndarray) -> dict[str, RawRows]:
+        """Like `rows`, for mixed tables: numeric features as float32 with NaN for a gap,
+        categorical ones as text (None for a gap), one row group at a time."""
+        picks = {name: np.flatnonzero(mask) for name, mask in parts.items()}
+        empty = [name for name, idx in picks.items() if len(idx) == 0]
+        if empty:
+            counts = {name: len(idx) for name, idx in picks.items()}
+            raise RowsError(f"no {' or '.join(empty)} rows ({counts}); check split's output and the split params")
+        numeric = [c.name for c in self.contracts if c.kind == "numeric"]
+        categorical = [c.name for c in self.contracts if c.kind == "categorical"]
+        got: dict[str, list[RawRows]] = {name: [] for name in picks}
+        start = 0
+        for n, read in self._row_groups():
+            for name, idx in picks.items():
+                lo, hi = np.searchsorted(idx, [start, start + n])
+                if hi <= lo:
+                    continue
+                block = read([self.data.label, *numeric, *categorical]).take(pa.array(idx[lo:hi] - start))
+                got[name].append(raw_block(block, self.data.label, numeric, categorical, self._indices, name))
+            start += n
+        return {
+            name: RawRows(
+                np.concatenate([r.numeric for r in blocks]),
+                np.concatenate([r.categorical for r in blocks]),
+                np.concatenate([r.y for r in blocks]),
+            )
+            for name, blocks in got.items()
+        }
 
     def _fill_features(self, read, n: int, wanted: dict, xs: dict[str, np.ndarray]) -> None:
         """Copy the wanted rows of one row group into each part's features, a group of columns at a time."""

@@ -13,8 +13,10 @@ MNIST-sized table (785 columns) validates at the speed the rows can be read:
 
 `StreamValidation` holds the GX context and accumulates the per-batch results into one result
 per check, which reads as if GX had seen the whole table at once. The column descriptions
-(`ColumnSpec`: role and kind) are what a new column kind (e.g. categorical) extends: its own
-profile columns and row checks.
+(`ColumnSpec`: role, kind and the column's contract, `pipeline.contract`) decide what the profile
+counts: a gap in a column whose missing-value policy fills it is not one; a categorical column
+counts only its gaps, and one with declared categories adds its values to the profile under
+`categories:<column>`, checked by GX against the set (an undeclared value quarantines the row).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from pipeline.contract import FeatureContract, category_values, feature_contracts, unknown_columns
 from pipeline.errors import StageError
 from pipeline.params import CleanParams, DataParams
 from pipeline.tables import feature_columns
@@ -46,6 +49,19 @@ ROW_REASONS = {
     "features_below_max": "feature value above range",
     "not_duplicate": "exact duplicate of an earlier row",
 }
+CATEGORY_CHECK = "categories:"  # + column name: a row-level check of one categorical column's values
+CATEGORY_REASON = "undeclared category"
+
+
+def reason_text(name: str) -> str:
+    """The quarantine reason of a row-level check."""
+    return CATEGORY_REASON if name.startswith(CATEGORY_CHECK) else ROW_REASONS[name]
+
+
+def is_row_check(name: str) -> bool:
+    return name in ROW_REASONS or name.startswith(CATEGORY_CHECK)
+
+
 # Checks that need every batch: judged once at the end, on what the batches accumulated.
 WHOLE_TABLE_CHECKS = ("enough rows", "duplicate share within limit")
 
@@ -73,29 +89,43 @@ class ColumnSpec:
 
     name: str
     role: Literal["label", "feature", "other"]
-    kind: Literal["numeric", "other"]  # what the row profile does with it
+    # What the row profile does with it; "other" = a type the contract cannot take (a wrong type).
+    kind: Literal["numeric", "categorical", "other"]
+    contract: FeatureContract | None = None  # features only
 
 
 def describe_columns(schema: pa.Schema, contract: DataParams) -> list[ColumnSpec]:
-    features = set(feature_columns(schema.names, contract))
+    features = {c.name: c for c in feature_contracts(schema, contract)}
 
-    def kind(t: pa.DataType) -> Literal["numeric", "other"]:
+    def kind(t: pa.DataType, feature: FeatureContract | None) -> Literal["numeric", "categorical", "other"]:
+        if feature is not None and feature.kind == "categorical":
+            return "categorical"  # text, or numbers used as codes (read as their text)
         numeric = pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
         return "numeric" if numeric else "other"
 
     return [
         ColumnSpec(
-            f.name, "label" if f.name == contract.label else "feature" if f.name in features else "other", kind(f.type)
+            f.name,
+            "label" if f.name == contract.label else "feature" if f.name in features else "other",
+            kind(f.type, features.get(f.name)),
+            features.get(f.name),
         )
         for f in schema
     ]
 
 
-def profile_batch(batch: pa.RecordBatch, label: str, features: list[str]) -> pd.DataFrame:
+def profile_batch(
+    batch: pa.RecordBatch,
+    label: str,
+    features: list[str],
+    gaps_allowed: frozenset[str] = frozenset(),
+    categorical: frozenset[str] = frozenset(),
+) -> pd.DataFrame:
     """One row per row of the batch: label, null count, min, max, non-finite count.
 
     Column by column, so no batch-sized float copy exists; integer columns without nulls are used
-    as they are (no NaN or inf possible)."""
+    as they are (no NaN or inf possible). A gap in a column of `gaps_allowed` (its missing-value
+    policy fills it) is not counted; `categorical` columns count only their gaps."""
     n = batch.num_rows
     nulls = np.zeros(n, np.int32)
     nonfinite = np.zeros(n, np.int32)
@@ -103,6 +133,10 @@ def profile_batch(batch: pa.RecordBatch, label: str, features: list[str]) -> pd.
     hi = np.full(n, -np.inf, np.float64)
     for name in features:
         column = batch.column(name)
+        if name in categorical:
+            if name not in gaps_allowed:
+                nulls += pd.isna(category_values(column)).astype(np.int32)
+            continue
         if column.null_count == 0 and pa.types.is_integer(column.type):
             values = column.to_numpy()
             np.minimum(lo, values, out=lo)
@@ -110,7 +144,8 @@ def profile_batch(batch: pa.RecordBatch, label: str, features: list[str]) -> pd.
             continue
         values = column.cast(pa.float64()).to_numpy(zero_copy_only=False)  # nulls are NaN
         isnan, isinf = np.isnan(values), np.isinf(values)
-        nulls += isnan
+        if name not in gaps_allowed:
+            nulls += isnan
         nonfinite += isinf
         bad = isnan | isinf
         np.minimum(lo, np.where(bad, np.inf, values), out=lo)
@@ -147,7 +182,9 @@ def expected_features(features: list[str], contract: DataParams) -> list[str]:
     return min(numbered(0), numbered(1), key=lambda names: len(present.symmetric_difference(names)))
 
 
-def expectations(contract: DataParams, clean: CleanParams, features: list[str]) -> dict[str, list]:
+def expectations(
+    contract: DataParams, clean: CleanParams, features: list[str], categories: dict[str, list[str]] | None = None
+) -> dict[str, list]:
     import great_expectations as gx
 
     E = gx.expectations
@@ -179,6 +216,10 @@ def expectations(contract: DataParams, clean: CleanParams, features: list[str]) 
             E.ExpectColumnMeanToBeBetween(column="duplicate", max_value=clean.max_duplicate_share),
         ),
     ]
+    for name, allowed in (categories or {}).items():
+        row_checks.append(
+            (CATEGORY_CHECK + name, E.ExpectColumnValuesToBeInSet(column=CATEGORY_CHECK + name, value_set=allowed))
+        )
     if contract.value_range is not None:
         lo, hi = contract.value_range
         row_checks += [
@@ -235,7 +276,7 @@ def check_result(view: str, name: str, res: Any, examples: list[Any] | None = No
         observed=info.get("observed_value"),
         unexpected_count=int(info.get("unexpected_count") or 0),
         examples=list(info.get("partial_unexpected_list") or [])[:5] if examples is None else examples,
-        row_level=view == "rows" and name in ROW_REASONS,
+        row_level=view == "rows" and is_row_check(name),
         details=dict(info.get("details") or {}),
     )
 
@@ -282,6 +323,7 @@ class Tally:
     first_failures: dict[str, tuple[int, str]]  # check name -> (first row failing it, its reason)
     columns: list[str]
     features: int
+    contracts: list[FeatureContract] = field(default_factory=list)
 
 
 class StreamValidation:
@@ -291,7 +333,11 @@ class StreamValidation:
         self.contract, self.params = contract, params
         self.columns = describe_columns(schema, contract)
         self.features = [c.name for c in self.columns if c.role == "feature"]
-        suite = expectations(contract, params, self.features)
+        self.contracts = [c.contract for c in self.columns if c.contract is not None]
+        self._gaps_allowed = frozenset(c.name for c in self.contracts if c.missing != "quarantine")
+        self._categorical = frozenset(c.name for c in self.contracts if c.kind == "categorical")
+        self._categories = {c.name: list(c.categories) for c in self.contracts if c.categories is not None}
+        suite = expectations(contract, params, self.features, self._categories)
         self._order = [(view, name) for view, checks in suite.items() for name, _ in checks]
         context = context or silent_context()
 
@@ -301,7 +347,7 @@ class StreamValidation:
         self._schema_view = view("schema", "table", lambda name: name not in WHOLE_TABLE_CHECKS)
         self._count_view = view("row_count", "table", lambda name: name in WHOLE_TABLE_CHECKS)
         self._columns_view = view("columns", "columns", lambda name: True)
-        self._rows_view = view("rows", "rows", lambda name: name in ROW_REASONS)
+        self._rows_view = view("rows", "rows", is_row_check)
         self._share_view = view("duplicates", "rows", lambda name: name in WHOLE_TABLE_CHECKS)
         self._schema = schema
         self._results: dict[tuple[str, str], CheckResult] = {}
@@ -318,19 +364,25 @@ class StreamValidation:
         for name, res in self._schema_view.run(empty):
             self._results["table", name] = check_result("table", name, res)
         kinds = pd.DataFrame(
-            {"column": self.features, "numeric": [c.kind == "numeric" for c in self.columns if c.role == "feature"]}
+            {"column": self.features, "numeric": [c.kind != "other" for c in self.columns if c.role == "feature"]}
         )
         for name, res in self._columns_view.run(kinds):
             unexpected = (res.result or {}).get("unexpected_index_list") or []
             examples = [kinds["column"].iloc[i] for i in unexpected[:5]]
             self._results["columns", name] = check_result("columns", name, res, examples)
-        return [r for r in self._results.values() if not r.success]
+        failures = [r for r in self._results.values() if not r.success]
+        strays = unknown_columns(self._schema, self.contract)
+        if strays:
+            failures.append(CheckResult("table", "data.columns names feature columns", "", False, strays))
+        return failures
 
     def validate_batch(self, batch: pa.RecordBatch, duplicate: np.ndarray) -> dict[int, list[str]]:
         """Row-level checks on one batch (its rows numbered from `rows_in`); returns the batch's bad
         rows as {row number in the table: names of the checks it failed}."""
         offset = self.rows_in
-        profile = profile_batch(batch, self.contract.label, self.features)
+        profile = profile_batch(batch, self.contract.label, self.features, self._gaps_allowed, self._categorical)
+        for name in self._categories:
+            profile[CATEGORY_CHECK + name] = category_values(batch.column(name))
         profile["duplicate"] = duplicate
         profile.index = pd.RangeIndex(offset, offset + batch.num_rows)
         bad: dict[int, list[str]] = {}
@@ -345,7 +397,7 @@ class StreamValidation:
     def count_quarantined(self, bad: dict[int, list[str]], reason: Callable[[int, list[str]], str]) -> None:
         """Tally a batch's bad rows; `reason(row, names)` words one (called for first examples only)."""
         self.quarantined += len(bad)
-        self.reasons.update(ROW_REASONS[name] for names in bad.values() for name in names)
+        self.reasons.update(reason_text(name) for names in bad.values() for name in names)
         for row in sorted(bad):
             for name in bad[row]:
                 if name not in self.first_failures:
@@ -380,6 +432,7 @@ class StreamValidation:
             self.first_failures,
             self._schema.names,
             len(self.features),
+            self.contracts,
         )
 
 
@@ -393,14 +446,14 @@ def judge(tally: Tally, contract: DataParams, params: CleanParams) -> tuple[dict
         "quarantined_share": round(share, 6),
     }
     # In the suite's order, as GX reports the checks.
-    reasons = {ROW_REASONS[c.name]: tally.reasons[ROW_REASONS[c.name]] for c in tally.checks if c.row_level}
+    reasons = {reason_text(c.name): tally.reasons[reason_text(c.name)] for c in tally.checks if c.row_level}
     reasons = {text: count for text, count in reasons.items() if count}
-    report = render_report(tally.checks, summary, reasons)
+    report = render_report(tally.checks, summary, reasons, [c.describe() for c in tally.contracts])
     problems = [describe_failure(c, contract, tally.columns) for c in tally.checks if not c.success and not c.row_level]
     if share > params.max_quarantine_share:
         examples = [
-            f"{tally.reasons[ROW_REASONS[name]]} x {ROW_REASONS[name]} (e.g. row {row}: {text})"
-            for name in ROW_REASONS
+            f"{tally.reasons[reason_text(name)]} x {reason_text(name)} (e.g. row {row}: {text})"
+            for name in [*ROW_REASONS, *sorted(set(tally.first_failures) - set(ROW_REASONS))]
             if name in tally.first_failures
             for row, text in [tally.first_failures[name]]
         ]
@@ -410,7 +463,11 @@ def judge(tally: Tally, contract: DataParams, params: CleanParams) -> tuple[dict
         )
     if problems:
         raise validation_failed(problems)
-    return {**summary, "reasons": reasons, "features": tally.features}, report
+    metrics = {**summary, "reasons": reasons, "features": tally.features}
+    categorical = sum(c.kind == "categorical" for c in tally.contracts)
+    if categorical:  # tables without them keep the metrics they always had
+        metrics["categorical_features"] = categorical
+    return metrics, report
 
 
 def validation_failed(problems: list[str]) -> ValidationFailed:
@@ -423,15 +480,27 @@ def validation_failed(problems: list[str]) -> ValidationFailed:
 def row_reason(table: pd.DataFrame, row: int, failed: list[str], contract: DataParams) -> str:
     """A readable reason for one quarantined row, naming a column and its value."""
     features = feature_columns(list(table.columns), contract)
+    text_columns = {c for c in features if _is_categorical(table, c, contract)}
+    gaps_allowed = {c for c in features if _policy(c, contract) != "quarantine"}
     values = table.iloc[row]
     parts = []
     for name in failed:
-        text = ROW_REASONS[name]
-        if name == "label_in_set":
+        text = reason_text(name)
+        if name.startswith(CATEGORY_CHECK):
+            column = name[len(CATEGORY_CHECK) :]
+            text += f": {column}={values[column]!r} (not in data.columns.{column}.categories)"
+        elif name == "no_null_features" and text_columns:
+            gaps = [c for c in features if c not in gaps_allowed and (pd.isna(values[c]) or values[c] == "")]
+            if gaps:
+                text += f": {gaps[0]} is empty" if gaps[0] in text_columns else f": {gaps[0]}=nan"
+        elif name == "label_in_set":
             label = table[contract.label].iloc[row]  # from its column: a row of mixed types would widen it
             text += f" {label.item() if isinstance(label, np.generic) else label!r}"
         elif name in ("no_null_features", "finite_features", "features_above_min", "features_below_max"):
-            feats = pd.to_numeric(values[features], errors="coerce").astype(float)
+            numeric = [
+                c for c in features if c not in text_columns and (name != "no_null_features" or c not in gaps_allowed)
+            ]
+            feats = pd.to_numeric(values[numeric], errors="coerce").astype(float)  # nulls become NaN
             if name == "no_null_features":
                 bad = feats[feats.isna()]
             elif name == "finite_features":
@@ -448,6 +517,18 @@ def row_reason(table: pd.DataFrame, row: int, failed: list[str], contract: DataP
                     text += f" outside [{contract.value_range[0]:g}, {contract.value_range[1]:g}]"
         parts.append(text)
     return "; ".join(parts)
+
+
+def _policy(column: str, contract: DataParams) -> str:
+    spec = contract.columns.get(column)
+    return spec.missing if spec is not None and spec.missing is not None else contract.missing
+
+
+def _is_categorical(table: pd.DataFrame, column: str, contract: DataParams) -> bool:
+    spec = contract.columns.get(column)
+    if spec is not None and spec.type is not None:
+        return spec.type == "categorical"
+    return contract.image_shape is None and not pd.api.types.is_numeric_dtype(table[column])
 
 
 def _natural(name: str) -> list:
@@ -491,14 +572,32 @@ def describe_failure(check: CheckResult, contract: DataParams, columns: list[str
         )
     if check.name == "features are numeric":
         return f"non-numeric feature column(s) {check.examples} (wrong type; every feature must be a number)"
+    if check.name == "data.columns names feature columns":
+        return (
+            f"data.columns names {check.observed}, which are not feature columns of the table "
+            f"(features are the columns starting with {contract.feature_prefix!r}); fix the names in params.yaml"
+        )
     if check.name == "duplicate share within limit":
         return f"duplicate share {check.observed:.1%} exceeds clean.max_duplicate_share"
     return f"{check.name} failed (observed {check.observed!r}, examples {check.examples})"
 
 
-def render_report(checks: list[CheckResult], summary: dict[str, Any], reasons: dict[str, int]) -> str:
-    """A self-contained HTML page: summary, every expectation with its outcome, quarantine reasons."""
+def render_report(
+    checks: list[CheckResult], summary: dict[str, Any], reasons: dict[str, int], columns: list[dict] | None = None
+) -> str:
+    """A self-contained HTML page: summary, the feature columns' contract (when any is categorical
+    or has a missing-value policy), every expectation with its outcome, quarantine reasons."""
     esc = html.escape
+    contract = ""
+    if columns and any(c["type"] == "categorical" or c["missing"] != "quarantine" for c in columns):
+        head = "".join(f"<th>{esc(k)}</th>" for k in columns[0])
+        body = "".join(
+            "<tr>"
+            + "".join(f"<td>{esc(', '.join(v) if isinstance(v, list) else str(v))}</td>" for v in c.values())
+            + "</tr>"
+            for c in columns
+        )
+        contract = f"<h2>Columns (data contract)</h2><table><tr>{head}</tr>{body}</table>"
 
     def row(c: CheckResult) -> str:
         status = "pass" if c.success else ("quarantined" if c.row_level else "FAIL")
@@ -525,7 +624,7 @@ tr.quarantined td:nth-child(4) {{ color: #a35c00; }}
 </style></head><body>
 <h1>Data validation report</h1>
 <h2>Summary</h2><table>{summary_rows}</table>
-<h2>Expectations (Great Expectations)</h2>
+{contract}<h2>Expectations (Great Expectations)</h2>
 <table><tr><th>view</th><th>check</th><th>expectation</th><th>result</th><th>observed</th>
 <th>unexpected</th><th>examples</th></tr>{"".join(row(c) for c in checks)}</table>
 <h2>Quarantine reasons</h2><table><tr><th>reason</th><th>rows</th></tr>{reason_rows}</table>

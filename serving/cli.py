@@ -172,8 +172,6 @@ def cmd_prune(args: argparse.Namespace, params: Params) -> dict[str, Any]:
 
 def cmd_sample(args: argparse.Namespace, params: Params) -> dict[str, Any]:
     """Send the serving version's golden inputs through tritonclient and show the predictions."""
-    import numpy as np
-
     name = args.model or params.export.model_name
     settings = ops.ServingSettings.from_params(params.serving)
     repo = settings.open_repository()
@@ -182,7 +180,7 @@ def cmd_sample(args: argparse.Namespace, params: Params) -> dict[str, Any]:
     if version is None or golden is None:
         raise ops.PushError(f"{name} has no serving version with golden samples in {repo.root}; push one first")
     with TritonClient(settings.client) as client:
-        probabilities = client.predict(name, np.asarray(golden["inputs"], dtype=np.float32))
+        probabilities = client.predict(name, ops.golden_inputs(golden))
     classes = repo.card(name, version).get("classes") or list(range(probabilities.shape[1]))
     predicted = [classes[i] for i in probabilities.argmax(axis=1)]
     if not args.json:

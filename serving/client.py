@@ -381,28 +381,36 @@ class TritonClient:
     def infer(
         self,
         name: str,
-        rows: np.ndarray,
+        rows: np.ndarray | Mapping[str, np.ndarray],
         *,
         version: int | None = None,
         input_name: str = "input",
         output_name: str = "probabilities",
     ) -> np.ndarray:
-        rows = np.ascontiguousarray(rows, dtype=np.float32)
-        if rows.ndim != 2:
-            raise StageError(f"rows must be 2-D [n, n_features], got shape {rows.shape}")
-        tensor = self._module.InferInput(input_name, list(rows.shape), "FP32")
-        tensor.set_data_from_numpy(rows)
+        """`rows`: float32 rows for the input `input_name`, or {input name: rows} for a model with
+        several inputs (float rows go as FP32, text as BYTES)."""
+        named = rows if isinstance(rows, Mapping) else {input_name: rows}
+        tensors = []
+        for tensor_name, values in named.items():
+            values = np.asarray(values)
+            text = values.dtype.kind in "OUS"
+            values = values.astype(object) if text else np.ascontiguousarray(values, dtype=np.float32)
+            if values.ndim != 2:
+                raise StageError(f"rows must be 2-D [n, n_features], got shape {values.shape}")
+            tensor = self._module.InferInput(tensor_name, list(values.shape), "BYTES" if text else "FP32")
+            tensor.set_data_from_numpy(values)
+            tensors.append(tensor)
         wanted = [self._module.InferRequestedOutput(output_name)]
         kwargs = self._kwargs()
         v = "" if version is None else str(version)
         result = self.call(
             f"inference on {name}:{v or 'latest'}",
-            lambda: self._client.infer(name, [tensor], model_version=v, outputs=wanted, **kwargs),
+            lambda: self._client.infer(name, tensors, model_version=v, outputs=wanted, **kwargs),
         )
         return result.as_numpy(output_name)
 
-    def predict(self, name: str, rows: np.ndarray, version: int | None = None) -> np.ndarray:
-        """Class probabilities [n, n_classes] for float32 rows [n, n_features]."""
+    def predict(self, name: str, rows: np.ndarray | Mapping[str, np.ndarray], version: int | None = None) -> np.ndarray:
+        """Class probabilities [n, n_classes] for float32 rows [n, n_features] (or {input: rows})."""
         return self.infer(name, rows, version=version)
 
 

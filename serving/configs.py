@@ -39,22 +39,40 @@ INTRA_OP_THREADS = "intra_op_thread_count"
 ALLOW_SPINNING = "session.intra_op.allow_spinning"
 
 
+# Triton's wire datatypes of the inputs a model may take, and their config types.
+DATATYPES = {"FP32": DataType.TYPE_FP32, "BYTES": DataType.TYPE_STRING}
+
+
+@dataclass(frozen=True)
+class Input:
+    """One input tensor `[batch, width]`: FP32 numbers or BYTES (strings)."""
+
+    name: str
+    width: int
+    datatype: str = "FP32"
+
+
 @dataclass(frozen=True)
 class Signature:
-    """One FP32 input row of `n_features` values in, one FP32 row of `n_classes` probabilities out,
-    and optionally more FP32 outputs after it (`more_outputs`: (name, values per row) each, e.g.
-    the novelty score), in the order the model returns them."""
+    """One FP32 input row of `n_features` values in, one FP32 row of `n_classes` probabilities out;
+    or, with `inputs`, several typed inputs (a mixed table's raw columns: FP32 numbers, BYTES
+    categories); and optionally more FP32 outputs after the probabilities (`more_outputs`: (name,
+    values per row) each, e.g. the novelty score), in the order the model returns them."""
 
     n_features: int
     n_classes: int
     input_name: str = INPUT_NAME
     output_name: str = OUTPUT_NAME
     more_outputs: tuple[tuple[str, int], ...] = ()
+    inputs: tuple[Input, ...] = ()
 
     @property
     def outputs(self) -> list[tuple[str, int]]:
         """Every output as (name, values per row), the probabilities first."""
         return [(self.output_name, self.n_classes), *self.more_outputs]
+
+    def tensors(self) -> tuple[Input, ...]:
+        return self.inputs or (Input(self.input_name, self.n_features),)
 
 
 def build_config(
@@ -77,7 +95,8 @@ def build_config(
         default_model_filename=default_model_filename,
     )
     # dims leave out the batch axis: with max_batch_size > 0 Triton adds it in front.
-    config.input.add(name=signature.input_name, data_type=DataType.TYPE_FP32, dims=[signature.n_features])
+    for tensor in signature.tensors():
+        config.input.add(name=tensor.name, data_type=DATATYPES[tensor.datatype], dims=[tensor.width])
     for name, width in signature.outputs:
         config.output.add(name=name, data_type=DataType.TYPE_FP32, dims=[width])
     if params.dynamic_batching:

@@ -38,8 +38,9 @@ def run(table: SplitTable, data: DataParams, train: TrainParams, split: SplitPar
             f"fold {fold}: {counts['train']} training, {counts['held_out']} held-out and {counts['val']} val rows; "
             "every part needs rows. Rerun split with the current split.folds."
         )
-    parts = table.rows(**masks)  # only these rows are read
-    config = privacy.private_config(config_for(train.model, data, table.n_features), train.privacy)
+    # Only these rows are read; a mixed table's transform is fitted on this fold's training rows.
+    parts, _ = table.fitted_rows("train", **masks)
+    config = privacy.private_config(config_for(train.model, data, parts["train"].x.shape[1]), train.privacy)
     log.info("fold %d: training on %d rows, scoring %d held-out rows", fold, counts["train"], counts["held_out"])
     result = fit(config, parts["train"], parts["val"], train, data)
     scores = evaluate(result.model, *device_tensors(parts["held_out"]), config.n_classes)

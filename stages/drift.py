@@ -151,13 +151,16 @@ def run(
 ) -> DriftResult:
     """Profile the clean table and compare it with the reference (when there is one); with a
     novelty file, add the share of rows above its threshold."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        names = pq.read_schema(clean).names
+        schema = pq.read_schema(clean)
     except (OSError, ValueError) as error:
         raise DriftError(f"{clean}: cannot read as Parquet ({error}); rerun clean") from None
-    features = feature_columns(names, contract)
+    # Numeric features only: categorical columns (text) have no quantile bins.
+    numeric = {f.name for f in schema if pa.types.is_integer(f.type) or pa.types.is_floating(f.type)}
+    features = [name for name in feature_columns(schema.names, contract) if name in numeric]
     current, on_reference = profile(clean, contract.label, features, params.bins, params.sample_rows, reference.profile)
     report = None if reference.profile is None else compare(reference.profile, current, on_reference)
     metrics = metrics_of(report, current, reference, params)

@@ -23,6 +23,8 @@ from pipeline import atomic, metrics
 from pipeline.candidate import CARD_FILE, ONNX_FILE
 from pipeline.params import DataParams
 from pipeline.rows import Rows, SplitTable
+from pipeline.transform import RawRows
+from pipeline.transform_onnx import feeds
 from stages import _cli
 
 log = logging.getLogger(__name__)
@@ -37,13 +39,17 @@ class Evaluation:
     confusion: pd.DataFrame
 
 
-def onnx_predict(path: Path, rows: Rows, input_name: str, output_name: str) -> np.ndarray:
-    """Output rows of the ONNX model (probabilities) for `rows`, in float32 batches."""
+def onnx_predict(path: Path, rows: Rows | RawRows, input_name: str, output_name: str) -> np.ndarray:
+    """Output rows of the ONNX model (probabilities) for `rows`, in float32 batches; raw rows (a
+    mixed table) go in as the served model's inputs, numbers and category strings."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    parts = [
-        session.run([output_name], {input_name: rows.float32(start, start + BATCH_ROWS)})[0]
-        for start in range(0, len(rows), BATCH_ROWS)
-    ]
+
+    def batch(start: int) -> dict[str, np.ndarray]:
+        if isinstance(rows, RawRows):
+            return feeds(rows.take(np.arange(start, min(start + BATCH_ROWS, len(rows)))))
+        return {input_name: rows.float32(start, start + BATCH_ROWS)}
+
+    parts = [session.run([output_name], batch(start))[0] for start in range(0, len(rows), BATCH_ROWS)]
     return np.concatenate(parts, axis=0)
 
 
@@ -55,7 +61,7 @@ def score(actual: np.ndarray, predicted: np.ndarray, classes: list) -> Evaluatio
     return Evaluation(scores, metrics.per_class(actual, predicted, classes), confusion)
 
 
-def run(candidate: Path, test: Rows, data: DataParams) -> Evaluation:
+def run(candidate: Path, test: Rows | RawRows, data: DataParams) -> Evaluation:
     """Score `candidate/model.onnx` on the test rows (labels are indices into data.classes)."""
     card = json.loads((candidate / CARD_FILE).read_text())
     classes = list(data.classes)
@@ -69,6 +75,13 @@ def run(candidate: Path, test: Rows, data: DataParams) -> Evaluation:
     return evaluation
 
 
+def test_rows(table: SplitTable) -> Rows | RawRows:
+    """The test split as the served model takes it: float rows, or a mixed table's raw rows."""
+    if table.mixed:
+        return table.raw_rows(test=table.splits == "test")["test"]
+    return table.split_rows("test")
+
+
 def main() -> None:
     p = _cli.parser(__doc__.splitlines()[0])
     p.add_argument("--candidate", required=True, help="candidate folder written by export")
@@ -78,7 +91,7 @@ def main() -> None:
     p.add_argument("--report", required=True, help="JSON per-class report")
 
     def body(args, params):
-        test = SplitTable.open(args.clean, args.split, params.data).split_rows("test")
+        test = test_rows(SplitTable.open(args.clean, args.split, params.data))
         evaluation = run(Path(args.candidate), test, params.data)
         atomic.write_json(args.metrics, evaluation.metrics)
         atomic.write_json(args.report, evaluation.report)

@@ -251,8 +251,22 @@ def main() -> None:
 
     def body(args, params):
         table = SplitTable.open(args.clean, args.split, params.data)
-        test = table.split_rows("test") if params.explain.enabled else Rows(np.zeros((0, 0)), np.zeros(0, np.int64))
-        result = run(args.model, test, table.features, params.data, params.explain)
+        test = (
+            table.split_rows("test")
+            if params.explain.enabled and not table.mixed
+            else Rows(np.zeros((0, 0)), np.zeros(0, np.int64))
+        )
+        features = table.features
+        if params.explain.enabled and table.mixed:
+            # A mixed table's model takes the encoded rows: attribute to its encoded features
+            # (each category's one-hot slot, each "was missing" flag), with the model's own transform.
+            from pipeline import transform
+            from pipeline.models import load_model
+
+            fitted = transform.check(load_model(args.model)[1].get("transform"))
+            raw = table.raw_rows(test=table.splits == "test")["test"]
+            test, features = Rows(transform.encode(fitted, raw), raw.y), transform.feature_names(fitted)
+        result = run(args.model, test, features, params.data, params.explain)
         atomic.write_json(args.metrics, result.metrics)
         atomic.write_text(args.report, result.report_html)
 

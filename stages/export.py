@@ -36,12 +36,13 @@ import pandas as pd
 import torch
 from torch import nn
 
-from pipeline import atomic, autoencoder
+from pipeline import atomic, autoencoder, transform
 from pipeline.candidate import CARD_FILE, GOLDEN_FILE, ONNX_FILE, TORCHSCRIPT_FILE
 from pipeline.errors import StageError
 from pipeline.models import ModelConfig, load_model
 from pipeline.params import DataParams, ExportParams
 from pipeline.rows import Rows, SplitTable
+from pipeline.transform import RawRows
 from serving import configs
 from stages import _cli
 
@@ -148,8 +149,19 @@ def torch_probabilities(module: nn.Module, rows: Rows) -> np.ndarray:
     return torch_outputs(module, rows)[0]
 
 
-def onnx_probabilities(path: Path, rows: Rows) -> np.ndarray:
-    return onnx_outputs(path, rows, [configs.OUTPUT_NAME])[0]
+def onnx_probabilities(path: Path, rows: Rows | RawRows) -> np.ndarray:
+    """The ONNX file's probabilities: on float32 rows, or on raw rows (a mixed table's model, whose
+    graph holds the transform) fed as the served model's inputs."""
+    if not isinstance(rows, RawRows):
+        return onnx_outputs(path, rows, [configs.OUTPUT_NAME])[0]
+    from pipeline.transform_onnx import feeds
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    parts = [
+        session.run([configs.OUTPUT_NAME], feeds(rows.take(np.arange(i, min(i + BATCH_ROWS, len(rows))))))[0]
+        for i in range(0, len(rows), BATCH_ROWS)
+    ]
+    return np.concatenate(parts)
 
 
 def torchscript_probabilities(path: Path, rows: Rows) -> np.ndarray:
@@ -177,16 +189,32 @@ def golden_indices(labels: np.ndarray, count: int) -> np.ndarray:
 
 
 def golden_samples(
-    rows: Rows, expected: np.ndarray, classes: list, export: ExportParams, more: dict[str, np.ndarray] | None = None
+    rows: Rows,
+    expected: np.ndarray,
+    classes: list,
+    export: ExportParams,
+    more: dict[str, np.ndarray] | None = None,
+    raw: RawRows | None = None,
 ) -> dict[str, Any]:
-    """Golden rows with their expected probabilities; `more` = the expected values of further
-    outputs by name (`more_outputs`, only present when there are any)."""
+    """A few test rows with expected outputs; `more` = the expected values of further outputs by
+    name (`more_outputs`, only present when there are any). With `raw` (a mixed table's model) the
+    inputs are the raw rows, {input name: rows}, as a client sends them (NaN / "" where a value is
+    missing)."""
     picks = golden_indices(rows.y, export.golden_samples)
+    if raw is not None:
+        from pipeline.transform_onnx import feeds
+
+        fed = feeds(raw.take(picks))
+        inputs: Any = {name: values.tolist() for name, values in fed.items()}
+        datatypes = {name: "BYTES" if values.dtype.kind in "OUS" else "FP32" for name, values in fed.items()}
+    else:
+        inputs, datatypes = rows.take(picks).float32().tolist(), None
     golden = {
+        **({"input_datatypes": datatypes} if datatypes else {}),
         "model_name": export.model_name,
         "input_name": configs.INPUT_NAME,
         "output_name": configs.OUTPUT_NAME,
-        "inputs": rows.take(picks).float32().tolist(),
+        "inputs": inputs,
         "outputs": expected[picks].tolist(),
         "labels": [classes[i] for i in rows.y[picks]],
         "atol": export.parity_tolerance,
@@ -214,8 +242,11 @@ def git_commit() -> str | None:
     return done.stdout.strip() or None
 
 
-def write_entries(out: Path, export: ExportParams, signature: configs.Signature) -> list[str]:
-    """The three Triton repository entries beside the exported files; each config is parsed first."""
+def write_entries(
+    out: Path, export: ExportParams, signature: configs.Signature, torchscript_entry: bool = True
+) -> list[str]:
+    """The Triton repository entries beside the exported files; each config is parsed first. No
+    libtorch entry for a model with string inputs (TorchScript cannot take them)."""
     name = export.model_name
     onnx, torchscript = out / ONNX_FILE, out / TORCHSCRIPT_FILE
     entries = [
@@ -223,7 +254,7 @@ def write_entries(out: Path, export: ExportParams, signature: configs.Signature)
         (f"triton/{name}", configs.python_backend_config, {"model.py": BACKEND_SOURCE, configs.ONNX_FILENAME: onnx}),
         (f"gpu/{name}", configs.onnx_gpu_config, {configs.ONNX_FILENAME: onnx}),
         (f"gpu/{name}_torchscript", configs.libtorch_gpu_config, {configs.TORCHSCRIPT_FILENAME: torchscript}),
-    ]
+    ][: 3 if torchscript_entry else 2]
     for folder, render, files in entries:
         text = render(export, signature)
         configs.check_config(text, source=f"{folder}/config.pbtxt")
@@ -248,9 +279,15 @@ def run(
     out: Path,
     data_hashes: dict[str, dict[str, str]],
     novelty: tuple[autoencoder.Autoencoder, float] | None = None,
+    raw: RawRows | None = None,
 ) -> dict[str, Any]:
     """Export `model` into the empty folder `out`; returns the model card (also written there).
-    `novelty` = (autoencoder, threshold) adds the `novelty` output."""
+    `novelty` = (autoencoder, threshold) adds the `novelty` output.
+
+    A mixed table's model (its file holds the fitted transform, `test` are the raw test rows
+    `raw` encoded by it) is served from raw rows: the ONNX graph gets the transform in front of the
+    network, the parity check feeds it `raw` and compares with torch on the numpy-encoded rows, and
+    there is no TorchScript file (it cannot take strings)."""
     started = time.perf_counter()
     config: ModelConfig = model_file["config"]
     classes = list(config.classes)
@@ -275,23 +312,45 @@ def run(
     names = [name for name, _ in signature.outputs]
     expected = torch_outputs(module, test, len(names))
 
-    export_onnx(module, config.n_features, out / ONNX_FILE, export.opset, names)
-    export_torchscript(module, config.n_features, out / TORCHSCRIPT_FILE)
+    fitted = transform.check(model_file["transform"]) if "transform" in model_file else None
+    if (fitted is None) != (raw is None):
+        raise StageError("the model file and the test rows disagree on the table's transform; retrain")
     tolerance = export.parity_tolerance
-    traced = torch.jit.load(str(out / TORCHSCRIPT_FILE), map_location="cpu").eval()
-    found = {"onnx": onnx_outputs(out / ONNX_FILE, test, names), "torchscript": torch_outputs(traced, test, len(names))}
     parity: dict[str, Any] = {}
-    for fmt, label in (("onnx", "ONNX"), ("torchscript", "TorchScript")):
-        diffs = [
-            check_parity(label if k == 0 else f"{label} {name}", expected[k], found[fmt][k], tolerance)
-            for k, name in enumerate(names)
-        ]
-        # One output: the number, as before; several: one number per output name.
-        parity[fmt] = diffs[0] if len(names) == 1 else dict(zip(names, diffs, strict=True))
+    if fitted is None:
+        export_onnx(module, config.n_features, out / ONNX_FILE, export.opset, names)
+        export_torchscript(module, config.n_features, out / TORCHSCRIPT_FILE)
+        traced = torch.jit.load(str(out / TORCHSCRIPT_FILE), map_location="cpu").eval()
+        found = {
+            "onnx": onnx_outputs(out / ONNX_FILE, test, names),
+            "torchscript": torch_outputs(traced, test, len(names)),
+        }
+        for fmt, label in (("onnx", "ONNX"), ("torchscript", "TorchScript")):
+            diffs = [
+                check_parity(label if k == 0 else f"{label} {name}", expected[k], found[fmt][k], tolerance)
+                for k, name in enumerate(names)
+            ]
+            # One output: the number, as before; several: one number per output name.
+            parity[fmt] = diffs[0] if len(names) == 1 else dict(zip(names, diffs, strict=True))
+    else:
+        import onnx
+
+        from pipeline import transform_onnx
+
+        assert raw is not None  # checked above: a transform comes with its raw rows
+
+        export_onnx(module, config.n_features, out / ONNX_FILE, export.opset, names)
+        served = transform_onnx.prepend(onnx.load(str(out / ONNX_FILE)), fitted, configs.INPUT_NAME)
+        onnx.save(served, str(out / ONNX_FILE))
+        parity["onnx"] = check_parity(
+            "ONNX (raw rows)", expected[0], onnx_probabilities(out / ONNX_FILE, raw), tolerance
+        )
+        inputs = tuple(configs.Input(*spec) for spec in transform_onnx.inputs(fitted))
+        signature = configs.Signature(config.n_features, config.n_classes, inputs=inputs)
     log.info("parity on %d test rows: max abs diff %s (tolerance %g)", len(expected[0]), parity, tolerance)
 
-    write_entries(out, export, signature)
-    golden = golden_samples(test, expected[0], classes, export, dict(zip(names[1:], expected[1:], strict=True)))
+    write_entries(out, export, signature, torchscript_entry=fitted is None)
+    golden = golden_samples(test, expected[0], classes, export, dict(zip(names[1:], expected[1:], strict=True)), raw)
     atomic.write_json(out / GOLDEN_FILE, golden)
 
     tensor = {"datatype": "FP32"}
@@ -315,7 +374,7 @@ def run(
         },
         "model_config": config.to_dict(),
         "classes": classes,
-        "inputs": [{"name": configs.INPUT_NAME, "shape": [-1, config.n_features], **tensor}],
+        "inputs": [{"name": t.name, "shape": [-1, t.width], "datatype": t.datatype} for t in signature.tensors()],
         "outputs": [{"name": name, "shape": [-1, width], **tensor} for name, width in signature.outputs],
         "parity": {
             "rows": len(expected[0]),
@@ -323,9 +382,11 @@ def run(
             "max_abs_diff": parity,
         },
         "artifacts": {
-            name: hashlib.sha256((out / name).read_bytes()).hexdigest() for name in (ONNX_FILE, TORCHSCRIPT_FILE)
+            name: hashlib.sha256((out / name).read_bytes()).hexdigest()
+            for name in (ONNX_FILE, TORCHSCRIPT_FILE)
+            if (out / name).exists()
         },
-        "golden_samples": len(golden["inputs"]),
+        "golden_samples": len(golden["labels"]),
     }
     if novelty is not None:
         card["novelty"] = {
@@ -334,6 +395,10 @@ def run(
             "threshold": novelty[1],
             "model_config": novelty[0].config.to_dict(),
         }
+    if fitted is not None:
+        # What the served graph does to raw rows, fitted on the train split: fills, vocabularies,
+        # indicators, and the encoded features the network sees.
+        card["transform"] = {**fitted, "features": transform.feature_names(fitted)}
     atomic.write_json(out / CARD_FILE, card)
     log.info("exported %s in %.1f s", export.model_name, time.perf_counter() - started)
     return card
@@ -350,14 +415,25 @@ def main() -> None:
         model, model_file = load_model(args.model)
         detector, novelty_file = autoencoder.load(args.novelty)
         novelty = None if detector is None else (detector, float(novelty_file["threshold"]))
-        test = SplitTable.open(args.clean, args.split, params.data).split_rows("test")
+        table = SplitTable.open(args.clean, args.split, params.data)
+        raw = None
+        if "transform" in model_file:  # a mixed table: raw test rows, encoded by the fitted transform
+            if novelty is not None:
+                raise StageError(
+                    "novelty.enabled with a mixed table (a fitted transform: categorical columns or imputed gaps) "
+                    "is not supported yet: set novelty.enabled: false"
+                )
+            raw = table.raw_rows(test=table.splits == "test")["test"]
+            test = Rows(transform.encode(transform.check(model_file["transform"]), raw), raw.y)
+        else:
+            test = table.split_rows("test")
         hashes = {
             name: {"path": path, "md5": file_md5(path)} for name, path in (("clean", args.clean), ("split", args.split))
         }
         with atomic.atomic_dir(args.out) as tmp:
             # The temporary folder is private (0700); a server running as another user must read it.
             Path(tmp).chmod(0o755)
-            run(model, model_file, test, params.data, params.export, Path(tmp), hashes, novelty)
+            run(model, model_file, test, params.data, params.export, Path(tmp), hashes, novelty, raw)
 
     _cli.main("export", body, p.parse_args())
 

@@ -197,9 +197,21 @@ def served_batch_size(client: Any, model: str, version: int) -> int | None:
     return size if size > 0 else None
 
 
-def champion_probabilities(client: Any, model: str, version: int, features: np.ndarray, batch: int) -> np.ndarray:
-    """Probabilities from the served model, in requests no larger than its max batch size."""
-    parts = [client.predict(model, features[i : i + batch], version=version) for i in range(0, len(features), batch)]
+def champion_probabilities(
+    client: Any, model: str, version: int, features: np.ndarray | dict[str, np.ndarray], batch: int
+) -> np.ndarray:
+    """Probabilities from the served model, in requests no larger than its max batch size;
+    `features` are float rows, or {input name: rows} (a mixed table's numbers and categories)."""
+    if isinstance(features, dict):
+        n = len(next(iter(features.values())))
+        parts = [
+            client.predict(model, {k: v[i : i + batch] for k, v in features.items()}, version=version)
+            for i in range(0, n, batch)
+        ]
+    else:
+        parts = [
+            client.predict(model, features[i : i + batch], version=version) for i in range(0, len(features), batch)
+        ]
     return np.concatenate(parts, axis=0)
 
 
@@ -208,6 +220,8 @@ def score_champion(
 ) -> tuple[int, dict[str, Any]] | None:
     """(version, metrics) of the pinned champion for `model` on the test rows; None if nothing is pinned."""
     from pipeline.metrics import scores
+    from pipeline.rows import Rows
+    from pipeline.transform_onnx import feeds
     from serving.client import TritonClient
 
     with TritonClient(settings.client) as client:
@@ -216,7 +230,8 @@ def score_champion(
             log.info("no version of %s is pinned or served at %s: first deployment", model, settings.client.describe())
             return None
         batch = served_batch_size(client, model, version) or len(test)
-        probabilities = champion_probabilities(client, model, version, test.x, batch)
+        features = test.x if isinstance(test, Rows) else feeds(test)
+        probabilities = champion_probabilities(client, model, version, features, batch)
     metrics = {**scores(test.y, probabilities.argmax(axis=1), len(classes)), "test_rows": len(test)}
     log.info(
         "champion %s v%d at %s on %d test rows (batches of %d): %s",
@@ -238,12 +253,13 @@ def run(args: Any, data: DataParams, serving: ServingSettings, gate: GateParams)
     decision as its value; the CLI below is for people and scripts."""
     from pipeline.rows import SplitTable
     from serving.repository import load_candidate
+    from stages.evaluate import test_rows
 
     challenger = json.loads(Path(args.metrics).read_text())
     drift = read_drift(getattr(args, "drift", None))
     candidate = load_candidate(args.candidate)
     model = candidate.name
-    test = SplitTable.open(args.clean, args.split, data).split_rows("test")
+    test = test_rows(SplitTable.open(args.clean, args.split, data))
     champion = score_champion(serving, list(data.classes), model, test)
     decision = decide(challenger, None if champion is None else champion[1], gate, candidate.card.get("privacy"))
     return Decision(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from pipeline import distributed, privacy
 from pipeline.models import ModelConfig, config_for, save_model
@@ -22,6 +23,12 @@ from stages import _cli
 log = logging.getLogger(__name__)
 
 
+class TrainResult(NamedTuple):
+    fit: FitResult
+    config: ModelConfig
+    transform: dict[str, Any] | None  # fitted on the train split (mixed tables); stored in the model file
+
+
 def run(
     table: SplitTable,
     data: DataParams,
@@ -29,14 +36,15 @@ def run(
     checkpoint: str | Path | None = None,
     on_epoch: EpochHook | None = None,
     progress: bool | None = None,
-) -> tuple[FitResult, ModelConfig]:
-    """Train on the train split, early-stop on the val split. Returns (result, model config)."""
-    parts = table.rows(train=table.splits == "train", val=table.splits == "val")  # only these rows are read
-    config = privacy.private_config(config_for(train.model, data, table.n_features), train.privacy)
+) -> TrainResult:
+    """Train on the train split, early-stop on the val split."""
+    # Only these rows are read; a mixed table's transform is fitted on the train split alone.
+    parts, fitted = table.fitted_rows("train", train=table.splits == "train", val=table.splits == "val")
+    config = privacy.private_config(config_for(train.model, data, parts["train"].x.shape[1]), train.privacy)
     log.info("training %s on %d rows, validating on %d", config.arch, len(parts["train"]), len(parts["val"]))
     result = fit(config, parts["train"], parts["val"], train, data, checkpoint, on_epoch, progress)
     log.info("kept epoch %d: %s", result.best_epoch + 1, _fmt(result.metrics))
-    return result, config
+    return TrainResult(result, config, fitted)
 
 
 def _fmt(metrics: dict[str, float]) -> str:
@@ -69,7 +77,7 @@ def main() -> None:
                 return
             # No dvc.yaml of its own and no experiment commits: dvc.yaml already declares these files.
             with Live(args.live, save_dvc_exp=False, dvcyaml=None) as live:
-                result, config = run(table, params.data, params.train, args.checkpoint, log_epoch)
+                result, config, fitted = run(table, params.data, params.train, args.checkpoint, log_epoch)
                 for name, value in result.metrics.items():
                     live.log_metric(f"best/{name}", value, plot=False)
                 live.log_metric("best/step", result.best_epoch, plot=False)
@@ -84,6 +92,7 @@ def main() -> None:
                 metrics=result.metrics,
                 epochs=result.best_epoch + 1,  # epochs trained when the kept weights were taken
                 privacy=result.privacy,  # None: trained without differential privacy
+                **({"transform": fitted} if fitted is not None else {}),
             )
             log.info("wrote %s", args.out)
 

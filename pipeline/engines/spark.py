@@ -36,7 +36,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.batches import open_source
+from pipeline.contract import is_mixed
 from pipeline.engines import OpenSink, local
+from pipeline.errors import StageError
 from pipeline.params import CleanParams, DataParams, EngineParams
 from pipeline.tables import TableError
 from pipeline.validation import (
@@ -236,6 +238,13 @@ def clean(
     stream = open_source(source, contract, params.batch_mb)  # the schema, as the local engine reads it
     validation = StreamValidation(stream.schema, contract, params)
     local.check_schema(validation, stream, contract)
+    if is_mixed(validation.contracts):
+        # The Spark rows view profiles numeric features only; categorical columns, category sets
+        # and missing-value policies are checked by the local engine for now.
+        raise StageError(
+            "engine spark does not support categorical columns or missing-value policies (data.missing, "
+            "data.columns) yet; set engine.name: local for this table (it streams in bounded memory)"
+        )
     with session(engine, "clean") as spark:
         raw = _read(spark, list(stream.files), stream.schema)
         profile = _profile(raw, stream.schema, contract.label, validation.features).persist(

@@ -51,11 +51,11 @@ class TritonPythonModel:
     def initialize(self, args):
         """Load the ONNX file once; tensor names and dtypes come from the model config."""
         config = json.loads(args["model_config"])
-        self.input_name = config["input"][0]["name"]
+        # One FP32 input (image or numeric rows), or several: a mixed table's FP32 numbers and
+        # BYTES categories, which onnxruntime takes as str.
+        self.inputs = {i["name"]: pb_utils.triton_string_to_numpy(i["data_type"]) for i in config["input"]}
         # Every output the config lists (probabilities, then e.g. novelty), with its dtype.
         self.output_names = [output["name"] for output in config["output"]]
-        input_config = pb_utils.get_input_config_by_name(config, self.input_name)
-        self.input_dtype = pb_utils.triton_string_to_numpy(input_config["data_type"])
         self.output_dtypes = [
             pb_utils.triton_string_to_numpy(pb_utils.get_output_config_by_name(config, name)["data_type"])
             for name in self.output_names
@@ -72,22 +72,24 @@ class TritonPythonModel:
         onnx_outputs = [o.name for o in self.session.get_outputs()]
         # A config/ONNX name mismatch would fail every request; fail the load instead, so the
         # previously loaded version keeps serving.
-        if self.input_name not in onnx_inputs or not set(self.output_names) <= set(onnx_outputs):
+        if set(self.inputs) != set(onnx_inputs) or not set(self.output_names) <= set(onnx_outputs):
             raise pb_utils.TritonModelException(
-                f"config names input {self.input_name!r} / outputs {self.output_names}, but {path.name} has "
+                f"config names inputs {sorted(self.inputs)} / outputs {self.output_names}, but {path.name} has "
                 f"inputs {onnx_inputs} / outputs {onnx_outputs}"
             )
 
     def execute(self, requests):
         """One response per request, in order; one onnxruntime run for the whole batch (a failure
         of that run fails every request of the batch)."""
-        batches = [
-            pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy().astype(self.input_dtype, copy=False)
-            for request in requests
-        ]
+        feeds = {
+            name: [self._input(request, name, dtype) for request in requests] for name, dtype in self.inputs.items()
+        }
+        batches = next(iter(feeds.values()))
         try:
-            merged = batches[0] if len(batches) == 1 else np.concatenate(batches, axis=0)
-            outputs = self.session.run(self.output_names, {self.input_name: merged})
+            merged = {
+                name: parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0) for name, parts in feeds.items()
+            }
+            outputs = self.session.run(self.output_names, merged)
         except Exception as error:  # onnxruntime raises its own types
             # Raised, not returned as error responses: the Python backend then fails every request
             # of the batch with this message, and Triton counts them as failures in its metrics
@@ -106,6 +108,13 @@ class TritonPythonModel:
             )
             for i in range(len(batches))
         ]
+
+    @staticmethod
+    def _input(request, name, dtype):
+        values = pb_utils.get_input_tensor_by_name(request, name).as_numpy()
+        if dtype == np.object_:  # BYTES: UTF-8 bytes in, str for onnxruntime
+            return np.char.decode(values.astype(np.bytes_), "utf-8")
+        return values.astype(dtype, copy=False)
 
     def finalize(self):
         self.session = None

@@ -65,7 +65,7 @@ def train_and_export(arch: str, rows: str, out: Path) -> dict:
     params = family_params(arch, rows)
     assignment = split_stratified(table[params.data.label].to_numpy(), params.split)
     split_table = SplitTable.of(table, assignment, params.data)
-    result, config = train.run(split_table, params.data, params.train)
+    result, config, _ = train.run(split_table, params.data, params.train)
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]  # it learns
     test = split_table.split_rows("test")
     model_file = {"config": config, "metrics": result.metrics, "params": params.train.model_dump(mode="json")}

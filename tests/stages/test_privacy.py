@@ -71,7 +71,7 @@ def assignment(image_table, params):
 
 def test_private_training_spends_the_target_epsilon_and_reports_it(image_table, assignment):
     params = private()  # the resume test's params: the noise search is done once per process
-    result, config = run_train(image_table, assignment, params)
+    result, config, _ = run_train(image_table, assignment, params)
     spent = result.privacy
     rows = int((assignment["split"] == "train").sum())
     # The noise was searched (to 0.01) so that all epochs spend the target; the accountant agrees.
@@ -90,14 +90,14 @@ def test_private_training_spends_the_target_epsilon_and_reports_it(image_table, 
 
 
 def test_default_params_train_without_privacy(image_table, assignment):
-    result, config = run_train(image_table, assignment, tiny_params(epochs=1))
+    result, config, _ = run_train(image_table, assignment, tiny_params(epochs=1))
     assert result.privacy is None and config.norm == "batch"
     assert "epsilon" not in result.history[0]
 
 
 def test_a_resumed_private_run_spends_what_an_uninterrupted_one_does(image_table, assignment, tmp_path):
     params = private()
-    whole, _ = run_train(image_table, assignment, params, tmp_path / "whole.pt")
+    whole, _, _ = run_train(image_table, assignment, params, tmp_path / "whole.pt")
 
     def crash_after_second_epoch(epoch, row):
         if epoch == 1:
@@ -107,7 +107,7 @@ def test_a_resumed_private_run_spends_what_an_uninterrupted_one_does(image_table
         run_train(image_table, assignment, params, tmp_path / "crashed.pt", crash_after_second_epoch)
     crashed = torch.load(tmp_path / "crashed.pt", weights_only=True)  # plain data only
     assert crashed["epoch"] == 2 and crashed["privacy"][0][2] == 2 * whole.privacy["steps"] // 4
-    resumed, _ = run_train(image_table, assignment, params, tmp_path / "crashed.pt")
+    resumed, _, _ = run_train(image_table, assignment, params, tmp_path / "crashed.pt")
 
     assert resumed.resumed_from == 2
     assert resumed.privacy == whole.privacy  # the accountant went on from its saved history

@@ -48,7 +48,10 @@ def assignment(image_table, params):
 
 
 def run_train(table, assignment, params: Params, *args, **kwargs):
-    return train.run(SplitTable.of(table, assignment, params.data), params.data, params.train, *args, **kwargs)
+    result, config, _ = train.run(
+        SplitTable.of(table, assignment, params.data), params.data, params.train, *args, **kwargs
+    )
+    return result, config
 
 
 def _states_equal(a: dict, b: dict) -> bool:
