@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # the synthetic table the tests use
 
-from mixed_data import SPECIES, mixed_table  # noqa: E402
+from mixed_data import data_section, mixed_table  # noqa: E402
 
 from pipeline import atomic, transform  # noqa: E402
 from pipeline.params import CleanParams, Params, parse_params  # noqa: E402
@@ -43,16 +43,7 @@ LENIENT = CleanParams(min_rows=10, max_quarantine_share=0.5, max_duplicate_share
 
 def bench_params(missing: str, name: str, columns: dict | None = None) -> Params:
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw["data"] = {
-        "source": "unused",
-        "label": "species",
-        "feature_prefix": "",
-        "image_shape": None,
-        "value_range": None,
-        "classes": SPECIES,
-        "missing": missing,
-        "columns": columns or {},
-    }
+    raw["data"] = data_section(missing, columns, "unused")
     raw["train"] |= {"epochs": 20, "batch_size": 32, "device": "cpu"}
     raw["train"]["model"] = {"arch": "mlp", "hidden": [64], "dropout": 0.1}
     raw["export"]["model_name"] = name

@@ -18,7 +18,6 @@ the same format instead (pipeline/novelty_format.py), so export can depend on th
 from __future__ import annotations
 
 import dataclasses
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -222,13 +221,9 @@ def load(path: str | Path) -> tuple[Autoencoder | None, dict[str, Any]]:
     """(model in eval mode, the file's dict), or (None, dict) when the stage was disabled."""
     if is_disabled(path):
         return None, dict(DISABLED)
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        reason = str(error).splitlines()[0]
-        raise StageError(f"{path}: refused, loading it would need to run code ({reason})") from None
-    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-        raise StageError(f"{path}: not a novelty file of this project (format {FORMAT!r} expected); rerun novelty")
+    from pipeline.models import read_file
+
+    blob = read_file(path, FORMAT, "novelty file", "rerun novelty")
     config = config_of(blob["config"], path)
     model = Autoencoder(config)
     model.load_state_dict(blob["state_dict"])

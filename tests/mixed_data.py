@@ -33,3 +33,17 @@ def mixed_table(n: int = 360, seed: int = 0, gaps: float = 0.05) -> pd.DataFrame
     for name in GAPPY:
         table.loc[rng.random(n) < gaps, name] = None
     return table
+
+
+def data_section(missing: str, columns: dict | None = None, source: str = "unused") -> dict:
+    """params.yaml's `data:` for the mixed table (label `species`, columns by name, no image)."""
+    return {
+        "source": source,
+        "label": "species",
+        "feature_prefix": "",
+        "image_shape": None,
+        "value_range": None,
+        "classes": SPECIES,
+        "missing": missing,
+        "columns": columns or {},
+    }

@@ -1,8 +1,9 @@
 """The Spark engine: clean and split on Apache Spark, for tables that outgrow one machine.
 
 The contract and its checks are the local engine's: the schema checks run on the schema (as
-there), the row profile and the duplicate flags are Spark expressions over the whole table, and
-the same Great Expectations suite validates them through GX's Spark data source, on the cluster.
+there), the row profile and the row hashes are the local engine's own code run on the executors
+(over Arrow batches), the duplicate flags a Spark window over those hashes, and the same Great
+Expectations suite validates them through GX's Spark data source, on the cluster.
 What comes back to the driver is small: every check's result and the numbers of the rows to
 quarantine. The driver then streams the source once, in bounded memory, and writes the files the
 pipeline versions with the local engine's writer (`pipeline.engines.local.write`): one Parquet
@@ -111,15 +112,20 @@ def _col(name: str):
     return F.col(f"`{name}`")
 
 
-def _with_positions(spark, frame, files: list[Path]):
+def _with_positions(spark, frame, files: list[Path], located=None):
     """`frame` (with the scan's file, split offset and monotonically increasing id) plus ROW, the
     row's position in the source, files in the order `files` lists them.
 
     Within a file split the rows are read in order and their ids are consecutive; so ROW = (rows in
-    the splits before this one) + (id - the split's first id)."""
+    the splits before this one) + (id - the split's first id). `located`: the same scan's
+    locating columns, when `frame` is costly to compute twice (Parquet reads only those)."""
     from pyspark.sql import functions as F
 
-    splits = frame.groupBy("__file", "__block").agg(F.min("__rank").alias("__first"), F.count("*").alias("__n"))
+    splits = (
+        (frame if located is None else located)
+        .groupBy("__file", "__block")
+        .agg(F.min("__rank").alias("__first"), F.count("*").alias("__n"))
+    )
     order = {p.resolve().as_uri(): i for i, p in enumerate(files)}
 
     def position(r) -> tuple[int, int]:
@@ -149,7 +155,7 @@ def _scan(reader, columns: list[str]):
 
 
 def _read(spark, files: list[Path], schema: pa.Schema):
-    """The source as one DataFrame with every row's position in the source (ROW)."""
+    """The source as one DataFrame, with what locates each row (its file, split and rank)."""
     parquet = [str(p) for p in files if p.suffix.lower() == ".parquet"]
     csv = [str(p) for p in files if p.suffix.lower() != ".parquet"]
     frames = []
@@ -158,7 +164,7 @@ def _read(spark, files: list[Path], schema: pa.Schema):
     if csv:  # the types the local engine reads CSV with (features as float64)
         frames.append(spark.read.csv(csv, header=True, schema=_spark_schema(schema), mode="FAILFAST"))
     frame = frames[0] if len(frames) == 1 else frames[0].unionByName(frames[1], allowMissingColumns=True)
-    return _with_positions(spark, _scan(frame, schema.names), files)
+    return _scan(frame, schema.names)
 
 
 def _spark_schema(schema: pa.Schema):
@@ -176,57 +182,55 @@ def _spark_schema(schema: pa.Schema):
     return T.StructType([T.StructField(f.name, spark_type(f.type), True) for f in schema])
 
 
-def _profile(raw, schema: pa.Schema, label: str, features: list[str]):
-    """The rows view: pipeline.validation.profile_batch as Spark columns, plus the duplicate flag
-    (a row with the same values as a row before it), from one pass over the table.
+def _profile(spark, scan, files: list[Path], names: list[str], label: str, features: list[str]):
+    """The rows view, computed by the local engine's own code on the executors: for each Arrow
+    batch of the source, `pipeline.validation.profile_batch` (label, null and non-finite counts,
+    min, max) and `pipeline.rowhash.RowHasher` (a 64-bit hash of the whole row); then every row's
+    position (ROW) and the duplicate flag (a row with the same hash as a row before it).
 
-    The expressions are SQL text: built as Column objects, a 785-column table took some 20,000
-    calls into the JVM before Spark had done anything."""
+    Only these few columns leave the Python workers, so Spark never plans an expression over the
+    785 columns of an image table (as SQL, the analyser and code generator took minutes for it,
+    whatever the row count). Executors import `pipeline`: on a cluster, install the project there.
+    """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    floating = {f.name for f in schema if pa.types.is_floating(f.type)}
-
-    def q(name: str) -> str:
-        return "`" + name.replace("`", "``") + "`"
-
-    def missing(name: str) -> str:
-        return f"(isnull({q(name)}) OR isnan({q(name)}))" if name in floating else f"isnull({q(name)})"
-
-    def infinite(name: str) -> str:  # false, not null, for a null: a null flag would count as one below
-        return f"coalesce({q(name)} IN (double('inf'), double('-inf')), false)"
-
-    def finite(name: str) -> str:  # null where missing or infinite: least/greatest skip nulls
-        bad = f"({missing(name)} OR {infinite(name)})" if name in floating else missing(name)
-        return f"CASE WHEN {bad} THEN NULL ELSE CAST({q(name)} AS DOUBLE) END"
-
-    def count(flags: list[str]) -> str:  # array_remove, not filter(..., x -> x): lambdas run interpreted
-        ones = ", ".join(f"CAST({flag} AS INT)" for flag in flags)
-        return f"size(array_remove(array({ones}), 0))" if flags else "0"
-
-    def extreme(pick: str) -> str:
-        values = [finite(n) for n in features]
-        return f"{pick}({', '.join(values)})" if len(values) > 1 else values[0] if values else "CAST(NULL AS DOUBLE)"
-
-    def hashed(name: str) -> str:
-        # NaN and -0.0 normalised and nulls marked: equal rows hash equally, and a null is not
-        # skipped (xxhash64 skips nulls, which would make (1, null) and (null, 1) equal).
-        value = q(name)
-        if name in floating:
-            value = f"CASE WHEN isnan({value}) THEN double('NaN') ELSE {value} + 0.0 END"
-        return f"isnull({q(name)}), {value}"
-
-    profile = raw.selectExpr(
-        ROW,
-        f"{q(label)} AS label",
-        f"{count([missing(n) for n in features])} AS null_features",
-        f"{count([infinite(n) for n in features if n in floating])} AS nonfinite_features",
-        f"{extreme('least')} AS feature_min",
-        f"{extreme('greatest')} AS feature_max",
-        f"xxhash64({', '.join(hashed(n) for n in schema.names)}) AS __hash",
+    label_type = scan.schema[label].dataType.simpleString()
+    out = (
+        "__file string, __block long, __rank long, "
+        f"label {label_type}, null_features int, nonfinite_features int, feature_min double, feature_max double, "
+        "__hash long"
     )
+
+    def profile(batches):  # runs on the executors
+        from pipeline.rowhash import RowHasher
+        from pipeline.validation import profile_batch
+
+        hasher = None
+        for batch in batches:
+            row = batch.select(names)
+            hasher = hasher or RowHasher(row.schema)  # the scan's types: the same on every executor
+            rows = profile_batch(row, label, features)
+            yield pa.RecordBatch.from_arrays(
+                [
+                    batch.column("__file"),
+                    batch.column("__block"),
+                    batch.column("__rank"),
+                    batch.column(label),
+                    pa.array(rows["null_features"].to_numpy(), pa.int32()),
+                    pa.array(rows["nonfinite_features"].to_numpy(), pa.int32()),
+                    pa.array(rows["feature_min"].to_numpy(), pa.float64()),
+                    pa.array(rows["feature_max"].to_numpy(), pa.float64()),
+                    pa.array(hasher.hash(row).view(np.int64)),
+                ],
+                names=["__file", "__block", "__rank", "label", "null_features", "nonfinite_features"]
+                + ["feature_min", "feature_max", "__hash"],
+            )
+
+    located = scan.select("__file", "__block", "__rank")
+    narrow = _with_positions(spark, scan.mapInArrow(profile, out), files, located)
     first = Window.partitionBy("__hash").orderBy(ROW)
-    return profile.withColumn("duplicate", F.row_number().over(first) > 1).drop("__hash")
+    return narrow.withColumn("duplicate", F.row_number().over(first) > 1).drop("__hash")
 
 
 def clean(
@@ -246,8 +250,9 @@ def clean(
             "data.columns) yet; set engine.name: local for this table (it streams in bounded memory)"
         )
     with session(engine, "clean") as spark:
-        raw = _read(spark, list(stream.files), stream.schema)
-        profile = _profile(raw, stream.schema, contract.label, validation.features).persist(
+        scan = _read(spark, list(stream.files), stream.schema)
+        files = list(stream.files)
+        profile = _profile(spark, scan, files, stream.schema.names, contract.label, validation.features).persist(
             StorageLevel.MEMORY_AND_DISK
         )
         try:

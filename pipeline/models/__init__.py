@@ -77,9 +77,9 @@ def save_model(path: str | Path, model: nn.Module, config: ModelConfig, **extra:
         torch.save({"format": FORMAT, "config": config.to_dict(), "state_dict": state, **extra}, tmp)
 
 
-def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a model from its file, in eval mode. Returns (model, the file's dict, with its
-    "config" as the typed `ModelConfig`)."""
+def read_file(path: str | Path, fmt: str, kind: str, fix: str) -> dict[str, Any]:
+    """A torch file of this project as plain data (`weights_only`), checked to be of format `fmt`;
+    StageError naming the `kind` of file and the `fix` otherwise."""
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -87,8 +87,15 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         # either corrupt or crafted, and is never loaded the unsafe way.
         reason = str(error).splitlines()[0]
         raise StageError(f"{path}: refused, loading it would need to run code ({reason})") from None
-    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-        raise StageError(f"{path}: not a model file of this project (format {FORMAT!r} expected); retrain")
+    if not isinstance(blob, dict) or blob.get("format") != fmt:
+        raise StageError(f"{path}: not a {kind} of this project (format {fmt!r} expected); {fix}")
+    return blob
+
+
+def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a model from its file, in eval mode. Returns (model, the file's dict, with its
+    "config" as the typed `ModelConfig`)."""
+    blob = read_file(path, FORMAT, "model file", "retrain")
     config = config_from_dict(blob["config"], FAMILIES)
     model = build_model(config)
     model.load_state_dict(blob["state_dict"])

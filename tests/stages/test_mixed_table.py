@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from mixed_data import GAPPY, SPECIES, mixed_table
+from mixed_data import GAPPY, data_section, mixed_table
 
 from pipeline import atomic, transform
 from pipeline.errors import StageError
@@ -31,16 +31,7 @@ LENIENT = CleanParams(min_rows=10, max_quarantine_share=0.5, max_duplicate_share
 
 def mixed_params(missing: str = "quarantine", columns: dict | None = None, epochs: int = 8) -> Params:
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw["data"] = {
-        "source": "raw/penguins.csv",
-        "label": "species",
-        "feature_prefix": "",
-        "image_shape": None,
-        "value_range": None,
-        "classes": SPECIES,
-        "missing": missing,
-        "columns": columns or {},
-    }
+    raw["data"] = data_section(missing, columns, "raw/penguins.csv")
     raw["train"] |= {"epochs": epochs, "batch_size": 32, "device": "cpu"}
     raw["train"]["model"] = {"arch": "mlp", "hidden": [32], "dropout": 0.0}
     raw["split"]["folds"] = [0, 1]

@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 from opacus.accountants import RDPAccountant
+from tiny_training import raw_params, tiny_params
 
 from pipeline.errors import StageError
 from pipeline.models import build_model, config_for, load_model
@@ -24,26 +25,6 @@ from stages.split import split_stratified
 
 ROOT = Path(__file__).resolve().parents[2]
 EPSILON = 4.0
-
-
-def raw_params(**train_overrides) -> dict:
-    """params.yaml with a tiny cnn trained for a few epochs on the CPU (as tests/stages/test_train.py)."""
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    tiny = {
-        "epochs": 4,
-        "batch_size": 16,
-        "model": {**raw["train"]["model"], "channels": [8], "hidden": [32], "dropout": 0.1},
-        "optimizer": {**raw["train"]["optimizer"], "lr": 0.01},
-        "early_stopping": {"metric": "val_accuracy", "patience": 50},
-        "device": "cpu",
-        "checkpoint_interval_s": 0.0,  # a checkpoint after every epoch
-    }
-    raw["train"] = {**raw["train"], **tiny, **train_overrides}
-    return raw
-
-
-def tiny_params(**train_overrides) -> Params:
-    return parse_params(raw_params(**train_overrides))
 
 
 def run_train(table, assignment, params: Params, *args, **kwargs):
