@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import yaml
+from pipeline.params import read_yaml
 
 JOIN = "@"  # DVC's separator between a foreach/matrix group and its item key
 _EXPR = re.compile(r"\$\{\s*([^}]*?)\s*\}")
@@ -195,13 +195,13 @@ def _context(root: Path, document: Mapping[str, Any]) -> dict[str, Any]:
     context: dict[str, Any] = {}
     default = root / "params.yaml"
     if default.exists():
-        context.update(yaml.safe_load(default.read_text()) or {})
+        context.update(read_yaml(default.read_text()) or {})
     for entry in document.get("vars") or []:
         if isinstance(entry, dict):
             context.update(entry)
             continue
         path, _, keys = str(entry).partition(":")
-        loaded = yaml.safe_load((root / path).read_text()) or {}
+        loaded = read_yaml((root / path).read_text()) or {}
         context.update({k: loaded[k] for k in keys.split(",")} if keys else loaded)
     return context
 
@@ -213,7 +213,7 @@ def _overlaps(dep: str, out: str) -> bool:
 def read_graph(root: str | Path = ".", dvc_yaml: str = "dvc.yaml") -> StageGraph:
     """Parse `<root>/dvc.yaml` into stages (foreach/matrix expanded) and their dependencies."""
     root = Path(root)
-    document = yaml.safe_load((root / dvc_yaml).read_text()) or {}
+    document = read_yaml((root / dvc_yaml).read_text()) or {}
     context = _context(root, document)
     stages: dict[str, Stage] = {}
     for group, body in (document.get("stages") or {}).items():

@@ -22,13 +22,14 @@ from typing import Any
 import yaml
 
 from pipeline.errors import StageError
+from pipeline.params import YAML_LOADER
 
 SCHEMA = "2.0"  # the dvc.lock schema DVC 3 writes
 
 Entry = dict[str, Any]
 
 
-class _Loader(yaml.SafeLoader):
+class _Loader(YAML_LOADER):  # type: ignore[misc, valid-type]
     """PyYAML's safe loader, except that dates stay strings: entries travel as JSON (XCom)."""
 
 

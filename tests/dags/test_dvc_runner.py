@@ -13,6 +13,7 @@ from orchestration.remote import DvcRemote, RemoteError, explain, resolve
 from orchestration.workspace import dvc_command
 
 SECRET = "wJalrXUtnFEMI-not-a-real-secret"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_changes_ignore_outputs_that_are_only_absent_here() -> None:
@@ -88,3 +89,17 @@ def test_remote_errors_say_what_to_do_and_never_show_a_secret() -> None:
     text = explain(remote, ConnectionRefusedError("Could not connect to the endpoint URL"))
     assert "cannot be reached" in text
     assert all(SECRET not in explain(remote, e) for e in (ValueError(""), OSError("x")))
+
+
+def test_dvc_reads_yaml_with_the_c_parser_and_gets_the_same_lock():
+    """Each stage task loads dvc.lock about a dozen times through DVC (status, reproduce, push); with
+    ruamel's pure-Python parser that was most of a task's own overhead. DVC's loader must pick the C
+    parser (ruamel.yaml.clib) and read the project's lock exactly as the pure parser does."""
+    from dvc.utils.serialize import parse_yaml
+    from ruamel.yaml import YAML
+    from ruamel.yaml.main import CParser
+
+    assert CParser is not None, "ruamel.yaml.clib is not installed (pyproject.toml lists it)"
+    assert YAML(typ="safe").Parser is CParser
+    text = (ROOT / "dvc.lock").read_text()
+    assert parse_yaml(text, "dvc.lock") == YAML(typ="safe", pure=True).load(text)
