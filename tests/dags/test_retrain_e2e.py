@@ -47,6 +47,7 @@ def project(tmp_path_factory: pytest.TempPathFactory, helpers) -> Path:
         project,
         split__folds=[0, 1],
         train__epochs=6,
+        explain__enabled=True,  # its Reports page must show the attribution maps
         gate__floors={"accuracy": 0.85, "f1_macro": 0.85},
         gate__max_regression={"accuracy": 0.02, "f1_macro": 0.02},
     )

@@ -71,7 +71,7 @@ def pngs(page: str) -> list[np.ndarray]:
 
 def test_image_report_names_every_class_and_shows_input_beside_its_map(image_case):
     path, test, features, data = image_case
-    params = ExplainParams(n_steps=16, rows_per_class=2, confused_pairs=2, examples_per_pair=2)
+    params = ExplainParams(enabled=True, n_steps=16, rows_per_class=2, confused_pairs=2, examples_per_pair=2)
     result = explain.run(path, test, features, data, params)
     page = result.report_html
     assert "<title>Model explanations</title>" in page
@@ -95,7 +95,7 @@ def test_image_report_names_every_class_and_shows_input_beside_its_map(image_cas
 
 def test_tabular_report_lists_every_feature_by_mean_absolute_attribution(tabular_case):
     path, test, features, data = tabular_case
-    params = ExplainParams(n_steps=16, max_rows=40)
+    params = ExplainParams(enabled=True, n_steps=16, max_rows=40)
     page = explain.run(path, test, features, data, params).report_html
     assert "<img" not in page
     listed = re.findall(r"<tr><td>(\d+)</td><td>([^<]+)</td><td>([0-9.e+-]+)</td>", page)
@@ -127,7 +127,7 @@ def test_a_model_of_other_classes_is_refused_naming_the_fix(tmp_path, image_case
     config = MLPConfig(64, (0, 1), None, 0.0, hidden=(4,))
     save_model(tmp_path / "model.pt", build_model(config), config)
     with pytest.raises(_cli.StageError, match="retrain"):
-        explain.run(tmp_path / "model.pt", test, features, data, ExplainParams())
+        explain.run(tmp_path / "model.pt", test, features, data, ExplainParams(enabled=True))
 
 
 def test_the_report_is_a_dvc_output_that_the_reports_page_and_the_results_list_show():
