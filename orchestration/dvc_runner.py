@@ -196,6 +196,11 @@ def run_stage(
         if pulled:
             pull_inputs()
         found = changes(repo.status(targets=[stage]), stage, () if pulled else input_deps)
+        if found and stage not in lockfile.parse(
+            (root / "dvc.lock").read_text() if (root / "dvc.lock").exists() else None
+        ):
+            # DVC calls every dep "modified" when nothing was recorded: say what is true instead
+            found = ["not run before: dvc.lock has no entry for it yet"]
         absent: list[str] = []
         # With inputs and entry as published, publish already checked that the remote holds its outputs.
         if not found and not inputs_as_locked:

@@ -121,6 +121,9 @@ def test_the_task_log_says_what_the_stage_did_without_dvcs_git_hint(
     seen = caplog.text + "".join(capfd.readouterr())
     assert "stage prep ran in" in seen
     assert "workspace: " in seen
+    # the first run of a stage: no lock entry yet, rather than every dep "modified"
+    assert "stage prep changed (not run before: dvc.lock has no entry for it yet)" in seen
+    assert "modified" not in seen
     assert "To track the changes with git" not in seen and "auto staging" not in seen
 
 
