@@ -66,7 +66,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.params import ExportParams, load_params  # noqa: E402
-from serving import configs  # noqa: E402
+from serving import configs, metrics  # noqa: E402
 from serving.client import ClientSettings, Protocol, TritonClient  # noqa: E402
 from serving.repository import load_candidate, parse_config  # noqa: E402
 from serving.server import (  # noqa: E402
@@ -206,11 +206,14 @@ def drive(
 
 
 class CpuProbe:
-    """CPU seconds (user + system) of tritonserver, of each model's Python stub, and of this process."""
+    """CPU seconds (user + system) of tritonserver, of each model's Python stub, and of this process;
+    with `metrics_url`, also Triton's own cumulative queue and compute time of each model (the time
+    a request spends inside the server, measured by the server: the client and the transport left out)."""
 
-    def __init__(self, server_pid: int | None):
+    def __init__(self, server_pid: int | None, metrics_url: str | None = None):
         self.server = psutil.Process(server_pid) if server_pid else None
         self.me = psutil.Process()
+        self.metrics_url = metrics_url
 
     def snapshot(self) -> dict[str, float]:
         def seconds(process: psutil.Process) -> float:
@@ -218,6 +221,10 @@ class CpuProbe:
             return times.user + times.system
 
         taken = {"client": seconds(self.me)}
+        if self.metrics_url:
+            for (model, _), counted in metrics.live_counters(self.metrics_url).items():
+                taken[f"queue_ms:{model}"] = (counted.avg_queue_ms or 0.0) * counted.requests
+                taken[f"compute_ms:{model}"] = (counted.avg_compute_ms or 0.0) * counted.requests
         if self.server is not None:
             taken["server"] = seconds(self.server)
             for child in self.server.children(recursive=True):
@@ -231,12 +238,22 @@ class CpuProbe:
 
 def cpu_per_request(before: dict[str, float], after: dict[str, float], model: str, requests: int) -> dict[str, float]:
     if not requests:
-        return {"server_cpu_ms": float("nan"), "client_cpu_ms": float("nan")}
+        nan = float("nan")
+        return {"server_cpu_ms": nan, "client_cpu_ms": nan, "triton_queue_ms": nan, "triton_compute_ms": nan}
     server = after.get("server", 0.0) - before.get("server", 0.0)
     server += after.get(f"stub:{model}", 0.0) - before.get(f"stub:{model}", 0.0)
+    # ours_shm is ours driven another way: Triton counts its requests under ours.
+    counted = "ours" if model == SHM else model
+
+    def triton(key: str) -> float:
+        name = f"{key}:{counted}"
+        return (after[name] - before.get(name, 0.0)) / requests if name in after else float("nan")
+
     return {
         "server_cpu_ms": 1000 * server / requests,
         "client_cpu_ms": 1000 * (after["client"] - before["client"]) / requests,
+        "triton_queue_ms": triton("queue_ms"),
+        "triton_compute_ms": triton("compute_ms"),
     }
 
 
@@ -382,7 +399,8 @@ def report(results: dict[str, dict[str, list[dict]]], names: list[str], protocol
     """Print the table of one protocol and its ratios; return the ratios."""
     header = f"{'model':<14}" + "".join(f"{f'c={c} rows={r}':>30}" for c, r in CELLS)
     print(f"\n{protocol}: median over rounds, per cell: requests/s (rows/s for 64 rows)  p50/p99 ms")
-    print("CPU ms per request, server side + client side, below each model")
+    print("below each model: CPU ms per request, server side + client side;")
+    print("then Triton's own queue + compute ms per request (inside the server: no client, no transport)")
     print(header)
     print("-" * len(header))
     for name in [*names, SHM, "in-process"]:
@@ -397,6 +415,13 @@ def report(results: dict[str, dict[str, list[dict]]], names: list[str], protocol
             rounds = results[name][f"{c}x{r}"]
             cpu += f"{'cpu':>12} {median(rounds, 'server_cpu_ms'):>7.3f}+{median(rounds, 'client_cpu_ms'):<8.3f}"
         print(cpu)
+        if name != "in-process":
+            inside = f"{'':<14}"
+            for c, r in CELLS:
+                rounds = results[name][f"{c}x{r}"]
+                queue, compute = median(rounds, "triton_queue_ms"), median(rounds, "triton_compute_ms")
+                inside += f"{'triton':>12} {queue:>7.3f}+{compute:<8.3f}"
+            print(inside)
     ours, noop, inproc = results["ours"], results["noop"], results["in-process"]
     ratios = {
         "stack_efficiency_c1": median(ours["1x1"], "requests_per_s") / median(noop["1x1"], "requests_per_s"),
@@ -501,7 +526,7 @@ def main() -> None:
             results: dict[str, dict[str, list[dict]]] = {
                 n: {f"{c}x{r}": [] for c, r in CELLS} for n in [*names, SHM, "in-process"]
             }
-            probe = CpuProbe(read_pid(server))
+            probe = CpuProbe(read_pid(server), server.metrics_url)
             calls = {n: triton_call(settings, n) for n in names}
             calls[SHM] = shared_memory_call(settings, "ours", max(batches), signature)
             calls["in-process"] = inprocess_call(onnx_path, export)
