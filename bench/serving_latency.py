@@ -240,10 +240,10 @@ def cpu_per_request(before: dict[str, float], after: dict[str, float], model: st
     if not requests:
         nan = float("nan")
         return {"server_cpu_ms": nan, "client_cpu_ms": nan, "triton_queue_ms": nan, "triton_compute_ms": nan}
-    server = after.get("server", 0.0) - before.get("server", 0.0)
-    server += after.get(f"stub:{model}", 0.0) - before.get(f"stub:{model}", 0.0)
-    # ours_shm is ours driven another way: Triton counts its requests under ours.
+    # ours_shm is ours driven another way: its stub and Triton's counters are ours'.
     counted = "ours" if model == SHM else model
+    server = after.get("server", 0.0) - before.get("server", 0.0)
+    server += after.get(f"stub:{counted}", 0.0) - before.get(f"stub:{counted}", 0.0)
 
     def triton(key: str) -> float:
         name = f"{key}:{counted}"
@@ -276,14 +276,19 @@ class SharedMemoryClient:
 
         self.shm = shm
         self.module = importlib.import_module(f"tritonclient.{settings.protocol}")
+        self.url = settings.url
+        # Only the worker thread infers with this client: tritonclient's HTTP client (gevent) fails
+        # when a second thread uses it. Registration and its undo use clients of their own.
         self.client = self.module.InferenceServerClient(settings.url)
         self.n_classes = signature.n_classes
         tag = uuid.uuid4().hex[:12]
         sizes = {f"in-{tag}": max_rows * signature.n_features * 4, f"out-{tag}": max_rows * signature.n_classes * 4}
         self.regions = {}
+        control = self.module.InferenceServerClient(self.url)
         for name, size in sizes.items():
             self.regions[name] = shm.create_shared_memory_region(name, f"/{name}", size)
-            self.client.register_system_shared_memory(name, f"/{name}", size)
+            control.register_system_shared_memory(name, f"/{name}", size)
+        control.close()
         self.input_region, self.output_region = sizes
 
     def infer(self, model: str, batch: np.ndarray) -> np.ndarray:
@@ -297,9 +302,11 @@ class SharedMemoryClient:
         return self.shm.get_contents_as_numpy(self.regions[self.output_region], np.float32, shape).copy()
 
     def close(self) -> None:
+        control = self.module.InferenceServerClient(self.url)
         for name, handle in self.regions.items():
-            self.client.unregister_system_shared_memory(name)
+            control.unregister_system_shared_memory(name)
             self.shm.destroy_shared_memory_region(handle)
+        control.close()
         self.client.close()
 
 
