@@ -1,7 +1,7 @@
 """Serving speed: the local Triton stack against its own ceiling and against in-process onnxruntime.
 
     python bench/serving_latency.py [--candidate models/candidate] [--protocol grpc|http|both]
-                                    [--repeats 3] [--levers] [--perf-analyzer PATH]
+                                    [--repeats 3] [--levers [NAME ...]] [--perf-analyzer PATH]
 
 Starts a local Triton on free 127.0.0.1 ports with a scratch repository (the project's own
 `serving start` code) and loads, side by side:
@@ -12,6 +12,10 @@ Starts a local Triton on free 127.0.0.1 ports with a scratch repository (the pro
 - `ort-defaults`: ours with onnxruntime's own thread defaults (a thread per core, spinning), what
   the backend ran before the thread settings existed;
 - with --levers, one variant per other setting: threads, spinning, queue delay, instances, no batching.
+
+`ours_shm` is ours again, with the input and output tensors in system shared memory (tritonclient's
+`utils.shared_memory`, one pair of regions per client thread) instead of the request and response
+bodies: what a client on the server's own host can do. Its own row and ratios, not the headline.
 
 Each model is driven from Python threads (one tritonclient each) at concurrency 1 and 16, with
 1-row and 64-row requests, bounded in requests and seconds per cell. The same batches also run
@@ -62,7 +66,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.params import ExportParams, load_params  # noqa: E402
-from serving import configs  # noqa: E402
+from serving import configs, metrics  # noqa: E402
 from serving.client import ClientSettings, Protocol, TritonClient  # noqa: E402
 from serving.repository import load_candidate, parse_config  # noqa: E402
 from serving.server import (  # noqa: E402
@@ -76,6 +80,7 @@ from serving.server import (  # noqa: E402
 from serving.toy import BACKEND, NOOP_BACKEND, build_candidate  # noqa: E402
 
 CELLS = [(1, 1), (16, 1), (1, 64), (16, 64)]  # (concurrency, rows per request)
+SHM = "ours_shm"  # ours driven through system shared memory (same-host clients)
 
 
 @dataclass(frozen=True)
@@ -86,7 +91,8 @@ class Variant:
     what: str
 
 
-def variants(base: ExportParams, levers: bool) -> list[Variant]:
+def variants(base: ExportParams, levers: list[str] | None) -> list[Variant]:
+    """noop, ours and ort_defaults; with `levers` ([] = every one) one variant per other setting."""
     source = BACKEND.read_text()
 
     def v(name: str, what: str, backend: str = source, **changes: Any) -> Variant:
@@ -102,16 +108,27 @@ def variants(base: ExportParams, levers: bool) -> list[Variant]:
             intra_op_spinning=True,
         ),
     ]
-    if levers:
-        delays = sorted({0, 100, 250, 500, 1000, 2000} - {base.max_queue_delay_microseconds})
-        chosen += [
-            v("threads_2", "intra_op_threads: 2", intra_op_threads=2),
-            v("spinning", "intra_op_spinning: true", intra_op_spinning=True),
-            *(v(f"delay_{d}", f"max_queue_delay_microseconds: {d}", max_queue_delay_microseconds=d) for d in delays),
-            v("instances_2", "instance_count: 2", instance_count=2),
-            v("no_batching", "dynamic_batching: false", dynamic_batching=False),
-        ]
-    return chosen
+    if levers is None:
+        return chosen
+    delays = sorted({0, 100, 250, 500, 1000, 2000} - {base.max_queue_delay_microseconds})
+    threads = sorted({1, 2} - {base.intra_op_threads})
+    instances = sorted({1, 2} - {base.instance_count})
+    spinning = not base.intra_op_spinning
+    every = [
+        *(v(f"threads_{t}", f"intra_op_threads: {t}", intra_op_threads=t) for t in threads),
+        v(
+            "spinning" if spinning else "no_spinning",
+            f"intra_op_spinning: {str(spinning).lower()}",
+            intra_op_spinning=spinning,
+        ),
+        *(v(f"delay_{d}", f"max_queue_delay_microseconds: {d}", max_queue_delay_microseconds=d) for d in delays),
+        *(v(f"instances_{n}", f"instance_count: {n}", instance_count=n) for n in instances),
+        v("no_batching", "dynamic_batching: false", dynamic_batching=False),
+    ]
+    unknown = sorted(set(levers) - {lever.name for lever in every})
+    if unknown:
+        raise SystemExit(f"unknown lever(s) {unknown}; with these params: {[lever.name for lever in every]}")
+    return chosen + [lever for lever in every if not levers or lever.name in levers]
 
 
 def install(repository: Path, candidate: Path, variant: Variant, signature: configs.Signature) -> None:
@@ -189,11 +206,14 @@ def drive(
 
 
 class CpuProbe:
-    """CPU seconds (user + system) of tritonserver, of each model's Python stub, and of this process."""
+    """CPU seconds (user + system) of tritonserver, of each model's Python stub, and of this process;
+    with `metrics_url`, also Triton's own cumulative queue and compute time of each model (the time
+    a request spends inside the server, measured by the server: the client and the transport left out)."""
 
-    def __init__(self, server_pid: int | None):
+    def __init__(self, server_pid: int | None, metrics_url: str | None = None):
         self.server = psutil.Process(server_pid) if server_pid else None
         self.me = psutil.Process()
+        self.metrics_url = metrics_url
 
     def snapshot(self) -> dict[str, float]:
         def seconds(process: psutil.Process) -> float:
@@ -201,6 +221,10 @@ class CpuProbe:
             return times.user + times.system
 
         taken = {"client": seconds(self.me)}
+        if self.metrics_url:
+            for (model, _), counted in metrics.live_counters(self.metrics_url).items():
+                taken[f"queue_ms:{model}"] = (counted.avg_queue_ms or 0.0) * counted.requests
+                taken[f"compute_ms:{model}"] = (counted.avg_compute_ms or 0.0) * counted.requests
         if self.server is not None:
             taken["server"] = seconds(self.server)
             for child in self.server.children(recursive=True):
@@ -214,12 +238,22 @@ class CpuProbe:
 
 def cpu_per_request(before: dict[str, float], after: dict[str, float], model: str, requests: int) -> dict[str, float]:
     if not requests:
-        return {"server_cpu_ms": float("nan"), "client_cpu_ms": float("nan")}
+        nan = float("nan")
+        return {"server_cpu_ms": nan, "client_cpu_ms": nan, "triton_queue_ms": nan, "triton_compute_ms": nan}
+    # ours_shm is ours driven another way: its stub and Triton's counters are ours'.
+    counted = "ours" if model == SHM else model
     server = after.get("server", 0.0) - before.get("server", 0.0)
-    server += after.get(f"stub:{model}", 0.0) - before.get(f"stub:{model}", 0.0)
+    server += after.get(f"stub:{counted}", 0.0) - before.get(f"stub:{counted}", 0.0)
+
+    def triton(key: str) -> float:
+        name = f"{key}:{counted}"
+        return (after[name] - before.get(name, 0.0)) / requests if name in after else float("nan")
+
     return {
         "server_cpu_ms": 1000 * server / requests,
         "client_cpu_ms": 1000 * (after["client"] - before["client"]) / requests,
+        "triton_queue_ms": triton("queue_ms"),
+        "triton_compute_ms": triton("compute_ms"),
     }
 
 
@@ -228,6 +262,64 @@ def triton_call(settings: ClientSettings, model: str) -> tuple[Callable, Callabl
         client.predict(model, batch)
 
     return call, lambda: TritonClient(settings)
+
+
+class SharedMemoryClient:
+    """One thread's plain tritonclient with its own system shared-memory regions (input, output),
+    registered with the server; the regions hold the largest batch of the run."""
+
+    def __init__(self, settings: ClientSettings, max_rows: int, signature: configs.Signature):
+        import importlib
+        import uuid
+
+        import tritonclient.utils.shared_memory as shm
+
+        self.shm = shm
+        self.module = importlib.import_module(f"tritonclient.{settings.protocol}")
+        self.url = settings.url
+        # Only the worker thread infers with this client: tritonclient's HTTP client (gevent) fails
+        # when a second thread uses it. Registration and its undo use clients of their own.
+        self.client = self.module.InferenceServerClient(settings.url)
+        self.n_classes = signature.n_classes
+        tag = uuid.uuid4().hex[:12]
+        sizes = {f"in-{tag}": max_rows * signature.n_features * 4, f"out-{tag}": max_rows * signature.n_classes * 4}
+        self.regions = {}
+        control = self.module.InferenceServerClient(self.url)
+        for name, size in sizes.items():
+            self.regions[name] = shm.create_shared_memory_region(name, f"/{name}", size)
+            control.register_system_shared_memory(name, f"/{name}", size)
+        control.close()
+        self.input_region, self.output_region = sizes
+
+    def infer(self, model: str, batch: np.ndarray) -> np.ndarray:
+        self.shm.set_shared_memory_region(self.regions[self.input_region], [batch])
+        tensor = self.module.InferInput(configs.INPUT_NAME, list(batch.shape), "FP32")
+        tensor.set_shared_memory(self.input_region, batch.nbytes)
+        wanted = self.module.InferRequestedOutput(configs.OUTPUT_NAME)
+        wanted.set_shared_memory(self.output_region, len(batch) * self.n_classes * 4)
+        self.client.infer(model, [tensor], outputs=[wanted])
+        shape = [len(batch), self.n_classes]
+        return self.shm.get_contents_as_numpy(self.regions[self.output_region], np.float32, shape).copy()
+
+    def close(self) -> None:
+        control = self.module.InferenceServerClient(self.url)
+        for name, handle in self.regions.items():
+            control.unregister_system_shared_memory(name)
+            self.shm.destroy_shared_memory_region(handle)
+        control.close()
+        self.client.close()
+
+
+def shared_memory_call(
+    settings: ClientSettings, model: str, max_rows: int, signature: configs.Signature
+) -> tuple[Callable, Callable]:
+    """Ours with the tensors in system shared memory instead of the request and response bodies:
+    what a client on the server's own host can do (tritonclient.utils.shared_memory)."""
+
+    def call(client: SharedMemoryClient, batch: np.ndarray) -> None:
+        client.infer(model, batch)
+
+    return call, lambda: SharedMemoryClient(settings, max_rows, signature)
 
 
 def inprocess_call(onnx_path: Path, export: ExportParams) -> tuple[Callable, Callable]:
@@ -314,10 +406,11 @@ def report(results: dict[str, dict[str, list[dict]]], names: list[str], protocol
     """Print the table of one protocol and its ratios; return the ratios."""
     header = f"{'model':<14}" + "".join(f"{f'c={c} rows={r}':>30}" for c, r in CELLS)
     print(f"\n{protocol}: median over rounds, per cell: requests/s (rows/s for 64 rows)  p50/p99 ms")
-    print("CPU ms per request, server side + client side, below each model")
+    print("below each model: CPU ms per request, server side + client side;")
+    print("then Triton's own queue + compute ms per request (inside the server: no client, no transport)")
     print(header)
     print("-" * len(header))
-    for name in [*names, "in-process"]:
+    for name in [*names, SHM, "in-process"]:
         line = f"{name:<14}"
         for c, r in CELLS:
             rounds = results[name][f"{c}x{r}"]
@@ -329,6 +422,13 @@ def report(results: dict[str, dict[str, list[dict]]], names: list[str], protocol
             rounds = results[name][f"{c}x{r}"]
             cpu += f"{'cpu':>12} {median(rounds, 'server_cpu_ms'):>7.3f}+{median(rounds, 'client_cpu_ms'):<8.3f}"
         print(cpu)
+        if name != "in-process":
+            inside = f"{'':<14}"
+            for c, r in CELLS:
+                rounds = results[name][f"{c}x{r}"]
+                queue, compute = median(rounds, "triton_queue_ms"), median(rounds, "triton_compute_ms")
+                inside += f"{'triton':>12} {queue:>7.3f}+{compute:<8.3f}"
+            print(inside)
     ours, noop, inproc = results["ours"], results["noop"], results["in-process"]
     ratios = {
         "stack_efficiency_c1": median(ours["1x1"], "requests_per_s") / median(noop["1x1"], "requests_per_s"),
@@ -337,6 +437,11 @@ def report(results: dict[str, dict[str, list[dict]]], names: list[str], protocol
         "rows_vs_inprocess_b64_c16": median(ours["16x64"], "rows_per_s") / median(inproc["16x64"], "rows_per_s"),
         "rows_vs_inprocess_b1_c16": median(ours["16x1"], "rows_per_s") / median(inproc["16x1"], "rows_per_s"),
         "p99_over_p50_c16": median(ours["16x1"], "p99_ms") / median(ours["16x1"], "p50_ms"),
+        # Same-host clients only, not the headline: ours through system shared memory.
+        "shm_rows_vs_inprocess_b64_c16": median(results[SHM]["16x64"], "rows_per_s")
+        / median(inproc["16x64"], "rows_per_s"),
+        "shm_rows_vs_inprocess_b64_c1": median(results[SHM]["1x64"], "rows_per_s")
+        / median(inproc["1x64"], "rows_per_s"),
         "cpu_efficiency_c1": cpu_total(noop["1x1"]) / cpu_total(ours["1x1"]),
         "cpu_efficiency_c16": cpu_total(noop["16x1"]) / cpu_total(ours["16x1"]),
         "cpu_rows_vs_inprocess_b64_c16": median(inproc["16x64"], "client_cpu_ms") / cpu_total(ours["16x64"]),
@@ -378,7 +483,12 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3, help="rounds per cell; the tables show medians")
     p.add_argument("--requests", type=int, default=3000, help="upper bound of 1-row requests per cell and round")
     p.add_argument("--seconds", type=float, default=3.0, help="time cap per cell and round")
-    p.add_argument("--levers", action="store_true", help="also measure one variant per setting")
+    p.add_argument(
+        "--levers",
+        nargs="*",
+        metavar="NAME",
+        help="also measure one variant per setting (or only the named ones, e.g. threads_2 delay_0)",
+    )
     p.add_argument("--perf-analyzer", help="path to a perf_analyzer binary to run beside our figures")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -421,10 +531,11 @@ def main() -> None:
         for protocol in protocols:
             settings = ClientSettings.local(server, protocol=protocol, timeout_s=30, retries=0)
             results: dict[str, dict[str, list[dict]]] = {
-                n: {f"{c}x{r}": [] for c, r in CELLS} for n in [*names, "in-process"]
+                n: {f"{c}x{r}": [] for c, r in CELLS} for n in [*names, SHM, "in-process"]
             }
-            probe = CpuProbe(read_pid(server))
+            probe = CpuProbe(read_pid(server), server.metrics_url)
             calls = {n: triton_call(settings, n) for n in names}
+            calls[SHM] = shared_memory_call(settings, "ours", max(batches), signature)
             calls["in-process"] = inprocess_call(onnx_path, export)
             for call, make_state in calls.values():  # warm-up: model loads, connections, arenas
                 drive(call, make_state, batches[1], 4, 200, 2.0)

@@ -264,7 +264,7 @@ class ExportParams(Section):
     golden_samples: Positive = 8
     max_batch_size: Positive = 64
     dynamic_batching: bool = True
-    max_queue_delay_microseconds: Annotated[int, Field(ge=0)] = 100
+    max_queue_delay_microseconds: Annotated[int, Field(ge=0)] = 0
     preferred_batch_sizes: list[Positive] = []
     instance_count: Positive = 1
     intra_op_threads: Annotated[int, Field(ge=0)] = 1

@@ -95,19 +95,24 @@ class TritonPythonModel:
             # of the batch with this message, and Triton counts them as failures in its metrics
             # (error responses count as successes there), so `serving status` shows them.
             raise pb_utils.TritonModelException(f"onnxruntime failed: {error}") from error
-        bounds = np.cumsum([len(batch) for batch in batches])[:-1]
-        parts = [
-            np.split(output.astype(dtype, copy=False), bounds)
-            for output, dtype in zip(outputs, self.output_dtypes, strict=True)
+        named = [
+            (name, output.astype(dtype, copy=False))
+            for name, output, dtype in zip(self.output_names, outputs, self.output_dtypes, strict=True)
         ]
-        return [
-            pb_utils.InferenceResponse(
-                output_tensors=[
-                    pb_utils.Tensor(name, part[i]) for name, part in zip(self.output_names, parts, strict=True)
-                ]
+        if len(requests) == 1:  # the common case at low load: nothing to cut
+            return [pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(name, out) for name, out in named])]
+        # Row slices (views) rather than np.split: per request, np.split's generic axis handling
+        # costs more than the slicing itself (timed in-process: 102 -> 75 us for 16 one-row requests).
+        responses = []
+        end = 0
+        for batch in batches:
+            start, end = end, end + len(batch)
+            responses.append(
+                pb_utils.InferenceResponse(
+                    output_tensors=[pb_utils.Tensor(name, out[start:end]) for name, out in named]
+                )
             )
-            for i in range(len(batches))
-        ]
+        return responses
 
     @staticmethod
     def _input(request, name, dtype):

@@ -94,6 +94,23 @@ def test_backend_batches_requests_into_one_run(tmp_path, params, backend):
     model.finalize()
 
 
+def test_a_lone_request_gets_its_whole_batch_back(tmp_path, params, backend):
+    """One request per execute (low load) takes a path that cuts nothing: its rows must all come
+    back, in order, as computed for the request alone."""
+    folder, config_json = _repository(tmp_path, params, SIGNATURE)
+    model = backend.TritonPythonModel()
+    model.initialize({"model_config": config_json, "model_repository": str(folder), "model_version": "1"})
+    reference = ort.InferenceSession(str(folder / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(1)
+    for rows in (1, 5):
+        batch = rng.uniform(0, 16, (rows, 64)).astype(np.float32)
+        (response,) = model.execute([{"input": _Tensor("input", batch)}])
+        (tensor,) = response.output_tensors
+        assert tensor.array.shape == (rows, 10) and tensor.array.dtype == np.float32
+        np.testing.assert_allclose(tensor.array, reference.run(None, {"input": batch})[0], rtol=1e-6, atol=1e-7)
+    model.finalize()
+
+
 def test_backend_refuses_config_that_does_not_match_the_onnx_file(tmp_path, params, backend):
     renamed = configs.Signature(64, 10, input_name="pixels", output_name="probabilities")
     folder, config_json = _repository(tmp_path, params, renamed)
