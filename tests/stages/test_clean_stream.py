@@ -7,17 +7,19 @@ as the benchmark's baseline; here it is the reference."""
 from __future__ import annotations
 
 import importlib.util
+import math
 import subprocess
 import sys
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import tiny_image_table
 from support import ROOT
 
-from pipeline import batches
+from pipeline import batches, sinks
 from pipeline.params import CleanParams, EngineParams
 from pipeline.tables import write_parquet
 from stages import clean, embed, split
@@ -85,6 +87,25 @@ def test_the_batch_size_changes_nothing(params, batch_rows):
     pd.testing.assert_frame_equal(reference.clean, result.clean)
     pd.testing.assert_frame_equal(reference.quarantine, result.quarantine)
     assert (reference.metrics, reference.report_html) == (result.metrics, result.report_html)
+
+
+def test_validation_never_fingerprints_a_frame(params, monkeypatch):
+    """GX hashes every row of each frame it validates (a batch marker, unless the frame is over
+    1 GB); the whole-table checks get frames as long as the table, so that hash alone cost about
+    40 bytes a row at once (270 MB at 7M rows). clean turns it off."""
+    from great_expectations.execution_engine import pandas_execution_engine
+
+    hashed: list[int] = []
+    monkeypatch.setattr(pandas_execution_engine, "hash_pandas_dataframe", lambda df: hashed.append(len(df)) or "")
+    result = clean.run(planted(tiny_image_table()), params.data, LENIENT, batch_rows=37)
+    assert result.metrics["rows_in"] == 200 and hashed == []
+
+
+def test_a_wide_table_is_written_in_few_row_groups():
+    """The Parquet writer holds each row group's metadata until it closes (~0.7 MB per row group
+    of 785 columns), so the row-group count of the clean table is part of clean's peak memory."""
+    schema = pa.schema([pa.field(name, pa.uint8()) for name in ("label", *(f"px_{i}" for i in range(784)))])
+    assert math.ceil(7_000_000 / sinks.row_group_rows(schema)) <= 45
 
 
 def test_too_many_bad_rows_over_several_batches_fail_naming_the_first(params):
