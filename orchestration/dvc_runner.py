@@ -162,7 +162,7 @@ def run_cache_has(repo: Any, stage: str) -> bool:
 
 
 def read_entry(root: Path, stage: str) -> dict[str, Any]:
-    entry = lockfile.parse((root / "dvc.lock").read_text()).get(stage)
+    entry = lockfile.read(root).get(stage)
     if entry is None:
         raise StageFailed(f"stage {stage}: DVC wrote no dvc.lock entry for it")
     return entry
@@ -196,9 +196,7 @@ def run_stage(
         if pulled:
             pull_inputs()
         found = changes(repo.status(targets=[stage]), stage, () if pulled else input_deps)
-        if found and stage not in lockfile.parse(
-            (root / "dvc.lock").read_text() if (root / "dvc.lock").exists() else None
-        ):
+        if found and stage not in lockfile.read(root):
             # DVC calls every dep "modified" when nothing was recorded: say what is true instead
             found = ["not run before: dvc.lock has no entry for it yet"]
         absent: list[str] = []

@@ -17,6 +17,7 @@ Pure functions over plain dicts (what PyYAML reads from a `dvc.lock`), so they a
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -51,6 +52,12 @@ def parse(text: str | None) -> dict[str, Entry]:
     if not isinstance(document, Mapping) or str(document.get("schema", SCHEMA)) != SCHEMA:
         raise LockMergeError(f"dvc.lock: expected a schema {SCHEMA} lock file from DVC 3")
     return {str(name): dict(entry) for name, entry in (document.get("stages") or {}).items()}
+
+
+def read(root: Path) -> dict[str, Entry]:
+    """The `stages:` of the checkout `root`'s dvc.lock ({} when it has none)."""
+    path = root / "dvc.lock"
+    return parse(path.read_text() if path.exists() else None)
 
 
 def dump(stages: Mapping[str, Entry]) -> str:

@@ -105,7 +105,7 @@ def _merged(
     """Write into the checkout's dvc.lock the entries of `results` over the run's base lock;
     returns the base lock."""
     entries = lockfile.latest_entries(results)
-    base = lockfile.parse((root / "dvc.lock").read_text() if (root / "dvc.lock").exists() else None)
+    base = lockfile.read(root)
     merged = lockfile.merge(base, entries, fleet.order)
     lockfile.verify(merged, require=require, among=set(entries) | set(require))
     (root / "dvc.lock").write_text(lockfile.dump(merged))
@@ -128,7 +128,7 @@ def stage(
     ancestors = sorted(fleet.graph.ancestors(name))
     base = _merged(fleet, root, [r for r in upstream if r and r.get("stage") in ancestors], require=ancestors)
     paths, covering = inputs(fleet.graph, name)
-    merged = lockfile.parse((root / "dvc.lock").read_text())
+    merged = lockfile.read(root)
     # The base lock is a published one: consistent, and its outputs were on the remote when published.
     as_locked = name in base and all(merged.get(a) == base.get(a) for a in ancestors)
     result = dvc_runner.run_stage(root, name, paths, fleet.dvc, covering, inputs_as_locked=as_locked)
