@@ -113,10 +113,9 @@ def prepare(project: str | Path, context: Mapping[str, Any]) -> dict[str, Any]:
 def form_overrides(project: Path, form: Mapping[str, Any]) -> dict[str, str | None]:
     """The params.yaml keys the Trigger form sets for this run, checked: a data source that does
     not exist here, or params that no longer load, raise ValueError naming the cause."""
-    import yaml
 
     from orchestration.workspace import set_param
-    from pipeline.params import Params
+    from pipeline.params import Params, read_yaml
 
     overrides: dict[str, str | None] = {}
     source = (form.get("data_source") or "").strip()
@@ -135,7 +134,7 @@ def form_overrides(project: Path, form: Mapping[str, Any]) -> dict[str, str | No
         section, key = dotted.split(".", 1)
         text = set_param(text, section, key, value)
     try:
-        Params.model_validate(yaml.safe_load(text))
+        Params.model_validate(read_yaml(text))
     except Exception as error:  # pydantic's ValidationError names the key
         raise ValueError(f"params.yaml with {overrides} does not load: {error}") from error
     return overrides

@@ -34,12 +34,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from orchestration.remote import redact
 from pipeline import atomic
 from pipeline.errors import StageError
-from pipeline.params import AirflowParams, load_params, parse_params
+from pipeline.params import AirflowParams, load_params, parse_params, read_yaml
 
 log = logging.getLogger(__name__)
 
@@ -280,7 +278,7 @@ def sync(project: Path, root: Path, as_of: str | None, owned: Collection[str] = 
     text = (project / "params.yaml").read_text()
     if as_of is not None:
         text = set_param(text, "embed", "as_of", as_of)
-        checked = parse_params(yaml.safe_load(text), "workspace params.yaml")
+        checked = parse_params(read_yaml(text), "workspace params.yaml")
         assert checked.embed.as_of == as_of, "set_param wrote the wrong line"
     if not params_path.exists() or params_path.read_text() != text:
         atomic.write_text(params_path, text)

@@ -230,6 +230,7 @@ class PrivacyParams(Section):
 class TrainParams(Section):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    cpu_threads: Annotated[int, Field(ge=0)] = 1  # torch's intra-op threads while training; 0 = one per core
     mixed_precision: bool = True
     epochs: Positive = 20
     batch_size: Positive = 64

@@ -255,6 +255,26 @@ def _score(metric: str, row: dict[str, float]) -> list[float]:
 
 
 @contextlib.contextmanager
+def cpu_threads(count: int) -> Iterator[None]:
+    """torch's intra-op CPU threads for the duration of a fit (`train.cpu_threads`; 0 keeps
+    torch's default of one per core), then the caller's setting again.
+
+    One thread is the default because the models here are small: their operators are too short
+    for a thread pool to pay off, and when any other process holds a core (another Airflow task,
+    a second Celery worker process, the test suite) every operator waits for a thread that is not
+    running. On 2 cores, a crossval fold of the digits CNN took 7 s with either setting on an idle
+    machine and 58-85 s with torch's default beside one busy process, 7-9 s with one thread
+    (`bench/train_threads.py`). torchrun sets OMP_NUM_THREADS=1 for the same reason."""
+    before = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
 def _deterministic(device: torch.device) -> Iterator[None]:
     """Ask torch for deterministic kernels on CPU for the duration of a fit, then restore the
     caller's setting. (CUDA runs are fast rather than bit-exact; they would need a cuBLAS
@@ -574,6 +594,7 @@ def fit(
     x_val, y_val = device_tensors(val, device)
     last_write = time.monotonic()
     with (
+        cpu_threads(params.cpu_threads),
         _deterministic(device),
         _progress_bar(params.epochs, resumed_from, progress if world.main else False) as bar,
         _CheckpointWriter(path if world.main else None) as writer,

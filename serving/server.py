@@ -430,6 +430,16 @@ def _forget(settings: ServerSettings) -> None:
     control.remove_key(settings.state_dir)
 
 
+def _kill_group(pid: int) -> None:
+    """SIGKILL the server and, when it leads its own process group (as `start_server` starts it),
+    the Python backend's stub processes with it: a SIGKILL does not reach a process's children."""
+    with contextlib.suppress(ProcessLookupError):
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, signal.SIGKILL)
+        else:
+            os.kill(pid, signal.SIGKILL)
+
+
 def stop_server(settings: ServerSettings) -> int | None:
     """SIGTERM the PID from the PID file, wait for it to exit, remove the file. Returns the PID."""
     pid = read_pid(settings)
@@ -445,7 +455,7 @@ def stop_server(settings: ServerSettings) -> int | None:
         time.sleep(0.1)
     if _alive(pid):
         log.warning("tritonserver (pid %d) ignored SIGTERM for %.0fs; sending SIGKILL", pid, settings.stop_timeout_s)
-        os.kill(pid, signal.SIGKILL)
+        _kill_group(pid)
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, 0)
     _forget(settings)

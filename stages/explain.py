@@ -18,14 +18,16 @@ import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pipeline import atomic
 from pipeline.params import DataParams, ExplainParams
-from pipeline.rows import Rows, SplitTable
 from stages import _cli
+
+if TYPE_CHECKING:
+    from pipeline.rows import Rows
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +41,13 @@ class Explanation:
 
 
 def run(
-    model_path: str | Path, test: Rows, features: list[str], data: DataParams, params: ExplainParams
+    model_path: str | Path, test: Rows | None, features: list[str], data: DataParams, params: ExplainParams
 ) -> Explanation:
     """Attributions and confusions of the model file on the test rows; the report and its metrics."""
     if not params.enabled:
         return Explanation({"enabled": False}, render_off())
+    if test is None:
+        raise ValueError("explain.enabled needs the test rows")
     from pipeline import explain
     from pipeline.models import load_model
 
@@ -250,14 +254,17 @@ def main() -> None:
     p.add_argument("--report", required=True, help="HTML explanation report")
 
     def body(args, params):
+        if not params.explain.enabled:  # the default: no table read, no pandas or torch imported
+            result = run(args.model, None, [], params.data, params.explain)
+            atomic.write_json(args.metrics, result.metrics)
+            atomic.write_text(args.report, result.report_html)
+            return
+        from pipeline.rows import Rows, SplitTable
+
         table = SplitTable.open(args.clean, args.split, params.data)
-        test = (
-            table.split_rows("test")
-            if params.explain.enabled and not table.mixed
-            else Rows(np.zeros((0, 0)), np.zeros(0, np.int64))
-        )
+        test = table.split_rows("test") if not table.mixed else Rows(np.zeros((0, 0)), np.zeros(0, np.int64))
         features = table.features
-        if params.explain.enabled and table.mixed:
+        if table.mixed:
             # A mixed table's model takes the encoded rows: attribute to its encoded features
             # (each category's one-hot slot, each "was missing" flag), with the model's own transform.
             from pipeline import transform

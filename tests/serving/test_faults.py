@@ -134,7 +134,10 @@ def test_an_interrupt_in_the_middle_of_the_switch(settings, make_candidate, monk
 def _kill(server: ServerSettings) -> None:
     pid = read_pid(server)
     assert pid is not None
-    os.kill(pid, signal.SIGKILL)
+    # The whole process group, as a crashed host or container loses it: the Python backend's
+    # stub processes too, which a SIGKILL of the server alone leaves running as orphans.
+    assert os.getpgid(pid) == pid, "the server leads a process group of its own"
+    os.killpg(pid, signal.SIGKILL)
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, 0)  # our own child: reap it, so that it is gone for good
 

@@ -50,6 +50,25 @@ def test_a_tiny_model_learns(image_table, assignment):
     assert result.model(torch.zeros(2, 64)).shape == (2, 10)
 
 
+@pytest.mark.parametrize("threads", [1, 2, 0])
+def test_training_uses_train_cpu_threads_and_restores_the_callers(image_table, assignment, threads):
+    """0 keeps torch's default (what the process had); the setting ends with the fit."""
+    seen = []
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        run_train(
+            image_table,
+            assignment,
+            tiny_params(epochs=1, cpu_threads=threads),
+            on_epoch=lambda e, row: seen.append(torch.get_num_threads()),
+        )
+        assert seen == [threads or 3]
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_scale_comes_from_the_value_range(image_table, assignment):
     result, _ = run_train(image_table, assignment, tiny_params(epochs=1))
     assert torch.all(result.model.scale.offset == 0) and torch.allclose(result.model.scale.factor, torch.tensor(1 / 16))
