@@ -7,8 +7,8 @@ busy process (what another Airflow task, a second Celery worker process or the t
     python bench/train_threads.py    # about a minute on an idle machine; minutes with torch's default under load
 
 Prints wall seconds and CPU seconds of each run and the ratio torch's default / one thread in
-each condition. The busy process is a plain Python loop at nice 19: it yields to anything that
-asks, yet it is enough to stall a thread pool that waits for all its threads at every operator.
+each condition. The busy process is a plain Python loop (another task's share of the CPU): a thread
+pool that waits for all its threads at every operator stalls whenever one of them is not running.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def main() -> None:
         for condition in ("idle", "one busy process"):
             busy = None
             if condition != "idle":
-                busy = subprocess.Popen(["nice", "-n", "19", sys.executable, "-c", "while True: pass"])
+                busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
             try:
                 best = {}
                 for threads in (1, 0):
