@@ -87,3 +87,11 @@ def write_parquet(table: pd.DataFrame, path: str | Path, **options) -> None:
 
 def read_parquet(path: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
     return pq.read_table(path, columns=columns).to_pandas()
+
+
+def read_column(path: str | Path, name: str) -> np.ndarray:
+    """One column of a Parquet file, in row order, read a row group at a time; no other column is
+    read (split reads the labels this way, never the features)."""
+    reader = pq.ParquetFile(path)
+    groups = [reader.read_row_group(i, columns=[name]).column(name) for i in range(reader.num_row_groups)]
+    return pa.chunked_array(groups, reader.schema_arrow.field(name).type).to_numpy()
