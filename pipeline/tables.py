@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 from pipeline.atomic import atomic_path
 from pipeline.errors import StageError
 from pipeline.params import DataParams
+from pipeline.row_groups import row_groups
 
 TABLE_SUFFIXES = (".parquet", ".csv")
 
@@ -92,6 +93,5 @@ def read_parquet(path: str | Path, columns: list[str] | None = None) -> pd.DataF
 def read_column(path: str | Path, name: str) -> np.ndarray:
     """One column of a Parquet file, in row order, read a row group at a time; no other column is
     read (split reads the labels this way, never the features)."""
-    reader = pq.ParquetFile(path)
-    groups = [reader.read_row_group(i, columns=[name]).column(name) for i in range(reader.num_row_groups)]
-    return pa.chunked_array(groups, reader.schema_arrow.field(name).type).to_numpy()
+    kind = pq.read_schema(path).field(name).type
+    return pa.chunked_array([group.column(name) for group in row_groups(path, [name])], kind).to_numpy()
