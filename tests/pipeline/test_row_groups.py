@@ -28,14 +28,14 @@ def table(rows: int = 1_000) -> pa.Table:
 def test_each_row_group_reads_as_pyarrow_reads_it(tmp_path, options):
     path = tmp_path / "t.parquet"
     written = table()
-    pq.write_table(written, path, row_group_size=90, **options)  # 12 groups: a list size past 15
+    pq.write_table(written, path, row_group_size=60, **options)  # 17 groups: a list size past 14
     whole = pq.ParquetFile(path)
     groups = list(row_groups.row_groups(path))
-    assert len(groups) == whole.num_row_groups == 12
+    assert len(groups) == whole.num_row_groups == 17
     for i, group in enumerate(groups):
         assert group.equals(whole.read_row_group(i))
     assert pa.concat_tables(groups).equals(written)
-    assert [g.column_names for g in row_groups.row_groups(path, ["x", "label"])] == [["x", "label"]] * 12
+    assert [g.column_names for g in row_groups.row_groups(path, ["x", "label"])] == [["x", "label"]] * 17
 
 
 def test_a_cut_footer_describes_one_row_group(tmp_path):
@@ -79,6 +79,14 @@ def test_a_footer_it_cannot_cut_is_read_by_pyarrow(tmp_path, monkeypatch):
 
     monkeypatch.setattr(row_groups, "cut_footer", refuse)
     assert pa.concat_tables(row_groups.row_groups(path)).equals(pq.read_table(path))
+
+
+def test_a_file_without_rows_reads_as_pyarrow_reads_it(tmp_path):
+    path = tmp_path / "t.parquet"
+    pq.write_table(table().slice(0, 0), path)  # pyarrow writes one empty row group
+    groups = list(row_groups.row_groups(path))
+    assert [g.num_rows for g in groups] == [0] * pq.ParquetFile(path).num_row_groups
+    assert pa.concat_tables(groups).schema.equals(pq.read_schema(path))
 
 
 def test_not_a_parquet_footer_is_a_footer_error(tmp_path):
