@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 
 from pipeline.contract import inferred_kind
 from pipeline.params import DataParams
+from pipeline.row_groups import row_groups
 from pipeline.tables import TableError, feature_columns, source_files
 
 CSV_BLOCK_BYTES = 16 << 20  # CSV text parsed at a time; batches are then merged up to the batch size
@@ -146,10 +147,10 @@ def _file_schema(path: Path, contract: DataParams) -> pa.Schema:
 
 def _parquet_batches(path: Path, batch_rows: int) -> Iterator[pa.RecordBatch]:
     # One row group at a time, synchronously: pyarrow's dataset scanner reads ahead while a slow
-    # consumer (validation, the writer) works, and its queue grew to several row groups.
-    reader = pq.ParquetFile(path)
-    for group in range(reader.num_row_groups):
-        yield from reader.read_row_group(group).to_batches(max_chunksize=batch_rows)
+    # consumer (validation, the writer) works, and its queue grew to several row groups. Only the
+    # row group's own metadata is held (`pipeline.row_groups`), not the whole file's footer.
+    for group in row_groups(path):
+        yield from group.to_batches(max_chunksize=batch_rows)
 
 
 def _open_csv(path: Path, contract: DataParams | None) -> pacsv.CSVStreamingReader:

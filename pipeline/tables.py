@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 from pipeline.atomic import atomic_path
 from pipeline.errors import StageError
 from pipeline.params import DataParams
+from pipeline.row_groups import row_groups
 
 TABLE_SUFFIXES = (".parquet", ".csv")
 
@@ -87,3 +88,10 @@ def write_parquet(table: pd.DataFrame, path: str | Path, **options) -> None:
 
 def read_parquet(path: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
     return pq.read_table(path, columns=columns).to_pandas()
+
+
+def read_column(path: str | Path, name: str) -> np.ndarray:
+    """One column of a Parquet file, in row order, read a row group at a time; no other column is
+    read (split reads the labels this way, never the features)."""
+    kind = pq.read_schema(path).field(name).type
+    return pa.chunked_array([group.column(name) for group in row_groups(path, [name])], kind).to_numpy()

@@ -15,9 +15,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline import atomic, stratify
-from pipeline.engines import local
 from pipeline.params import DataParams, EngineParams, SplitParams
-from pipeline.tables import write_parquet
+from pipeline.tables import read_column, write_parquet
 from stages import _cli
 
 log = logging.getLogger(__name__)
@@ -29,14 +28,15 @@ WRITE_OPTIONS = {"use_dictionary": ["split"], "row_group_size": 65_536}
 
 def split_stratified(labels: np.ndarray, params: SplitParams) -> pd.DataFrame:
     """Assign each row to a split and each training row to a fold, stratified by label."""
-    counts = pd.Series(labels).value_counts()
+    classes, _, counts, _ = stratify.class_codes(labels)
     k = len(params.folds)
     # Each class needs a row in every split and at least one per fold in the training part.
     need = k + 2
-    rare = counts[counts < need]
+    rare = np.flatnonzero(counts < need)
     if len(rare):
+        c = rare[np.argmax(counts[rare])]  # the first that value_counts() would list
         raise _cli.StageError(
-            f"class {rare.index[0]!r} has only {rare.iloc[0]} row(s); a stratified split with {k} folds needs "
+            f"class {classes[c : c + 1].tolist()[0]!r} has only {counts[c]} row(s); a stratified split with {k} folds needs "
             f"at least {need} per class. Add data, or lower the number of split.folds."
         )
     held = params.val_fraction + params.test_fraction
@@ -57,7 +57,7 @@ def split_stratified(labels: np.ndarray, params: SplitParams) -> pd.DataFrame:
 
 def class_counts(assignment: pd.DataFrame, labels: np.ndarray) -> dict[str, Any]:
     """Rows per class in each split and each fold, for the metrics file."""
-    classes, label_codes = np.unique(labels, return_inverse=True)
+    classes, label_codes, _, _ = stratify.class_codes(labels)
     codes = assignment["split"].cat.codes.to_numpy()
     out: dict[str, Any] = {"rows": {s: int((codes == i).sum()) for i, s in enumerate(SPLITS)}}
     for i, split in enumerate(SPLITS):
@@ -84,7 +84,7 @@ def run_file(
 
         labels = spark.read_labels(clean_path, data.label, engine)
     else:
-        labels = local.read_labels(clean_path, data.label)
+        labels = read_column(clean_path, data.label)
     return run(labels, params)
 
 

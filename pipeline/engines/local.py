@@ -5,7 +5,8 @@ suite (`pipeline.validation.StreamValidation`), flags rows that repeat an earlie
 64-bit hash (`pipeline.rowhash`), and writes kept and quarantined rows as it goes. Nothing becomes
 visible before every batch has been read and the whole-table checks have passed.
 
-split reads the label column of the clean table and nothing else.
+split reads the label column of the clean table and nothing else (`pipeline.tables.read_column`;
+this module's imports are clean's).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from functools import partial
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipeline.batches import NonNumericColumn, RawStream
 from pipeline.engines import OpenSink, quarantine_schema
@@ -124,11 +124,3 @@ def write(
 
 def _reason(frame, rows: list[int], contract: DataParams, row: int, names: list[str]) -> str:
     return row_reason(frame, rows.index(row), names, contract)
-
-
-def read_labels(clean_path: str, label: str) -> np.ndarray:
-    """The label column of the clean table, in row order (the row id is the position); the
-    feature columns are never read."""
-    reader = pq.ParquetFile(clean_path)
-    groups = [reader.read_row_group(i, columns=[label]).column(label) for i in range(reader.num_row_groups)]
-    return pa.chunked_array(groups, reader.schema_arrow.field(label).type).to_numpy()

@@ -39,3 +39,24 @@ def test_fold_ids_are_stratified_k_fold(name, k, seed):
 def test_a_split_that_would_leave_a_class_out_is_a_clear_error():
     with pytest.raises(StageError, match="every one of the 10 classes on both sides"):
         stratify.shuffle_split(np.repeat(np.arange(10), 3), 0.1, 0)
+
+
+@pytest.mark.parametrize("name", LABELS)
+def test_class_codes_are_numpy_unique_in_small_types(name, monkeypatch):
+    monkeypatch.setattr(stratify, "CHUNK_ROWS", 97)  # many chunks: a class first seen in a later one
+    y = LABELS[name]
+    classes, codes, counts, first = stratify.class_codes(y)
+    expected = np.unique(y, return_index=True, return_inverse=True, return_counts=True)
+    for ours, theirs in zip((classes, first, codes, counts), expected, strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+    assert codes.dtype == np.int8  # not NumPy's int64: 8 bytes a row for a 1-byte label
+
+
+@pytest.mark.parametrize("masked", [64, 1])  # a pass per class, or one sort (many classes)
+def test_split_positions_are_int32_and_unchanged(masked, monkeypatch):
+    monkeypatch.setattr(stratify, "MASKED_CLASSES", masked)
+    y = LABELS["imbalanced"]
+    expected = train_test_split(np.arange(len(y)), test_size=0.2, stratify=y, random_state=5)
+    for ours, theirs in zip(stratify.shuffle_split(y, 0.2, 5), expected, strict=True):
+        assert ours.dtype == np.int32
+        np.testing.assert_array_equal(ours, theirs)

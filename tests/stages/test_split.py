@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -42,3 +45,18 @@ def test_too_rare_class_is_a_clear_error():
     y = np.concatenate([labels(), [10, 10]])
     with pytest.raises(_cli.StageError, match="class 10 has only 2 row"):
         split.run(y, SplitParams())
+
+
+def test_rare_class_message_names_the_class_as_written():
+    y = np.concatenate([np.repeat(np.array(["cat", "dog"]), 30), ["eel"] * 3])
+    with pytest.raises(_cli.StageError, match="class 'eel' has only 3 row"):
+        split.run(y, SplitParams())
+
+
+def test_split_does_not_import_the_clean_engine(project_root):
+    # split reads one column; clean's engine (GX, the row hasher, the sinks) is no part of its memory.
+    probe = "import sys, stages.split; print(sorted(m for m in sys.modules if m.startswith('pipeline.')))"
+    out = subprocess.run([sys.executable, "-c", probe], cwd=project_root, capture_output=True, text=True, check=True)
+    loaded = out.stdout
+    assert "pipeline.engines.local" not in loaded
+    assert "pipeline.validation" not in loaded
