@@ -262,9 +262,10 @@ def cpu_threads(count: int) -> Iterator[None]:
     One thread is the default because the models here are small: their operators are too short
     for a thread pool to pay off, and when any other process holds a core (another Airflow task,
     a second Celery worker process, the test suite) every operator waits for a thread that is not
-    running. On 2 cores, a crossval fold of the digits CNN took 7 s with either setting on an idle
-    machine and 58-85 s with torch's default beside one busy process, 7-9 s with one thread
-    (`bench/train_threads.py`). torchrun sets OMP_NUM_THREADS=1 for the same reason."""
+    running. On 2 cores a crossval fold of the digits CNN took 7.9 s with one thread and 8.9 s with
+    torch's default on an idle machine, 9.8 s vs 14.3 s beside one busy process, and 7-9 s vs
+    35-85 s beside other jobs' benchmarks (`bench/train_threads.py`, README). torchrun sets
+    OMP_NUM_THREADS=1 for the same reason."""
     before = torch.get_num_threads()
     if count:
         torch.set_num_threads(count)
