@@ -143,7 +143,8 @@ def _run(task: str, raw: Path, workdir: Path) -> dict:
         extra = {"kept": metrics["rows_kept"], "quarantined": metrics["rows_quarantined"]}
     else:
         p = params(path)
-        assignment, _ = split.run_file(str(workdir / "clean-local.parquet"), p.data, p.split, p.engine)
+        # the clean table this path's clean wrote (the engines write the same rows): `--paths spark` alone works too
+        assignment, _ = split.run_file(str(out), p.data, p.split, p.engine)
         write_parquet(assignment, workdir / f"split-{path}.parquet", **split.WRITE_OPTIONS)
     return {"seconds": time.perf_counter() - start, **extra}
 
