@@ -28,7 +28,7 @@ def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
 
 
 def _per_class(actual: np.ndarray, predicted: np.ndarray, n_classes: int) -> tuple[np.ndarray, ...]:
-    """Precision, recall, F1 and support of each class index 0..n_classes-1."""
+    """Precision, recall, F1, support and true positives of each class index 0..n_classes-1."""
     actual = np.asarray(actual, dtype=np.int64).ravel()
     predicted = np.asarray(predicted, dtype=np.int64).ravel()
     if actual.shape != predicted.shape:
@@ -42,16 +42,15 @@ def _per_class(actual: np.ndarray, predicted: np.ndarray, n_classes: int) -> tup
     precision = _ratio(true_positive, predicted_count)
     recall = _ratio(true_positive, support)
     f1 = _ratio(2 * true_positive, support + predicted_count)  # = 2PR/(P+R), 0 where both are 0
-    return precision, recall, f1, support
+    return precision, recall, f1, support, true_positive
 
 
 def scores(actual: np.ndarray, predicted: np.ndarray, n_classes: int) -> dict[str, float]:
     """Accuracy and macro precision / recall / F1 of class indices (0..n_classes-1)."""
-    precision, recall, f1, _ = _per_class(actual, predicted, n_classes)
-    rows = np.asarray(actual).size
-    correct = int(np.count_nonzero(np.asarray(actual).ravel() == np.asarray(predicted).ravel()))
+    precision, recall, f1, support, true_positive = _per_class(actual, predicted, n_classes)
+    rows = support.sum()  # every row counts once, in its class; the correct ones are the true positives
     return {
-        "accuracy": correct / rows if rows else 0.0,
+        "accuracy": float(true_positive.sum() / rows) if rows else 0.0,
         "precision_macro": float(precision.mean()),
         "recall_macro": float(recall.mean()),
         "f1_macro": float(f1.mean()),
@@ -60,7 +59,7 @@ def scores(actual: np.ndarray, predicted: np.ndarray, n_classes: int) -> dict[st
 
 def per_class(actual: np.ndarray, predicted: np.ndarray, classes: list) -> dict[str, dict[str, float]]:
     """Precision, recall, F1 and support of each class, keyed by the class label as text."""
-    precision, recall, f1, support = _per_class(actual, predicted, len(classes))
+    precision, recall, f1, support, _ = _per_class(actual, predicted, len(classes))
     return {
         str(name): {
             "precision": float(precision[i]),

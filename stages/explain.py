@@ -254,11 +254,14 @@ def main() -> None:
     p.add_argument("--report", required=True, help="HTML explanation report")
 
     def body(args, params):
-        if not params.explain.enabled:  # the default: no table read, no pandas or torch imported
-            result = run(args.model, None, [], params.data, params.explain)
-            atomic.write_json(args.metrics, result.metrics)
-            atomic.write_text(args.report, result.report_html)
-            return
+        # Off (the default): no table is read, and neither pandas nor torch is imported.
+        test, features = rows(args, params) if params.explain.enabled else (None, [])
+        result = run(args.model, test, features, params.data, params.explain)
+        atomic.write_json(args.metrics, result.metrics)
+        atomic.write_text(args.report, result.report_html)
+
+    def rows(args, params):
+        """The test rows and their feature names, as the model takes them."""
         from pipeline.rows import Rows, SplitTable
 
         table = SplitTable.open(args.clean, args.split, params.data)
@@ -273,9 +276,7 @@ def main() -> None:
             fitted = transform.check(load_model(args.model)[1].get("transform"))
             raw = table.raw_rows(test=table.splits == "test")["test"]
             test, features = Rows(transform.encode(fitted, raw), raw.y), transform.feature_names(fitted)
-        result = run(args.model, test, features, params.data, params.explain)
-        atomic.write_json(args.metrics, result.metrics)
-        atomic.write_text(args.report, result.report_html)
+        return test, features
 
     _cli.main("explain", body, p.parse_args())
 
