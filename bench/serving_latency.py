@@ -124,6 +124,10 @@ def variants(base: ExportParams, levers: list[str] | None) -> list[Variant]:
         *(v(f"delay_{d}", f"max_queue_delay_microseconds: {d}", max_queue_delay_microseconds=d) for d in delays),
         *(v(f"instances_{n}", f"instance_count: {n}", instance_count=n) for n in instances),
         v("no_batching", "dynamic_batching: false", dynamic_batching=False),
+        *(
+            v(f"max_batch_{n}", f"max_batch_size: {n} (64-row requests batch together)", max_batch_size=n)
+            for n in sorted({64, 256, 1024} - {base.max_batch_size})
+        ),
     ]
     unknown = sorted(set(levers) - {lever.name for lever in every})
     if unknown:

@@ -263,7 +263,7 @@ class ExportParams(Section):
     opset: Annotated[int, Field(ge=18, le=20)] = 18  # the dynamo exporter writes opset 18 and up
     parity_tolerance: Annotated[float, Field(ge=0.0)] = 1e-4
     golden_samples: Positive = 8
-    max_batch_size: Positive = 64
+    max_batch_size: Positive = 256
     dynamic_batching: bool = True
     max_queue_delay_microseconds: Annotated[int, Field(ge=0)] = 0
     preferred_batch_sizes: list[Positive] = []

@@ -225,7 +225,7 @@ def test_golden_indices_take_classes_in_turn():
         ({"opset": 9}, "export.opset"),
         ({"opset": 17}, "export.opset"),  # below what the dynamo exporter writes
         ({"dynamic_batching": "yes"}, "export.dynamic_batching"),
-        ({"preferred_batch_sizes": [128]}, "preferred_batch_sizes"),  # above max_batch_size 64
+        ({"preferred_batch_sizes": [512]}, "preferred_batch_sizes"),  # above max_batch_size 256
     ],
 )
 def test_bad_export_params_name_the_key(params, change, key):
