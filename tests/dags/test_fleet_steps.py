@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from support import GIT_ENV
 
-from orchestration import steps
+from orchestration import lockfile, steps
 from orchestration.dvc_runner import StageFailed
 from orchestration.remote import RemoteError
 from orchestration.workspace import RUN_REFS, dvc_command
@@ -252,3 +252,19 @@ def test_a_stage_moves_only_its_own_run_cache_entry(toy: Path) -> None:
     copied = list((d.ws.cache_dir / "runs").glob("*/*/*"))
     assert len(copied) == 1, copied
     assert (remote_runs / copied[0].relative_to(d.ws.cache_dir / "runs")).is_file()
+
+
+def test_a_stage_checkout_locks_only_its_stage_and_its_inputs_writers(toy: Path) -> None:
+    """DVC reads and rewrites the checkout's dvc.lock many times per task: it holds only what the
+    task's DVC calls need, while every upstream entry is still checked and publish gets them all."""
+    a = worker(toy, "a")
+    prepared, results = run_all(a, dict.fromkeys(ORDER, a), "run-1")
+    summary = lockfile.read(Path(results["summary"]["workspace"]))
+    assert sorted(summary) == ["fold@0", "fold@1", "fold@2", "summary"]
+    published = steps.publish(a, "run-1", prepared, list(results.values()), 1, "toy", "first")
+    assert sorted(lockfile.read(Path(published["workspace"]))) == sorted(ORDER)
+
+    # The next run starts from the published lock: the prep task's checkout holds prep's entry alone.
+    again = steps.stage(a, "run-2", steps.prepare(a, "run-2", None), "prep", [])
+    assert again["outcome"] == "unchanged"
+    assert list(lockfile.read(Path(again["workspace"]))) == ["prep"]
