@@ -1,15 +1,16 @@
 """Run one DVC stage in a worker-local checkout, the way each Airflow stage task does, through
 DVC's Python API (`dvc.repo.Repo`) in the task's process.
 
-1. pull the stage's inputs (the outputs of upstream stages it depends on) from the DVC remote;
+1. check out the stage's inputs (the outputs of upstream stages it depends on) from the worker's
+   DVC cache, or pull them from the DVC remote when the cache lacks them;
 2. ask DVC whether the stage is up to date (`Repo.status`, what `dvc status --json` prints): with
    the same deps, params and command as the lock the run started from, and its outputs on the
    remote, it is **unchanged** and nothing runs or moves;
 3. otherwise reproduce it (`Repo.reproduce(single_item=True, pull=True)`): DVC restores it from
    its run cache when any worker already ran the stage on these inputs (**restored**), else runs
    its command (**ran**). Which of the two happens is read from the run cache before the stage
-   (a pulled copy of the remote's), not from DVC's log text;
-4. push the outputs, then the run cache entry, to the remote, so that the next task, on any
+   (the remote's entries for this stage on these inputs, pulled), not from DVC's log text;
+4. push the outputs, then the stage's run cache entry, to the remote, so that the next task, on any
    worker, continues from there (data before the entry that points at it);
 5. return the stage's `dvc.lock` entry.
 
@@ -149,16 +150,71 @@ def changes(status: dict[str, Any], stage: str, absent_inputs: Collection[str] =
     return found
 
 
-def run_cache_has(repo: Any, stage: str) -> bool:
-    """Whether DVC's run cache holds a run of `stage` on its current inputs, i.e. whether
-    `reproduce` will restore it rather than run it (DVC's own test, `StageCache._load`)."""
-    from dvc.stage.cache import _can_hash
+def run_cache_target(repo: Any, stage: str) -> tuple[Any, str] | None:
+    """`stage` with its deps hashed, and its run-cache key (what DVC files its runs under:
+    `runs/<key[:2]>/<key>/`); None when DVC never caches its runs (e.g. a `persist` output)."""
+    from dvc.stage.cache import _can_hash, _get_stage_hash
 
     (target,) = repo.stage.collect(stage)
-    if not _can_hash(target):  # e.g. a stage with a `persist` output: DVC never restores those
-        return False
+    if not _can_hash(target):
+        return None
     target.save_deps()
+    return target, _get_stage_hash(target)
+
+
+def run_cache_has(repo: Any, target: Any) -> bool:
+    """Whether DVC's run cache holds a run of `target` (from run_cache_target) on its current
+    inputs, i.e. whether `reproduce` will restore it rather than run it (DVC's own test)."""
     return repo.stage_cache._load(target) is not None
+
+
+def copy_run_cache_entries(from_odb: Any, to_odb: Any, key: str) -> int:
+    """Copy the run-cache entries of one stage key that `to_odb` lacks (DVC's own transfer copies
+    every entry of every stage, each time). An entry's name is the hash of its content, so one
+    present under its name is the same entry. Returns how many were copied."""
+    from dvc_objects.fs.generic import copy
+
+    src_fs, dst_fs = from_odb.fs, to_odb.fs
+    src_dir = src_fs.join(from_odb.path, "runs", key[:2], key)
+    dst_dir = dst_fs.join(to_odb.path, "runs", key[:2], key)
+    if not src_fs.exists(src_dir):
+        return 0
+    copied = 0
+    for src in src_fs.find(src_dir):
+        dst = dst_fs.join(dst_dir, src_fs.name(src))
+        if not dst_fs.exists(dst):
+            copy(src_fs, src, dst_fs, dst)
+            copied += 1
+    return copied
+
+
+def remote_run_cache(repo: Any) -> Any:
+    return repo.cloud.get_remote_odb(None, "run cache", hash_name="md5-dos2unix")
+
+
+@contextlib.contextmanager
+def own_run_cache_only(repo: Any) -> Iterator[None]:
+    """`reproduce(pull=True)` first copies the remote's whole run cache (every run of every stage,
+    each time); the stage's own entries are here already (copy_run_cache_entries), so skip it."""
+    stage_cache = repo.stage_cache
+    stage_cache.pull = lambda *args, **kwargs: []
+    try:
+        yield
+    finally:
+        del stage_cache.pull
+
+
+def checkout_from_cache(repo: Any, paths: Sequence[str]) -> bool:
+    """Check `paths` (outputs in the checkout's dvc.lock) out of this worker's DVC cache; False
+    when the cache lacks any of them (then they come from the remote). On one machine the cache
+    holds every upstream output already, and asking the remote about each would be wasted."""
+    from dvc.exceptions import CheckoutError
+
+    try:
+        repo.checkout(targets=list(paths))
+    except CheckoutError:
+        return False
+    return True
 
 
 def read_entry(root: Path, stage: str) -> dict[str, Any]:
@@ -187,8 +243,9 @@ def run_stage(
 
         def pull_inputs() -> None:
             tick = time.monotonic()
-            what = f"pulling the inputs of {stage} ({', '.join(inputs)})"
-            on_remote(settings, what, lambda: repo.pull(targets=list(inputs)))
+            if not checkout_from_cache(repo, inputs):
+                what = f"pulling the inputs of {stage} ({', '.join(inputs)})"
+                on_remote(settings, what, lambda: repo.pull(targets=list(inputs)))
             timings["pull_s"] = time.monotonic() - tick
 
         # (prepare checked that the remote answers; every transfer below names it if it fails)
@@ -215,14 +272,20 @@ def run_stage(
             if inputs and not pulled:
                 pull_inputs()
             tick = time.monotonic()
-            if settings.remote is not None or repo.config["core"].get("remote"):
-                on_remote(settings, "pulling DVC's run cache", lambda: repo.stage_cache.pull(None))
-            restorable = run_cache_has(repo, stage)
+            cached = run_cache_target(repo, stage)
+            if cached and (settings.remote is not None or repo.config["core"].get("remote")):
+                on_remote(
+                    settings,
+                    "pulling DVC's run cache",
+                    lambda: copy_run_cache_entries(remote_run_cache(repo), repo.cache.legacy, cached[1]),
+                )
+            restorable = cached is not None and run_cache_has(repo, cached[0])
             try:
                 # run_env: the stage commands say `python -m stages...`; this interpreter's bin first
-                repo.reproduce(
-                    stage, single_item=True, pull=True, allow_missing=True, run_env={"PATH": tool_env()["PATH"]}
-                )
+                with own_run_cache_only(repo):
+                    repo.reproduce(
+                        stage, single_item=True, pull=True, allow_missing=True, run_env={"PATH": tool_env()["PATH"]}
+                    )
             except Exception as error:
                 from dvc.exceptions import ReproductionError
 
@@ -237,7 +300,12 @@ def run_stage(
             outcome = "restored" if restorable else "ran"
             tick = time.monotonic()
             on_remote(settings, f"pushing the outputs of {stage}", lambda: repo.push(targets=[stage]))
-            on_remote(settings, "pushing DVC's run cache", lambda: repo.stage_cache.push(None))
+            if cached:
+                on_remote(
+                    settings,
+                    "pushing DVC's run cache",
+                    lambda: copy_run_cache_entries(repo.cache.legacy, remote_run_cache(repo), cached[1]),
+                )
             timings["push_s"] = time.monotonic() - tick
             transfers = f"pulled inputs in {timings['pull_s']:.1f}s, pushed outputs in {timings['push_s']:.1f}s"
             if outcome == "restored":
@@ -256,8 +324,11 @@ def run_stage(
 
 
 def pull_outputs(root: Path, paths: Sequence[str], settings: DvcSettings) -> None:
-    """Bring `paths` (outputs recorded in the checkout's dvc.lock) from the remote."""
+    """Bring `paths` (outputs recorded in the checkout's dvc.lock) from this worker's cache, else
+    from the remote."""
     with open_repo(root, settings) as repo:
+        if checkout_from_cache(repo, paths):
+            return
         check_remote(repo, settings)
         on_remote(settings, f"pulling {', '.join(paths)}", lambda: repo.pull(targets=list(paths)))
 

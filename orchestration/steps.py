@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,17 +99,36 @@ def prepare(
     return workspace.prepare(fleet.ws, workspace.safe_run_key(run_id), as_of, before_commit=name_remote, owned=owned)
 
 
+def producers(graph: StageGraph, paths: Sequence[str]) -> set[str]:
+    """The stages that write `paths` (an output, a file inside one, or a folder holding one)."""
+    return {
+        name
+        for name, stage in graph.stages.items()
+        for out in stage.outs
+        for path in paths
+        if out == path or path.startswith(out + "/") or out.startswith(path + "/")
+    }
+
+
 def _merged(
-    fleet: Fleet, root: Path, results: Sequence[Mapping[str, Any]], require: Sequence[str]
-) -> dict[str, lockfile.Entry]:
-    """Write into the checkout's dvc.lock the entries of `results` over the run's base lock;
-    returns the base lock."""
+    fleet: Fleet,
+    root: Path,
+    results: Sequence[Mapping[str, Any]],
+    require: Sequence[str],
+    keep: Collection[str] | None = None,
+) -> tuple[dict[str, lockfile.Entry], dict[str, lockfile.Entry]]:
+    """Write into the checkout's dvc.lock the entries of `results` over the run's base lock, all
+    checked, but only those of the stages in `keep` (default: all): DVC reads and rewrites the
+    whole file a dozen times per task, which for a long pipeline's lock took most of a stage
+    task's own time, and a task's DVC calls need only its stage's entry and its inputs'.
+    Returns the base lock and the merged one."""
     entries = lockfile.latest_entries(results)
     base = lockfile.read(root)
     merged = lockfile.merge(base, entries, fleet.order)
     lockfile.verify(merged, require=require, among=set(entries) | set(require))
-    (root / "dvc.lock").write_text(lockfile.dump(merged))
-    return base
+    written = merged if keep is None else {name: entry for name, entry in merged.items() if name in keep}
+    (root / "dvc.lock").write_text(lockfile.dump(written))
+    return base, merged
 
 
 def stage(
@@ -126,9 +145,14 @@ def stage(
         fleet.ws, workspace.safe_run_key(run_id), task_folder(name, try_number), prepared["ref"], prepared["commit"]
     )
     ancestors = sorted(fleet.graph.ancestors(name))
-    base = _merged(fleet, root, [r for r in upstream if r and r.get("stage") in ancestors], require=ancestors)
+    base, merged = _merged(
+        fleet,
+        root,
+        [r for r in upstream if r and r.get("stage") in ancestors],
+        require=ancestors,
+        keep={name, *fleet.graph.upstream[name]},  # its inputs' writers
+    )
     paths, covering = inputs(fleet.graph, name)
-    merged = lockfile.read(root)
     # The base lock is a published one: consistent, and its outputs were on the remote when published.
     as_locked = name in base and all(merged.get(a) == base.get(a) for a in ancestors)
     result = dvc_runner.run_stage(root, name, paths, fleet.dvc, covering, inputs_as_locked=as_locked)
@@ -148,7 +172,7 @@ def checkout_outputs(
     root = workspace.checkout(
         fleet.ws, workspace.safe_run_key(run_id), task_folder(task, try_number), prepared["ref"], prepared["commit"]
     )
-    _merged(fleet, root, results, require=fleet.order)
+    _merged(fleet, root, results, require=fleet.order, keep=producers(fleet.graph, paths))
     dvc_runner.pull_outputs(root, paths, fleet.dvc)
     return root
 
@@ -209,7 +233,12 @@ def publish_reference(fleet: Fleet, root: Path, tag: str) -> str | None:
         log.info("the drift reference %s is already the data of %s", drift.reference, tag)
         return None
     paths, covering = inputs(fleet.graph, drift.stage)
-    dvc_runner.run_stage(root, drift.stage, paths, fleet.dvc, covering)
+    published = lockfile.read(root)
+    # DVC gets only the entries the drift stage needs (see _merged); the rest stays as published
+    keep = {drift.stage, *fleet.graph.upstream[drift.stage]}
+    (root / "dvc.lock").write_text(lockfile.dump({k: v for k, v in published.items() if k in keep}))
+    result = dvc_runner.run_stage(root, drift.stage, paths, fleet.dvc, covering)
+    (root / "dvc.lock").write_text(lockfile.dump(lockfile.merge(published, result["lock"], fleet.order)))
     return commit_reference(root, drift, tag, fleet.ws.git_env())
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from support import GIT_ENV
 
-from orchestration import steps
+from orchestration import lockfile, steps
 from orchestration.dvc_runner import StageFailed
 from orchestration.remote import RemoteError
 from orchestration.workspace import RUN_REFS, dvc_command
@@ -211,3 +211,60 @@ def test_a_retry_on_another_worker_finishes_the_run_and_nothing_is_half_publishe
     published = steps.publish(b, "run-1", prepared, results, 1, "toy", "first")
     assert published["pushed"]
     assert "model-v1" in sh(toy, "git", "ls-remote", "--tags", a.ws.git_remote)
+
+
+def test_inputs_in_the_worker_cache_are_not_fetched_from_the_remote(toy: Path, monkeypatch) -> None:
+    """One machine: the worker's DVC cache holds every upstream output already, so a stage checks
+    its inputs out of it and asks the remote nothing; a worker without them pulls them."""
+    from dvc.repo import Repo
+
+    fetched: list[object] = []
+    real_fetch = Repo.fetch
+
+    def spy(self, *args, **kwargs):
+        fetched.append(args[0] if args else kwargs.get("targets"))
+        return real_fetch(self, *args, **kwargs)
+
+    monkeypatch.setattr(Repo, "fetch", spy)
+    a, b = worker(toy, "a"), worker(toy, "b")
+    prepared = steps.prepare(a, "run-1", None)
+    results = [steps.stage(a, "run-1", prepared, "prep", [])]
+    same = steps.stage(a, "run-1", prepared, "fold@0", results)
+    assert same["outcome"] == "ran" and fetched == []
+    other = steps.stage(b, "run-1", prepared, "fold@1", results)
+    assert other["outcome"] == "ran" and fetched == [["data.txt"]]
+    for result, fold in ((same, "0"), (other, "1")):
+        assert json.loads((Path(result["workspace"]) / "out" / f"{fold}.json").read_text())["data"] == "rows v1"
+
+
+def test_a_stage_moves_only_its_own_run_cache_entry(toy: Path) -> None:
+    """DVC's own run-cache transfer copies every entry of every stage each time; a stage task
+    pulls and pushes only the entries of its own run (its stage on these inputs)."""
+    a = worker(toy, "a")
+    prepared, results = run_all(a, dict.fromkeys(ORDER, a), "run-1")
+    remote_runs = toy / ".dvc-remote" / "runs"
+    assert len(list(remote_runs.glob("*/*/*"))) == len(ORDER), "one entry per stage"
+
+    # A fresh worker retries fold@2 only: it restores that stage and copies nothing else.
+    d = worker(toy, "d")
+    retried = steps.stage(d, "run-1", prepared, "fold@2", [results["prep"]], try_number=2)
+    assert retried["outcome"] == "restored" and retried["lock"] == results["fold@2"]["lock"]
+    copied = list((d.ws.cache_dir / "runs").glob("*/*/*"))
+    assert len(copied) == 1, copied
+    assert (remote_runs / copied[0].relative_to(d.ws.cache_dir / "runs")).is_file()
+
+
+def test_a_stage_checkout_locks_only_its_stage_and_its_inputs_writers(toy: Path) -> None:
+    """DVC reads and rewrites the checkout's dvc.lock many times per task: it holds only what the
+    task's DVC calls need, while every upstream entry is still checked and publish gets them all."""
+    a = worker(toy, "a")
+    prepared, results = run_all(a, dict.fromkeys(ORDER, a), "run-1")
+    summary = lockfile.read(Path(results["summary"]["workspace"]))
+    assert sorted(summary) == ["fold@0", "fold@1", "fold@2", "summary"]
+    published = steps.publish(a, "run-1", prepared, list(results.values()), 1, "toy", "first")
+    assert sorted(lockfile.read(Path(published["workspace"]))) == sorted(ORDER)
+
+    # The next run starts from the published lock: the prep task's checkout holds prep's entry alone.
+    again = steps.stage(a, "run-2", steps.prepare(a, "run-2", None), "prep", [])
+    assert again["outcome"] == "unchanged"
+    assert list(lockfile.read(Path(again["workspace"]))) == ["prep"]
