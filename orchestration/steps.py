@@ -110,6 +110,20 @@ def producers(graph: StageGraph, paths: Sequence[str]) -> set[str]:
     }
 
 
+def stage_scope(graph: StageGraph, name: str) -> set[str]:
+    """The dvc.lock entries DVC needs to bring stage `name` up to date: its own and its inputs' writers."""
+    return {name, *graph.upstream[name]}
+
+
+def _write_lock(root: Path, entries: Mapping[str, lockfile.Entry], keep: Collection[str] | None = None) -> None:
+    """Write `entries` as the checkout's dvc.lock, only those of the stages in `keep` (default:
+    all): DVC reads and rewrites the whole file a dozen times per task, which for a long
+    pipeline's lock took most of a stage task's own time, and a task's DVC calls need only the
+    entries of its scope (stage_scope, producers)."""
+    written = entries if keep is None else {name: entry for name, entry in entries.items() if name in keep}
+    (root / "dvc.lock").write_text(lockfile.dump(written))
+
+
 def _merged(
     fleet: Fleet,
     root: Path,
@@ -118,16 +132,13 @@ def _merged(
     keep: Collection[str] | None = None,
 ) -> tuple[dict[str, lockfile.Entry], dict[str, lockfile.Entry]]:
     """Write into the checkout's dvc.lock the entries of `results` over the run's base lock, all
-    checked, but only those of the stages in `keep` (default: all): DVC reads and rewrites the
-    whole file a dozen times per task, which for a long pipeline's lock took most of a stage
-    task's own time, and a task's DVC calls need only its stage's entry and its inputs'.
-    Returns the base lock and the merged one."""
+    checked, keeping only the stages in `keep` (_write_lock). Returns the base lock and the
+    merged one."""
     entries = lockfile.latest_entries(results)
     base = lockfile.read(root)
     merged = lockfile.merge(base, entries, fleet.order)
     lockfile.verify(merged, require=require, among=set(entries) | set(require))
-    written = merged if keep is None else {name: entry for name, entry in merged.items() if name in keep}
-    (root / "dvc.lock").write_text(lockfile.dump(written))
+    _write_lock(root, merged, keep)
     return base, merged
 
 
@@ -150,7 +161,7 @@ def stage(
         root,
         [r for r in upstream if r and r.get("stage") in ancestors],
         require=ancestors,
-        keep={name, *fleet.graph.upstream[name]},  # its inputs' writers
+        keep=stage_scope(fleet.graph, name),
     )
     paths, covering = inputs(fleet.graph, name)
     # The base lock is a published one: consistent, and its outputs were on the remote when published.
@@ -234,11 +245,9 @@ def publish_reference(fleet: Fleet, root: Path, tag: str) -> str | None:
         return None
     paths, covering = inputs(fleet.graph, drift.stage)
     published = lockfile.read(root)
-    # DVC gets only the entries the drift stage needs (see _merged); the rest stays as published
-    keep = {drift.stage, *fleet.graph.upstream[drift.stage]}
-    (root / "dvc.lock").write_text(lockfile.dump({k: v for k, v in published.items() if k in keep}))
+    _write_lock(root, published, stage_scope(fleet.graph, drift.stage))  # the rest stays as published
     result = dvc_runner.run_stage(root, drift.stage, paths, fleet.dvc, covering)
-    (root / "dvc.lock").write_text(lockfile.dump(lockfile.merge(published, result["lock"], fleet.order)))
+    _write_lock(root, lockfile.merge(published, result["lock"], fleet.order))
     return commit_reference(root, drift, tag, fleet.ws.git_env())
 
 
