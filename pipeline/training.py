@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import json
 import logging
 import math
@@ -38,7 +39,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -163,9 +164,41 @@ def autocast_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
 def make_optimizer(model: nn.Module, params: TrainParams) -> torch.optim.Optimizer:
     opt = params.optimizer
     if opt.name == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
-    cls = torch.optim.Adam if opt.name == "adam" else torch.optim.AdamW
+        sgd = _eager(torch.optim.SGD)
+        return sgd(model.parameters(), lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
+    cls = _eager(torch.optim.Adam if opt.name == "adam" else torch.optim.AdamW)
     return cls(model.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
+
+
+_EAGER: dict[type, type] = {}
+_Optimizer = TypeVar("_Optimizer", bound=torch.optim.Optimizer)
+
+
+def _eager(optimizer: type[_Optimizer]) -> type[_Optimizer]:
+    """`optimizer` without the wrappers torch puts around its methods for `torch.compile`.
+
+    Those wrappers (`torch._disable_dynamo` on add_param_group, zero_grad, state_dict and
+    load_state_dict; a graph break around step) import `torch._dynamo` on their first call: 1.2-1.6 s
+    in every training process on a CPU host, for a compiler these stages never run. The subclass
+    calls torch's own methods underneath them, and step keeps what its wrapper does in eager mode
+    (gradients off unless the optimizer is `differentiable`); torch's step hooks and profiler
+    records still wrap it. The weights after each step are bit for bit the stock optimizer's
+    (`test_the_eager_optimizer_steps_exactly_like_torchs`)."""
+    if optimizer in _EAGER:
+        return _EAGER[optimizer]
+    methods: dict[str, Any] = {
+        name: inspect.unwrap(getattr(optimizer, name))
+        for name in ("add_param_group", "zero_grad", "state_dict", "load_state_dict")
+    }
+    raw_step = inspect.unwrap(optimizer.step)
+
+    def step(self: torch.optim.Optimizer, closure: Callable[[], float] | None = None) -> float | None:
+        with torch.set_grad_enabled(self.defaults["differentiable"]):
+            return raw_step(self, closure)
+
+    methods["step"] = step
+    _EAGER[optimizer] = type(optimizer.__name__, (optimizer,), methods)
+    return _EAGER[optimizer]
 
 
 def lr_factor(step: int, total: int, name: str, warmup_fraction: float) -> float:
@@ -286,15 +319,28 @@ def _deterministic(device: torch.device) -> Iterator[None]:
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     fill = deterministic.fill_uninitialized_memory  # type: ignore[attr-defined]  # set by torch at import; not in its stubs
     if device.type == "cpu" and not before:
-        torch.use_deterministic_algorithms(True, warn_only=True)
+        _use_deterministic_algorithms(True, warn_only=True)
         # Filling every new tensor with NaN (a debugging aid) cost ~5% of a step; our kernels
         # overwrite what they allocate.
         deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]
     try:
         yield
     finally:
-        torch.use_deterministic_algorithms(before, warn_only=warn_only)
+        _use_deterministic_algorithms(before, warn_only=warn_only)
         deterministic.fill_uninitialized_memory = fill  # type: ignore[attr-defined]
+
+
+def _use_deterministic_algorithms(mode: bool, *, warn_only: bool) -> None:
+    """`torch.use_deterministic_algorithms` without its import of the compiler stack.
+
+    torch's function sets the kernels' flag and also `torch._inductor.config.deterministic`, whose
+    import loads `torch._inductor` and `torch._dynamo` (1.2-1.6 s per training process on a CPU
+    host) for a setting only compiled code reads. Nothing here compiles; where inductor is already
+    loaded, torch's own function runs so that its config follows."""
+    if "torch._inductor" in sys.modules:
+        torch.use_deterministic_algorithms(mode, warn_only=warn_only)
+    else:
+        torch._C._set_deterministic_algorithms(mode, warn_only=warn_only)
 
 
 # --- checkpoints -----------------------------------------------------------------------------
