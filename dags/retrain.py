@@ -59,7 +59,10 @@ def schedule():
     return [asset] if asset else AF.schedule
 
 
+# Each task returns one dict, kept as one XCom. (TaskFlow's default for a `-> dict` task is one XCom
+# per key as well: ten more writes per task, read by nobody.)
 @task(
+    multiple_outputs=False,
     doc_md="""### Prepare the workspace
 Checks out the last published version from the workspace's git remote (`airflow.git_remote`),
 mirrors the project's sources into it and pushes the result as this run's commit
@@ -74,7 +77,7 @@ def prepare_workspace(**context) -> dict:
     return tasks.prepare(PROJECT, context)
 
 
-@task(**INFRA_RETRIES)
+@task(multiple_outputs=False, **INFRA_RETRIES)
 def dvc_stage(stage: str, ancestors: list[str], **context) -> dict:
     from orchestration import tasks
 
@@ -82,6 +85,7 @@ def dvc_stage(stage: str, ancestors: list[str], **context) -> dict:
 
 
 @task(
+    multiple_outputs=False,
     doc_md="""### Gate: champion vs challenger
 Scores the model Triton serves now on the test split and compares it with the candidate's evaluate
 metrics: every floor in `gate.floors` must be met, and no metric may fall further below the
@@ -98,6 +102,7 @@ def gate(**context) -> dict:
 
 
 @task(
+    multiple_outputs=False,
     doc_md="""### Push to Triton
 Writes the candidate as the next version of the model into the live repository, loads it while
 the previous version keeps serving, smoke-tests it with the golden samples, then serves only it;
@@ -115,6 +120,7 @@ def push(**context) -> dict:
 
 
 @task(
+    multiple_outputs=False,
     doc_md="""### Publish the version
 Merges the `dvc.lock` entries every stage task returned (in `dvc.yaml` order) into one lock,
 checks that the DVC remote holds every output it names, commits it on top of the run's commit,
