@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from orchestration.lockfile import LockMergeError, dump, latest_entries, merge, parse, verify
 
@@ -121,3 +122,10 @@ def test_parse_and_dump_round_trip_a_real_dvc_lock() -> None:
     assert parse("") == {} and parse(None) == {}
     with pytest.raises(LockMergeError, match="schema 2.0"):
         parse("schema: '1.0'\nstages: {}\n")
+
+
+def test_the_dumped_lock_is_the_text_pure_python_yaml_writes() -> None:
+    """dump uses libyaml's emitter where PyYAML has it; the committed dvc.lock must not depend on that."""
+    stages = parse((ROOT / "dvc.lock").read_text())
+    expected = yaml.safe_dump({"schema": "2.0", "stages": stages}, sort_keys=False, width=100)
+    assert dump(stages) == expected
