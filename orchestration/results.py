@@ -17,6 +17,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from subprocess import PIPE
 
 from orchestration import dvc_runner, workspace
 from orchestration.steps import Fleet
@@ -63,9 +64,18 @@ def gate_reports(fleet: Fleet, run_id: str | None) -> list[Path]:
     return sorted(runs.glob("gate*/reports/gate.json"))
 
 
-def dvc(root: Path, *args: str) -> str:
-    result = subprocess.run(workspace.dvc_command(*args), cwd=root, capture_output=True, text=True)
-    return result.stdout if result.returncode == 0 else f"(dvc {' '.join(args)} failed: {result.stderr.strip()})"
+def dvc(root: Path, *commands: Sequence[str]) -> list[str]:
+    """The output of each DVC command in `root`, all started at once (starting DVC is most of each
+    one's time); a failed one says so in its place."""
+    started = [
+        (args, subprocess.Popen(workspace.dvc_command(*args), cwd=root, stdout=PIPE, stderr=PIPE, text=True))
+        for args in commands
+    ]
+    outputs = []
+    for args, process in started:
+        out, err = process.communicate()
+        outputs.append(out if process.returncode == 0 else f"(dvc {' '.join(args)} failed: {err.strip()})")
+    return outputs
 
 
 def report_lines(root: Path, outputs: Sequence[str], gate: Path | None) -> list[str]:
@@ -99,8 +109,8 @@ def show(project: Path, run_id: str | None = None) -> int:
         return 1
     relative = root.relative_to(project)
     print(f"\nThe published version {version}, checked out with its metrics and reports in {relative}/:")
-    print(dvc(root, "metrics", "show", "--md").rstrip())
-    plots = dvc(root, "plots", "show", "-o", "dvc_plots")
+    metrics, plots = dvc(root, ("metrics", "show", "--md"), ("plots", "show", "-o", "dvc_plots"))
+    print(metrics.rstrip())
     index = root / "dvc_plots" / "index.html"
     print("\nreports:")
     for line in report_lines(root, shown_outputs(fleet), gates[-1] if gates else None):

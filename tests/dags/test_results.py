@@ -42,6 +42,7 @@ def test_results_check_out_the_published_version_with_its_shown_outputs(
     checkout = toy / results.RESULTS_DIR
     assert "passed: first deployment" in shown and "| metric | candidate |" in shown
     assert "The published version model-v1" in shown and str(gate) in shown
+    assert "(dvc metrics show" not in shown and "(dvc plots show" not in shown  # both ran, side by side
     assert json.loads((checkout / "summary.json").read_text())["folds"] == ["0.json", "1.json", "2.json"]
     assert not (checkout / "data.txt").exists()  # data and models stay on the remote
     assert (checkout / "dvc.lock").is_file()  # the published lock: dvc metrics/plots show work there
