@@ -189,7 +189,7 @@ with DAG(
             **options,
         )(stage=spec.stage.name, ancestors=[TASK_IDS[a] for a in sorted(SPEC.graph.ancestors(spec.stage.name))])
     for task_ in [*stage_tasks.values()]:
-        task_.operator.operator_extra_links = (ReportsLink(),)  # its reports, read from the DVC remote
+        task_.operator.operator_extra_links = (ReportsLink(),)  # type: ignore[attr-defined]  # its reports, read from the DVC remote
     for spec in SPEC.stage_tasks:
         for upstream in spec.upstream:
             stage_tasks[upstream] >> stage_tasks[spec.stage.name]
