@@ -4,7 +4,7 @@ Enough for `python -m orchestration cluster status` and for tests that drive a r
 unpause a DAG, trigger a run, poll it, read its task instances, their XComs and logs, clear a
 task. Standard library only. The token comes from `GET /auth/token`, which the simple auth
 manager with `simple_auth_manager_all_admins` hands out without credentials (a local cluster);
-a deployment with a real auth manager passes its own token.
+a deployment with users logs in (`login`) or passes its own token.
 """
 
 from __future__ import annotations
@@ -62,6 +62,13 @@ class AirflowApi:
         if self._cached_token is None:
             self._cached_token = self._request("GET", "/auth/token", auth=False)["access_token"]
         return self._cached_token
+
+    def login(self, username: str, password: str) -> str:
+        """A token for a user of the simple auth manager (`POST /auth/token`); later calls use it."""
+        self.token = self._request("POST", "/auth/token", {"username": username, "password": password}, auth=False)[
+            "access_token"
+        ]
+        return self.token
 
     @staticmethod
     def _q(value: str) -> str:

@@ -9,6 +9,11 @@ The gate's decision is its XCom itself.
 
     /retrain-reports/<dag_id>/<run_id>/<task_id>   the task's reports (HTML as is; DVCLive curves as
                                                    charts; CSV, JSON and other TSV as text)
+
+Airflow puts no authentication in front of a plugin's app, so this one asks for it on every route,
+through Airflow's own auth manager: a request without a valid token (the `Authorization: Bearer`
+header, or the `_token` cookie the UI's login sets) is answered 401, and a user the auth manager
+does not allow to read the DAG's runs, task instances and XComs (what the reports are made of) 403.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import html
 import json
 import logging
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -165,13 +170,70 @@ def task_result(dag_id: str, run_id: str, task_id: str) -> Any:
         return None if row is None else XComModel.deserialize_value(row)
 
 
+# What Airflow's own REST API asks of a user for the data a report page shows: the DAG's runs, its
+# task instances and their XComs (a task's result, the gate's decision).
+READ_ACCESS = ("RUN", "TASK_INSTANCE", "XCOM")
+
+
+def error_response(request: Any, status: int, detail: str) -> Any:
+    """JSON for a program (as Airflow's API answers); for a browser, a page that says what happened
+    and, when no one is logged in, links to the login with a way back here."""
+    from fastapi.responses import HTMLResponse, JSONResponse
+
+    if "text/html" not in request.headers.get("accept", ""):
+        return JSONResponse({"detail": detail}, status_code=status)
+    body = f"<!doctype html><title>{status}: {html.escape(detail)}</title><h1>{html.escape(detail)}</h1>"
+    if status == 401:
+        from airflow.api_fastapi.app import get_auth_manager
+
+        login = get_auth_manager().get_url_login(next_url=str(request.url))
+        body += f'<p>The reports need a login. <a href="{html.escape(login)}">Log in to Airflow</a> and come back.</p>'
+    elif status == 403:
+        body += "<p>Your Airflow user may not read this DAG's runs, task instances and XComs; ask an admin.</p>"
+    return HTMLResponse(body, status_code=status)
+
+
+class LazyApp:
+    """An ASGI app that builds `factory()` on its first request. Airflow loads plugins in every
+    process (each task's runner too), and only the api-server ever serves this app: the others
+    never import FastAPI or the api-server's security module (~1.5 s) for it."""
+
+    def __init__(self, factory: Callable[[], Any]):
+        self.factory = factory
+        self.app: Any = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if self.app is None:
+            self.app = self.factory()
+        await self.app(scope, receive, send)
+
+
 def create_app(project: Path) -> Any:
-    from fastapi import FastAPI, HTTPException
+    from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
+    from airflow.api_fastapi.core_api.security import get_user, requires_access_dag
+    from fastapi import Depends, FastAPI, HTTPException
     from fastapi.responses import HTMLResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    app = FastAPI(title="retrain reports", description="The retrain DAG's reports, read-only, from the DVC remote")
+    # Every route needs a user (401 without one): a route added later is covered without a word.
+    # No /docs or /openapi.json of our own: nothing here answers an anonymous request.
+    app = FastAPI(
+        title="retrain reports",
+        description="The retrain DAG's reports, read-only, from the DVC remote",
+        dependencies=[Depends(get_user)],
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
 
-    @app.get("/{dag_id}/{run_id}/{task_id}", response_class=HTMLResponse)
+    @app.exception_handler(StarletteHTTPException)
+    async def explained(request: Any, exc: StarletteHTTPException) -> Any:
+        return error_response(request, exc.status_code, str(exc.detail))
+
+    # ...and each route that shows a DAG's data, read access to that DAG (403 without it).
+    can_read_dag = [Depends(requires_access_dag("GET", DagAccessEntity[entity])) for entity in READ_ACCESS]
+
+    @app.get("/{dag_id}/{run_id}/{task_id}", response_class=HTMLResponse, dependencies=can_read_dag)
     def task_reports(dag_id: str, run_id: str, task_id: str) -> str:
         result = task_result(dag_id, run_id, task_id)
         if not isinstance(result, Mapping):

@@ -11,12 +11,12 @@ from pathlib import Path
 
 from airflow.plugins_manager import AirflowPlugin
 
-from orchestration.reports_ui import URL_PREFIX, ReportsLink, create_app
+from orchestration.reports_ui import URL_PREFIX, LazyApp, ReportsLink, create_app
 
 PROJECT = Path(os.environ.get("RETRAIN_PROJECT_DIR") or Path(__file__).resolve().parents[1])
 
 
 class RetrainReportsPlugin(AirflowPlugin):
     name = "retrain_reports"
-    fastapi_apps = [{"app": create_app(PROJECT), "url_prefix": URL_PREFIX, "name": "Retrain reports"}]
+    fastapi_apps = [{"app": LazyApp(lambda: create_app(PROJECT)), "url_prefix": URL_PREFIX, "name": "Retrain reports"}]
     operator_extra_links = [ReportsLink()]

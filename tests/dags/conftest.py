@@ -216,6 +216,32 @@ def api_server(env: dict[str, str], port: int, log: Path) -> Iterator[Any]:
         yield api
 
 
+# Airflow set up for a team, as the docs' team-setup page describes: the simple auth manager with
+# users and passwords (no all-admins), multi-team mode, and the DAG folder's bundle owned by TEAM.
+# alice may read TEAM's DAGs; mallory is a viewer of another team's.
+TEAM = "ml-team"
+USERS = {"alice": ("viewer", TEAM), "mallory": ("viewer", "other-team")}
+
+
+def team_auth(env: dict[str, str]) -> dict[str, str]:
+    """`env` (an Airflow home's) with USERS logging in (password `<user>-password`); their teams
+    exist in its database."""
+    passwords = Path(env["AIRFLOW_HOME"]) / "passwords.json"
+    passwords.write_text(json.dumps({user: f"{user}-password" for user in USERS}))
+    bundle = {"name": "dags-folder", "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle"}
+    env = {
+        **env,
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(f"{u}:{r}:{t}" for u, (r, t) in USERS.items()),
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
+        "AIRFLOW__CORE__MULTI_TEAM": "True",
+        "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": json.dumps([{**bundle, "kwargs": {}, "team_name": TEAM}]),
+    }
+    for team in sorted({team for _, team in USERS.values()}):  # before the DAG's first parse, which
+        airflow(env, "teams", "create", team)  # gives the bundle to its team
+    return env
+
+
 @pytest.fixture(scope="session")
 def helpers() -> SimpleNamespace:
     """This file's plain helpers, for test modules (conftest is not importable by name)."""
@@ -229,4 +255,6 @@ def helpers() -> SimpleNamespace:
         copy_project=copy_project,
         toy_project=toy_project,
         toy_order=TOY_ORDER,
+        team_auth=team_auth,
+        users=USERS,
     )

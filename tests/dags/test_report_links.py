@@ -1,6 +1,7 @@
 """Reports one click from the task: the "Reports" extra link of a stage task opens, in headless
 Chromium, that task's report as the api-server's plugin page reads it from the DVC remote (never
-from a worker's disk). The screenshot is kept as a test artifact.
+from a worker's disk), for a person who logs in to an Airflow set up for a team (users, no
+all-admins). The screenshot is kept as a test artifact.
 
 The run is the real DAG through `airflow dags test`, with the stages after clean marked successful
 without running (what is checked is the link and the page, not training).
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from browser import chromium, screenshot, skip_without_chromium
+from selenium.webdriver.support.ui import WebDriverWait
 from support import edit_params
 
 from orchestration.reports_ui import RemoteReader, render, report_outputs
@@ -87,6 +89,7 @@ def test_clean_links_to_its_validation_report(project_copy: Path, make_airflow_h
         AIRFLOW__API__BASE_URL=f"http://127.0.0.1:{port}",
         AIRFLOW__API__HOST="127.0.0.1",
     )
+    env = helpers.team_auth(env)
     result = subprocess.run(
         [str(Path(sys.executable).parent / "airflow"), "dags", "test", DAG_ID, "2026-01-26"]
         + ["--mark-success-pattern", AFTER_CLEAN],
@@ -103,15 +106,29 @@ def test_clean_links_to_its_validation_report(project_copy: Path, make_airflow_h
     shutil.rmtree(project_copy / ".airflow" / "worker")
 
     with helpers.api_server(env, port, tmp_path / "api-server.log") as api:
+        api.login("alice", "alice-password")
         q = urllib.parse.quote
         links = api._request("GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{q(run_id[-1], safe='')}/taskInstances/clean/links")
         link = links["extra_links"]["Reports"]
         assert link.startswith(f"http://127.0.0.1:{port}/retrain-reports/retrain/")
-        with urllib.request.urlopen(link, timeout=60) as response:  # noqa: S310 - 127.0.0.1
+        request = urllib.request.Request(link, headers={"Authorization": f"Bearer {api.token}"})
+        with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 - 127.0.0.1
             assert response.status == 200 and b"Data validation report" in response.read()
 
         with chromium(tmp_path / "chromium", window="1400,1000") as browser:
+            # not logged in: the page says so and links to Airflow's login, which brings the person back
             browser.get(link)
+            assert "Data validation report" not in browser.page_source
+            browser.find_element("link text", "Log in to Airflow").click()
+            WebDriverWait(browser, 60).until(lambda b: b.find_elements("name", "username"))
+            browser.find_element("name", "username").send_keys("alice")
+            browser.find_element("name", "password").send_keys("alice-password")
+            browser.find_element("css selector", "button[type=submit]").click()
+
+            def path(url: str) -> str:
+                return urllib.parse.unquote(urllib.parse.urlparse(url).path)
+
+            WebDriverWait(browser, 60).until(lambda b: path(b.current_url) == path(link) and b.title)
             title = browser.title
             text = browser.find_element("tag name", "body").text
             shot = screenshot(browser, "clean-report-link.png")
