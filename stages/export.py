@@ -43,7 +43,7 @@ from pipeline.models import ModelConfig, load_model
 from pipeline.params import DataParams, ExportParams
 from pipeline.rows import Rows, SplitTable
 from pipeline.transform import RawRows
-from serving import configs
+from serving import configs, gpu_entries
 from stages import _cli
 
 log = logging.getLogger(__name__)
@@ -350,6 +350,7 @@ def run(
     log.info("parity on %d test rows: max abs diff %s (tolerance %g)", len(expected[0]), parity, tolerance)
 
     write_entries(out, export, signature, torchscript_entry=fitted is None)
+    gpu_entries.check_gpu_entries(out)  # what a GPU server would refuse to load fails here
     golden = golden_samples(test, expected[0], classes, export, dict(zip(names[1:], expected[1:], strict=True)), raw)
     atomic.write_json(out / GOLDEN_FILE, golden)
 

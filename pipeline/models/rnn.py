@@ -3,6 +3,10 @@ a sequence of one step; the last step's output goes to a dropout + linear head.
 
 No data-dependent shapes: the sequence length and width are fixed by the config, only the batch
 axis varies, so the ONNX (LSTM/GRU operators) and traced TorchScript forms match the model.
+
+The initial state is made from the input (`new_zeros`), not left to torch's LSTM/GRU: those create
+it with `torch.zeros(..., device=input.device)`, which a trace records with the tracing device as a
+constant, so the TorchScript file would put it on the CPU under CUDA inputs on a GPU server.
 """
 
 from __future__ import annotations
@@ -46,8 +50,10 @@ class RNN(nn.Module):
             dropout=config.dropout if config.layers > 1 else 0.0,  # between stacked layers only
         )
         self.head = mlp_head(config.hidden_size, (), config.n_classes, config.dropout)
+        self.lstm = config.cell == "lstm"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         sequence = self.scale(x).reshape(-1, self.steps, self.width)
-        outputs, _ = self.rnn(sequence)
+        h0 = sequence.new_zeros(self.rnn.num_layers, sequence.shape[0], self.rnn.hidden_size)
+        outputs, _ = self.rnn(sequence, (h0, h0) if self.lstm else h0)
         return self.head(outputs[:, -1])

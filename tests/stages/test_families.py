@@ -16,6 +16,7 @@ from conftest import tiny_image_table
 from pipeline import atomic
 from pipeline.params import Params, parse_params
 from pipeline.rows import SplitTable
+from serving.gpu_entries import check_gpu_entries
 from stages import export, train
 from stages.split import split_stratified
 
@@ -84,6 +85,47 @@ def test_a_family_trains_and_exports_with_parity(arch, rows, tmp_path):
     assert set(card["parity"]["max_abs_diff"]) == {"onnx", "torchscript"}
     assert max(card["parity"]["max_abs_diff"].values()) <= tolerance
     assert (tmp_path / "candidate" / f"triton/{arch}_{rows}/1/model.onnx").exists()
+    # the GPU server's entries load as their backends load them (TorchScript on another device)
+    name = f"{arch}_{rows}"
+    assert check_gpu_entries(tmp_path / "candidate") == [f"gpu/{name}", f"gpu/{name}_torchscript"]
+    assert device_constants(tmp_path / "candidate" / export.TORCHSCRIPT_FILE) == []
+
+
+def device_constants(path: Path) -> list[str]:
+    """The devices a TorchScript file's graph holds as constants (a trace froze them in): read off
+    the printed graph, independently of serving.gpu_entries."""
+    import re
+
+    import torch
+
+    graph = str(torch.jit.load(str(path), map_location="cpu").inlined_graph)
+    return re.findall(r': Device = prim::Constant\[value="([^"]+)"\]', graph)
+
+
+def test_a_gpu_entry_traced_with_a_fixed_device_is_refused(tmp_path):
+    """What the check is for: a module that makes a tensor on the tracing device (as torch's own
+    LSTM does for its initial state) would meet CUDA inputs on a GPU server with a CPU tensor."""
+    import torch
+
+    from serving.configs import ConfigError
+
+    class FixedDevice(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.softmax(x[:, :10] + torch.zeros(x.shape[0], 10, device=x.device), dim=1)
+
+    card = train_and_export("mlp", "image", tmp_path / "candidate")
+    entry = tmp_path / "candidate" / "gpu" / f"{card['model_name']}_torchscript"
+    export.export_torchscript(FixedDevice(), 64, entry / "1" / "model.pt")
+    assert device_constants(entry / "1" / "model.pt") != []
+    with pytest.raises(ConfigError, match=r"gpu/mlp_image_torchscript: model.pt fails on inputs of another device"):
+        check_gpu_entries(tmp_path / "candidate")
+    (entry / "config.pbtxt").unlink()  # that entry aside: an onnxruntime entry that disagrees with its file
+    onnx_config = tmp_path / "candidate" / "gpu" / card["model_name"] / "config.pbtxt"
+    onnx_config.write_text(onnx_config.read_text().replace("dims: 10", "dims: 11"))
+    with pytest.raises(
+        ConfigError, match=r"gpu/mlp_image: outputs of shapes \[\(\d+, 10\)\] .* declares \[\(\d+, 11\)\]"
+    ):
+        check_gpu_entries(tmp_path / "candidate")
 
 
 def test_an_image_family_exports_batches_of_any_size(tmp_path):
