@@ -110,24 +110,38 @@ def _declared(key: str, params: set[str]) -> bool:
     return any(key == p or key.startswith(p + ".") for p in params)
 
 
-def tiny_params(target: Path) -> Path:
-    """The project's params with a pipeline small enough to run every stage in seconds."""
+def tiny_params(target: Path, variant: str = "defaults") -> Path:
+    """The project's params with a pipeline small enough to run every stage in seconds; `variant`
+    turns on the branches the defaults leave off (each reads keys of its own)."""
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["embed"]["batches"] = 1
     raw["split"]["folds"] = [0, 1]
     raw["train"] |= {"epochs": 1, "device": "cpu"}
     raw["train"]["model"] |= {"channels": [4], "hidden": [8]}
+    if variant == "switched_on":  # differential privacy, the novelty output, the explanations
+        raw["train"]["privacy"]["enabled"] = True
+        raw["novelty"] |= {"enabled": True, "epochs": 1}
+        raw["explain"] |= {"enabled": True, "n_steps": 2, "rows_per_class": 1, "max_rows": 20}
+    elif variant == "mixed_table":  # a user's CSV: text label and columns, gaps, per-column overrides
+        from mixed_data import data_section, mixed_table
+
+        mixed_table(n=240).to_csv(target / "penguins.csv", index=False)
+        columns = {"island": {"categories": ["Biscoe", "Dream", "Torgersen"]}, "sex": {"missing": "impute"}}
+        raw["data"] = data_section("indicator", columns, source=str(target / "penguins.csv"))
+        raw["train"]["model"]["arch"] = "mlp"
+        raw["explain"] |= {"enabled": True, "n_steps": 2, "max_rows": 20}
     path = target / "params.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
 
 
 @pytest.mark.integration
-def test_every_params_key_a_stage_reads_is_declared(stages, tmp_path, monkeypatch):
+@pytest.mark.parametrize("variant", ["defaults", "switched_on", "mixed_table"])
+def test_every_params_key_a_stage_reads_is_declared(stages, variant, tmp_path, monkeypatch):
     from pipeline.params import load_params
     from stages import _cli
 
-    params_file = tiny_params(tmp_path)
+    params_file = tiny_params(tmp_path, variant)
     folds = [str(f) for f in load_params(params_file).split.folds]
     monkeypatch.chdir(tmp_path)
     reads: set[str] = set()

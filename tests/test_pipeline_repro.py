@@ -35,7 +35,7 @@ def ran(result: subprocess.CompletedProcess) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
+def copied(tmp_path_factory) -> Path:
     """A copy of the project's tracked files, as a new git repository with a user CSV source."""
     repo = copy_project(tmp_path_factory.mktemp("project"))
     from sklearn.datasets import load_digits
@@ -51,10 +51,22 @@ def repo(tmp_path_factory) -> Path:
     return repo
 
 
-def test_full_repro_then_nothing_to_do(repo):
-    first = sh(repo, "dvc", "repro")
-    stages = ran(first)
-    assert stages >= DATA_STAGES, first.stdout
+@pytest.fixture(scope="module")
+def first_repro(copied: Path) -> subprocess.CompletedProcess:
+    """The copy's first `dvc repro`: every stage runs."""
+    return sh(copied, "dvc", "repro")
+
+
+@pytest.fixture
+def repo(copied: Path, first_repro: subprocess.CompletedProcess) -> Path:
+    """The copy, up to date whichever tests ran before this one (each test passes alone and in any
+    order): a `dvc repro` that reruns nothing unless a test before it left something to do."""
+    sh(copied, "dvc", "repro")
+    return copied
+
+
+def test_full_repro_then_nothing_to_do(repo, first_repro):
+    assert ran(first_repro) >= DATA_STAGES, first_repro.stdout
     assert (repo / "data" / "clean.parquet").exists()
     second = sh(repo, "dvc", "repro")
     assert ran(second) == set(), second.stdout
