@@ -9,6 +9,7 @@ No cluster can run here; the schemas are what a cluster's API server would check
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -75,6 +76,21 @@ def test_site_build_fails_when_an_included_file_is_missing(tmp_path: Path) -> No
     result = build_site(project, tmp_path / "site")
     assert result.returncode != 0
     assert "pod-template.yaml" in result.stdout + result.stderr
+
+
+def test_readme_is_a_front_door_whose_links_work_on_github() -> None:
+    """README.md stays short (the rest is in docs/), and its links into the repository are relative
+    paths to files that exist, so that they work on GitHub and in a clone alike."""
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 200
+    targets = re.findall(r"\]\(([^)\s]+)\)", readme)
+    assert any(t.startswith("docs/") for t in targets)
+    for target in targets:
+        if re.match(r"[a-z]+:", target):
+            continue  # another site
+        assert not target.startswith("/"), f"README links to {target!r}: use a path relative to the README"
+        path = target.split("#", 1)[0]
+        assert (ROOT / path).exists(), f"README links to {target!r}, which does not exist"
 
 
 def resources(path: Path) -> list[dict]:
