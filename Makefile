@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: install browser cluster-deps java run repro test test-slow test-all lint triton-start triton-stop airflow cluster cluster-down cluster-status
+.PHONY: install browser cluster-deps java run repro test test-slow test-all lint docs triton-start triton-stop airflow cluster cluster-down cluster-status
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,14 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+# The documentation site (docs/, mkdocs.yml) into the ignored site/ folder; --strict fails on any
+# warning (a broken link or anchor, a page left out of the nav, a missing included file). Then the
+# Kubernetes manifests against the Kubernetes schemas, unknown fields rejected. `make test` runs
+# both as tests/test_docs.py.
+docs: install
+	$(BIN)/mkdocs build --strict
+	$(BIN)/kubernetes-validate --strict --quiet deploy/kubernetes/*.yaml
 
 # Redis (the Celery broker) and Postgres (Airflow's metadata database) for the local Celery cluster
 # (Debian packages). Where they cannot be installed (not root, no apt-get) the cluster tests skip

@@ -4,7 +4,7 @@ For every family (`train.model.arch`) and data set, this runs what the pipeline 
 the embed stage's table (digits: 8x8 images; breast_cancer: 30 tabular features, 2 classes), the
 split stage's stratified split (`split` in params.yaml), the train stage's core with params.yaml's
 `train` section (only the arch changed), then the accuracy of the kept weights on the test split.
-Prints a Markdown table (the README's).
+Prints a Markdown table (the one in docs/benchmarks.md).
 
     python bench/model_families.py [--archs cnn mlp rnn transformer] [--datasets digits breast_cancer]
 """

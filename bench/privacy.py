@@ -5,7 +5,7 @@ It runs what the pipeline runs, in process: the embed stage's digits table, the 
 stratified split, the train stage's core with params.yaml's `train` section, once without privacy
 (the baseline) and once per epsilon with `train.privacy` on (everything else unchanged, unless
 `--epochs`/`--batch-size`/`--lr` say otherwise for every run alike), then the accuracy of the kept
-weights on the test split. Prints a Markdown table (the README's).
+weights on the test split. Prints a Markdown table (the one in docs/benchmarks.md).
 
     python bench/privacy.py [--epsilons 1 3 8] [--repeats 1] [--epochs N] [--batch-size N] [--lr X] [--threads 1]
 """

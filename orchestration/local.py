@@ -41,7 +41,7 @@ LOOPBACK = "127.0.0.1"
 def airflow_env(project: Path) -> dict[str, str]:
     """Airflow for one person on this machine: everyone who reaches the UI is an admin (no login),
     so the UI and REST API listen on the loopback interface only. Running it for a team is a
-    different configuration (a real auth manager and users; README, "Running Airflow for a team")."""
+    different configuration (a real auth manager and users; docs/deployment.md, "Running Airflow for a team")."""
     env = dict(os.environ)
     port = env.get("AIRFLOW__API__PORT", "8080")
     env.update(
