@@ -28,6 +28,8 @@ from typing import Any
 
 from airflow.sdk import BaseOperatorLink
 
+from orchestration import ending
+
 log = logging.getLogger(__name__)
 
 URL_PREFIX = "/retrain-reports"
@@ -150,8 +152,8 @@ def curve_svg(tsv: str, width: int = 480, height: int = 160) -> str | None:
     )
 
 
-def task_result(dag_id: str, run_id: str, task_id: str) -> Any:
-    """The task's return value (XCom) from Airflow's metadata database."""
+def task_result(dag_id: str, run_id: str, task_id: str, key: str = "return_value") -> Any:
+    """The task's return value (or XCom `key`) from Airflow's metadata database."""
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
     from sqlalchemy import select
@@ -163,11 +165,49 @@ def task_result(dag_id: str, run_id: str, task_id: str) -> Any:
                 XComModel.dag_id == dag_id,
                 XComModel.run_id == run_id,
                 XComModel.task_id == task_id,
-                XComModel.key == "return_value",
+                XComModel.key == key,
             )
             .order_by(XComModel.map_index)
         ).first()
         return None if row is None else XComModel.deserialize_value(row)
+
+
+def task_state(dag_id: str, run_id: str, task_id: str) -> str | None:
+    """The task instance's state ("failed", "upstream_failed", ...), None when there is none."""
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        state = session.scalars(
+            select(TaskInstance.state).where(
+                TaskInstance.dag_id == dag_id, TaskInstance.run_id == run_id, TaskInstance.task_id == task_id
+            )
+        ).first()
+    return None if state is None else str(getattr(state, "value", state))
+
+
+def render_outcome(task_id: str, run_id: str, ended: Mapping[str, Any]) -> str:
+    """The page of a task that ended without a result: a rejecting gate's decision, or what failed."""
+    if isinstance(ended.get("report"), Mapping):
+        return render(task_id, run_id, [], ended["report"])
+    title = f"{task_id} of run {run_id}: {ended.get('state', 'ended')}"
+    return (
+        f"<!doctype html><title>{html.escape(title)}</title><h1>{html.escape(title)}</h1>"
+        f"<p>The task ended without reports. What it said:</p><pre>{html.escape(str(ended.get('reason', '')))}</pre>"
+    )
+
+
+def no_result(dag_id: str, run_id: str, task_id: str) -> str:
+    """Why a task has neither a result nor an outcome, from its state."""
+    state = task_state(dag_id, run_id, task_id)
+    why = {
+        None: "there is no such task in this run",
+        "upstream_failed": "it did not run: a task before it failed (that task's page says why)",
+        "skipped": "it did not run: the run skipped it",
+        "failed": "it failed before it could say why (its log in the Airflow UI does)",
+    }.get(state, f"it has not finished (state: {state})")
+    return f"{task_id} of run {run_id} has no reports: {why}"
 
 
 # What Airflow's own REST API asks of a user for the data a report page shows: the DAG's runs, its
@@ -237,7 +277,10 @@ def create_app(project: Path) -> Any:
     def task_reports(dag_id: str, run_id: str, task_id: str) -> str:
         result = task_result(dag_id, run_id, task_id)
         if not isinstance(result, Mapping):
-            raise HTTPException(404, f"{task_id} of run {run_id} has no result (yet)")
+            ended = task_result(dag_id, run_id, task_id, key=ending.KEY)
+            if isinstance(ended, Mapping):
+                return render_outcome(task_id, run_id, ended)
+            raise HTTPException(404, no_result(dag_id, run_id, task_id))
         gate = result if "diff_markdown" in result else None  # the gate's report is its result
         outs = report_outputs(result)
         files: list[tuple[str, bytes]] = []

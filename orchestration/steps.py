@@ -15,7 +15,6 @@ directly, as one worker or as several (one `worker_root` each).
 from __future__ import annotations
 
 import logging
-import socket
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 from orchestration import dvc_runner, lockfile, registry, workspace
 from orchestration.drift_reference import DriftPaths, commit_reference, drift_paths, write_reference
 from orchestration.dvc_graph import StageGraph, read_graph
+from orchestration.hostname import worker_hostname
 from orchestration.remote import RemoteError, resolve
 from orchestration.workspace import Workspace
 
@@ -167,7 +167,8 @@ def stage(
     # The base lock is a published one: consistent, and its outputs were on the remote when published.
     as_locked = name in base and all(merged.get(a) == base.get(a) for a in ancestors)
     result = dvc_runner.run_stage(root, name, paths, fleet.dvc, covering, inputs_as_locked=as_locked)
-    return {**result, "workspace": str(root), "host": socket.gethostname(), "try_number": try_number}
+    # the worker's own name for itself; Airflow records its [core] hostname_callable's, which should agree
+    return {**result, "workspace": str(root), "host": worker_hostname(), "try_number": try_number}
 
 
 def checkout_outputs(

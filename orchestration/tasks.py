@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from orchestration import steps
+from orchestration import ending, steps
 
 log = logging.getLogger(__name__)
 
@@ -144,11 +144,14 @@ def form_overrides(project: Path, form: Mapping[str, Any]) -> dict[str, str | No
 def stage(project: str | Path, name: str, ancestors: Sequence[str], context: Mapping[str, Any]) -> dict[str, Any]:
     """Stage `name` in a checkout of this worker; `ancestors` are the task ids of the stages it
     depends on, whose results carry the dvc.lock entries it starts from."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from stages._cli import FAILURE_FILE_ENV
+
     ti = context["ti"]
     prepared = ti.xcom_pull(task_ids=PREPARE_TASK)
     upstream = results(context, ancestors)
     setup = fleet(project)
-    from stages._cli import FAILURE_FILE_ENV
 
     with tempfile.TemporaryDirectory(prefix="stage-failure-") as tmp:
         cause = Path(tmp) / "cause.txt"
@@ -159,11 +162,13 @@ def stage(project: str | Path, name: str, ancestors: Sequence[str], context: Map
             result = failing_fast(
                 lambda: steps.stage(setup, context["run_id"], prepared, name, upstream, ti.try_number), cause
             )
+        except AirflowFailException as error:  # what the reports page shows in place of the reports
+            ending.record(context, "failed", str(error))
+            raise
         finally:
             for key in added:
                 os.environ.pop(key, None)
-    # the name Airflow records for this task instance ([core] hostname_callable), so the two agree
-    return {**result, "host": getattr(ti, "hostname", None) or result["host"]}
+    return result
 
 
 # --- Spark settings -------------------------------------------------------------------------
@@ -354,11 +359,13 @@ def gate(
     try:
         decision = gate_stage.run(paths, params.data, settings, params.gate)
     except StageError as error:  # an unreachable server, a champion not READY, a missing metric
+        ending.record(context, "failed", f"gate failed: {error}")
         raise AirflowFailException(f"gate failed: {error}") from error
     report = decision.to_json()
     atomic.write_json(root / params.gate.report, report)
     log.info("gate %s\n%s", decision.reason, report["diff_markdown"])
     if not decision.passed:
+        ending.record(context, "rejected", f"candidate {decision.reason}; the champion keeps serving", report=report)
         raise AirflowSkipException(f"candidate {decision.reason}; the champion keeps serving")
     return report
 

@@ -88,8 +88,8 @@ class Run:
         return re.findall(pattern, self.output)
 
 
-def run_dag(env: dict[str, str], project: Path, helpers) -> Run:
-    return Run(*helpers.dags_test_run(env, project, RUN_DATE))
+def run_dag(env: dict[str, str], project: Path, helpers, date: str = RUN_DATE) -> Run:
+    return Run(*helpers.dags_test_run(env, project, date))
 
 
 def served(triton, model: str = "digits") -> tuple[list[int], list[int]]:
@@ -280,7 +280,8 @@ def test_worse_candidate_is_rejected_and_version_1_keeps_serving(worse: Run, pro
     assert tags(project) == PUBLISHED_V1
 
 
-def test_corrupted_data_fails_at_clean_with_nothing_pushed(worse: Run, env, project: Path, helpers, triton) -> None:
+@pytest.fixture(scope="module")
+def corrupted(worse: Run, env, project: Path, helpers) -> Run:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -291,11 +292,41 @@ def test_corrupted_data_fails_at_clean_with_nothing_pushed(worse: Run, env, proj
     header = ",".join(["label", *(f"px_{i}" for i in range(64))])
     np.savetxt(incoming / "digits.csv", rows, fmt="%d", delimiter=",", header=header, comments="")
     edit_params(project, data__source="incoming/digits.csv", train__epochs=6, train__optimizer__lr=0.003)
+    # a date of its own: `dags test` replaces the run of the same logical date, which keeps the
+    # worse candidate's run (and its gate's page) in the history
+    return run_dag(env, project, helpers, date="2026-02-02")
 
-    corrupted = run_dag(env, project, helpers)
+
+def test_corrupted_data_fails_at_clean_with_nothing_pushed(corrupted: Run, project: Path, triton) -> None:
     assert corrupted.states["clean"] == "failed"
     downstream = [t for t, s in corrupted.states.items() if t not in ("prepare_workspace", "embed", "clean")]
     assert all(corrupted.states[t] in ("upstream_failed", "skipped") for t in downstream), corrupted.states
     assert "clean failed" in corrupted.output and "px_" in corrupted.output
     assert served(triton) == ([1], [1])
     assert tags(project) == PUBLISHED_V1
+
+
+def test_the_reports_page_of_a_task_without_reports_says_why(
+    worse: Run, corrupted: Run, env, ui_port: int, helpers, tmp_path
+) -> None:
+    """A rejecting gate shows its decision; a failed stage what failed; a task that never ran why."""
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    def page(run: Run, task_id: str) -> tuple[int, str]:
+        url = f"http://127.0.0.1:{ui_port}/retrain-reports/{DAG_ID}/{urllib.parse.quote(run.run_id, safe='')}/{task_id}"
+        request = urllib.request.Request(url, headers={"Accept": "text/html"})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 - 127.0.0.1
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
+
+    with helpers.api_server(env, ui_port, tmp_path / "api-server.log"):
+        gate, clean, split = page(worse, "gate"), page(corrupted, "clean"), page(corrupted, "split")
+    assert gate[0] == 200 and "decision: rejected" in gate[1] and "rejected: accuracy" in gate[1], gate
+    assert "| metric | challenger |" in gate[1], gate[1][:2000]  # the metric diff
+    assert clean[0] == 200 and "clean of run" in clean[1] and ": failed" in clean[1], clean
+    assert "clean failed" in clean[1] and "px_5" in clean[1], clean[1][:2000]
+    assert split[0] == 404 and "a task before it failed" in split[1] and "{" not in split[1][:20], split
