@@ -5,6 +5,11 @@ one order whichever store holds it, and each object is opened as a pyarrow rando
 the version it was listed with. Nothing here needs Airflow: Spark executors and stage processes
 call `list_source` and `open_object` as they are.
 
+A listing can be pinned: `write_pin` saves it as a small JSON file (the source URL and every
+object's url, size, version id, ETag and partition), and that file is itself a source
+(`data.source: data/source.json`) that reads exactly those objects, at those versions, however the
+bucket changed since. DVC then versions the pin like any small file, never the bucket.
+
 Object storage goes through fsspec's `s3fs` (the library DVC's own S3 remote uses, so it is
 installed already): it reads a given object version (`VersionId`), which pyarrow's own
 S3FileSystem cannot, and its files buffer ranged reads so Parquet's footer-then-columns reads
@@ -18,6 +23,7 @@ line that names the object and the cause.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -29,6 +35,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline import atomic
 from pipeline.tables import TableError
 
 TABLE_SUFFIXES = (".parquet", ".csv")
@@ -38,6 +45,7 @@ DEFAULT_ATTEMPTS = 4  # requests tried per call (botocore's standard retry mode)
 CONNECT_TIMEOUT_S = 10  # seconds to open a connection to the endpoint
 READ_TIMEOUT_S = 60  # seconds to wait for a response's bytes
 BLOCK_BYTES = 8 << 20  # bytes fetched per ranged read of an object (a read-ahead buffer of this size)
+PIN_SUFFIX = ".json"  # a local data.source ending so is a pin (write_pin), not a table
 
 
 class SourceError(TableError):
@@ -100,13 +108,69 @@ def is_remote(source: str | Path) -> bool:
     return "://" in str(source)
 
 
+def is_pin(source: str | Path) -> bool:
+    """A local pin file (`write_pin`) rather than a table, a folder or a URL."""
+    return not is_remote(source) and str(source).lower().endswith(PIN_SUFFIX)
+
+
+@dataclass(frozen=True)
+class Pin:
+    """A source's listing, kept: what `data.source` read when the pin was written."""
+
+    source: str  # the URL (or path) that was listed
+    objects: tuple[SourceObject, ...]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(obj.size for obj in self.objects)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "objects": [obj.to_dict() for obj in self.objects]}
+
+
+def pin(source: str | Path) -> Pin:
+    """List `source` now (a pin file: list the source it was written from, again)."""
+    url = read_pin(source).source if is_pin(source) else str(source)
+    return Pin(url, tuple(list_source(url)))
+
+
+def write_pin(path: str | Path, pinned: Pin) -> bool:
+    """Write the pin atomically as stable JSON (the same listing gives the same bytes, so DVC sees
+    no change); returns whether the file changed."""
+    text = json.dumps(pinned.to_dict(), indent=1, sort_keys=True) + "\n"
+    path = Path(path)
+    if path.is_file() and path.read_text() == text:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(path, text)
+    return True
+
+
+def read_pin(path: str | Path) -> Pin:
+    try:
+        record = json.loads(Path(path).read_text())
+        return Pin(str(record["source"]), tuple(SourceObject.from_dict(o) for o in record["objects"]))
+    except FileNotFoundError:
+        raise SourceError(f"{path}: not found; check data.source in params.yaml") from None
+    except (ValueError, KeyError, TypeError) as error:
+        raise SourceError(
+            f"{path}: not a pin of a source (a JSON file with `source` and `objects`: {error!r}); write it again "
+            "with `python -m orchestration pin`"
+        ) from None
+
+
 def list_source(source: str | Path | Iterable[SourceObject]) -> list[SourceObject]:
     """The CSV/Parquet objects a source names, in order: the file itself, or every .csv/.parquet
     file below a folder or prefix (Hive `key=value/` folders included; names starting with `.`
-    or `_`, such as `_SUCCESS` or `_temporary/`, skipped), sorted by their path below it. An
-    iterable of objects (a pinned listing) is returned as it is."""
+    or `_`, such as `_SUCCESS` or `_temporary/`, skipped), sorted by their path below it. A pin
+    file (`write_pin`) gives the objects it pinned; an iterable of objects is returned as it is."""
     if not isinstance(source, str | Path):
         return list(source)
+    if is_pin(source):
+        pinned = read_pin(source).objects
+        if not pinned:
+            raise SourceError(f"{source}: the pin lists no object; pin the source again")
+        return list(pinned)
     if is_remote(source):
         return _list_remote(str(source))
     return _list_local(Path(source))

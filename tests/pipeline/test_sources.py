@@ -211,3 +211,28 @@ def test_s3_settings_carry_no_credentials():
     assert options["endpoint_url"] == "http://127.0.0.1:9000"
     assert options["config_kwargs"]["retries"] == {"mode": "standard", "max_attempts": 3}
     assert S3_ENV["AWS_SECRET_ACCESS_KEY"] not in repr(options)
+
+
+@pytest.mark.s3
+def test_a_pin_reads_the_objects_it_pinned_after_new_files_and_a_rewrite(s3_env: str, tmp_path: Path):
+    s3 = client(s3_env)
+    for day in ("01", "02"):
+        s3.put_object(Bucket=BUCKET, Key=f"daily/day={day}/part-0.parquet", Body=parquet_bytes(10, start=int(day)))
+    pin_file = tmp_path / "data" / "source.json"
+    assert sources.write_pin(pin_file, sources.pin(f"s3://{BUCKET}/daily/"))
+    assert not sources.write_pin(pin_file, sources.pin(pin_file))  # an unchanged prefix: the same bytes
+    before = read_all(pin_file)
+    s3.put_object(Bucket=BUCKET, Key="daily/day=03/part-0.parquet", Body=parquet_bytes(10, start=3))
+    s3.put_object(Bucket=BUCKET, Key="daily/day=01/part-0.parquet", Body=parquet_bytes(4, start=50))
+    assert read_all(pin_file).equals(before)  # exactly the pinned versions
+    assert read_all(f"s3://{BUCKET}/daily/").num_rows == 24  # the bucket as it is now
+    repinned = sources.pin(pin_file)  # a pin file pins its source again
+    assert repinned.source == f"s3://{BUCKET}/daily/" and len(repinned.objects) == 3
+    assert sources.write_pin(pin_file, repinned) and read_all(pin_file).num_rows == 24
+
+
+def test_a_file_that_is_not_a_pin_says_so(tmp_path: Path):
+    bad = tmp_path / "notes.json"
+    bad.write_text('{"rows": 3}')
+    with pytest.raises(SourceError, match=r"notes.json: not a pin of a source"):
+        list_source(bad)
