@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from orchestration import steps
+from orchestration import pinning, steps
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,9 @@ def prepare(project: str | Path, context: Mapping[str, Any]) -> dict[str, Any]:
     log.info(
         "require approval: %s; params set by the form: %s", bool(form.get("require_approval")), overrides or "none"
     )
-    prepared = steps.prepare(setup, context["run_id"], as_of, overrides)
+    # a data source in S3 is listed (pinned) here, with the Connection's credentials
+    with pinning.environment(pinning.source_env(setup.ws.params.source_conn_id)):
+        prepared = steps.prepare(setup, context["run_id"], as_of, overrides)
     return {**prepared, "note": form.get("note") or "", "overrides": overrides}
 
 
@@ -153,15 +155,15 @@ def stage(project: str | Path, name: str, ancestors: Sequence[str], context: Map
     with tempfile.TemporaryDirectory(prefix="stage-failure-") as tmp:
         cause = Path(tmp) / "cause.txt"
         # DVC passes the environment on to the stage command.
-        added = {FAILURE_FILE_ENV: str(cause), **spark_env(project, setup.ws.params.spark_conn_id)}
-        os.environ.update(added)
-        try:
+        added = {
+            FAILURE_FILE_ENV: str(cause),
+            **spark_env(project, setup.ws.params.spark_conn_id),
+            **pinning.source_env(setup.ws.params.source_conn_id),
+        }
+        with pinning.environment(added):
             result = failing_fast(
                 lambda: steps.stage(setup, context["run_id"], prepared, name, upstream, ti.try_number), cause
             )
-        finally:
-            for key in added:
-                os.environ.pop(key, None)
     # the name Airflow records for this task instance ([core] hostname_callable), so the two agree
     return {**result, "host": getattr(ti, "hostname", None) or result["host"]}
 

@@ -10,21 +10,13 @@ object's url, size, version id, ETag and partition), and that file is itself a s
 (`data.source: data/source.json`) that reads exactly those objects, at those versions, however the
 bucket changed since. DVC then versions the pin like any small file, never the bucket.
 
-Object storage goes through fsspec's `s3fs` (the library DVC's own S3 remote uses, so it is
-installed already): it reads a given object version (`VersionId`), which pyarrow's own
-S3FileSystem cannot, and its files buffer ranged reads so Parquet's footer-then-columns reads
-cost few requests. The endpoint and credentials come from the environment only, as botocore reads
-them (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_PROFILE`,
-`AWS_DEFAULT_REGION`; `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL` for an S3-compatible server):
-never from params, and never in a message. Requests are retried by botocore ("standard" mode,
-exponential backoff with jitter, `AWS_MAX_ATTEMPTS` attempts, 4 unless set), then fail with one
-line that names the object and the cause.
+Objects in a bucket are read through `pipeline.object_store` (s3fs; endpoint and credentials from
+the environment, bounded retries, one-line errors that name the object and the cause).
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -36,20 +28,30 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import atomic
+from pipeline.object_store import ENDPOINT_ENVS, ExplainedFile, SourceError, explain, filesystem, s3_options
 from pipeline.tables import TableError
+
+__all__ = [
+    "ENDPOINT_ENVS",
+    "Pin",
+    "SourceError",
+    "SourceObject",
+    "explain",
+    "is_pin",
+    "is_remote",
+    "list_source",
+    "open_object",
+    "pin",
+    "read_pin",
+    "read_source",
+    "s3_options",
+    "write_pin",
+]
 
 TABLE_SUFFIXES = (".parquet", ".csv")
 SCHEMES = ("s3",)  # object stores this module reads (URL scheme of data.source)
-ENDPOINT_ENVS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")  # an S3-compatible endpoint, first set wins
-DEFAULT_ATTEMPTS = 4  # requests tried per call (botocore's standard retry mode) unless AWS_MAX_ATTEMPTS says
-CONNECT_TIMEOUT_S = 10  # seconds to open a connection to the endpoint
-READ_TIMEOUT_S = 60  # seconds to wait for a response's bytes
 BLOCK_BYTES = 8 << 20  # bytes fetched per ranged read of an object (a read-ahead buffer of this size)
 PIN_SUFFIX = ".json"  # a local data.source ending so is a pin (write_pin), not a table
-
-
-class SourceError(TableError):
-    """The source cannot be listed or an object cannot be read; the message names it and the cause."""
 
 
 @dataclass(frozen=True)
@@ -128,10 +130,11 @@ class Pin:
         return {"source": self.source, "objects": [obj.to_dict() for obj in self.objects]}
 
 
-def pin(source: str | Path) -> Pin:
-    """List `source` now (a pin file: list the source it was written from, again)."""
+def pin(source: str | Path, env: Mapping[str, str] | None = None) -> Pin:
+    """List `source` now (a pin file: list the source it was written from, again); `env` as for
+    `list_source`."""
     url = read_pin(source).source if is_pin(source) else str(source)
-    return Pin(url, tuple(list_source(url)))
+    return Pin(url, tuple(list_source(url, env)))
 
 
 def write_pin(path: str | Path, pinned: Pin) -> bool:
@@ -159,11 +162,15 @@ def read_pin(path: str | Path) -> Pin:
         ) from None
 
 
-def list_source(source: str | Path | Iterable[SourceObject]) -> list[SourceObject]:
+def list_source(
+    source: str | Path | Iterable[SourceObject], env: Mapping[str, str] | None = None
+) -> list[SourceObject]:
     """The CSV/Parquet objects a source names, in order: the file itself, or every .csv/.parquet
     file below a folder or prefix (Hive `key=value/` folders included; names starting with `.`
     or `_`, such as `_SUCCESS` or `_temporary/`, skipped), sorted by their path below it. A pin
-    file (`write_pin`) gives the objects it pinned; an iterable of objects is returned as it is."""
+    file (`write_pin`) gives the objects it pinned; an iterable of objects is returned as it is.
+    `env`: the AWS_* settings to use instead of the process environment (credentials included;
+    a process that serves several sources, such as Airflow's triggerer, passes each its own)."""
     if not isinstance(source, str | Path):
         return list(source)
     if is_pin(source):
@@ -172,14 +179,14 @@ def list_source(source: str | Path | Iterable[SourceObject]) -> list[SourceObjec
             raise SourceError(f"{source}: the pin lists no object; pin the source again")
         return list(pinned)
     if is_remote(source):
-        return _list_remote(str(source))
+        return _list_remote(str(source), env)
     return _list_local(Path(source))
 
 
-def open_object(obj: SourceObject) -> pa.NativeFile:
+def open_object(obj: SourceObject, env: Mapping[str, str] | None = None) -> pa.NativeFile:
     """A random-access file of the object's bytes at its pinned version; close it after use. An
     object whose bytes changed since it was listed (an unversioned bucket, a local file) is an
-    error that says so, rather than a silently different input."""
+    error that says so, rather than a silently different input. `env` as for `list_source`."""
     if not obj.is_remote:
         try:
             file = pa.OSFile(obj.url, "rb")
@@ -189,7 +196,7 @@ def open_object(obj: SourceObject) -> pa.NativeFile:
             file.close()
             raise SourceError(f"{obj.url}: {file.size()} bytes now, {obj.size} when listed; the file changed")
         return file
-    fs = _filesystem(obj.url)
+    fs = filesystem(env)
     try:
         raw = fs.open(_fs_path(obj.url), "rb", version_id=obj.version_id, block_size=BLOCK_BYTES)
     except Exception as error:  # s3fs and botocore raise many types; explain() sorts them
@@ -201,7 +208,7 @@ def open_object(obj: SourceObject) -> pa.NativeFile:
             f"{obj.describe()}: rewritten since it was listed (ETag {etag}, {raw.size} bytes; listed as "
             f"ETag {obj.etag}, {obj.size} bytes); the bucket keeps no older version to read, so list the source again"
         )
-    return pa.PythonFile(_Explained(raw, obj.describe()), mode="r")
+    return pa.PythonFile(ExplainedFile(raw, obj.describe()), mode="r")
 
 
 def read_source(source: str | Path) -> pd.DataFrame:
@@ -227,34 +234,6 @@ def _read_one(obj: SourceObject) -> pd.DataFrame:
             ) from None
 
 
-def explain(what: str, error: BaseException) -> str:
-    """One line on why `what` (an object or a source URL) could not be read: the S3 error code
-    and what to do, never a credential."""
-    code = _error_code(error)
-    text = f"{type(error).__name__}: {error}".splitlines()[0][:300]
-    if code in ("NoSuchBucket",):
-        hint = "no such bucket (create it, or fix the bucket name in data.source)"
-    elif code in ("NoSuchKey", "NoSuchVersion", "404", "NotFound") or isinstance(error, FileNotFoundError):
-        hint = "no such key (or version): the object is not in the bucket (fix data.source, or restore the object)"
-    elif code in ("AccessDenied", "403", "Forbidden", "AllAccessDisabled") or isinstance(error, PermissionError):
-        hint = "access denied: the credentials may not read it (check the key's policy and the bucket's)"
-    elif code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidClientTokenId", "ExpiredToken"):
-        hint = (
-            f"the credentials were refused ({code}): check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the Connection"
-        )
-    elif _names(error) & {"NoCredentialsError", "PartialCredentialsError"}:
-        hint = (
-            "no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) in the worker's "
-            "environment, or add the Airflow Connection aws_default"
-        )
-    elif _names(error) & {"EndpointConnectionError", "ConnectTimeoutError", "ConnectionError", "ReadTimeoutError"}:
-        hint = f"the endpoint cannot be reached after {_attempts()} attempts (is it up, and is AWS_ENDPOINT_URL right?)"
-        text = text.replace('"', "")
-    else:
-        hint = "see the cause"
-    return f"{what}: {hint}. Cause: {text}"
-
-
 def _list_local(path: Path) -> list[SourceObject]:
     if path.is_dir():
         found = [
@@ -274,13 +253,13 @@ def _list_local(path: Path) -> list[SourceObject]:
     return [SourceObject(url=str(path), size=path.stat().st_size)]
 
 
-def _list_remote(url: str) -> list[SourceObject]:
+def _list_remote(url: str, env: Mapping[str, str] | None) -> list[SourceObject]:
     scheme = urlsplit(url).scheme
     if scheme not in SCHEMES:
         raise SourceError(
             f"{url}: unsupported storage {scheme!r}; data.source takes a local path or s3://bucket/prefix"
         )
-    fs = _filesystem(url)
+    fs = filesystem(env)
     root = _fs_path(url).rstrip("/")
     bucket = root.split("/", 1)[0]
     try:
@@ -336,71 +315,3 @@ def _fs_path(url: str) -> str:
 
 def _etag(value: object) -> str | None:
     return str(value).strip('"') if value else None
-
-
-def _attempts(env: Mapping[str, str] | None = None) -> int:
-    env = os.environ if env is None else env
-    try:
-        return max(1, int(env.get("AWS_MAX_ATTEMPTS") or DEFAULT_ATTEMPTS))
-    except ValueError:
-        return DEFAULT_ATTEMPTS
-
-
-def s3_options(env: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """s3fs settings from the environment: the endpoint, timeouts and bounded retries. Credentials
-    are not among them: botocore reads those from the environment itself, so they are never held
-    (or pickled, or printed) with the filesystem's settings."""
-    env = os.environ if env is None else env
-    endpoint = next((env[k] for k in ENDPOINT_ENVS if env.get(k)), None)
-    return {
-        "endpoint_url": endpoint,
-        "version_aware": True,
-        "use_listings_cache": False,  # every listing asks the bucket (a poller lists the same prefix again)  # listings carry VersionId and reads name it (a plain bucket answers "null")
-        "config_kwargs": {
-            "connect_timeout": CONNECT_TIMEOUT_S,
-            "read_timeout": READ_TIMEOUT_S,
-            "retries": {"mode": env.get("AWS_RETRY_MODE") or "standard", "max_attempts": _attempts(env)},
-        },
-    }
-
-
-def _filesystem(url: str):
-    import s3fs  # imported here: a local source never needs it
-
-    fs = s3fs.S3FileSystem(**s3_options())
-    fs.retries = 1  # s3fs's own retry loop off: botocore's (s3_options) is the one bounded, backed-off loop
-    return fs
-
-
-def _error_code(error: BaseException) -> str | None:
-    for e in (error, error.__cause__, error.__context__):
-        response = getattr(e, "response", None)
-        if isinstance(response, dict):
-            code = response.get("Error", {}).get("Code")
-            if code:
-                return str(code)
-    return None
-
-
-def _names(error: BaseException) -> set[str]:
-    names: set[str] = set()
-    for e in (error, error.__cause__, error.__context__):
-        if e is not None:
-            names.update(t.__name__ for t in type(e).__mro__)
-    return names
-
-
-class _Explained:
-    """An s3fs file whose read errors name the object (pyarrow passes them through as they are)."""
-
-    def __init__(self, raw: Any, what: str) -> None:
-        self._raw, self._what = raw, what
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._raw, name)
-
-    def read(self, size: int = -1) -> bytes:
-        try:
-            return self._raw.read(size)
-        except Exception as error:  # s3fs and botocore raise many types; explain() sorts them
-            raise SourceError(explain(self._what, error)) from None
