@@ -15,8 +15,9 @@ same rows, with the floors and maximum regression of `gate:` in params.yaml), an
 committed, tagged `model-v<N>` and `<model>@vN.0.0`, assigned `#prod`, pushed to the git remote).
 A rejected candidate skips the push and the champion keeps serving.
 
-Configured by `airflow:` in params.yaml: schedule and data asset, GPU stages, queue and pool,
-approval, git and DVC remotes, the worker root, the Triton Connection.
+Configured by `airflow:` in params.yaml: schedule and data asset (watched when `data.source` is in
+S3: new objects start a run), GPU stages, queue and pool, approval, git and DVC remotes, the worker
+root, the Triton Connection.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, CronTriggerTimetable, P
 from orchestration.approval import RunApproval
 from orchestration.notify import failure_callback
 from orchestration.reports_ui import ReportsLink
+from orchestration.source_trigger import data_asset
 from orchestration.spec import pipeline_spec
 
 PROJECT = Path(os.environ.get("RETRAIN_PROJECT_DIR") or Path(__file__).resolve().parents[1])
@@ -50,10 +52,12 @@ INFRA_RETRIES: dict[str, Any] = {
 
 
 def schedule():
-    """The weekly cron, the raw-data asset, or whichever comes first."""
+    """The weekly cron, the raw-data asset, or whichever comes first. With data.source in S3 the
+    asset is watched: the triggerer lists the prefix every airflow.source_poll_s seconds, and a
+    changed listing (a new partition, a rewritten object) is an event of the asset."""
     asset = None
     if AF.data_asset:
-        asset = Asset(uri=AF.data_asset) if "://" in AF.data_asset else Asset(name=AF.data_asset)
+        asset = data_asset(AF.data_asset, SPEC.params.data.source, PROJECT, AF.source_poll_s, AF.source_conn_id)
     if AF.schedule and asset:
         return AssetOrTimeSchedule(timetable=CronTriggerTimetable(AF.schedule, timezone="UTC"), assets=asset)
     return [asset] if asset else AF.schedule
@@ -163,7 +167,8 @@ with DAG(
             minLength=1,
             title="Data source",
             description="A CSV or Parquet file or folder for this run instead of data.source in params.yaml "
-            "(relative to the project, or absolute; every worker must be able to read it). Empty: data.source.",
+            "(relative to the project, or absolute; every worker must be able to read it), or an "
+            "s3://bucket/prefix/ (pinned when the run starts). Empty: data.source.",
         ),
         "note": Param(
             None,

@@ -159,6 +159,11 @@ class AirflowApi:
     def asset_events(self, asset_id: int) -> list[dict[str, Any]]:
         return self._request("GET", f"/api/v2/assets/events?asset_id={asset_id}&limit=100")["asset_events"]
 
+    def asset_state(self, asset_id: int) -> dict[str, Any]:
+        """The asset's state store (what its watchers and tasks keep between runs), key -> value."""
+        entries = self._request("GET", f"/api/v2/assets/{asset_id}/state-store?limit=100")["asset_state_store"]
+        return {entry["key"]: entry["value"] for entry in entries}
+
     def wait_for_run(self, dag_id: str, run_id: str, timeout_s: float, poll_s: float = 3.0) -> dict[str, Any]:
         """Poll a run until it finishes; raises TimeoutError with the task states when it does not."""
         deadline = time.monotonic() + timeout_s

@@ -10,6 +10,7 @@ Everything Airflow keeps (airflow.cfg, the SQLite database, task logs), the work
     python -m orchestration registry                         # the model registry: versions, what is in prod
     python -m orchestration results                          # the published version's metrics and reports
     python -m orchestration rollback [--to N]                # Triton serves version N again; #prod moves with it
+    python -m orchestration pin                              # list an s3:// data.source into source.pin.json
     python -m orchestration cluster up|down|status           # CeleryExecutor cluster (orchestration/cluster.py)
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import logging
 import os
 import re
@@ -248,6 +250,9 @@ def main(argv: list[str] | None = None) -> None:
     commands.add_parser("ui", help="Airflow with the web UI (airflow standalone)")
     commands.add_parser("registry", help="the model registry on the workspace's git remote (gto show)")
     commands.add_parser("results", help="check out the published version's metrics and reports in .airflow/results")
+    commands.add_parser(
+        "pin", help="list data.source (an s3:// prefix) into source.pin.json and point data.source at it"
+    )
     back = commands.add_parser("rollback", help="serve an earlier version again and move the registry's stage to it")
     back.add_argument("--to", type=int, help="version to serve (default: the one before the serving one)")
     cluster = commands.add_parser("cluster", help="a local CeleryExecutor cluster: up | down | status", add_help=False)
@@ -264,6 +269,12 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.command == "results":
         sys.exit(results.show(project))
+    if args.command == "pin":
+        from orchestration.pinning import pin_checkout
+
+        pinned = pin_checkout(project)
+        print(json.dumps(pinned) if pinned else "data.source is a local path: DVC versions it as it is; nothing to pin")
+        return
     if args.command == "rollback":
         sys.exit(rollback(project, args.to))
     if args.command == "cluster":

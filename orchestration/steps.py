@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestration import dvc_runner, lockfile, registry, workspace
+from orchestration import dvc_runner, lockfile, pinning, registry, workspace
 from orchestration.drift_reference import DriftPaths, commit_reference, drift_paths, write_reference
 from orchestration.dvc_graph import StageGraph, read_graph
 from orchestration.hostname import worker_hostname
@@ -85,18 +85,25 @@ def inputs(graph: StageGraph, name: str) -> tuple[list[str], list[str]]:
 def prepare(
     fleet: Fleet, run_id: str, as_of: str | None, overrides: Mapping[str, str | None] | None = None
 ) -> dict[str, Any]:
-    """`overrides`: `section.key` -> value set in the run's params.yaml (the Trigger form's)."""
+    """`overrides`: `section.key` -> value set in the run's params.yaml (the Trigger form's). A
+    data source in object storage is pinned into the commit (`orchestration.pinning`); the result
+    says what was pinned (`pinned`: source, objects, bytes; None for a local source)."""
+    pinned: dict[str, Any] = {}
 
     def name_remote(root: Path) -> None:
         for dotted, value in (overrides or {}).items():
             section, key = dotted.split(".", 1)
             params = root / "params.yaml"
             params.write_text(workspace.set_param(params.read_text(), section, key, value))
+        pinned["pinned"] = pinning.pin_checkout(root)
         dvc_runner.record_remote(root, fleet.dvc)
         dvc_runner.check_remote_at(root, fleet.dvc)  # an unreachable remote fails here, not in every stage
 
     owned = fleet.drift.owned if fleet.drift else []  # published by publish, kept across runs
-    return workspace.prepare(fleet.ws, workspace.safe_run_key(run_id), as_of, before_commit=name_remote, owned=owned)
+    prepared = workspace.prepare(
+        fleet.ws, workspace.safe_run_key(run_id), as_of, before_commit=name_remote, owned=owned
+    )
+    return {**prepared, **pinned}
 
 
 def producers(graph: StageGraph, paths: Sequence[str]) -> set[str]:

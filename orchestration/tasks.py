@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from orchestration import ending, steps
+from orchestration import ending, pinning, steps
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,9 @@ def prepare(project: str | Path, context: Mapping[str, Any]) -> dict[str, Any]:
     log.info(
         "require approval: %s; params set by the form: %s", bool(form.get("require_approval")), overrides or "none"
     )
-    prepared = steps.prepare(setup, context["run_id"], as_of, overrides)
+    # a data source in S3 is listed (pinned) here, with the Connection's credentials
+    with pinning.environment(pinning.source_env(setup.ws.params.source_conn_id)):
+        prepared = steps.prepare(setup, context["run_id"], as_of, overrides)
     return {**prepared, "note": form.get("note") or "", "overrides": overrides}
 
 
@@ -156,18 +158,19 @@ def stage(project: str | Path, name: str, ancestors: Sequence[str], context: Map
     with tempfile.TemporaryDirectory(prefix="stage-failure-") as tmp:
         cause = Path(tmp) / "cause.txt"
         # DVC passes the environment on to the stage command.
-        added = {FAILURE_FILE_ENV: str(cause), **spark_env(project, setup.ws.params.spark_conn_id)}
-        os.environ.update(added)
-        try:
-            result = failing_fast(
-                lambda: steps.stage(setup, context["run_id"], prepared, name, upstream, ti.try_number), cause
-            )
-        except AirflowFailException as error:  # what the reports page shows in place of the reports
-            ending.record(context, "failed", str(error))
-            raise
-        finally:
-            for key in added:
-                os.environ.pop(key, None)
+        added = {
+            FAILURE_FILE_ENV: str(cause),
+            **spark_env(project, setup.ws.params.spark_conn_id),
+            **pinning.source_env(setup.ws.params.source_conn_id),
+        }
+        with pinning.environment(added):
+            try:
+                result = failing_fast(
+                    lambda: steps.stage(setup, context["run_id"], prepared, name, upstream, ti.try_number), cause
+                )
+            except AirflowFailException as error:  # what the reports page shows in place of the reports
+                ending.record(context, "failed", str(error))
+                raise
     return result
 
 

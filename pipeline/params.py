@@ -386,6 +386,8 @@ class AirflowParams(Section):
     triton_conn_id: str = "triton_default"
     notify_conn_id: str = "retrain_notify"
     spark_conn_id: str = "spark_default"
+    source_conn_id: str = "aws_default"
+    source_poll_s: Annotated[float, Field(gt=0.0)] = 60.0
     stage_timeout_min: Positive = 120
     infra_retries: Annotated[int, Field(ge=0)] = 3
     infra_retry_delay_s: Annotated[float, Field(gt=0.0)] = 10.0

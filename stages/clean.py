@@ -21,6 +21,7 @@ from pipeline import atomic, batches
 from pipeline.engines import local
 from pipeline.params import CleanParams, DataParams, EngineParams, Params
 from pipeline.sinks import MemorySink, ParquetSink
+from pipeline.sources import SourceError
 from pipeline.tables import TableError
 from pipeline.validation import ValidationFailed
 from stages import _cli
@@ -59,8 +60,8 @@ def run(
 def run_source(
     source: str, data: DataParams, params: CleanParams, engine: EngineParams, out: str, quarantine: str
 ) -> tuple[dict[str, Any], str]:
-    """Clean a CSV/Parquet file or folder into the Parquet files `out` and `quarantine` on the
-    engine `engine` names; returns (metrics, report)."""
+    """Clean a CSV/Parquet file, folder, bucket prefix or pin of one (`pipeline.sources`) into the
+    Parquet files `out` and `quarantine` on the engine `engine` names; returns (metrics, report)."""
     paths = {"clean": out, "quarantine": quarantine}
 
     def open_sink(name: str, schema: pa.Schema) -> ParquetSink:
@@ -88,7 +89,7 @@ def _what_happened_to_outputs() -> str:
 
 def main() -> None:
     p = _cli.parser(__doc__.splitlines()[0])
-    p.add_argument("--raw", help="raw table (default: data.source in params)")
+    p.add_argument("--raw", help="raw table, bucket prefix or pin (default: data.source in params)")
     p.add_argument("--out", required=True, help="Parquet file of the rows that passed")
     p.add_argument("--quarantine", required=True, help="Parquet file of rejected rows with a reason each")
     p.add_argument("--metrics", required=True, help="JSON metrics file")
@@ -101,6 +102,8 @@ def main() -> None:
             )
         except ValidationFailed as error:
             raise ValidationFailed(f"{error} {_what_happened_to_outputs()}") from None
+        except SourceError as error:  # the data could not be reached: no table to validate yet
+            raise SourceError(f"raw data cannot be read: {error}. {_what_happened_to_outputs()}") from None
         except TableError as error:
             raise ValidationFailed(f"raw table failed validation: {error}. {_what_happened_to_outputs()}") from None
         # The tables are in place (each renamed atomically once every check had passed).

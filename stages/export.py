@@ -36,7 +36,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from pipeline import atomic, autoencoder, transform
+from pipeline import atomic, autoencoder, sources, transform
 from pipeline.candidate import CARD_FILE, GOLDEN_FILE, ONNX_FILE, TORCHSCRIPT_FILE
 from pipeline.errors import StageError
 from pipeline.models import ModelConfig, load_model
@@ -280,6 +280,7 @@ def run(
     data_hashes: dict[str, dict[str, str]],
     novelty: tuple[autoencoder.Autoencoder, float] | None = None,
     raw: RawRows | None = None,
+    source: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Export `model` into the empty folder `out`; returns the model card (also written there).
     `novelty` = (autoencoder, threshold) adds the `novelty` output.
@@ -287,7 +288,8 @@ def run(
     A mixed table's model (its file holds the fitted transform, `test` are the raw test rows
     `raw` encoded by it) is served from raw rows: the ONNX graph gets the transform in front of the
     network, the parity check feeds it `raw` and compares with torch on the numpy-encoded rows, and
-    there is no TorchScript file (it cannot take strings)."""
+    there is no TorchScript file (it cannot take strings). `source`: the pinned listing of the raw
+    data (`pipeline.sources.Pin.to_dict`), listed in the card as `source`."""
     started = time.perf_counter()
     config: ModelConfig = model_file["config"]
     classes = list(config.classes)
@@ -396,6 +398,8 @@ def run(
             "threshold": novelty[1],
             "model_config": novelty[0].config.to_dict(),
         }
+    if source is not None:
+        card["source"] = source  # the exact objects clean read: url, version id, ETag, size
     if fitted is not None:
         # What the served graph does to raw rows, fitted on the train split: fills, vocabularies,
         # indicators, and the encoded features the network sees.
@@ -431,10 +435,11 @@ def main() -> None:
         hashes = {
             name: {"path": path, "md5": file_md5(path)} for name, path in (("clean", args.clean), ("split", args.split))
         }
+        source = sources.read_pin(params.data.source).to_dict() if sources.is_pin(params.data.source) else None
         with atomic.atomic_dir(args.out) as tmp:
             # The temporary folder is private (0700); a server running as another user must read it.
             Path(tmp).chmod(0o755)
-            run(model, model_file, test, params.data, params.export, Path(tmp), hashes, novelty, raw)
+            run(model, model_file, test, params.data, params.export, Path(tmp), hashes, novelty, raw, source)
 
     _cli.main("export", body, p.parse_args())
 

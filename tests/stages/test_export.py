@@ -71,8 +71,29 @@ def exported(tmp_path_factory, params):
     test = split_rows(table, params, "test")
     out = tmp_path_factory.mktemp("export") / "candidate"
     with atomic.atomic_dir(out) as tmp:
-        card = export.run(model, model_file, test, params.data, params.export, Path(tmp), hashes())
+        card = export.run(model, model_file, test, params.data, params.export, Path(tmp), hashes(), source=PINNED)
     return out, card, model, test
+
+
+# What pipeline.sources.read_pin(...).to_dict() gives for a pinned bucket prefix.
+PINNED = {
+    "source": "s3://data-bucket/digits/",
+    "objects": [
+        {
+            "url": "s3://data-bucket/digits/day=2026-01-05/part-0.parquet",
+            "size": 1234,
+            "version_id": "v1",
+            "etag": "0123abcd",
+            "partition": {"day": "2026-01-05"},
+        }
+    ],
+}
+
+
+def test_the_card_lists_the_pinned_objects_the_data_came_from(exported):
+    out, card, _, _ = exported
+    assert card["source"] == PINNED
+    assert json.loads((out / "model_card.json").read_text())["source"] == PINNED
 
 
 def test_onnx_and_torchscript_match_pytorch(exported, params):
