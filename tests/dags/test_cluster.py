@@ -377,8 +377,9 @@ def test_killing_the_gpu_worker_during_train_still_ends_with_a_served_model(
     assert killed["killed_on"] == "gpu-1" and killed["killed"] > 1
     assert run.state == "success", run.not_successful()
     first_try, *_, last_try = sorted(killed["tries"], key=lambda t: t["try_number"])
-    # retried by Airflow (never cleared by hand), never finished on gpu-1
-    assert first_try["hostname"] == "gpu-1" and first_try["state"] == "up_for_retry", killed["tries"]
+    # the lost try ends failed in the history and Airflow itself started the next one (nothing here
+    # clears a task by hand: _lost_task_retried fails when the scheduler does not retry), never on gpu-1
+    assert first_try["hostname"] == "gpu-1" and first_try["state"] in ("failed", "up_for_retry"), killed["tries"]
     assert last_try["hostname"] == "gpu-2" and last_try["state"] == "success", killed["tries"]
     assert run.tasks["train"].xcom["outcome"] == "ran"
     assert killed["fresh_root"].is_dir()
