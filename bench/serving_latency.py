@@ -7,7 +7,7 @@ Starts a local Triton on free 127.0.0.1 ports with a scratch repository (the pro
 `serving start` code) and loads, side by side:
 - `ours`: the candidate's ONNX file with serving/backend/model.py, configured as params.yaml
   `export:` says (dynamic batching, queue delay, instances, onnxruntime threads and spinning);
-- `noop`: a Python-backend model with the same I/O and config that computes nothing (serving/toy.py):
+- `noop`: a Python-backend model with the same I/O and config that computes nothing (devtools/toy.py):
   the ceiling of the local stack (client, HTTP/gRPC, batcher, Python stub);
 - `ort-defaults`: ours with onnxruntime's own thread defaults (a thread per core, spinning), what
   the backend ran before the thread settings existed;
@@ -32,7 +32,7 @@ with the goals:
 Beside the last two, the no-op model's own figure: a model served through this stack cannot beat the
 model that computes nothing, so a goal the no-op model misses is a limit of the machine (cores shared
 by client, server and stub), not of the model.
-The last line is the raw numbers as JSON. Without models/candidate the toy model of serving/toy.py
+The last line is the raw numbers as JSON. Without models/candidate the toy model of devtools/toy.py
 (64 features, 10 classes) stands in.
 
 --perf-analyzer PATH also runs Triton's own C++ load generator against ours and noop (1-row
@@ -68,6 +68,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from devtools.toy import BACKEND, NOOP_BACKEND, build_candidate  # noqa: E402
 from pipeline.params import ExportParams, load_params  # noqa: E402
 from serving import configs, metrics  # noqa: E402
 from serving.client import ClientSettings, Protocol, TritonClient  # noqa: E402
@@ -80,7 +81,6 @@ from serving.server import (  # noqa: E402
     start_server,
     stop_server,
 )
-from serving.toy import BACKEND, NOOP_BACKEND, build_candidate  # noqa: E402
 
 CELLS = [(1, 1), (16, 1), (1, 64), (16, 64)]  # (concurrency, rows per request)
 SHM = "ours_shm"  # ours driven through system shared memory (same-host clients)
@@ -512,7 +512,7 @@ def main() -> None:
     try:
         candidate = Path(args.candidate)
         if not (candidate / "golden.json").exists():
-            print(f"{candidate} not found: using serving/toy.py's model (64 features, 10 classes)")
+            print(f"{candidate} not found: using devtools/toy.py's model (64 features, 10 classes)")
             candidate = build_candidate(scratch / "toy", name="toy")
         config = parse_config(load_candidate(candidate).config)
         signature = configs.Signature(int(config.input[0].dims[0]), int(config.output[0].dims[0]))

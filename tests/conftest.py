@@ -10,6 +10,9 @@ import pytest
 
 from pipeline.params import Params, load_params
 
+# The Airflow fixtures (homes, toy projects, an api-server) for tests/dags and tests/devtools alike.
+pytest_plugins = ["airflow_fixtures"]
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -1,6 +1,6 @@
 """Fixtures for the serving tests: tiny exported candidates and one real Triton server per session.
 
-Candidates come from serving/toy.py (the export stage's layout around a hand-made ONNX graph), so
+Candidates come from devtools/toy.py (the export stage's layout around a hand-made ONNX graph), so
 these tests never depend on the training pipeline having run.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from support import free_ports, local_triton
 
-from serving.toy import build_candidate
+from devtools.toy import build_candidate
 
 
 @pytest.fixture

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from support import ROOT, local_triton
 
+from devtools.toy import build_candidate
 from pipeline.params import GateParams, ServingParams, load_params
 from pipeline.rows import Rows
 from serving.push import ServingSettings
-from serving.toy import build_candidate
 from stages import _cli
 from stages.gate import decide, diff_markdown, score_champion
 

@@ -18,7 +18,7 @@ import numpy as np
 from pipeline.params import ExportParams
 from serving import configs
 
-BACKEND = Path(__file__).resolve().parent / "backend" / "model.py"
+BACKEND = Path(__file__).resolve().parents[1] / "serving" / "backend" / "model.py"
 
 # A model.py whose load fails: the server must keep serving the previous version.
 FAILING_BACKEND = """

@@ -3,19 +3,11 @@
 Everything Airflow keeps (airflow.cfg, the SQLite database, task logs), the workspace's git remote
 (`workspace.git`) and this machine's worker root (task checkouts, DVC cache) live in the ignored
 `.airflow/` folder of the project; the DAG folder is the project's `dags/`. The local Triton
-(`python -m serving start`) is started when it is not running.
-
-    python -m orchestration run-once [--date YYYY-MM-DD]   # airflow dags test retrain <date>, then what serves
-    python -m orchestration ui                               # airflow standalone (UI on 127.0.0.1:8080)
-    python -m orchestration registry                         # the model registry: versions, what is in prod
-    python -m orchestration results                          # the published version's metrics and reports
-    python -m orchestration rollback [--to N]                # Triton serves version N again; #prod moves with it
-    python -m orchestration cluster up|down|status           # CeleryExecutor cluster (orchestration/cluster.py)
+(`python -m serving start`) is started when it is not running. The commands: `devtools/cli.py`.
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import logging
 import os
@@ -25,68 +17,15 @@ import sys
 import time
 from pathlib import Path
 
-from orchestration import results
+from devtools import results
+from devtools.airflow_home import AIRFLOW_DIR, LOOPBACK, airflow_bin, airflow_env, prepare_airflow
+from devtools.triton import ensure_triton
 from pipeline.params import Params, load_params
 
 log = logging.getLogger(__name__)
 
-AIRFLOW_DIR = ".airflow"
 # Lines of a `dags test` run worth showing a person: our task logs and the run's end.
 _SHOWN = re.compile(r"\[(orchestration|stages)\.[\w.]+\]|DagRun Finished|Marking task|ERROR")
-
-
-LOOPBACK = "127.0.0.1"
-
-
-def airflow_env(project: Path) -> dict[str, str]:
-    """Airflow for one person on this machine: everyone who reaches the UI is an admin (no login),
-    so the UI and REST API listen on the loopback interface only. Running it for a team is a
-    different configuration (a real auth manager and users; README, "Running Airflow for a team")."""
-    env = dict(os.environ)
-    port = env.get("AIRFLOW__API__PORT", "8080")
-    env.update(
-        {
-            "AIRFLOW_HOME": str(project / AIRFLOW_DIR),
-            "AIRFLOW__CORE__DAGS_FOLDER": str(project / "dags"),
-            # the reports page and the tasks' "Reports" links (plugins/retrain_reports.py)
-            "AIRFLOW__CORE__PLUGINS_FOLDER": str(project / "plugins"),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            # No login: anyone who reaches the UI may approve a deployment or edit a Connection.
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
-            # Airflow's default is 0.0.0.0 (every interface); with no login that is the network.
-            "AIRFLOW__API__HOST": LOOPBACK,
-            # Tasks report to the Execution API on the address it really listens on.
-            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": env.get(
-                "AIRFLOW__CORE__EXECUTION_API_SERVER_URL", f"http://{LOOPBACK}:{port}/execution/"
-            ),
-            "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
-        }
-    )
-    return env
-
-
-def airflow(env: dict[str, str], *args: str) -> str:
-    cmd = [str(Path(sys.executable).parent / "airflow"), *args]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if result.returncode:
-        raise SystemExit(f"airflow {' '.join(args)} failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
-    return result.stdout
-
-
-def prepare_airflow(env: dict[str, str], params: Params) -> None:
-    """Migrate the metadata database (idempotent) and make sure the GPU pool exists."""
-    started = time.perf_counter()
-    airflow(env, "db", "migrate")
-    af = params.airflow
-    airflow(env, "pools", "set", af.gpu_pool, str(af.gpu_pool_slots), "GPU stages of the retrain DAG (airflow.gpu_*)")
-    log.info("Airflow database ready in %s (%.1fs)", env["AIRFLOW_HOME"], time.perf_counter() - started)
-
-
-def ensure_triton(params: Params) -> None:
-    from serving.server import ServerSettings, start_server
-
-    state = start_server(ServerSettings.from_params(params.serving))
-    log.info("Triton: %s", state.describe())
 
 
 def last_batch(params: Params) -> dt.date:
@@ -129,7 +68,7 @@ def print_served(params: Params) -> None:
 def run_once(project: Path, date: str | None) -> int:
     params = load_params(project / "params.yaml")
     env = airflow_env(project)
-    prepare_airflow(env, params)
+    prepare_airflow(env, params.airflow)
     ensure_triton(params)
     date = date or last_batch(params).isoformat()
     logs = project / AIRFLOW_DIR / "logs"
@@ -142,7 +81,7 @@ def run_once(project: Path, date: str | None) -> int:
     with (
         log_file.open("w") as out,
         subprocess.Popen(
-            [str(Path(sys.executable).parent / "airflow"), "dags", "test", params.airflow.dag_id, date],
+            [airflow_bin(), "dags", "test", params.airflow.dag_id, date],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -227,47 +166,11 @@ def rollback(project: Path, to: int | None) -> int:
 def ui(project: Path) -> None:
     params = load_params(project / "params.yaml")
     env = airflow_env(project)
-    prepare_airflow(env, params)
+    prepare_airflow(env, params.airflow)
     ensure_triton(params)
     port = env.get("AIRFLOW__API__PORT", "8080")
     print(
         f"Airflow UI: http://{LOOPBACK}:{port}, on this machine only (no login: everyone is admin). "
         "Ctrl-C stops it; Triton keeps running: `python -m serving stop`"
     )
-    airflow_bin = str(Path(sys.executable).parent / "airflow")
-    os.execve(airflow_bin, [airflow_bin, "standalone"], env)
-
-
-def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    parser = argparse.ArgumentParser(prog="python -m orchestration", description=__doc__.splitlines()[0])
-    parser.add_argument("--project", default=".", help="project root (default: the current folder)")
-    commands = parser.add_subparsers(dest="command", required=True)
-    once = commands.add_parser("run-once", help="one retrain cycle through Airflow, then print what serves")
-    once.add_argument("--date", help="logical date YYYY-MM-DD (default: the newest demo batch)")
-    commands.add_parser("ui", help="Airflow with the web UI (airflow standalone)")
-    commands.add_parser("registry", help="the model registry on the workspace's git remote (gto show)")
-    commands.add_parser("results", help="check out the published version's metrics and reports in .airflow/results")
-    back = commands.add_parser("rollback", help="serve an earlier version again and move the registry's stage to it")
-    back.add_argument("--to", type=int, help="version to serve (default: the one before the serving one)")
-    cluster = commands.add_parser("cluster", help="a local CeleryExecutor cluster: up | down | status", add_help=False)
-    cluster.add_argument("cluster_args", nargs=argparse.REMAINDER)
-    args, unknown = parser.parse_known_args(argv)  # `cluster` takes its own options (and --help)
-    if unknown and args.command != "cluster":
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    project = Path(args.project).resolve()
-    os.chdir(project)  # params.yaml's relative paths (the Triton repository) are relative to it
-    if args.command == "run-once":
-        sys.exit(run_once(project, args.date))
-    if args.command == "registry":
-        print_registry(project)
-        return
-    if args.command == "results":
-        sys.exit(results.show(project))
-    if args.command == "rollback":
-        sys.exit(rollback(project, args.to))
-    if args.command == "cluster":
-        from orchestration.cluster import main as cluster_main
-
-        sys.exit(cluster_main(project, [*unknown, *args.cluster_args]))
-    ui(project)
+    os.execve(airflow_bin(), [airflow_bin(), "standalone"], env)

@@ -1,0 +1,16 @@
+"""The local Triton of params.yaml `serving:` for `make run`, `make airflow` and `make cluster`."""
+
+from __future__ import annotations
+
+import logging
+
+from pipeline.params import Params
+
+log = logging.getLogger(__name__)
+
+
+def ensure_triton(params: Params) -> None:
+    from serving.server import ServerSettings, start_server
+
+    state = start_server(ServerSettings.from_params(params.serving))
+    log.info("Triton: %s", state.describe())
