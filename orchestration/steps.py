@@ -26,6 +26,7 @@ from orchestration.drift_reference import DriftPaths, commit_reference, drift_pa
 from orchestration.dvc_graph import StageGraph, read_graph
 from orchestration.remote import RemoteError, resolve
 from orchestration.workspace import Workspace
+from pipeline.params import AirflowParams
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,10 @@ class Fleet:
         project: str | Path,
         env: Mapping[str, str] | None = None,
         connection: Mapping[str, Any] | None = None,
+        params: AirflowParams | None = None,
     ) -> Fleet:
-        ws = Workspace.resolve(project, env)
+        """`params`: the project's `airflow:` section when the caller has read it already."""
+        ws = Workspace.resolve(project, env, params)
         remote = resolve(ws.project, ws.params.dvc_remote, env, connection)
         return cls(ws=ws, dvc=dvc_runner.DvcSettings(ws.cache_dir, remote), graph=read_graph(ws.project))
 

@@ -20,9 +20,13 @@ import re
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestration import steps
+
+if TYPE_CHECKING:
+    from pipeline.params import Params
+    from serving.push import ServingSettings
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +48,21 @@ def dvc_remote_connection(conn_id: str) -> dict[str, Any] | None:
     return {"login": conn.login, "password": conn.password, "extra": conn.extra_dejson}
 
 
-def fleet(project: str | Path) -> steps.Fleet:
-    from orchestration.remote import URL_ENV
+def project_params(project: str | Path) -> Params:
+    """The project's params.yaml: read once per task, and handed to everything the task resolves."""
     from pipeline.params import load_params
 
-    af = load_params(Path(project) / "params.yaml").airflow
+    return load_params(Path(project) / "params.yaml")
+
+
+def fleet(project: str | Path, params: Params) -> steps.Fleet:
+    from orchestration.remote import URL_ENV
+
+    af = params.airflow
     url = os.environ.get(URL_ENV) or af.dvc_remote or ""
     # a local folder needs no credentials: skip the lookup (one per task)
     connection = dvc_remote_connection(af.dvc_remote_conn_id) if "://" in url or not url else None
-    return steps.Fleet.resolve(project, connection=connection)
+    return steps.Fleet.resolve(project, connection=connection, params=af)
 
 
 def results(context: Mapping[str, Any], task_ids: Sequence[str]) -> list[dict[str, Any]]:
@@ -94,7 +104,7 @@ def prepare(project: str | Path, context: Mapping[str, Any]) -> dict[str, Any]:
     The Trigger form's values are checked here, before any stage runs."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    setup = fleet(project)
+    setup = fleet(project, project_params(project))
     as_of = run_date(context).isoformat() if setup.ws.params.demo_batches else None
     form = context.get("params") or {}
     try:
@@ -147,13 +157,14 @@ def stage(project: str | Path, name: str, ancestors: Sequence[str], context: Map
     ti = context["ti"]
     prepared = ti.xcom_pull(task_ids=PREPARE_TASK)
     upstream = results(context, ancestors)
-    setup = fleet(project)
+    params = project_params(project)
+    setup = fleet(project, params)
     from stages._cli import FAILURE_FILE_ENV
 
     with tempfile.TemporaryDirectory(prefix="stage-failure-") as tmp:
         cause = Path(tmp) / "cause.txt"
         # DVC passes the environment on to the stage command.
-        added = {FAILURE_FILE_ENV: str(cause), **spark_env(project, setup.ws.params.spark_conn_id)}
+        added = {FAILURE_FILE_ENV: str(cause), **spark_env(params)}
         os.environ.update(added)
         try:
             result = failing_fast(
@@ -167,13 +178,13 @@ def stage(project: str | Path, name: str, ancestors: Sequence[str], context: Map
 
 
 # --- Spark settings -------------------------------------------------------------------------
-def spark_env(project: str | Path, conn_id: str) -> dict[str, str]:
-    """SPARK_MASTER (what pipeline/engines/spark.py reads) from the Airflow Connection `conn_id`,
-    when the project's clean and split run on `engine.name: spark`; {} otherwise or without it."""
-    from pipeline.params import load_params
-
-    if load_params(Path(project) / "params.yaml").engine.name != "spark":
+def spark_env(params: Params) -> dict[str, str]:
+    """SPARK_MASTER (what pipeline/engines/spark.py reads) from the Airflow Connection
+    `airflow.spark_conn_id`, when the project's clean and split run on `engine.name: spark`; {}
+    otherwise or without it."""
+    if params.engine.name != "spark":
         return {}
+    conn_id = params.airflow.spark_conn_id
     from airflow.sdk import Connection
     from airflow.sdk.exceptions import AirflowNotFoundException
 
@@ -205,100 +216,18 @@ def spark_master_url(host: str | None, port: int | None) -> str:
 
 
 # --- Triton settings ------------------------------------------------------------------------
-def triton_env(conn_id: str, project: str | Path | None = None) -> dict[str, str]:
-    """TRITON_* variables (what serving/ reads) from the Airflow Connection `conn_id`.
+def serving_settings(project: str | Path, conn_id: str, params: Params) -> ServingSettings:
+    """The serving code's settings, resolved once: params `serving:`, this worker's TRITON_* and
+    the Airflow Connection `conn_id` (orchestration/triton_hook.py). A Connection that cannot be
+    used as it is fails the task at once (a retry would do the same)."""
+    from airflow.sdk.exceptions import AirflowFailException
 
-    The scheme comes from the host (`https://triton.example.com`), else from the connection type
-    when it is `grpc`/`grpcs`, else from the HTTP hook's `schema` field (`https`), else from the
-    type (`http`, `https`). TLS is on for https/grpcs and whenever an `ssl_*` extra (or `ssl: true`)
-    is set. The password is sent as a bearer token, and only over TLS unless the extra
-    `allow_insecure_token: true` says otherwise. Other extras: `headers` (JSON object),
-    `model_repository` (the live repository the push writes to), `ssl_ca_file`, `ssl_cert_file`,
-    `ssl_key_file`, `ssl_insecure`, `control_key` (the server's model-control key), `candidate_entry`
-    (`gpu` for a server on GPUs: the candidate's KIND_GPU entry is pushed).
-
-    With no such Connection, the environment and params.yaml `serving:` apply (the local server);
-    given the `project`, the local server's state folder is made absolute against it, so that a
-    task running in another folder (the gate, in the workspace) still finds the server's key.
-    """
-    from airflow.sdk import Connection
-    from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundException
+    from orchestration.triton_hook import TritonConnectionError, TritonHook
 
     try:
-        conn = Connection.get(conn_id)
-    except AirflowNotFoundException:
-        log.info("no Airflow Connection %r: Triton settings from TRITON_* / params.yaml serving:", conn_id)
-        return _local_triton_env(project)
-    extra = conn.extra_dejson
-    host_scheme, sep, host = (conn.host or "").strip().partition("://")
-    if not sep:
-        host_scheme, host = "", host_scheme
-    kind, schema = (conn.conn_type or "").lower(), (conn.schema or "").lower()
-    scheme = host_scheme.lower() or (
-        kind if kind in ("grpc", "grpcs") else schema if schema in ("http", "https") else kind
-    )
-    protocol = "grpc" if scheme.startswith("grpc") else "http"
-    ssl_extras = ("ssl_ca_file", "ssl_cert_file", "ssl_key_file")
-    tls = (
-        scheme in ("https", "grpcs")
-        or any(extra.get(key) for key in ssl_extras)
-        or _truthy(extra.get("ssl_insecure"))
-        or _truthy(extra.get("ssl"))
-    )
-    env: dict[str, str] = {"TRITON_PROTOCOL": protocol}
-    if host:
-        env["TRITON_URL"] = f"{protocol + 's' if tls else protocol}://{host.rstrip('/')}"
-        if conn.port:
-            env["TRITON_URL"] += f":{conn.port}"
-    if tls:
-        env["TRITON_SSL"] = "1"
-    allow_insecure = _truthy(extra.get("allow_insecure_token"))
-    if allow_insecure:
-        env["TRITON_ALLOW_INSECURE_TOKEN"] = "1"
-    loopback = host.rsplit(":", 1)[0].strip("[]") in ("127.0.0.1", "localhost", "::1")
-    secrets = [
-        what for what, given in (("a password", conn.password), ("a control_key", extra.get("control_key"))) if given
-    ]
-    if loopback and not conn.password:
-        secrets = []  # the local server's key never leaves this machine
-    if secrets and not tls and not allow_insecure:
-        raise AirflowFailException(
-            f"Airflow Connection {conn_id!r} has {' and '.join(secrets)} but no TLS: it would go out in clear "
-            f"text to {env.get('TRITON_URL', 'the server')}. Use an https:// or grpcs:// host or connection type, "
-            'or an ssl_* extra; only on a trusted network path, set the extra "allow_insecure_token": true.'
-        )
-    if conn.password:
-        env["TRITON_AUTH_TOKEN"] = conn.password
-    if extra.get("headers"):
-        headers = extra["headers"]
-        env["TRITON_HEADERS"] = headers if isinstance(headers, str) else json.dumps(headers)
-    for key in ("model_repository", "candidate_entry", *ssl_extras, "control_key"):
-        if extra.get(key):
-            env[f"TRITON_{key.upper()}"] = str(extra[key])
-    if _truthy(extra.get("ssl_insecure")):
-        env["TRITON_SSL_INSECURE"] = "1"
-    log.info(
-        "Triton from Connection %r: %s (%s%s)",
-        conn_id,
-        env.get("TRITON_URL", "local default"),
-        protocol,
-        ", TLS" if tls else "",
-    )
-    return env
-
-
-def _truthy(value: object) -> bool:
-    return value is True or str(value).strip().lower() in ("1", "true", "yes", "on")
-
-
-def _local_triton_env(project: str | Path | None) -> dict[str, str]:
-    """The local server's state folder (its key file) as an absolute path, when it is relative."""
-    if project is None:
-        return {}
-    from pipeline.params import load_params
-
-    state_dir = Path(os.environ.get("TRITON_STATE_DIR") or load_params(Path(project) / "params.yaml").serving.state_dir)
-    return {"TRITON_STATE_DIR": str(state_dir if state_dir.is_absolute() else Path(project) / state_dir)}
+        return TritonHook(conn_id, project=Path(project).resolve(), serving=params.serving).get_conn()
+    except TritonConnectionError as error:
+        raise AirflowFailException(str(error)) from error
 
 
 # --- gate -----------------------------------------------------------------------------------
@@ -341,15 +270,15 @@ def gate(
     from pipeline.params import load_params
     from stages import gate as gate_stage
 
-    setup = fleet(project)
+    project_wide = project_params(project)
+    setup = fleet(project, project_wide)
     args = dict(evaluate_args)
     if setup.drift:  # the drift stage's summary goes into the report and the approval page
         args["drift"] = setup.drift.metrics
     root = run_outputs(setup, context, stage_ids, "gate", list(args.values()))
-    params = load_params(root / "params.yaml")
+    params = load_params(root / "params.yaml")  # the run's own (the Trigger form may have set keys)
     # The champion is the version pinned in the repository the push writes to (not the checkout's).
-    triton = triton_env(conn_id, setup.ws.project)  # one Connection lookup (and one log line) per task
-    settings = serving_settings(setup.ws.project, conn_id, triton)
+    settings = serving_settings(setup.ws.project, conn_id, project_wide)
     paths = SimpleNamespace(**{key: str(root / path) for key, path in args.items()})
     try:
         decision = gate_stage.run(paths, params.data, settings, params.gate)
@@ -364,22 +293,6 @@ def gate(
 
 
 # --- push -----------------------------------------------------------------------------------
-def serving_settings(project: Path, conn_id: str, triton: Mapping[str, str] | None = None) -> Any:
-    """The serving code's settings: params `serving:` of the project, the Connection's TRITON_*
-    (`triton`, when the caller has them already) over the environment, and a relative model
-    repository taken relative to the project (where `python -m serving start` runs the local
-    server). A repository URL (`s3://...`) passes through as it is."""
-    from pipeline.params import load_params
-    from serving.push import ServingSettings
-
-    params = load_params(project / "params.yaml").serving
-    env = {**os.environ, **(triton_env(conn_id, project) if triton is None else triton)}
-    repository = env.get("TRITON_MODEL_REPOSITORY") or params.repository
-    if "://" not in repository:
-        env["TRITON_MODEL_REPOSITORY"] = str(project / repository)
-    return ServingSettings.from_params(params, env)
-
-
 def push(
     project: str | Path,
     evaluate_args: Mapping[str, str],
@@ -397,10 +310,11 @@ def push(
     from serving.client import ServerUnreachable
     from serving.push import PushError, push_candidate
 
-    setup = fleet(project)
+    params = project_params(project)
+    setup = fleet(project, params)
     paths = [evaluate_args["candidate"], evaluate_args["metrics"]]
     root = run_outputs(setup, context, stage_ids, "push", paths)
-    settings = serving_settings(setup.ws.project, conn_id)
+    settings = serving_settings(setup.ws.project, conn_id, params)
     log.info(
         "pushing %s to %s (repository %s)", evaluate_args["candidate"], settings.client.describe(), settings.repository
     )
@@ -468,7 +382,7 @@ def publish_run(
 
     from orchestration.workspace import remote_ref
 
-    setup = fleet(project)
+    setup = fleet(project, project_params(project))
     tag = f"{setup.ws.params.tag_prefix}{pushed['version']}"
     if not pushed.get("created", True) and remote_ref(setup.ws, f"refs/tags/{tag}"):
         raise AirflowSkipException(

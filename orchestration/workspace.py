@@ -60,10 +60,13 @@ class Workspace:
     worker_root: Path  # this worker's checkouts and DVC cache
 
     @classmethod
-    def resolve(cls, project: str | Path, env: Mapping[str, str] | None = None) -> Workspace:
+    def resolve(
+        cls, project: str | Path, env: Mapping[str, str] | None = None, params: AirflowParams | None = None
+    ) -> Workspace:
+        """`params`: the project's `airflow:` section (read from its params.yaml when not given)."""
         env = os.environ if env is None else env
         project = Path(project).resolve()
-        params = load_params(project / "params.yaml").airflow
+        params = params or load_params(project / "params.yaml").airflow
         remote = env.get(GIT_REMOTE_ENV) or params.git_remote
         if not is_url(remote):
             remote = str((project / remote).resolve())

@@ -36,11 +36,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
-from pydantic import ValidationError
 
 from pipeline.errors import StageError
-from pipeline.params import ParamsError, ServingParams
+from pipeline.params import ServingParams
 from serving.client import ClientError, ClientSettings, ServerUnreachable, TritonClient
+from serving.overrides import Overrides
 from serving.repository import (
     Candidate,
     RepositoryError,
@@ -72,33 +72,6 @@ class PushError(StageError):
     """A push, rollback or prune failed; the message says what failed and what serves now."""
 
 
-def _checked(params: ServingParams, overrides: Mapping[str, tuple[str, Any]]) -> ServingParams:
-    """`params` with overrides (key -> (where it came from, value)) put through params' own checks."""
-    given = {key: value for key, (_, value) in overrides.items() if value is not None}
-    if not given:
-        return params
-    try:
-        return ServingParams.model_validate({**params.model_dump(), **given})
-    except ValidationError as error:
-        problems = []
-        for item in error.errors():
-            keys = [str(item["loc"][0])] if item["loc"] else list(given)  # a model-level check: any of them
-            sources = ", ".join(f"{overrides[key][0]}={given[key]!r}" for key in keys if key in given)
-            where = f"serving.{keys[0]}: " if item["loc"] else ""
-            problems.append(f"{sources or 'params.yaml'}: {where}{item['msg']}")
-        raise ParamsError("; ".join(problems)) from None
-
-
-def _number(env: Mapping[str, str], name: str, cast: Callable[[str], T]) -> tuple[str, T | None]:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return name, None
-    try:
-        return name, cast(raw)
-    except ValueError:
-        raise ParamsError(f"{name}={raw!r} is not a {cast.__name__}") from None
-
-
 @dataclass(frozen=True)
 class ServingSettings:
     """Everything the operations need: how to reach the server and where its repository lives."""
@@ -110,29 +83,36 @@ class ServingSettings:
     candidate_entry: str = "triton"  # which entry of the candidate to push (see serving.repository.candidate)
 
     @classmethod
+    def resolve(cls, params: ServingParams, overrides: Overrides, root: Path | None = None) -> ServingSettings:
+        """Params `serving:` with `overrides` (serving/overrides.py: the environment, an Airflow
+        Connection, a command line), checked as params are; a relative local repository and state
+        folder are taken relative to `root` when given (where `python -m serving start` runs the
+        local server). A repository URL (`s3://...`) passes through as it is."""
+        resolved = overrides.apply(params)
+        repository = resolved.repository
+        if "://" not in repository and root is not None and not Path(repository).is_absolute():
+            repository = str(root / repository)
+        return cls(
+            client=ClientSettings.resolve(params, overrides, root),
+            repository=repository if "://" in repository else Path(repository),
+            load_timeout_s=resolved.load_timeout_s,
+            retention=resolved.retention,
+            candidate_entry=resolved.candidate_entry,
+        )
+
+    @classmethod
     def from_params(
         cls, params: ServingParams, env: Mapping[str, str] | None = None, *, retention: int | None = None
     ) -> ServingSettings:
-        """Params, overridden by TRITON_MODEL_REPOSITORY, TRITON_LOAD_TIMEOUT_S and
-        TRITON_CANDIDATE_ENTRY (and `retention` from a command line), each checked as params are."""
-        env = os.environ if env is None else env
-        params = _checked(
-            params,
-            {
-                "repository": ("TRITON_MODEL_REPOSITORY", env.get("TRITON_MODEL_REPOSITORY") or None),
-                "load_timeout_s": _number(env, "TRITON_LOAD_TIMEOUT_S", float),
-                "candidate_entry": ("TRITON_CANDIDATE_ENTRY", env.get("TRITON_CANDIDATE_ENTRY") or None),
-                "retention": ("--retention", retention),
-            },
-        )
-        repository = params.repository
-        return cls(
-            client=ClientSettings.from_params(params, env),
-            repository=repository if "://" in repository else Path(repository),
-            load_timeout_s=params.load_timeout_s,
-            retention=params.retention,
-            candidate_entry=params.candidate_entry,
-        )
+        """Params with the `TRITON_*` variables of `env` (default: this process's environment; see
+        ClientSettings.from_params, and TRITON_MODEL_REPOSITORY, TRITON_LOAD_TIMEOUT_S,
+        TRITON_CANDIDATE_ENTRY) and `retention` from a command line."""
+        overrides = Overrides.from_env(os.environ if env is None else env)
+        if retention is not None:
+            overrides = overrides.merged(
+                Overrides(params={"retention": retention}, sources={"retention": "--retention"})
+            )
+        return cls.resolve(params, overrides)
 
     @property
     def lock_timeout_s(self) -> float:
@@ -711,8 +691,8 @@ def prune_versions(name: str, settings: ServingSettings, retention: int | None =
     target and the `retention` most recently served good ones."""
     validate_model_name(name)
     if retention is not None:
-        checked = _checked(ServingParams(), {"retention": ("--retention", retention)}).retention
-        settings = dataclasses.replace(settings, retention=checked)
+        given = Overrides(params={"retention": retention}, sources={"retention": "--retention"})
+        settings = dataclasses.replace(settings, retention=given.apply(ServingParams()).retention)
     repo = settings.open_repository()
     with TritonClient(settings.client) as client, repo.lock(name, settings.lock_timeout_s):
         _check_server(client, repo, name)

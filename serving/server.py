@@ -41,7 +41,7 @@ from pathlib import Path
 from pipeline.atomic import write_text
 from pipeline.params import ServingParams
 from serving import control
-from serving.overrides import apply_env
+from serving.overrides import Overrides
 from serving.repository import open_store
 
 log = logging.getLogger(__name__)
@@ -72,11 +72,10 @@ class ServerSettings:
     control_key: str | None = field(default=None, repr=False)
 
     @classmethod
-    def from_params(cls, params: ServingParams, env: Mapping[str, str] | None = None) -> ServerSettings:
-        """Params, overridden by `TRITON_MODEL_REPOSITORY`, `TRITON_STATE_DIR`, `TRITON_*_PORT` and
-        `TRITON_START_TIMEOUT_S` (checked like params), and `TRITON_CONTROL_KEY`."""
-        env = os.environ if env is None else env
-        params = apply_env(params, env, SERVER_ENV)
+    def resolve(cls, params: ServingParams, overrides: Overrides) -> ServerSettings:
+        """Params `serving:` with `overrides` (serving/overrides.py) of the repository, state
+        folder, ports and start timeout, checked like params; and the model-control key."""
+        params = overrides.apply(params)
         return cls(
             repository=_repository(params.repository),
             state_dir=Path(params.state_dir),
@@ -84,8 +83,14 @@ class ServerSettings:
             grpc_port=params.grpc_port,
             metrics_port=params.metrics_port,
             start_timeout_s=params.start_timeout_s,
-            control_key=env.get("TRITON_CONTROL_KEY") or None,
+            control_key=overrides.control_key,
         )
+
+    @classmethod
+    def from_params(cls, params: ServingParams, env: Mapping[str, str] | None = None) -> ServerSettings:
+        """Params with the `TRITON_*` variables of `env` (default: this process's environment):
+        TRITON_MODEL_REPOSITORY, TRITON_STATE_DIR, TRITON_*_PORT, TRITON_START_TIMEOUT_S, TRITON_CONTROL_KEY."""
+        return cls.resolve(params, Overrides.from_env(os.environ if env is None else env))
 
     @property
     def pid_file(self) -> Path:
@@ -129,17 +134,6 @@ class ServerSettings:
 
     def with_ports(self, http: int, grpc: int, metrics: int) -> ServerSettings:
         return replace(self, http_port=http, grpc_port=grpc, metrics_port=metrics)
-
-
-# What each `TRITON_*` variable overrides in params.yaml `serving:` for the local server.
-SERVER_ENV = {
-    "TRITON_MODEL_REPOSITORY": "repository",
-    "TRITON_STATE_DIR": "state_dir",
-    "TRITON_HTTP_PORT": "http_port",
-    "TRITON_GRPC_PORT": "grpc_port",
-    "TRITON_METRICS_PORT": "metrics_port",
-    "TRITON_START_TIMEOUT_S": "start_timeout_s",
-}
 
 
 @dataclass(frozen=True)

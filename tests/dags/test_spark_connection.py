@@ -33,8 +33,10 @@ def test_the_master_url_of_a_spark_connection(host: str, port: int | None, maste
 
 PROBE = """
 import json, sys
-from orchestration.tasks import spark_env
-print(json.dumps({conn: spark_env(sys.argv[1], conn) for conn in sys.argv[2:]}))
+from orchestration.tasks import project_params, spark_env
+params = project_params(sys.argv[1])
+named = lambda conn: params.model_copy(update={"airflow": params.airflow.model_copy(update={"spark_conn_id": conn})})
+print(json.dumps({conn: spark_env(named(conn)) for conn in sys.argv[2:]}))
 """
 
 

@@ -365,10 +365,16 @@ def test_rollback_skips_a_rejected_version_and_prune_keeps_the_last_good_one(ser
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"TRITON_LOAD_TIMEOUT_S": "0"}, "TRITON_LOAD_TIMEOUT_S=0.0: serving.load_timeout_s"),
-        ({"TRITON_LOAD_TIMEOUT_S": "-5"}, "TRITON_LOAD_TIMEOUT_S=-5.0"),
-        ({"TRITON_LOAD_TIMEOUT_S": "soon"}, "TRITON_LOAD_TIMEOUT_S='soon' is not a float"),
-        ({"TRITON_CANDIDATE_ENTRY": "tpu"}, "TRITON_CANDIDATE_ENTRY='tpu': serving.candidate_entry"),
+        (
+            {"TRITON_LOAD_TIMEOUT_S": "0"},
+            "TRITON_LOAD_TIMEOUT_S='0': Input should be greater than 0 (as serving.load_timeout_s",
+        ),
+        ({"TRITON_LOAD_TIMEOUT_S": "-5"}, "TRITON_LOAD_TIMEOUT_S='-5'"),
+        ({"TRITON_LOAD_TIMEOUT_S": "soon"}, "TRITON_LOAD_TIMEOUT_S='soon': Input should be a valid number"),
+        (
+            {"TRITON_CANDIDATE_ENTRY": "tpu"},
+            "TRITON_CANDIDATE_ENTRY='tpu': Input should be 'triton', 'gpu' or 'gpu_torchscript' (as serving.candidate_entry",
+        ),
     ],
 )
 def test_environment_overrides_are_checked_like_params(env, message):
