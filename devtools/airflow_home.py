@@ -16,7 +16,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from pipeline.params import AirflowParams
+from orchestration.params import AirflowParams
 
 log = logging.getLogger(__name__)
 

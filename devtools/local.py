@@ -20,7 +20,7 @@ from pathlib import Path
 from devtools import results
 from devtools.airflow_home import AIRFLOW_DIR, LOOPBACK, airflow_bin, airflow_env, prepare_airflow
 from devtools.triton import ensure_triton
-from pipeline.params import Params, load_params
+from orchestration.params import ProjectParams, load_project_params
 
 log = logging.getLogger(__name__)
 
@@ -28,12 +28,12 @@ log = logging.getLogger(__name__)
 _SHOWN = re.compile(r"\[(orchestration|stages)\.[\w.]+\]|DagRun Finished|Marking task|ERROR")
 
 
-def last_batch(params: Params) -> dt.date:
+def last_batch(params: ProjectParams) -> dt.date:
     """The date of the newest demo batch: a run on it ingests all of them."""
     return dt.date.fromisoformat(params.embed.first_batch) + dt.timedelta(weeks=params.embed.batches - 1)
 
 
-def print_served(params: Params) -> None:
+def print_served(params: ProjectParams) -> None:
     """The serving version, its lineage and metrics, and a prediction through tritonclient."""
     import numpy as np
 
@@ -66,7 +66,7 @@ def print_served(params: Params) -> None:
 
 
 def run_once(project: Path, date: str | None) -> int:
-    params = load_params(project / "params.yaml")
+    params = load_project_params(project / "params.yaml")
     env = airflow_env(project)
     prepare_airflow(env, params.airflow)
     ensure_triton(params)
@@ -133,7 +133,7 @@ def rollback(project: Path, to: int | None) -> int:
     from serving.push import PushError, ServingSettings
     from serving.push import rollback as serving_rollback
 
-    params = load_params(project / "params.yaml")
+    params = load_project_params(project / "params.yaml")
     model = params.export.model_name
     try:
         result = serving_rollback(model, ServingSettings.from_params(params.serving), to=to)
@@ -164,7 +164,7 @@ def rollback(project: Path, to: int | None) -> int:
 
 
 def ui(project: Path) -> None:
-    params = load_params(project / "params.yaml")
+    params = load_project_params(project / "params.yaml")
     env = airflow_env(project)
     prepare_airflow(env, params.airflow)
     ensure_triton(params)

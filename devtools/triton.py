@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 
-from pipeline.params import Params
+from orchestration.params import ProjectParams
 
 log = logging.getLogger(__name__)
 
 
-def ensure_triton(params: Params) -> None:
+def ensure_triton(params: ProjectParams) -> None:
     from serving.server import ServerSettings, start_server
 
     state = start_server(ServerSettings.from_params(params.serving))

@@ -24,9 +24,9 @@ from typing import Any
 from orchestration import dvc_runner, lockfile, registry, workspace
 from orchestration.drift_reference import DriftPaths, commit_reference, drift_paths, write_reference
 from orchestration.dvc_graph import StageGraph, read_graph
+from orchestration.params import AirflowParams
 from orchestration.remote import RemoteError, resolve
 from orchestration.workspace import Workspace
-from pipeline.params import AirflowParams
 
 log = logging.getLogger(__name__)
 

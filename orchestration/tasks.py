@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from orchestration import steps
 
 if TYPE_CHECKING:
-    from pipeline.params import Params
+    from orchestration.params import ProjectParams
     from serving.push import ServingSettings
 
 log = logging.getLogger(__name__)
@@ -48,14 +48,14 @@ def dvc_remote_connection(conn_id: str) -> dict[str, Any] | None:
     return {"login": conn.login, "password": conn.password, "extra": conn.extra_dejson}
 
 
-def project_params(project: str | Path) -> Params:
+def project_params(project: str | Path) -> ProjectParams:
     """The project's params.yaml: read once per task, and handed to everything the task resolves."""
-    from pipeline.params import load_params
+    from orchestration.params import load_project_params
 
-    return load_params(Path(project) / "params.yaml")
+    return load_project_params(Path(project) / "params.yaml")
 
 
-def fleet(project: str | Path, params: Params) -> steps.Fleet:
+def fleet(project: str | Path, params: ProjectParams) -> steps.Fleet:
     from orchestration.remote import URL_ENV
 
     af = params.airflow
@@ -124,8 +124,9 @@ def form_overrides(project: Path, form: Mapping[str, Any]) -> dict[str, str | No
     """The params.yaml keys the Trigger form sets for this run, checked: a data source that does
     not exist here, or params that no longer load, raise ValueError naming the cause."""
 
+    from orchestration.params import ProjectParams
     from orchestration.workspace import set_param
-    from pipeline.params import Params, read_yaml
+    from pipeline.params import read_yaml
 
     overrides: dict[str, str | None] = {}
     source = (form.get("data_source") or "").strip()
@@ -144,7 +145,7 @@ def form_overrides(project: Path, form: Mapping[str, Any]) -> dict[str, str | No
         section, key = dotted.split(".", 1)
         text = set_param(text, section, key, value)
     try:
-        Params.model_validate(read_yaml(text))
+        ProjectParams.model_validate(read_yaml(text))
     except Exception as error:  # pydantic's ValidationError names the key
         raise ValueError(f"params.yaml with {overrides} does not load: {error}") from error
     return overrides
@@ -178,7 +179,7 @@ def stage(project: str | Path, name: str, ancestors: Sequence[str], context: Map
 
 
 # --- Spark settings -------------------------------------------------------------------------
-def spark_env(params: Params) -> dict[str, str]:
+def spark_env(params: ProjectParams) -> dict[str, str]:
     """SPARK_MASTER (what pipeline/engines/spark.py reads) from the Airflow Connection
     `airflow.spark_conn_id`, when the project's clean and split run on `engine.name: spark`; {}
     otherwise or without it."""
@@ -216,7 +217,7 @@ def spark_master_url(host: str | None, port: int | None) -> str:
 
 
 # --- Triton settings ------------------------------------------------------------------------
-def serving_settings(project: str | Path, conn_id: str, params: Params) -> ServingSettings:
+def serving_settings(project: str | Path, conn_id: str, params: ProjectParams) -> ServingSettings:
     """The serving code's settings, resolved once: params `serving:`, this worker's TRITON_* and
     the Airflow Connection `conn_id` (orchestration/triton_hook.py). A Connection that cannot be
     used as it is fails the task at once (a retry would do the same)."""
@@ -265,9 +266,9 @@ def gate(
 
     from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+    from orchestration.params import load_project_params
     from pipeline import atomic
     from pipeline.errors import StageError
-    from pipeline.params import load_params
     from stages import gate as gate_stage
 
     project_wide = project_params(project)
@@ -276,7 +277,7 @@ def gate(
     if setup.drift:  # the drift stage's summary goes into the report and the approval page
         args["drift"] = setup.drift.metrics
     root = run_outputs(setup, context, stage_ids, "gate", list(args.values()))
-    params = load_params(root / "params.yaml")  # the run's own (the Trigger form may have set keys)
+    params = load_project_params(root / "params.yaml")  # the run's own (the Trigger form may have set keys)
     # The champion is the version pinned in the repository the push writes to (not the checkout's).
     settings = serving_settings(setup.ws.project, conn_id, project_wide)
     paths = SimpleNamespace(**{key: str(root / path) for key, path in args.items()})

@@ -31,8 +31,9 @@ from typing import Any
 
 from airflow.sdk import BaseHook
 
-from pipeline.params import ParamsError, ServingParams
+from pipeline.params import ParamsError
 from serving.overrides import Overrides
+from serving.params import ServingParams
 from serving.push import ServingSettings
 
 log = logging.getLogger(__name__)

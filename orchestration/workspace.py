@@ -34,10 +34,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from orchestration.params import AirflowParams, load_project_params, parse_project_params
 from orchestration.remote import redact
 from pipeline import atomic
 from pipeline.errors import StageError
-from pipeline.params import AirflowParams, load_params, parse_params, read_yaml
+from pipeline.params import read_yaml
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ class Workspace:
         """`params`: the project's `airflow:` section (read from its params.yaml when not given)."""
         env = os.environ if env is None else env
         project = Path(project).resolve()
-        params = params or load_params(project / "params.yaml").airflow
+        params = params or load_project_params(project / "params.yaml").airflow
         remote = env.get(GIT_REMOTE_ENV) or params.git_remote
         if not is_url(remote):
             remote = str((project / remote).resolve())
@@ -281,7 +282,7 @@ def sync(project: Path, root: Path, as_of: str | None, owned: Collection[str] = 
     text = (project / "params.yaml").read_text()
     if as_of is not None:
         text = set_param(text, "embed", "as_of", as_of)
-        checked = parse_params(read_yaml(text), "workspace params.yaml")
+        checked = parse_project_params(read_yaml(text), "workspace params.yaml")
         assert checked.embed.as_of == as_of, "set_param wrote the wrong line"
     if not params_path.exists() or params_path.read_text() != text:
         atomic.write_text(params_path, text)

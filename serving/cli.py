@@ -11,13 +11,15 @@ import json
 import logging
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from pipeline.errors import StageError
-from pipeline.params import DEFAULT_PATH, Params, load_params
+from pipeline.params import DEFAULT_PATH, load_params
 from serving import push as ops
 from serving.client import ClientError, ServerUnreachable, TritonClient
 from serving.metrics import MetricsUnavailable, VersionCounters, live_counters
+from serving.params import ServingParams, serving_params
 from serving.server import ServerError, ServerSettings, server_state, start_server, stop_server
 
 log = logging.getLogger("serving")
@@ -107,6 +109,19 @@ def format_result(result: ops.PushResult) -> str:
     return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class Params:
+    """What the commands read from params.yaml: `serving:`, and the default model name."""
+
+    serving: ServingParams
+    model_name: str  # export.model_name
+
+
+def read_params(path: str) -> Params:
+    loaded = load_params(path)
+    return Params(serving_params(loaded, path), loaded.export.model_name)
+
+
 # --- commands -------------------------------------------------------------------------------------
 def cmd_start(args: argparse.Namespace, params: Params) -> dict[str, Any]:
     server = ServerSettings.from_params(params.serving)
@@ -154,16 +169,14 @@ def cmd_push(args: argparse.Namespace, params: Params) -> dict[str, Any]:
 
 
 def cmd_rollback(args: argparse.Namespace, params: Params) -> dict[str, Any]:
-    result = ops.rollback(
-        args.model or params.export.model_name, ops.ServingSettings.from_params(params.serving), to=args.to
-    )
+    result = ops.rollback(args.model or params.model_name, ops.ServingSettings.from_params(params.serving), to=args.to)
     if not args.json:
         print(format_result(result))
     return result.to_dict()
 
 
 def cmd_prune(args: argparse.Namespace, params: Params) -> dict[str, Any]:
-    name = args.model or params.export.model_name
+    name = args.model or params.model_name
     removed = ops.prune_versions(name, ops.ServingSettings.from_params(params.serving), args.retention)
     if not args.json:
         print(f"{name}: pruned versions {removed}" if removed else f"{name}: nothing to prune")
@@ -172,7 +185,7 @@ def cmd_prune(args: argparse.Namespace, params: Params) -> dict[str, Any]:
 
 def cmd_sample(args: argparse.Namespace, params: Params) -> dict[str, Any]:
     """Send the serving version's golden inputs through tritonclient and show the predictions."""
-    name = args.model or params.export.model_name
+    name = args.model or params.model_name
     settings = ops.ServingSettings.from_params(params.serving)
     repo = settings.open_repository()
     version = repo.serving_version(name)
@@ -246,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        outcome = COMMANDS[args.command](args, load_params(args.params))
+        outcome = COMMANDS[args.command](args, read_params(args.params))
     except EXPECTED as error:
         log.error("%s failed: %s", args.command, error)
         print(f"\n{args.command} failed: {error}", file=sys.stderr)

@@ -23,9 +23,10 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import numpy as np
 
 from pipeline.errors import StageError
-from pipeline.params import ParamsError, ServingParams
+from pipeline.params import ParamsError
 from serving import control
 from serving.overrides import Overrides
+from serving.params import ServingParams
 
 if TYPE_CHECKING:
     from serving.server import ServerSettings

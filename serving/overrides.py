@@ -20,7 +20,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from pipeline.params import ParamsError, ServingParams
+from pipeline.params import ParamsError
+from serving.params import ServingParams
 
 # What each `TRITON_*` variable overrides in params.yaml `serving:`.
 PARAMS_ENV = {

@@ -38,9 +38,9 @@ from typing import Any, TypeVar
 import numpy as np
 
 from pipeline.errors import StageError
-from pipeline.params import ServingParams
 from serving.client import ClientError, ClientSettings, ServerUnreachable, TritonClient
 from serving.overrides import Overrides
+from serving.params import ServingParams
 from serving.repository import (
     Candidate,
     RepositoryError,

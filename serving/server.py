@@ -39,9 +39,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pipeline.atomic import write_text
-from pipeline.params import ServingParams
 from serving import control
 from serving.overrides import Overrides
+from serving.params import ServingParams
 from serving.repository import open_store
 
 log = logging.getLogger(__name__)

@@ -25,12 +25,13 @@ import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
+from pydantic import Field, model_validator
 
 from pipeline import atomic
-from pipeline.params import DataParams, GateParams
+from pipeline.params import DataParams, Fraction, Section, parse_as
 from stages import _cli
 
 if TYPE_CHECKING:  # serving/ (and tritonclient) load only when the champion is scored
@@ -39,6 +40,22 @@ if TYPE_CHECKING:  # serving/ (and tritonclient) load only when the champion is 
 log = logging.getLogger(__name__)
 
 REJECTED_EXIT = 3
+
+
+class GateParams(Section):
+    """Champion vs challenger thresholds for the approval gate (TFX-style): every metric named here
+    is one where higher is better, as reported by the evaluate stage."""
+
+    floors: dict[str, Fraction] = {"accuracy": 0.95, "f1_macro": 0.95}
+    max_regression: dict[str, Fraction] = {"accuracy": 0.01, "f1_macro": 0.01}
+    report: str = "reports/gate.json"
+    max_epsilon: Annotated[float, Field(gt=0.0)] | None = None  # None: privacy not required
+
+    @model_validator(mode="after")
+    def _check(self) -> GateParams:
+        if not self.floors and not self.max_regression:
+            raise ValueError("name at least one metric in floors or max_regression")
+        return self
 
 
 @dataclass(frozen=True)
@@ -294,10 +311,12 @@ def main() -> None:
     p.add_argument("--report", help="where to write the gate report (default: gate.report in params)")
 
     def body(args: Any, params: Any) -> Decision:
+        from serving.params import serving_params
         from serving.push import ServingSettings
 
-        decision = run(args, params.data, ServingSettings.from_params(params.serving), params.gate)
-        atomic.write_json(args.report or params.gate.report, decision.to_json())
+        gate = parse_as(GateParams, params.gate, args.params, "gate")
+        decision = run(args, params.data, ServingSettings.from_params(serving_params(params, args.params)), gate)
+        atomic.write_json(args.report or gate.report, decision.to_json())
         log.info("gate %s\n%s", decision.reason, diff_markdown(decision))
         return decision
 

@@ -67,9 +67,9 @@ def up(settings: ClusterSettings, env: Mapping[str, str] | None = None, triton: 
         prepare_cluster_airflow(settings, shared)  # migrate (idempotent, but seconds) only when something starts
     if triton:
         from devtools.triton import ensure_triton
-        from pipeline.params import load_params
+        from orchestration.params import load_project_params
 
-        ensure_triton(load_params(settings.project / "params.yaml"))
+        ensure_triton(load_project_params(settings.project / "params.yaml"))
     names = []
     for name in SERVICES:
         names.append(name)

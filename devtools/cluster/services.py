@@ -132,10 +132,10 @@ def worker_ready(settings: ClusterSettings, worker: Worker) -> bool:
 
 
 def prepare_cluster_airflow(settings: ClusterSettings, env: Mapping[str, str]) -> None:
-    from pipeline.params import load_params
+    from orchestration.params import load_project_params
 
     settings.home.mkdir(parents=True, exist_ok=True)
-    prepare_airflow(env, load_params(settings.project / "params.yaml").airflow)
+    prepare_airflow(env, load_project_params(settings.project / "params.yaml").airflow)
 
 
 def wait_ready(settings: ClusterSettings, names: list[str]) -> dict[str, Any]:

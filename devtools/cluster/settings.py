@@ -48,10 +48,10 @@ class ClusterSettings:
     @classmethod
     def default(cls, project: str | Path, state: str | Path | None = None, **overrides: Any) -> ClusterSettings:
         """One CPU worker on the default queue and one GPU worker on `airflow.gpu_queue`."""
-        from pipeline.params import load_params
+        from orchestration.params import load_project_params
 
         project = Path(project).resolve()
-        gpu_queue = load_params(project / "params.yaml").airflow.gpu_queue
+        gpu_queue = load_project_params(project / "params.yaml").airflow.gpu_queue
         workers = (
             Worker("cpu-1", DEFAULT_QUEUE, concurrency=2, log_port=8793),
             Worker("gpu-1", gpu_queue, concurrency=1, log_port=8795),

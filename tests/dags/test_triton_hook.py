@@ -40,7 +40,7 @@ PROBE = """
 import json, os, sys
 from pathlib import Path
 from orchestration.triton_hook import TritonHook
-from pipeline.params import ServingParams
+from serving.params import ServingParams
 
 out = {}
 for conn_id in sys.argv[1:]:

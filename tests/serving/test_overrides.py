@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.params import ParamsError, ServingParams
+from pipeline.params import ParamsError
 from serving.overrides import Overrides
+from serving.params import ServingParams
 from serving.push import ServingSettings
 
 

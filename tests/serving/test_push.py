@@ -18,9 +18,10 @@ from airflow.sdk.exceptions import AirflowTaskTerminated, AirflowTaskTimeout
 from serving_traffic import Traffic
 from support import ROOT, S3_ENV, free_ports, moto_s3
 
-from pipeline.params import ParamsError, ServingParams
+from pipeline.params import ParamsError
 from serving import push as push_module
 from serving.client import ClientSettings, TritonClient
+from serving.params import ServingParams
 from serving.push import PushError, ServingSettings, prune_versions, push_candidate, rollback, serving_status
 from serving.repository import RepositoryError, TritonRepository, config_json, load_candidate, pin_versions
 from serving.server import ServerSettings, start_server, stop_server

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 from support import S3_ENV, moto_s3
 
-from pipeline.params import ServingParams
+from serving.params import ServingParams
 from serving.repository import (
     RepositoryError,
     RepositoryFull,

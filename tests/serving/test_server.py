@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from support import free_ports
 
-from pipeline.params import ServingParams
 from serving import control, server
 from serving.client import ClientError, ClientSettings, TritonClient
+from serving.params import ServingParams
 from serving.push import ServingSettings, push_candidate, rollback, serving_status
 from serving.server import (
     ServerError,

@@ -7,11 +7,12 @@ import pytest
 from support import ROOT, local_triton
 
 from devtools.toy import build_candidate
-from pipeline.params import GateParams, ServingParams, load_params
+from orchestration.params import load_project_params
 from pipeline.rows import Rows
+from serving.params import ServingParams
 from serving.push import ServingSettings
 from stages import _cli
-from stages.gate import decide, diff_markdown, score_champion
+from stages.gate import GateParams, decide, diff_markdown, score_champion
 
 PARAMS = GateParams(floors={"accuracy": 0.9, "f1_macro": 0.9}, max_regression={"accuracy": 0.01})
 GOOD = {"accuracy": 0.97, "f1_macro": 0.96, "test_rows": 270}
@@ -100,7 +101,7 @@ def params(triton):
         retries=1,
         backoff_s=0.1,
     )
-    return load_params(ROOT / "params.yaml").model_copy(update={"serving": serving})
+    return load_project_params(ROOT / "params.yaml").model_copy(update={"serving": serving})
 
 
 def rows_and_labels(candidate, count: int = 20) -> Rows:
