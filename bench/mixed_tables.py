@@ -16,7 +16,6 @@ against an all-numeric one with the same number of columns.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import tempfile
@@ -33,6 +32,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # the synthetic table the tests use
 from mixed_data import data_section, mixed_table  # noqa: E402
 
 from pipeline import atomic, transform  # noqa: E402
+from pipeline.candidate import GOLDEN_FILE, read_golden  # noqa: E402
 from pipeline.params import CleanParams, Params, parse_params  # noqa: E402
 from pipeline.rows import Rows, SplitTable  # noqa: E402
 from stages import clean, evaluate, export, train  # noqa: E402
@@ -85,8 +85,8 @@ def latency(out: dict[str, Path], requests: int) -> dict[str, dict[int, float]]:
         inputs, served = {}, {}
         for name, folder in out.items():
             push_candidate(folder, settings)
-            golden = json.loads((folder / "golden.json").read_text())
-            inputs[name], served[name] = golden_inputs(golden), golden["model_name"]
+            golden = read_golden(folder / GOLDEN_FILE)
+            inputs[name], served[name] = golden_inputs(golden), golden.model_name
         times: dict[str, dict[int, list[float]]] = {name: {1: [], 64: []} for name in out}
         with TritonClient(client) as triton:
 

@@ -69,6 +69,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from devtools.toy import BACKEND, NOOP_BACKEND, build_candidate  # noqa: E402
+from pipeline.candidate import ENTRY_ONNX_FILE  # noqa: E402
 from pipeline.params import ExportParams, load_params  # noqa: E402
 from serving import configs, metrics  # noqa: E402
 from serving.client import ClientSettings, Protocol, TritonClient  # noqa: E402
@@ -142,7 +143,7 @@ def install(repository: Path, candidate: Path, variant: Variant, signature: conf
     """Write the variant as version 1 of a model in the scratch repository."""
     folder = repository / variant.name
     (folder / "1").mkdir(parents=True)
-    shutil.copyfile(load_candidate(candidate).model_files / configs.ONNX_FILENAME, folder / "1" / configs.ONNX_FILENAME)
+    shutil.copyfile(load_candidate(candidate).model_files / ENTRY_ONNX_FILE, folder / "1" / ENTRY_ONNX_FILE)
     (folder / "1" / "model.py").write_text(variant.backend)
     (folder / "config.pbtxt").write_text(configs.python_backend_config(variant.export, signature))
 
@@ -538,7 +539,7 @@ def main() -> None:
         batches = {
             r: [rng.uniform(0, 16, (r, signature.n_features)).astype(np.float32) for _ in range(64)] for r in (1, 64)
         }
-        onnx_path = repository / "ours" / "1" / configs.ONNX_FILENAME
+        onnx_path = repository / "ours" / "1" / ENTRY_ONNX_FILE
         names = [v.name for v in chosen]
         everything: dict[str, Any] = {}
         for protocol in protocols:

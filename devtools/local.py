@@ -53,15 +53,14 @@ def print_served(params: ProjectParams) -> None:
         if model.serving is None:
             continue
         sample = settings.open_repository().golden(model.model, model.serving)  # local folder or s3://
-        if sample is not None:
-            rows = np.asarray(sample["inputs"][:3], dtype=np.float32)
+        if sample is not None and not isinstance(sample.inputs, dict):
+            rows = np.asarray(sample.inputs[:3], dtype=np.float32)
             probabilities = predict(rows, model.model, settings=settings.client)
-            classes = params.data.classes
             print(
                 "  sample prediction:",
-                [classes[i] for i in probabilities.argmax(axis=1)],
+                [params.data.classes[i] for i in probabilities.argmax(axis=1)],
                 "expected",
-                [classes[i] for i in sample["labels"][:3]] if "labels" in sample else "?",
+                sample.labels[:3] or "?",
             )
 
 

@@ -26,6 +26,7 @@ from orchestration.drift_reference import DriftPaths, commit_reference, drift_pa
 from orchestration.dvc_graph import StageGraph, read_graph
 from orchestration.params import AirflowParams
 from orchestration.remote import RemoteError, resolve
+from orchestration.run_values import PreparedRun
 from orchestration.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ def inputs(graph: StageGraph, name: str) -> tuple[list[str], list[str]]:
 
 def prepare(
     fleet: Fleet, run_id: str, as_of: str | None, overrides: Mapping[str, str | None] | None = None
-) -> dict[str, Any]:
+) -> PreparedRun:
     """`overrides`: `section.key` -> value set in the run's params.yaml (the Trigger form's)."""
 
     def name_remote(root: Path) -> None:
@@ -148,7 +149,7 @@ def _merged(
 def stage(
     fleet: Fleet,
     run_id: str,
-    prepared: Mapping[str, Any],
+    prepared: PreparedRun,
     name: str,
     upstream: Sequence[Mapping[str, Any]],
     try_number: int = 1,
@@ -156,7 +157,7 @@ def stage(
     """Bring stage `name` up to date in a checkout of its own; `upstream` holds the results of
     the tasks of the stages it depends on (all its ancestors)."""
     root = workspace.checkout(
-        fleet.ws, workspace.safe_run_key(run_id), task_folder(name, try_number), prepared["ref"], prepared["commit"]
+        fleet.ws, workspace.safe_run_key(run_id), task_folder(name, try_number), prepared.ref, prepared.commit
     )
     ancestors = sorted(fleet.graph.ancestors(name))
     base, merged = _merged(
@@ -176,7 +177,7 @@ def stage(
 def checkout_outputs(
     fleet: Fleet,
     run_id: str,
-    prepared: Mapping[str, Any],
+    prepared: PreparedRun,
     results: Sequence[Mapping[str, Any]],
     task: str,
     paths: Sequence[str],
@@ -184,7 +185,7 @@ def checkout_outputs(
 ) -> Path:
     """A checkout of the run with its merged lock and `paths` (outputs of the run) pulled."""
     root = workspace.checkout(
-        fleet.ws, workspace.safe_run_key(run_id), task_folder(task, try_number), prepared["ref"], prepared["commit"]
+        fleet.ws, workspace.safe_run_key(run_id), task_folder(task, try_number), prepared.ref, prepared.commit
     )
     _merged(fleet, root, results, require=fleet.order, keep=producers(fleet.graph, paths))
     dvc_runner.pull_outputs(root, paths, fleet.dvc)
@@ -194,7 +195,7 @@ def checkout_outputs(
 def publish(
     fleet: Fleet,
     run_id: str,
-    prepared: Mapping[str, Any],
+    prepared: PreparedRun,
     results: Sequence[Mapping[str, Any]],
     version: int,
     model: str,
@@ -213,8 +214,8 @@ def publish(
         ws,
         workspace.safe_run_key(run_id),
         task_folder("publish", try_number),
-        prepared["ref"],
-        prepared["commit"],
+        prepared.ref,
+        prepared.commit,
         depth=2,
     )
     _merged(fleet, root, results, require=fleet.order)

@@ -12,6 +12,7 @@ that died, is infrastructure: the task raises and Airflow retries it with backof
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from orchestration import steps
+from orchestration.run_values import PreparedRun, PushedVersion, ServedEvent
 
 if TYPE_CHECKING:
     from orchestration.params import ProjectParams
@@ -117,7 +119,7 @@ def prepare(project: str | Path, context: Mapping[str, Any]) -> dict[str, Any]:
         "require approval: %s; params set by the form: %s", bool(form.get("require_approval")), overrides or "none"
     )
     prepared = steps.prepare(setup, context["run_id"], as_of, overrides)
-    return {**prepared, "note": form.get("note") or "", "overrides": overrides}
+    return dataclasses.replace(prepared, note=form.get("note") or "", overrides=overrides).to_xcom()
 
 
 def form_overrides(project: Path, form: Mapping[str, Any]) -> dict[str, str | None]:
@@ -156,7 +158,7 @@ def stage(project: str | Path, name: str, ancestors: Sequence[str], context: Map
     """Stage `name` in a checkout of this worker; `ancestors` are the task ids of the stages it
     depends on, whose results carry the dvc.lock entries it starts from."""
     ti = context["ti"]
-    prepared = ti.xcom_pull(task_ids=PREPARE_TASK)
+    prepared = PreparedRun.from_xcom(ti.xcom_pull(task_ids=PREPARE_TASK))
     upstream = results(context, ancestors)
     params = project_params(project)
     setup = fleet(project, params)
@@ -242,7 +244,7 @@ def run_outputs(
         lambda: steps.checkout_outputs(
             setup,
             context["run_id"],
-            ti.xcom_pull(task_ids=PREPARE_TASK),
+            PreparedRun.from_xcom(ti.xcom_pull(task_ids=PREPARE_TASK)),
             results(context, stage_ids),
             task,
             list(paths),
@@ -335,44 +337,46 @@ def push(
             result.version,
             result.serving,
         )
-    pushed = {
-        "model": result.model,
-        "version": result.version,
-        "serving": result.serving,
-        "previous": result.previous,
-        "created": created,
-        "seconds": round(result.seconds.get("total", 0.0), 2),
-    }
+    pushed = PushedVersion(
+        model=result.model,
+        version=result.version,
+        serving=result.serving,
+        previous=result.previous,
+        created=created,
+        seconds=round(result.seconds.get("total", 0.0), 2),
+    )
     if served is not None:
-        extra = served_extra(pushed, root / evaluate_args["candidate"], root / evaluate_args["metrics"], setup, context)
-        context["outlet_events"][served].extra = extra
-    return pushed
+        event = served_event(pushed, root / evaluate_args["candidate"], root / evaluate_args["metrics"], setup, context)
+        context["outlet_events"][served].extra = event.to_xcom()
+    return pushed.to_xcom()
 
 
-def served_extra(
-    pushed: Mapping[str, Any], candidate: Path, metrics: Path, setup: steps.Fleet, context: Mapping[str, Any]
-) -> dict[str, Any]:
+def served_event(
+    pushed: PushedVersion, candidate: Path, metrics: Path, setup: steps.Fleet, context: Mapping[str, Any]
+) -> ServedEvent:
     """What the served-model asset event records: version, test metrics, the data it was trained
     on (DVC md5s), the source commit and the git tag publish gives this version."""
-    card = json.loads((candidate / "model_card.json").read_text()) if (candidate / "model_card.json").is_file() else {}
-    return {
-        "model": pushed["model"],
-        "version": pushed["version"],
-        "previous": pushed["previous"],
-        "created": pushed["created"],
-        "git_tag": f"{setup.ws.params.tag_prefix}{pushed['version']}",
-        "git_commit": card.get("git_commit"),
-        "metrics": json.loads(metrics.read_text()) if metrics.is_file() else {},
-        "data": card.get("data", {}),
-        "run_id": context["run_id"],
-    }
+    from pipeline.candidate import CARD_FILE, read_card
+
+    card = read_card(candidate / CARD_FILE)
+    return ServedEvent(
+        model=pushed.model,
+        version=pushed.version,
+        previous=pushed.previous,
+        created=pushed.created,
+        git_tag=f"{setup.ws.params.tag_prefix}{pushed.version}",
+        git_commit=card.git_commit,
+        metrics=json.loads(metrics.read_text()) if metrics.is_file() else {},
+        data=card.data,
+        run_id=context["run_id"],
+    )
 
 
 # --- publish --------------------------------------------------------------------------------
 def publish_run(
     project: str | Path,
-    pushed: Mapping[str, Any],
-    prepared: Mapping[str, Any],
+    pushed_value: Mapping[str, Any],
+    prepared_value: Mapping[str, Any],
     stage_ids: Sequence[str],
     context: Mapping[str, Any],
 ) -> dict[str, Any]:
@@ -383,25 +387,26 @@ def publish_run(
 
     from orchestration.workspace import remote_ref
 
+    pushed, prepared = PushedVersion.from_xcom(pushed_value), PreparedRun.from_xcom(prepared_value)
     setup = fleet(project, project_params(project))
-    tag = f"{setup.ws.params.tag_prefix}{pushed['version']}"
-    if not pushed.get("created", True) and remote_ref(setup.ws, f"refs/tags/{tag}"):
+    tag = f"{setup.ws.params.tag_prefix}{pushed.version}"
+    if not pushed.created and remote_ref(setup.ws, f"refs/tags/{tag}"):
         raise AirflowSkipException(
-            f"{pushed.get('model')} version {pushed.get('version')} already served this exact model and is "
+            f"{pushed.model} version {pushed.version} already served this exact model and is "
             f"published as {tag}; nothing new to publish"
         )
     # (a version stored by an earlier run whose publish never finished is published now)
     ti = context["ti"]
-    summary = f"data as of {prepared.get('as_of') or 'all batches'}; source {prepared.get('source_commit')}"
+    summary = f"data as of {prepared.as_of or 'all batches'}; source {prepared.source_commit}"
     return failing_fast(
         lambda: steps.publish(
             setup,
             context["run_id"],
             prepared,
             results(context, stage_ids),
-            int(pushed["version"]),
-            str(pushed.get("model", "")),
-            f"{pushed.get('model')} version {pushed['version']}; {summary}",
+            pushed.version,
+            pushed.model,
+            f"{pushed.model} version {pushed.version}; {summary}",
             ti.try_number,
         )
     )

@@ -32,10 +32,10 @@ import sys
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from orchestration.params import AirflowParams, load_project_params, parse_project_params
 from orchestration.remote import redact
+from orchestration.run_values import PreparedRun
 from pipeline import atomic
 from pipeline.errors import StageError
 from pipeline.params import read_yaml
@@ -305,7 +305,7 @@ def prepare(
     as_of: str | None,
     before_commit: Callable[[Path], object] | None = None,
     owned: Collection[str] = (),
-) -> dict[str, Any]:
+) -> PreparedRun:
     """The run's commit: the published branch with the project's sources of now (and whatever
     `before_commit` writes into the checkout), pushed to the run's ref. Safe to retry: a second
     try pushes an equivalent commit to the same ref."""
@@ -347,16 +347,16 @@ def prepare(
         (base or "none")[:12],
         as_of,
     )
-    return {
-        "commit": commit,
-        "ref": ref,
-        "base": base,
-        "as_of": as_of,
-        "changed": changed[:50],
-        "removed": removed[:50],
-        "source_commit": project_commit,
-        "workspace": str(root),
-    }
+    return PreparedRun(
+        commit=commit,
+        ref=ref,
+        base=base,
+        as_of=as_of,
+        changed=changed[:50],
+        removed=removed[:50],
+        source_commit=project_commit,
+        workspace=str(root),
+    )
 
 
 # --- publish ---------------------------------------------------------------------------------

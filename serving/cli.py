@@ -194,13 +194,14 @@ def cmd_sample(args: argparse.Namespace, params: Params) -> dict[str, Any]:
         raise ops.PushError(f"{name} has no serving version with golden samples in {repo.root}; push one first")
     with TritonClient(settings.client) as client:
         probabilities = client.predict(name, ops.golden_inputs(golden))
-    classes = repo.card(name, version).get("classes") or list(range(probabilities.shape[1]))
+    card = repo.card(name, version)
+    classes = (card.classes if card else None) or list(range(probabilities.shape[1]))
     predicted = [classes[i] for i in probabilities.argmax(axis=1)]
     if not args.json:
         print(f"{name} version {version} via {settings.client.describe()}")
-        print(f"  expected:  {golden.get('labels')}")
+        print(f"  expected:  {golden.labels}")
         print(f"  predicted: {predicted}")
-    return {"model": name, "version": version, "expected": golden.get("labels"), "predicted": predicted}
+    return {"model": name, "version": version, "expected": golden.labels, "predicted": predicted}
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Params], dict[str, Any]]] = {

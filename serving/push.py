@@ -37,6 +37,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from pipeline.candidate import GoldenSamples, ModelCard, ServedRecord
 from pipeline.errors import StageError
 from serving.client import ClientError, ClientSettings, ServerUnreachable, TritonClient
 from serving.overrides import Overrides
@@ -181,36 +182,34 @@ def staging_name(name: str) -> str:
     return f"{name}{STAGING_SUFFIX}"
 
 
-def golden_inputs(golden: dict[str, Any]) -> np.ndarray | dict[str, np.ndarray]:
+def golden_inputs(golden: GoldenSamples) -> np.ndarray | dict[str, np.ndarray]:
     """golden.json's inputs as a client sends them: float32 rows, or {input name: rows} for a
     model with several inputs (a mixed table's numbers and category strings)."""
-    if isinstance(golden["inputs"], dict):
-        types = golden.get("input_datatypes", {})
+    if isinstance(golden.inputs, dict):
+        types = golden.input_datatypes or {}
         return {
             name: np.asarray(rows, dtype=object if types.get(name) == "BYTES" else np.float32)
-            for name, rows in golden["inputs"].items()
+            for name, rows in golden.inputs.items()
         }
-    return np.asarray(golden["inputs"], dtype=np.float32)
+    return np.asarray(golden.inputs, dtype=np.float32)
 
 
-def smoke_test(client: TritonClient, name: str, version: int, golden: dict[str, Any]) -> float:
+def smoke_test(client: TritonClient, name: str, version: int, golden: GoldenSamples) -> float:
     """Golden inputs through `version`; returns the max abs difference over every output golden.json
     lists (`output_name`, then any `more_outputs`), raises if one is above atol."""
     inputs = golden_inputs(golden)
-    outputs = {golden.get("output_name", "probabilities"): golden["outputs"], **golden.get("more_outputs", {})}
+    outputs = {golden.output_name: golden.outputs, **(golden.more_outputs or {})}
     diffs: list[float] = []
     for output_name, values in outputs.items():
         expected = np.asarray(values, dtype=np.float64)
-        got = client.infer(
-            name, inputs, version=version, input_name=golden.get("input_name", "input"), output_name=output_name
-        )
+        got = client.infer(name, inputs, version=version, input_name=golden.input_name, output_name=output_name)
         what = "" if not diffs else f" {output_name}"  # the first output's messages stay as they were
         if got.shape != expected.shape:
             raise PushError(
                 f"smoke test: version {version} returned{what} shape {got.shape}, golden.json expects {expected.shape}"
             )
         diff = float(np.max(np.abs(got.astype(np.float64) - expected)))
-        atol = float(golden["atol"])
+        atol = golden.atol
         if not diff <= atol:
             raise PushError(
                 f"smoke test: version {version} differs from the golden{what} outputs by {diff:.3g} > atol {atol:g}"
@@ -375,7 +374,7 @@ def verify_staged(
     repo: TritonRepository,
     name: str,
     version: int,
-    golden: dict[str, Any] | None,
+    golden: GoldenSamples | None,
     timeout_s: float,
     files: dict[str, bytes] | None = None,
 ) -> float | None:
@@ -460,7 +459,7 @@ def _transaction(
     name: str,
     previous: int | None,
     target: int,
-    golden: dict[str, Any] | None,
+    golden: GoldenSamples | None,
     timeout_s: float,
     *,
     via: str,
@@ -536,18 +535,20 @@ def _undo(
         )
 
 
-def _version_card(candidate: Candidate, version: int, metrics: dict[str, Any] | None) -> dict[str, Any]:
-    card = dict(candidate.card)
+def _version_card(candidate: Candidate, version: int, metrics: dict[str, Any] | None) -> ModelCard:
+    """The candidate's card as the stored version keeps it: with evaluate's metrics and the push's record."""
+    card = candidate.card or ModelCard(model_name=candidate.name)
+    served = ServedRecord(
+        version=version,
+        content_hash=candidate.digest,
+        entry=candidate.entry,
+        pushed_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),  # metadata only
+        candidate=str(candidate.root),
+    )
+    update: dict[str, Any] = {"serving": served}
     if metrics is not None:
-        card["metrics"] = {**card.get("metrics", {}), "evaluate": metrics}
-    card["serving"] = {
-        "version": version,
-        "content_hash": candidate.digest,
-        "entry": candidate.entry,
-        "pushed_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),  # metadata only
-        "candidate": str(candidate.root),
-    }
-    return card
+        update["metrics"] = {**card.metrics, "evaluate": metrics}
+    return card.model_copy(update=update)
 
 
 def read_metrics(path: str | Path | None) -> dict[str, Any] | None:
@@ -766,19 +767,19 @@ def serving_status(settings: ServingSettings, name: str | None = None) -> Status
         pinned = repo.serving_version(model)
         rows = []
         for version in stored:
-            card = repo.card(model, version)
+            card = repo.card(model, version) or ModelCard(model_name=model)
             rows.append(
                 VersionStatus(
                     version=version,
                     serving=version == pinned,
                     state=live.get((model, version), "-"),
                     verdict=_verdict(history, version, pinned),
-                    git_commit=card.get("git_commit"),
-                    data=card.get("data", {}),
-                    metrics=card.get("metrics", {}),
-                    created_at=card.get("created_at"),
-                    pushed_at=card.get("serving", {}).get("pushed_at"),
-                    content_hash=card.get("serving", {}).get("content_hash"),
+                    git_commit=card.git_commit,
+                    data=card.data,
+                    metrics=card.metrics,
+                    created_at=card.created_at,
+                    pushed_at=card.serving.pushed_at if card.serving else None,
+                    content_hash=card.serving.content_hash if card.serving else None,
                 )
             )
         served = sorted(v for (m, v), state in live.items() if m == model and state == "READY") if reachable else None

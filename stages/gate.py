@@ -278,7 +278,8 @@ def run(args: Any, data: DataParams, serving: ServingSettings, gate: GateParams)
     model = candidate.name
     test = test_rows(SplitTable.open(args.clean, args.split, data))
     champion = score_champion(serving, list(data.classes), model, test)
-    decision = decide(challenger, None if champion is None else champion[1], gate, candidate.card.get("privacy"))
+    privacy = candidate.card.privacy if candidate.card else None
+    decision = decide(challenger, None if champion is None else champion[1], gate, privacy)
     return Decision(
         passed=decision.passed,
         reason=decision.reason,

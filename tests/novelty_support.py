@@ -70,4 +70,4 @@ def export_with_novelty(
             hashes,
             (ae, threshold),
         )
-    return card, rows, (model, ae, threshold)
+    return card.to_json(), rows, (model, ae, threshold)

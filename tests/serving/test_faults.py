@@ -21,11 +21,12 @@ import pytest
 from serving_traffic import Traffic
 from support import free_ports
 
+from pipeline.candidate import CARD_FILE
 from serving import control
 from serving import push as push_module
 from serving.client import ClientSettings, TritonClient
 from serving.push import PushError, ServingSettings, push_candidate, restore_pinned, rollback, serving_status
-from serving.repository import CARD, TritonRepository
+from serving.repository import TritonRepository
 from serving.server import ServerSettings, read_pid, start_server, stop_server
 
 pytestmark = pytest.mark.triton
@@ -78,7 +79,7 @@ def assert_outcome(
     folder = Path(settings.repository) / name
     assert sorted(p.name for p in folder.rglob(".*") if p.is_dir()) == []  # no temporary or half-removed folder
     for version in repo.versions(name):
-        assert (folder / str(version) / CARD).is_file()  # every version folder is whole
+        assert (folder / str(version) / CARD_FILE).is_file()  # every version folder is whole
     status = serving_status(settings, name).models[0]
     assert (status.serving, status.live_versions, status.live_ready, status.problem) == (serving, [serving], True, None)
     assert [v.version for v in status.versions if v.state == "READY"] == [serving]

@@ -72,7 +72,7 @@ def train_and_export(arch: str, rows: str, out: Path) -> dict:
     hashes = {"clean": {"path": "c", "md5": "0" * 32}, "split": {"path": "s", "md5": "1" * 32}}
     with atomic.atomic_dir(out) as tmp:
         Path(tmp).chmod(0o755)
-        return export.run(result.model, model_file, test, params.data, params.export, Path(tmp), hashes)
+        return export.run(result.model, model_file, test, params.data, params.export, Path(tmp), hashes).to_json()
 
 
 @pytest.mark.parametrize("arch,rows", CASES)
