@@ -72,8 +72,10 @@ def build(table, params: Params, out: Path) -> tuple[float, int]:
 
 def latency(out: dict[str, Path], requests: int) -> dict[str, dict[int, float]]:
     from serving.client import ClientSettings, TritonClient
-    from serving.push import ServingSettings, golden_inputs, push_candidate
+    from serving.loading import golden_inputs
+    from serving.push import push_candidate
     from serving.server import ServerSettings, free_ports, start_server, stop_server
+    from serving.settings import ServingSettings
 
     scratch = Path(tempfile.mkdtemp(prefix="mixed-bench-"))
     http, grpc, metrics = free_ports(3)

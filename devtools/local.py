@@ -38,7 +38,8 @@ def print_served(params: ProjectParams) -> None:
     import numpy as np
 
     from serving.client import predict
-    from serving.push import ServingSettings, serving_status
+    from serving.settings import ServingSettings
+    from serving.status import serving_status
 
     settings = ServingSettings.from_params(params.serving)
     status = serving_status(settings, params.export.model_name)
@@ -129,8 +130,9 @@ def rollback(project: Path, to: int | None) -> int:
     from orchestration import registry, workspace
     from orchestration.workspace import Workspace
     from pipeline.errors import StageError
-    from serving.push import PushError, ServingSettings
+    from serving.errors import PushError
     from serving.push import rollback as serving_rollback
+    from serving.settings import ServingSettings
 
     params = load_project_params(project / "params.yaml")
     model = params.export.model_name

@@ -28,7 +28,7 @@ from orchestration.run_values import PreparedRun, PushedVersion, ServedEvent
 
 if TYPE_CHECKING:
     from orchestration.params import ProjectParams
-    from serving.push import ServingSettings
+    from serving.settings import ServingSettings
 
 log = logging.getLogger(__name__)
 
@@ -311,7 +311,8 @@ def push(
     from airflow.sdk.exceptions import AirflowFailException
 
     from serving.client import ServerUnreachable
-    from serving.push import PushError, push_candidate
+    from serving.errors import PushError
+    from serving.push import push_candidate
 
     params = project_params(project)
     setup = fleet(project, params)

@@ -34,7 +34,7 @@ from airflow.sdk import BaseHook
 from pipeline.params import ParamsError
 from serving.overrides import Overrides
 from serving.params import ServingParams
-from serving.push import ServingSettings
+from serving.settings import ServingSettings
 
 log = logging.getLogger(__name__)
 

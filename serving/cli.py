@@ -1,4 +1,4 @@
-"""`python -m serving start|stop|status|push|rollback|prune|sample`: thin CLI over serving.push / serving.server.
+"""`python -m serving start|stop|status|push|rollback|prune|sample`: thin CLI over serving.push / status / server.
 
 Human-readable tables by default; `--json` prints one JSON object as the last stdout line (for
 Airflow and scripts). Expected failures exit 1 with a one-paragraph message, no traceback.
@@ -16,11 +16,15 @@ from typing import Any
 
 from pipeline.errors import StageError
 from pipeline.params import DEFAULT_PATH, load_params
-from serving import push as ops
 from serving.client import ClientError, ServerUnreachable, TritonClient
+from serving.errors import PushError
+from serving.loading import golden_inputs
 from serving.metrics import MetricsUnavailable, VersionCounters, live_counters
 from serving.params import ServingParams, serving_params
+from serving.push import PushResult, prune_versions, push_candidate, restore_pinned, rollback
 from serving.server import ServerError, ServerSettings, server_state, start_server, stop_server
+from serving.settings import ServingSettings
+from serving.status import Status, serving_status
 
 log = logging.getLogger("serving")
 
@@ -56,7 +60,7 @@ def _counter_text(counters: VersionCounters | None) -> str:
 
 
 def format_status(
-    status: ops.Status,
+    status: Status,
     server_process: str | None = None,
     counters: dict[tuple[str, int], VersionCounters] | None = None,
     counters_note: str | None = None,
@@ -93,7 +97,7 @@ def format_status(
     return "\n".join(lines)
 
 
-def format_result(result: ops.PushResult) -> str:
+def format_result(result: PushResult) -> str:
     if result.status == "unchanged":
         return (
             f"{result.model}: the candidate equals stored version {result.version}; nothing pushed. "
@@ -126,7 +130,7 @@ def read_params(path: str) -> Params:
 def cmd_start(args: argparse.Namespace, params: Params) -> dict[str, Any]:
     server = ServerSettings.from_params(params.serving)
     state = start_server(server)
-    restored = {} if args.no_restore else ops.restore_pinned(ops.ServingSettings.from_params(params.serving))
+    restored = {} if args.no_restore else restore_pinned(ServingSettings.from_params(params.serving))
     print(f"tritonserver: {state.describe()}")
     for name, version in restored.items():
         print(f"loaded {name} version {version} (pinned in the repository)")
@@ -140,8 +144,8 @@ def cmd_stop(args: argparse.Namespace, params: Params) -> dict[str, Any]:
 
 
 def cmd_status(args: argparse.Namespace, params: Params) -> dict[str, Any]:
-    settings = ops.ServingSettings.from_params(params.serving)
-    status = ops.serving_status(settings, args.model)
+    settings = ServingSettings.from_params(params.serving)
+    status = serving_status(settings, args.model)
     process = server_state(ServerSettings.from_params(params.serving)).describe()
     note = None
     try:
@@ -161,15 +165,15 @@ def cmd_status(args: argparse.Namespace, params: Params) -> dict[str, Any]:
 
 
 def cmd_push(args: argparse.Namespace, params: Params) -> dict[str, Any]:
-    settings = ops.ServingSettings.from_params(params.serving)
-    result = ops.push_candidate(args.candidate, settings, metrics=args.metrics, prune=not args.no_prune)
+    settings = ServingSettings.from_params(params.serving)
+    result = push_candidate(args.candidate, settings, metrics=args.metrics, prune=not args.no_prune)
     if not args.json:
         print(format_result(result))
     return result.to_dict()
 
 
 def cmd_rollback(args: argparse.Namespace, params: Params) -> dict[str, Any]:
-    result = ops.rollback(args.model or params.model_name, ops.ServingSettings.from_params(params.serving), to=args.to)
+    result = rollback(args.model or params.model_name, ServingSettings.from_params(params.serving), to=args.to)
     if not args.json:
         print(format_result(result))
     return result.to_dict()
@@ -177,7 +181,7 @@ def cmd_rollback(args: argparse.Namespace, params: Params) -> dict[str, Any]:
 
 def cmd_prune(args: argparse.Namespace, params: Params) -> dict[str, Any]:
     name = args.model or params.model_name
-    removed = ops.prune_versions(name, ops.ServingSettings.from_params(params.serving), args.retention)
+    removed = prune_versions(name, ServingSettings.from_params(params.serving), args.retention)
     if not args.json:
         print(f"{name}: pruned versions {removed}" if removed else f"{name}: nothing to prune")
     return {"model": name, "pruned": removed}
@@ -186,14 +190,14 @@ def cmd_prune(args: argparse.Namespace, params: Params) -> dict[str, Any]:
 def cmd_sample(args: argparse.Namespace, params: Params) -> dict[str, Any]:
     """Send the serving version's golden inputs through tritonclient and show the predictions."""
     name = args.model or params.model_name
-    settings = ops.ServingSettings.from_params(params.serving)
+    settings = ServingSettings.from_params(params.serving)
     repo = settings.open_repository()
     version = repo.serving_version(name)
     golden = repo.golden(name, version) if version is not None else None
     if version is None or golden is None:
-        raise ops.PushError(f"{name} has no serving version with golden samples in {repo.root}; push one first")
+        raise PushError(f"{name} has no serving version with golden samples in {repo.root}; push one first")
     with TritonClient(settings.client) as client:
-        probabilities = client.predict(name, ops.golden_inputs(golden))
+        probabilities = client.predict(name, golden_inputs(golden))
     card = repo.card(name, version)
     classes = (card.classes if card else None) or list(range(probabilities.shape[1]))
     predicted = [classes[i] for i in probabilities.argmax(axis=1)]

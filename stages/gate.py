@@ -35,7 +35,7 @@ from pipeline.params import DataParams, Fraction, Section, parse_as
 from stages import _cli
 
 if TYPE_CHECKING:  # serving/ (and tritonclient) load only when the champion is scored
-    from serving.push import ServingSettings
+    from serving.settings import ServingSettings
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ def champion_version(repo: Any, client: Any, model: str) -> int | None:
     """The pinned version of `model` (what the repository says serves), or None on a first
     deployment. Fails closed: a pinned version the server does not have READY, or versions served
     that nothing pins, stop the gate instead of letting a candidate through unchecked."""
-    from serving.push import served_versions
+    from serving.loading import served_versions
 
     pinned = repo.serving_version(model)
     served = served_versions(client, model)
@@ -313,7 +313,7 @@ def main() -> None:
 
     def body(args: Any, params: Any) -> Decision:
         from serving.params import serving_params
-        from serving.push import ServingSettings
+        from serving.settings import ServingSettings
 
         gate = parse_as(GateParams, params.gate, args.params, "gate")
         decision = run(args, params.data, ServingSettings.from_params(serving_params(params, args.params)), gate)

@@ -49,7 +49,7 @@ def triton_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
 def serving_settings(triton_server):
     """Push/status/rollback settings aimed at the session's server, with short retries."""
     from serving.client import ClientSettings
-    from serving.push import ServingSettings
+    from serving.settings import ServingSettings
 
     client = ClientSettings.local(triton_server, timeout_s=30.0, retries=1, backoff_s=0.1)
     return ServingSettings(client=client, repository=triton_server.repository, load_timeout_s=60.0, retention=3)

@@ -22,12 +22,14 @@ from serving_traffic import Traffic
 from support import free_ports
 
 from pipeline.candidate import CARD_FILE
-from serving import control
-from serving import push as push_module
+from serving import control, loading, transaction
 from serving.client import ClientSettings, TritonClient
-from serving.push import PushError, ServingSettings, push_candidate, restore_pinned, rollback, serving_status
+from serving.errors import PushError
+from serving.push import push_candidate, restore_pinned, rollback
 from serving.repository import TritonRepository
 from serving.server import ServerSettings, read_pid, start_server, stop_server
+from serving.settings import ServingSettings
+from serving.status import serving_status
 
 pytestmark = pytest.mark.triton
 
@@ -57,7 +59,7 @@ def settings(server) -> ServingSettings:
 
 def served(settings: ServingSettings, name: str) -> list[int]:
     with TritonClient(settings.client) as client:
-        return push_module.served_versions(client, name)
+        return loading.served_versions(client, name)
 
 
 def assert_outcome(
@@ -113,7 +115,7 @@ def test_an_interrupt_in_the_middle_of_the_switch(settings, make_candidate, monk
     name = "f_interrupt"
     first, second = make_candidate(name=name, seed=5), make_candidate(name=name, seed=6)
     push_candidate(first, settings)
-    real_wait = push_module.wait_unloaded
+    real_wait = transaction.wait_unloaded
     interrupts = ["interrupted in the switch"]
 
     def interrupted(*args, **kwargs):  # the switch loaded the new version; the old one is unloading
@@ -122,7 +124,7 @@ def test_an_interrupt_in_the_middle_of_the_switch(settings, make_candidate, monk
         return real_wait(*args, **kwargs)
 
     with Traffic(settings.client, name, {"first": first, "second": second}) as traffic:
-        monkeypatch.setattr(push_module, "wait_unloaded", interrupted)
+        monkeypatch.setattr(transaction, "wait_unloaded", interrupted)
         with pytest.raises(KeyboardInterrupt):
             push_candidate(second, settings)
     # "second" passed its staging check before the switch, so its answers are not wrong ones.
@@ -147,7 +149,7 @@ def test_the_server_killed_during_a_push_then_restarted(server, settings, make_c
     name = "f_killed"
     first, second = make_candidate(name=name, seed=7), make_candidate(name=name, seed=8)
     push_candidate(first, settings)
-    real_load = push_module.load_stored
+    real_load = transaction.load_stored
     down: list[float] = []
 
     def kill_at_the_switch(client, repo, model, version, timeout_s, files=None, as_name=None):
@@ -158,10 +160,10 @@ def test_the_server_killed_during_a_push_then_restarted(server, settings, make_c
 
     quick = dataclasses.replace(settings, client=dataclasses.replace(settings.client, retries=1))
     with Traffic(settings.client, name, {"first": first, "second": second}) as traffic:
-        monkeypatch.setattr(push_module, "load_stored", kill_at_the_switch)
+        monkeypatch.setattr(transaction, "load_stored", kill_at_the_switch)
         with pytest.raises(PushError, match="the server did not confirm it serves"):
             push_candidate(second, quick)
-        monkeypatch.setattr(push_module, "load_stored", real_load)
+        monkeypatch.setattr(transaction, "load_stored", real_load)
         start_server(server)  # what `python -m serving start` does: start, then load the pinned versions
         restore_pinned(settings)
         down.append(time.monotonic())

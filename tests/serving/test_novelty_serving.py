@@ -10,7 +10,9 @@ import torch
 from novelty_support import export_with_novelty
 
 from serving.client import TritonClient
-from serving.push import PushError, push_candidate, smoke_test
+from serving.errors import PushError
+from serving.loading import smoke_test
+from serving.push import push_candidate
 from serving.repository import load_candidate
 
 

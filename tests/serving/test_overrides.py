@@ -8,7 +8,7 @@ import pytest
 from pipeline.params import ParamsError
 from serving.overrides import Overrides
 from serving.params import ServingParams
-from serving.push import ServingSettings
+from serving.settings import ServingSettings
 
 
 def test_a_later_layer_wins_and_an_earlier_one_applies_where_it_says_nothing():

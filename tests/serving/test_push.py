@@ -20,12 +20,15 @@ from support import ROOT, S3_ENV, free_ports, moto_s3
 
 from pipeline.candidate import ModelCard, ServedRecord
 from pipeline.params import ParamsError
-from serving import push as push_module
+from serving import loading
 from serving.client import ClientSettings, TritonClient
+from serving.errors import PushError
 from serving.params import ServingParams
-from serving.push import PushError, ServingSettings, prune_versions, push_candidate, rollback, serving_status
+from serving.push import prune_versions, push_candidate, rollback
 from serving.repository import RepositoryError, TritonRepository, config_json, load_candidate, pin_versions
 from serving.server import ServerSettings, start_server, stop_server
+from serving.settings import ServingSettings
+from serving.status import serving_status
 
 
 def stored_card(candidate, version: int) -> ModelCard:
@@ -241,8 +244,8 @@ def test_an_interrupted_push_leaves_the_verified_version_serving(
         raise interrupt("cut off")
 
     with monkeypatch.context() as patch:
-        if where == "after the load":  # the first wait after a load of the new version
-            patch.setattr(push_module, "wait_version_ready", cut)
+        if where == "after the load":  # the first wait after a load of the new version (in staging)
+            patch.setattr(loading, "wait_version_ready", cut)
         else:
             patch.setattr(TritonRepository, "pin", cut)
         with (

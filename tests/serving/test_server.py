@@ -18,7 +18,7 @@ from support import free_ports
 from serving import control, server
 from serving.client import ClientError, ClientSettings, TritonClient
 from serving.params import ServingParams
-from serving.push import ServingSettings, push_candidate, rollback, serving_status
+from serving.push import push_candidate, rollback
 from serving.server import (
     ServerError,
     ServerSettings,
@@ -29,6 +29,8 @@ from serving.server import (
     start_server,
     stop_server,
 )
+from serving.settings import ServingSettings
+from serving.status import serving_status
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -107,7 +107,8 @@ def test_every_family_serves_on_a_real_triton(tmp_path):
     from support import local_triton
 
     from serving.client import ClientSettings, TritonClient
-    from serving.push import ServingSettings, push_candidate
+    from serving.push import push_candidate
+    from serving.settings import ServingSettings
 
     candidates = {f"{arch}_image": tmp_path / arch for arch in ("cnn", "mlp", "rnn", "transformer")}
     candidates["transformer_tabular"] = tmp_path / "transformer_tabular"

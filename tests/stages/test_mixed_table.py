@@ -262,7 +262,9 @@ def test_triton_serves_the_mixed_model_from_raw_rows(candidate, tmp_path):
     from support import local_triton
 
     from serving.client import ClientSettings, TritonClient
-    from serving.push import ServingSettings, golden_inputs, push_candidate
+    from serving.loading import golden_inputs
+    from serving.push import push_candidate
+    from serving.settings import ServingSettings
 
     golden = json.loads((candidate / "golden.json").read_text())
     assert golden["input_datatypes"] == {"numeric": "FP32", "categorical": "BYTES"}
