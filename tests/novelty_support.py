@@ -13,7 +13,7 @@ from pipeline import atomic, autoencoder
 from pipeline.models import CNNConfig, build_model
 from pipeline.params import Params
 from pipeline.rows import Rows, SplitTable
-from pipeline.training import input_scale
+from pipeline.scaling import input_scale
 
 
 def assignment_for(table: pd.DataFrame) -> pd.DataFrame:
