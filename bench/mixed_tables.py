@@ -74,13 +74,14 @@ def latency(out: dict[str, Path], requests: int) -> dict[str, dict[int, float]]:
     from serving.client import ClientSettings, TritonClient
     from serving.loading import golden_inputs
     from serving.push import push_candidate
-    from serving.server import ServerSettings, free_ports, start_server, stop_server
+    from serving.server import ServerSettings, free_ports, stop_server
     from serving.settings import ServingSettings
+    from serving.startup import start_local_server
 
     scratch = Path(tempfile.mkdtemp(prefix="mixed-bench-"))
     http, grpc, metrics = free_ports(3)
     server = ServerSettings(scratch / "models", scratch / "state", http, grpc, metrics, start_timeout_s=120)
-    start_server(server)
+    start_local_server(server)
     try:
         client = ClientSettings.local(server, timeout_s=60, retries=0)
         settings = ServingSettings(client=client, repository=server.repository, load_timeout_s=120.0, retention=3)

@@ -79,9 +79,9 @@ from serving.server import (  # noqa: E402
     _libs_dir,
     free_ports,
     read_pid,
-    start_server,
     stop_server,
 )
+from serving.startup import start_local_server  # noqa: E402
 
 CELLS = [(1, 1), (16, 1), (1, 64), (16, 64)]  # (concurrency, rows per request)
 SHM = "ours_shm"  # ours driven through system shared memory (same-host clients)
@@ -519,7 +519,7 @@ def main() -> None:
         signature = configs.Signature(int(config.input[0].dims[0]), int(config.output[0].dims[0]))
         export = load_params(args.params).export
         chosen = variants(export, args.levers)
-        start_server(server)
+        start_local_server(server)
         repository = server.repository
         assert isinstance(repository, Path), "the bench runs its own server on a local repository"
         for variant in chosen:

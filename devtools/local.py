@@ -34,35 +34,52 @@ def last_batch(params: ProjectParams) -> dt.date:
 
 
 def print_served(params: ProjectParams) -> None:
-    """The serving version, its lineage and metrics, and a prediction through tritonclient."""
-    import numpy as np
-
-    from serving.client import predict
+    """What serves: the pinned version, its lineage and metrics, and a prediction through
+    tritonclient. Whatever state the server is in (down, serving nothing, serving another
+    version), each problem is one line, never a traceback."""
+    from pipeline.errors import StageError
+    from serving.client import ClientError, ServerUnreachable, TritonClient
+    from serving.loading import golden_inputs
     from serving.settings import ServingSettings
     from serving.status import serving_status
 
-    settings = ServingSettings.from_params(params.serving)
-    status = serving_status(settings, params.export.model_name)
+    try:
+        settings = ServingSettings.from_params(params.serving)
+        status = serving_status(settings, params.export.model_name)
+    except StageError as error:  # bad TRITON_* settings, an unreadable repository
+        print(f"\nTriton: cannot tell what serves: {error}")
+        return
     print(f"\nTriton: {status.server}")
     for model in status.models:
-        print(f"model {model.model}: version {model.serving} serving (ready: {model.live_ready})")
+        if model.serving is None:
+            print(f"model {model.model}: no version pinned yet (nothing was pushed)")
+            continue
+        live = {True: "ready", False: "NOT ready", None: "unknown"}[model.live_ready]
+        print(f"model {model.model}: version {model.serving} pinned, {live} on the server")
+        if model.problem:
+            print(f"  problem: {model.problem}")
         for row in model.versions:
             mark = "*" if row.serving else " "
             scored = row.metrics.get("evaluate", row.metrics)  # the push stores evaluate's metrics there
             metrics = {k: round(v, 4) for k, v in scored.items() if k in ("accuracy", "f1_macro")}
             print(f"  {mark} v{row.version}  commit {str(row.git_commit)[:12]}  {metrics}  pushed {row.pushed_at}")
-        if model.serving is None:
-            continue
         sample = settings.open_repository().golden(model.model, model.serving)  # local folder or s3://
-        if sample is not None and not isinstance(sample.inputs, dict):
-            rows = np.asarray(sample.inputs[:3], dtype=np.float32)
-            probabilities = predict(rows, model.model, settings=settings.client)
-            print(
-                "  sample prediction:",
-                [params.data.classes[i] for i in probabilities.argmax(axis=1)],
-                "expected",
-                sample.labels[:3] or "?",
-            )
+        if not model.live_ready or sample is None:
+            continue
+        inputs = golden_inputs(sample)
+        rows = {k: v[:3] for k, v in inputs.items()} if isinstance(inputs, dict) else inputs[:3]
+        try:
+            with TritonClient(settings.client) as client:
+                probabilities = client.predict(model.model, rows, version=model.serving)
+        except (ClientError, ServerUnreachable) as error:
+            print(f"  sample prediction: none ({error})")
+            continue
+        print(
+            "  sample prediction:",
+            [params.data.classes[i] for i in probabilities.argmax(axis=1)],
+            "expected",
+            sample.labels[:3] or "?",
+        )
 
 
 def run_once(project: Path, date: str | None) -> int:

@@ -21,9 +21,10 @@ from serving.errors import PushError
 from serving.loading import golden_inputs
 from serving.metrics import MetricsUnavailable, VersionCounters, live_counters
 from serving.params import ServingParams, serving_params
-from serving.push import PushResult, prune_versions, push_candidate, restore_pinned, rollback
-from serving.server import ServerError, ServerSettings, server_state, start_server, stop_server
+from serving.push import PushResult, prune_versions, push_candidate, rollback
+from serving.server import ServerError, ServerSettings, server_state, stop_server
 from serving.settings import ServingSettings
+from serving.startup import start_local_server
 from serving.status import Status, serving_status
 
 log = logging.getLogger("serving")
@@ -129,12 +130,12 @@ def read_params(path: str) -> Params:
 # --- commands -------------------------------------------------------------------------------------
 def cmd_start(args: argparse.Namespace, params: Params) -> dict[str, Any]:
     server = ServerSettings.from_params(params.serving)
-    state = start_server(server)
-    restored = {} if args.no_restore else restore_pinned(ServingSettings.from_params(params.serving))
-    print(f"tritonserver: {state.describe()}")
-    for name, version in restored.items():
+    started = start_local_server(server, ServingSettings.from_params(params.serving).load_timeout_s)
+    print(f"tritonserver: {started.state.describe()}")
+    for name, version in started.restored.items():
         print(f"loaded {name} version {version} (pinned in the repository)")
-    return {"pid": state.pid, "ready": state.ready, "log": str(server.log_file), "loaded": restored}
+    state = started.state
+    return {"pid": state.pid, "ready": state.ready, "log": str(server.log_file), "loaded": started.restored}
 
 
 def cmd_stop(args: argparse.Namespace, params: Params) -> dict[str, Any]:
@@ -234,8 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", default=str(DEFAULT_PATH), help="params file (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     sub = p.add_subparsers(dest="command", required=True)
-    start = sub.add_parser("start", help="start the local tritonserver and load the pinned versions")
-    start.add_argument("--no-restore", action="store_true", help="do not load the pinned versions")
+    sub.add_parser("start", help="start the local tritonserver (if not running) and serve the pinned versions")
     sub.add_parser("stop", help="stop the local tritonserver (SIGTERM to the PID in its PID file)")
     status = sub.add_parser("status", help="versions stored and serving, lineage, live readiness")
     status.add_argument("--model", help="one model (default: every model in the repository)")

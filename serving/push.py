@@ -233,13 +233,15 @@ def prune_versions(name: str, settings: ServingSettings, retention: int | None =
 
 
 def restore_pinned(settings: ServingSettings) -> dict[str, int]:
-    """Load every model's pinned version (after a server start in explicit mode, nothing is loaded)."""
+    """Make the server serve every model's pinned version (after a server start in explicit mode,
+    nothing is loaded); returns what it loaded. A model that serves exactly its pinned version
+    already is left alone, so restoring a running server reloads nothing."""
     repo = settings.open_repository()
     loaded: dict[str, int] = {}
     with TritonClient(settings.client) as client:
         for name in repo.models():
             version = repo.serving_version(name)
-            if version is None:
+            if version is None or served_versions(client, name) == [version]:
                 continue
             with contextlib.suppress(OSError, RepositoryError):
                 repo.sync_pin_config(name)

@@ -13,9 +13,9 @@ Two guards keep a command from talking to the wrong server:
 - restricted model control: loading, unloading and the repository index need the key header of
   serving.control, so another local process can still run inference but not swap the model.
 
-`python -m serving start` then reloads every model whose `config.pbtxt` pins a version
-(serving.push.restore_pinned), so a restarted server comes back serving what it served before: the
-repository on disk is the record of what serves.
+Start it through serving/startup.py (the one way every command and test starts it): after the
+process, it loads every model's pinned version, so a restarted server comes back serving what it
+served before: the repository is the record of what serves.
 """
 
 from __future__ import annotations

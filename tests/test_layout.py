@@ -3,6 +3,8 @@
 - no import cycle between the project's modules;
 - no product module (what runs in a stage, an Airflow task, the DAG file or the server) imports
   developer tooling (`devtools`) or test code (`tests/`);
+- the local Triton process is started in one place (serving/startup.py, which also brings back
+  what the repository pins): every command, test and bench starts it through there;
 - every product module is run by the product: reached through imports from an entry point (a stage
   or other `python -m` command, the DAG file, the Airflow plugin, or one named below), so no module
   that only tests or benches use sits in a product package.
@@ -149,6 +151,24 @@ def test_no_product_module_imports_tooling_or_test_code() -> None:
 
 def test_every_product_module_is_run_by_the_product() -> None:
     assert unreached_product_modules(modules()) == []
+
+
+def callers(function: str, folders: tuple[str, ...], root: Path = ROOT) -> list[str]:
+    """`path:line` of every call of `function` (by name or attribute) in the Python files of `folders`."""
+    found = []
+    for folder in folders:
+        for path in sorted((root / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Call):
+                    name = getattr(node.func, "id", None) or getattr(node.func, "attr", None)
+                    if name == function:
+                        found.append(f"{path.relative_to(root)}:{node.lineno}")
+    return found
+
+
+def test_the_server_process_is_started_one_way() -> None:
+    starts = callers("start_server", (*PRODUCT, *TOOLING, "tests", "bench"))
+    assert [s.split(":")[0] for s in starts] == ["serving/startup.py"], starts
 
 
 def test_the_checks_catch_a_cycle_and_a_product_module_importing_tooling(tmp_path: Path) -> None:

@@ -25,10 +25,11 @@ from pipeline.candidate import CARD_FILE
 from serving import control, loading, transaction
 from serving.client import ClientSettings, TritonClient
 from serving.errors import PushError
-from serving.push import push_candidate, restore_pinned, rollback
+from serving.push import push_candidate, rollback
 from serving.repository import TritonRepository
-from serving.server import ServerSettings, read_pid, start_server, stop_server
+from serving.server import ServerSettings, read_pid, stop_server
 from serving.settings import ServingSettings
+from serving.startup import start_local_server
 from serving.status import serving_status
 
 pytestmark = pytest.mark.triton
@@ -44,7 +45,7 @@ def server(tmp_path_factory) -> Iterator[ServerSettings]:
     settings = ServerSettings(
         root / "models", root / "state", http, grpc, metrics, start_timeout_s=60.0, control_key=control.new_key()
     )
-    start_server(settings)
+    start_local_server(settings)
     try:
         yield settings
     finally:
@@ -164,8 +165,7 @@ def test_the_server_killed_during_a_push_then_restarted(server, settings, make_c
         with pytest.raises(PushError, match="the server did not confirm it serves"):
             push_candidate(second, quick)
         monkeypatch.setattr(transaction, "load_stored", real_load)
-        start_server(server)  # what `python -m serving start` does: start, then load the pinned versions
-        restore_pinned(settings)
+        start_local_server(server)  # what `python -m serving start` does: start, then load the pinned versions
         down.append(time.monotonic())
     assert len(down) == 2  # the server really went down in the switch
     assert_outcome(settings, traffic, name, 1, wrong=("second",), down=[(down[0], down[1])])

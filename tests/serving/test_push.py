@@ -26,8 +26,9 @@ from serving.errors import PushError
 from serving.params import ServingParams
 from serving.push import prune_versions, push_candidate, rollback
 from serving.repository import RepositoryError, TritonRepository, config_json, load_candidate, pin_versions
-from serving.server import ServerSettings, start_server, stop_server
+from serving.server import ServerSettings, stop_server
 from serving.settings import ServingSettings
+from serving.startup import start_local_server
 from serving.status import serving_status
 
 
@@ -460,7 +461,7 @@ def test_a_full_disk_during_push_is_one_line_and_leaves_nothing(make_candidate, 
     repository = small_disk / "models"
     http, grpc, metrics = free_ports(3)
     server = ServerSettings(repository, tmp_path / "state", http, grpc, metrics, start_timeout_s=60.0)
-    start_server(server)
+    start_local_server(server)
     try:
         client = ClientSettings.local(server, timeout_s=30.0, retries=1, backoff_s=0.1)
         settings = ServingSettings(client=client, repository=repository, load_timeout_s=60.0)
@@ -504,7 +505,7 @@ def s3_serving(tmp_path_factory) -> Iterator[ServingSettings]:
             env.setenv(key, value)
         http, grpc, metrics = free_ports(3)
         server = ServerSettings(f"s3://{endpoint}/triton-models/models", state, http, grpc, metrics, 60.0)
-        start_server(server)
+        start_local_server(server)
         try:
             client = ClientSettings.local(server, timeout_s=30.0, retries=1, backoff_s=0.1)
             yield ServingSettings(client=client, repository=server.repository, load_timeout_s=60.0, retention=3)
