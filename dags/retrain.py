@@ -165,6 +165,13 @@ with DAG(
             description="A CSV or Parquet file or folder for this run instead of data.source in params.yaml "
             "(relative to the project, or absolute; every worker must be able to read it). Empty: data.source.",
         ),
+        "as_of": Param(
+            None,
+            type=["null", "string"],
+            title="Data as of",
+            description="Demo mode (airflow.demo_batches): the date YYYY-MM-DD whose weekly batches this run "
+            "ingests, to replay one. Empty: the run's own date. `make run` sets the newest batch's date.",
+        ),
         "note": Param(
             None,
             # nullable, so that the form accepts an empty note (a plain string field is required)

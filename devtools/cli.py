@@ -25,7 +25,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--project", default=".", help="project root (default: the current folder)")
     commands = parser.add_subparsers(dest="command", required=True)
     once = commands.add_parser("run-once", help="one retrain cycle through Airflow, then print what serves")
-    once.add_argument("--date", help="logical date YYYY-MM-DD (default: the newest demo batch)")
+    once.add_argument(
+        "--date", help="the demo data's date YYYY-MM-DD (default: the newest batch); the run itself is dated now"
+    )
     commands.add_parser("ui", help="Airflow with the web UI (airflow standalone)")
     commands.add_parser("registry", help="the model registry on the workspace's git remote (gto show)")
     commands.add_parser("results", help="check out the published version's metrics and reports in .airflow/results")

@@ -9,6 +9,7 @@ Everything Airflow keeps (airflow.cfg, the SQLite database, task logs), the work
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import os
 import re
@@ -82,23 +83,34 @@ def print_served(params: ProjectParams) -> None:
         )
 
 
+def dags_test_command(dag_id: str, as_of: str) -> list[str]:
+    """`airflow dags test` of a run of its own, dated now: its start and duration in the UI are
+    real, and every call adds a run to the history (a fixed logical date would replace the last
+    one and record that date as its start). The demo data's date goes in as the Trigger form's
+    `as_of` (dags/retrain.py)."""
+    return [airflow_bin(), "dags", "test", dag_id, "--conf", json.dumps({"as_of": as_of})]
+
+
 def run_once(project: Path, date: str | None) -> int:
+    """One retrain cycle through Airflow on the demo data as of `date` (default: the newest
+    batch), then what serves, the registry and the published version's reports."""
     params = load_project_params(project / "params.yaml")
     env = airflow_env(project)
     prepare_airflow(env, params.airflow)
     ensure_triton(params)
-    date = date or last_batch(params).isoformat()
+    as_of = date or last_batch(params).isoformat()
     logs = project / AIRFLOW_DIR / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    log_file = logs / f"run-once-{date}.log"
-    print(f"airflow dags test {params.airflow.dag_id} {date}  (full log: {log_file})", flush=True)
+    log_file = logs / f"run-once-{dt.datetime.now():%Y%m%dT%H%M%S}.log"  # one per run: a name, not logic
+    command = dags_test_command(params.airflow.dag_id, as_of)
+    print(f"{' '.join(command[1:])}  (full log: {log_file})", flush=True)
     started = time.perf_counter()
     state = "unknown"
     run_id: str | None = None
     with (
         log_file.open("w") as out,
         subprocess.Popen(
-            [airflow_bin(), "dags", "test", params.airflow.dag_id, date],
+            command,
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

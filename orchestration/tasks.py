@@ -102,15 +102,15 @@ def run_date(context: Mapping[str, Any]) -> dt.date:
 
 
 def prepare(project: str | Path, context: Mapping[str, Any]) -> dict[str, Any]:
-    """The run's commit on the workspace's git remote; in demo mode, embed.as_of = the run's date.
-    The Trigger form's values are checked here, before any stage runs."""
+    """The run's commit on the workspace's git remote; in demo mode, embed.as_of = the Trigger
+    form's "as_of", else the run's date. The form's values are checked here, before any stage runs."""
     from airflow.sdk.exceptions import AirflowFailException
 
     setup = fleet(project, project_params(project))
-    as_of = run_date(context).isoformat() if setup.ws.params.demo_batches else None
     form = context.get("params") or {}
     try:
         overrides = form_overrides(setup.ws.project, form)
+        as_of = demo_as_of(setup.ws.params.demo_batches, form, context)
     except ValueError as error:
         raise AirflowFailException(f"the run's parameters (Trigger form) are invalid: {error}") from error
     if form.get("note"):
@@ -120,6 +120,23 @@ def prepare(project: str | Path, context: Mapping[str, Any]) -> dict[str, Any]:
     )
     prepared = steps.prepare(setup, context["run_id"], as_of, overrides)
     return dataclasses.replace(prepared, note=form.get("note") or "", overrides=overrides).to_xcom()
+
+
+def demo_as_of(demo_batches: bool, form: Mapping[str, Any], context: Mapping[str, Any]) -> str | None:
+    """embed.as_of of a demo run (the weekly batches it ingests): the Trigger form's "as_of" when
+    given, else the run's date; None outside demo mode. A date that is not YYYY-MM-DD, or one given
+    outside demo mode, raises ValueError naming it."""
+    given = (form.get("as_of") or "").strip()
+    if not demo_batches:
+        if given:
+            raise ValueError(f"as_of {given!r} applies to the demo batches only (airflow.demo_batches); leave it empty")
+        return None
+    if not given:
+        return run_date(context).isoformat()
+    try:
+        return dt.date.fromisoformat(given).isoformat()
+    except ValueError:
+        raise ValueError(f"as_of {given!r} is not a date YYYY-MM-DD") from None
 
 
 def form_overrides(project: Path, form: Mapping[str, Any]) -> dict[str, str | None]:
