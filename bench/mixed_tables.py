@@ -71,10 +71,11 @@ def build(table, params: Params, out: Path) -> tuple[float, int]:
 
 
 def latency(out: dict[str, Path], requests: int) -> dict[str, dict[int, float]]:
+    from devtools.ports import free_ports
     from serving.client import ClientSettings, TritonClient
     from serving.loading import golden_inputs
     from serving.push import push_candidate
-    from serving.server import ServerSettings, free_ports, stop_server
+    from serving.server import ServerSettings, stop_server
     from serving.settings import ServingSettings
     from serving.startup import start_local_server
 

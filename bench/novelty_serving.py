@@ -31,13 +31,14 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from serving_latency import drive  # noqa: E402
 
+from devtools.ports import free_ports  # noqa: E402
 from pipeline import atomic  # noqa: E402
 from pipeline.autoencoder import Autoencoder, AutoencoderConfig  # noqa: E402
 from pipeline.models import build_model, config_for  # noqa: E402
 from pipeline.params import load_params  # noqa: E402
 from pipeline.rows import Rows  # noqa: E402
 from serving.client import ClientSettings, TritonClient  # noqa: E402
-from serving.server import ServerSettings, free_ports, stop_server  # noqa: E402
+from serving.server import ServerSettings, stop_server  # noqa: E402
 from serving.startup import start_local_server  # noqa: E402
 
 CELLS = [(1, 1), (16, 1), (1, 64)]  # (concurrency, rows per request)

@@ -68,16 +68,16 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from devtools.ports import free_ports  # noqa: E402
 from devtools.toy import BACKEND, NOOP_BACKEND, build_candidate  # noqa: E402
 from pipeline.candidate import ENTRY_ONNX_FILE  # noqa: E402
 from pipeline.params import ExportParams, load_params  # noqa: E402
 from serving import configs, metrics  # noqa: E402
 from serving.client import ClientSettings, Protocol, TritonClient  # noqa: E402
+from serving.process import libs_dir  # noqa: E402
 from serving.repository import load_candidate, parse_config  # noqa: E402
 from serving.server import (  # noqa: E402
     ServerSettings,
-    _libs_dir,
-    free_ports,
     read_pid,
     stop_server,
 )
@@ -355,7 +355,7 @@ def perf_analyzer_env(scratch: Path) -> dict[str, str]:
     both under hashed names, so link them under the names the loader looks for."""
     import os
 
-    libs = _libs_dir()
+    libs = libs_dir()
     links = scratch / "perf-analyzer-libs"
     links.mkdir(exist_ok=True)
     for pattern, name in (("libb64-*.so.0d", "libb64.so.0d"), ("libcudart-*.so.12*", "libcudart.so.12")):

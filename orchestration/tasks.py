@@ -17,7 +17,6 @@ import datetime as dt
 import json
 import logging
 import os
-import re
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -179,6 +178,7 @@ def stage(project: str | Path, name: str, ancestors: Sequence[str], context: Map
     upstream = results(context, ancestors)
     params = project_params(project)
     setup = fleet(project, params)
+    from orchestration.spark_connection import spark_env
     from stages._cli import FAILURE_FILE_ENV
 
     with tempfile.TemporaryDirectory(prefix="stage-failure-") as tmp:
@@ -195,44 +195,6 @@ def stage(project: str | Path, name: str, ancestors: Sequence[str], context: Map
                 os.environ.pop(key, None)
     # the name Airflow records for this task instance ([core] hostname_callable), so the two agree
     return {**result, "host": getattr(ti, "hostname", None) or result["host"]}
-
-
-# --- Spark settings -------------------------------------------------------------------------
-def spark_env(params: ProjectParams) -> dict[str, str]:
-    """SPARK_MASTER (what pipeline/engines/spark.py reads) from the Airflow Connection
-    `airflow.spark_conn_id`, when the project's clean and split run on `engine.name: spark`; {}
-    otherwise or without it."""
-    if params.engine.name != "spark":
-        return {}
-    conn_id = params.airflow.spark_conn_id
-    from airflow.sdk import Connection
-    from airflow.sdk.exceptions import AirflowNotFoundException
-
-    try:
-        conn = Connection.get(conn_id)
-    except AirflowNotFoundException:
-        log.info("no Airflow Connection %r: the Spark master is engine.spark_master (or SPARK_MASTER)", conn_id)
-        return {}
-    master = spark_master_url(conn.host, conn.port)
-    log.info("Spark master from Connection %r: %s", conn_id, master)
-    return {"SPARK_MASTER": master}
-
-
-def spark_master_url(host: str | None, port: int | None) -> str:
-    """The master URL of an Airflow Spark Connection, read the way Airflow's Spark provider does:
-    the host is `spark://name`, a bare name (spark:// is added), `yarn`, `local[*]` or `k8s://...`;
-    the port, when given, is appended to a host that has none."""
-    from airflow.sdk.exceptions import AirflowFailException
-
-    host = (host or "").strip().rstrip("/")
-    if not host:
-        raise AirflowFailException("the Spark Connection has no host: give spark://<master>, yarn or local[*]")
-    if host.startswith(("yarn", "local")):
-        return host
-    if "://" not in host:
-        host = f"spark://{host}"
-    has_port = re.search(r":\d+$", host.split("://", 1)[1]) is not None
-    return f"{host}:{port}" if port and not has_port else host
 
 
 # --- Triton settings ------------------------------------------------------------------------

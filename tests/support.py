@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from serving.server import free_ports  # noqa: F401 - re-exported: ports for the tests' own servers
+from devtools.ports import free_ports  # noqa: F401 - re-exported: ports for the tests' own servers
 
 ROOT = Path(__file__).resolve().parents[1]
 
