@@ -23,7 +23,7 @@ from support import edit_params, local_triton, started
 
 from devtools.airflow_api import AirflowApi, AirflowApiError
 from devtools.airflow_home import airflow_env, prepare_airflow
-from pipeline.params import load_params
+from orchestration.params import load_project_params
 
 pytestmark = [pytest.mark.slow, pytest.mark.airflow, pytest.mark.triton, pytest.mark.integration]
 
@@ -64,7 +64,7 @@ def standalone(project: Path, triton, migrated_db: Path, helpers, log: Path) -> 
     home = Path(env["AIRFLOW_HOME"])
     home.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(migrated_db, home / "airflow.db")  # migrated once per session; migrate is then a no-op
-    prepare_airflow(env, load_params(project / "params.yaml").airflow)
+    prepare_airflow(env, load_project_params(project / "params.yaml").airflow)
     cmd = [str(Path(sys.executable).parent / "airflow"), "standalone"]
     with started(cmd, env, log, cwd=project) as process:
         api = AirflowApi(f"http://127.0.0.1:{api_port}")
