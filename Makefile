@@ -32,7 +32,7 @@ browser:
 # The main job: one full retrain cycle through Airflow (every DVC stage, gate, push to a local
 # Triton, publish) on the embedded data set; prints the served version and a sample prediction.
 run: install
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m orchestration run-once
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m devtools run-once
 
 # Only the DVC pipeline, in this checkout.
 repro: install
@@ -94,17 +94,17 @@ triton-stop: install
 # AIRFLOW_HOME in the ignored .airflow/ folder: migrates the database, creates the GPU pool and
 # starts the local Triton when it is not running. Ctrl-C stops Airflow.
 airflow: install
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m orchestration ui
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m devtools ui
 
 # A local CeleryExecutor cluster on 127.0.0.1, the layout a team runs on separate hosts: Redis,
 # Postgres, api-server (UI on http://localhost:8090), scheduler, dag-processor, triggerer, and two
 # Celery workers (queues default and gpu) with their own workspace roots. PID files, logs and data
 # in .airflow/cluster/. Idempotent; `make cluster-down` stops every process it started.
 cluster: install cluster-deps
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m orchestration cluster up
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m devtools cluster up
 
 cluster-down: install
-	$(BIN)/python -m orchestration cluster down
+	$(BIN)/python -m devtools cluster down
 
 cluster-status: install
-	$(BIN)/python -m orchestration cluster status
+	$(BIN)/python -m devtools cluster status

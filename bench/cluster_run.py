@@ -5,7 +5,7 @@
 Two fresh copies of the project (same params: few epochs, `--folds` folds, no schedule) each do
 one first run from nothing against a Triton of their own on free ports:
 1. baseline: `airflow dags test retrain <date>` on a migrated SQLite home (what `make run` does);
-2. the cluster (`orchestration.cluster` on free ports, a fresh state folder): the time `up` takes
+2. the cluster (`devtools.cluster` on free ports, a fresh state folder): the time `up` takes
    from nothing (initdb, migrate, every process answering), then the same run triggered through
    the REST API and polled until it ends, then `down` and a second `up` with the data kept.
 Prints the wall times and the cluster/baseline ratio. Timings on a shared machine are noisy: run
@@ -31,8 +31,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from support import copy_project, edit_params, free_ports, local_triton  # noqa: E402
 
-from orchestration import cluster  # noqa: E402
-from orchestration.airflow_api import AirflowApi  # noqa: E402
+from devtools.airflow_api import AirflowApi, AirflowApiError  # noqa: E402
+from devtools.cluster import commands  # noqa: E402
+from devtools.cluster.settings import ClusterSettings  # noqa: E402
 
 DAG_ID = "retrain"
 DATE = "2026-01-26"
@@ -98,7 +99,7 @@ def cluster_run(work: Path, epochs: int, folds: int) -> dict[str, float]:
     state = Path(tempfile.mkdtemp(prefix="retrain-cluster-bench-"))
     state.chmod(0o755)  # Postgres runs as its own user and must reach its data folder
     api_port, redis_port, postgres_port, triggerer_port, *log_ports = free_ports(6)
-    base = cluster.ClusterSettings.default(project, state)
+    base = ClusterSettings.default(project, state)
     settings = dataclasses.replace(
         base,
         api_port=api_port,
@@ -111,14 +112,14 @@ def cluster_run(work: Path, epochs: int, folds: int) -> dict[str, float]:
     try:
         with local_triton(work / "cluster-triton") as triton:
             env = {**clean_env(), "AIRFLOW_CONN_TRITON_DEFAULT": triton_connection(triton)}
-            times["up_cold"] = cluster.up(settings, env, triton=False)["seconds"]
+            times["up_cold"] = commands.up(settings, env, triton=False)["seconds"]
             api = AirflowApi(settings.api_url)
             deadline = time.monotonic() + 300
             while True:  # the dag-processor parses the DAG after the services answer
                 try:
                     api.dag(DAG_ID)
                     break
-                except cluster.AirflowApiError:
+                except AirflowApiError:
                     if time.monotonic() > deadline:
                         raise
                     time.sleep(1)
@@ -130,11 +131,11 @@ def cluster_run(work: Path, epochs: int, folds: int) -> dict[str, float]:
             if run["state"] != "success":
                 raise SystemExit(f"the cluster run ended {run['state']}; logs in {settings.log_dir}")
             started = time.perf_counter()
-            cluster.down(settings)
+            commands.down(settings)
             times["down"] = time.perf_counter() - started
-            times["up_warm"] = cluster.up(settings, env, triton=False)["seconds"]
+            times["up_warm"] = commands.up(settings, env, triton=False)["seconds"]
     finally:
-        cluster.down(settings)
+        commands.down(settings)
         shutil.rmtree(state, ignore_errors=True)
     return times
 

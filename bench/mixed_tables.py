@@ -16,7 +16,6 @@ against an all-numeric one with the same number of columns.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import tempfile
@@ -33,6 +32,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # the synthetic table the tests use
 from mixed_data import data_section, mixed_table  # noqa: E402
 
 from pipeline import atomic, transform  # noqa: E402
+from pipeline.candidate import GOLDEN_FILE, read_golden  # noqa: E402
 from pipeline.params import CleanParams, Params, parse_params  # noqa: E402
 from pipeline.rows import Rows, SplitTable  # noqa: E402
 from stages import clean, evaluate, export, train  # noqa: E402
@@ -71,22 +71,26 @@ def build(table, params: Params, out: Path) -> tuple[float, int]:
 
 
 def latency(out: dict[str, Path], requests: int) -> dict[str, dict[int, float]]:
+    from devtools.ports import free_ports
     from serving.client import ClientSettings, TritonClient
-    from serving.push import ServingSettings, golden_inputs, push_candidate
-    from serving.server import ServerSettings, free_ports, start_server, stop_server
+    from serving.loading import golden_inputs
+    from serving.push import push_candidate
+    from serving.server import ServerSettings, stop_server
+    from serving.settings import ServingSettings
+    from serving.startup import start_local_server
 
     scratch = Path(tempfile.mkdtemp(prefix="mixed-bench-"))
     http, grpc, metrics = free_ports(3)
     server = ServerSettings(scratch / "models", scratch / "state", http, grpc, metrics, start_timeout_s=120)
-    start_server(server)
+    start_local_server(server)
     try:
         client = ClientSettings.local(server, timeout_s=60, retries=0)
         settings = ServingSettings(client=client, repository=server.repository, load_timeout_s=120.0, retention=3)
         inputs, served = {}, {}
         for name, folder in out.items():
             push_candidate(folder, settings)
-            golden = json.loads((folder / "golden.json").read_text())
-            inputs[name], served[name] = golden_inputs(golden), golden["model_name"]
+            golden = read_golden(folder / GOLDEN_FILE)
+            inputs[name], served[name] = golden_inputs(golden), golden.model_name
         times: dict[str, dict[int, list[float]]] = {name: {1: [], 64: []} for name in out}
         with TritonClient(client) as triton:
 

@@ -31,13 +31,15 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from serving_latency import drive  # noqa: E402
 
+from devtools.ports import free_ports  # noqa: E402
 from pipeline import atomic  # noqa: E402
 from pipeline.autoencoder import Autoencoder, AutoencoderConfig  # noqa: E402
 from pipeline.models import build_model, config_for  # noqa: E402
 from pipeline.params import load_params  # noqa: E402
 from pipeline.rows import Rows  # noqa: E402
 from serving.client import ClientSettings, TritonClient  # noqa: E402
-from serving.server import ServerSettings, free_ports, start_server, stop_server  # noqa: E402
+from serving.server import ServerSettings, stop_server  # noqa: E402
+from serving.startup import start_local_server  # noqa: E402
 
 CELLS = [(1, 1), (16, 1), (1, 64)]  # (concurrency, rows per request)
 
@@ -126,7 +128,7 @@ def main() -> None:
     http, grpc, metrics = free_ports(3)
     server = ServerSettings(scratch / "models", scratch / "state", http, grpc, metrics, start_timeout_s=120)
     try:
-        start_server(server)
+        start_local_server(server)
         assert isinstance(server.repository, Path)
         install(server.repository, candidates)
         settings = ClientSettings.local(server, protocol="grpc", timeout_s=60, retries=0)

@@ -24,9 +24,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipeline.compute import device_tensors  # noqa: E402
 from pipeline.params import Params, load_params  # noqa: E402
 from pipeline.rows import SplitTable  # noqa: E402
-from pipeline.training import device_tensors, evaluate  # noqa: E402
+from pipeline.training import evaluate  # noqa: E402
 from stages import embed, train  # noqa: E402
 from stages.split import split_stratified  # noqa: E402
 

@@ -7,7 +7,7 @@ Starts a local Triton on free 127.0.0.1 ports with a scratch repository (the pro
 `serving start` code) and loads, side by side:
 - `ours`: the candidate's ONNX file with serving/backend/model.py, configured as params.yaml
   `export:` says (dynamic batching, queue delay, instances, onnxruntime threads and spinning);
-- `noop`: a Python-backend model with the same I/O and config that computes nothing (serving/toy.py):
+- `noop`: a Python-backend model with the same I/O and config that computes nothing (devtools/toy.py):
   the ceiling of the local stack (client, HTTP/gRPC, batcher, Python stub);
 - `ort-defaults`: ours with onnxruntime's own thread defaults (a thread per core, spinning), what
   the backend ran before the thread settings existed;
@@ -32,7 +32,7 @@ with the goals:
 Beside the last two, the no-op model's own figure: a model served through this stack cannot beat the
 model that computes nothing, so a goal the no-op model misses is a limit of the machine (cores shared
 by client, server and stub), not of the model.
-The last line is the raw numbers as JSON. Without models/candidate the toy model of serving/toy.py
+The last line is the raw numbers as JSON. Without models/candidate the toy model of devtools/toy.py
 (64 features, 10 classes) stands in.
 
 --perf-analyzer PATH also runs Triton's own C++ load generator against ours and noop (1-row
@@ -68,19 +68,20 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from devtools.ports import free_ports  # noqa: E402
+from devtools.toy import BACKEND, NOOP_BACKEND, build_candidate  # noqa: E402
+from pipeline.candidate import ENTRY_ONNX_FILE  # noqa: E402
 from pipeline.params import ExportParams, load_params  # noqa: E402
 from serving import configs, metrics  # noqa: E402
 from serving.client import ClientSettings, Protocol, TritonClient  # noqa: E402
+from serving.process import libs_dir  # noqa: E402
 from serving.repository import load_candidate, parse_config  # noqa: E402
 from serving.server import (  # noqa: E402
     ServerSettings,
-    _libs_dir,
-    free_ports,
     read_pid,
-    start_server,
     stop_server,
 )
-from serving.toy import BACKEND, NOOP_BACKEND, build_candidate  # noqa: E402
+from serving.startup import start_local_server  # noqa: E402
 
 CELLS = [(1, 1), (16, 1), (1, 64), (16, 64)]  # (concurrency, rows per request)
 SHM = "ours_shm"  # ours driven through system shared memory (same-host clients)
@@ -142,7 +143,7 @@ def install(repository: Path, candidate: Path, variant: Variant, signature: conf
     """Write the variant as version 1 of a model in the scratch repository."""
     folder = repository / variant.name
     (folder / "1").mkdir(parents=True)
-    shutil.copyfile(load_candidate(candidate).model_files / configs.ONNX_FILENAME, folder / "1" / configs.ONNX_FILENAME)
+    shutil.copyfile(load_candidate(candidate).model_files / ENTRY_ONNX_FILE, folder / "1" / ENTRY_ONNX_FILE)
     (folder / "1" / "model.py").write_text(variant.backend)
     (folder / "config.pbtxt").write_text(configs.python_backend_config(variant.export, signature))
 
@@ -354,7 +355,7 @@ def perf_analyzer_env(scratch: Path) -> dict[str, str]:
     both under hashed names, so link them under the names the loader looks for."""
     import os
 
-    libs = _libs_dir()
+    libs = libs_dir()
     links = scratch / "perf-analyzer-libs"
     links.mkdir(exist_ok=True)
     for pattern, name in (("libb64-*.so.0d", "libb64.so.0d"), ("libcudart-*.so.12*", "libcudart.so.12")):
@@ -512,13 +513,13 @@ def main() -> None:
     try:
         candidate = Path(args.candidate)
         if not (candidate / "golden.json").exists():
-            print(f"{candidate} not found: using serving/toy.py's model (64 features, 10 classes)")
+            print(f"{candidate} not found: using devtools/toy.py's model (64 features, 10 classes)")
             candidate = build_candidate(scratch / "toy", name="toy")
         config = parse_config(load_candidate(candidate).config)
         signature = configs.Signature(int(config.input[0].dims[0]), int(config.output[0].dims[0]))
         export = load_params(args.params).export
         chosen = variants(export, args.levers)
-        start_server(server)
+        start_local_server(server)
         repository = server.repository
         assert isinstance(repository, Path), "the bench runs its own server on a local repository"
         for variant in chosen:
@@ -538,7 +539,7 @@ def main() -> None:
         batches = {
             r: [rng.uniform(0, 16, (r, signature.n_features)).astype(np.float32) for _ in range(64)] for r in (1, 64)
         }
-        onnx_path = repository / "ours" / "1" / configs.ONNX_FILENAME
+        onnx_path = repository / "ours" / "1" / ENTRY_ONNX_FILE
         names = [v.name for v in chosen]
         everything: dict[str, Any] = {}
         for protocol in protocols:

@@ -40,18 +40,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipeline.augment import augment_images  # noqa: E402
+from pipeline.compute import device_tensors, select_device  # noqa: E402
 from pipeline.models import build_model, config_for, set_input_scale  # noqa: E402
+from pipeline.optimizers import make_optimizer, make_scheduler  # noqa: E402
 from pipeline.params import DataParams, TrainParams, load_params  # noqa: E402
 from pipeline.rows import Rows  # noqa: E402
-from pipeline.training import (  # noqa: E402
-    augment_images,
-    device_tensors,
-    fit,
-    input_scale,
-    make_optimizer,
-    make_scheduler,
-    select_device,
-)
+from pipeline.scaling import input_scale  # noqa: E402
+from pipeline.training import fit  # noqa: E402
 
 
 def digits_rows(seed: int = 0) -> tuple[Rows, Rows]:

@@ -170,6 +170,13 @@ with DAG(
             "(relative to the project, or absolute; every worker must be able to read it), or an "
             "s3://bucket/prefix/ (pinned when the run starts). Empty: data.source.",
         ),
+        "as_of": Param(
+            None,
+            type=["null", "string"],
+            title="Data as of",
+            description="Demo mode (airflow.demo_batches): the date YYYY-MM-DD whose weekly batches this run "
+            "ingests, to replay one. Empty: the run's own date. `make run` sets the newest batch's date.",
+        ),
         "note": Param(
             None,
             # nullable, so that the form accepts an empty note (a plain string field is required)

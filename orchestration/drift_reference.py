@@ -123,14 +123,14 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
 
     from orchestration.dvc_graph import read_graph
-    from pipeline.params import load_params
+    from orchestration.params import load_project_params
 
     p = argparse.ArgumentParser(description=main.__doc__.splitlines()[0] if main.__doc__ else None)
     p.add_argument("command", choices=["accept"])
     p.add_argument("--tag", default="local", help="what the reference is the data of (default: %(default)s)")
     args = p.parse_args(argv)
     root = Path.cwd()
-    paths = drift_paths(read_graph(root), load_params(root / "params.yaml").airflow.drift_stage)
+    paths = drift_paths(read_graph(root), load_project_params(root / "params.yaml").airflow.drift_stage)
     if paths is None:
         raise SystemExit("airflow.drift_stage is null: this pipeline has no drift stage")
     if not (root / paths.profile).is_file():

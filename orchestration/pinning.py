@@ -13,7 +13,7 @@ it is: DVC hashes it as before.
 The bucket's credentials come from the Airflow Connection `airflow.source_conn_id` (`aws_default`;
 `connection_env` reads it as Airflow's Amazon provider does) or the worker's own environment.
 
-`python -m orchestration pin` does the same to a checkout by hand (what `dvc update` is to an
+`python -m devtools pin` does the same to a checkout by hand (what `dvc update` is to an
 import): a person pins, then `dvc repro` reads the pinned objects.
 """
 

@@ -65,10 +65,10 @@ class RemoteReader:
     """Objects of the DVC remote by md5 (DVC 3's layout: files/md5/<2>/<30>)."""
 
     def __init__(self, project: Path):
+        from orchestration.params import load_project_params
         from orchestration.remote import resolve
-        from pipeline.params import load_params
 
-        params = load_params(project / "params.yaml")
+        params = load_project_params(project / "params.yaml")
         remote = resolve(project, params.airflow.dvc_remote)
         if remote is None:
             raise LookupError("airflow.dvc_remote is not set: no DVC remote to read reports from")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from orchestration.drift_reference import DriftStageError, drift_paths
 from orchestration.dvc_graph import JOIN, Stage, StageGraph, read_graph
-from pipeline.params import AirflowParams, Params, load_params
+from orchestration.params import AirflowParams, ProjectParams, load_project_params
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -52,7 +52,7 @@ class StageTask:
 @dataclass(frozen=True)
 class PipelineSpec:
     project: Path
-    params: Params
+    params: ProjectParams
     graph: StageGraph
     stage_tasks: list[StageTask]
 
@@ -107,7 +107,7 @@ def stage_tasks(graph: StageGraph, params: AirflowParams) -> list[StageTask]:
 def pipeline_spec(project: str | Path) -> PipelineSpec:
     """Read and check params.yaml and dvc.yaml of the project."""
     project = Path(project)
-    params = load_params(project / "params.yaml")
+    params = load_project_params(project / "params.yaml")
     graph = read_graph(project)
     spec = PipelineSpec(project=project, params=params, graph=graph, stage_tasks=stage_tasks(graph, params.airflow))
     spec.evaluate_args()  # fail at parse time, not after an hour of training

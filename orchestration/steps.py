@@ -14,6 +14,7 @@ directly, as one worker or as several (one `worker_root` each).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,7 +25,9 @@ from orchestration import dvc_runner, lockfile, pinning, registry, workspace
 from orchestration.drift_reference import DriftPaths, commit_reference, drift_paths, write_reference
 from orchestration.dvc_graph import StageGraph, read_graph
 from orchestration.hostname import worker_hostname
+from orchestration.params import AirflowParams
 from orchestration.remote import RemoteError, resolve
+from orchestration.run_values import PreparedRun
 from orchestration.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -45,8 +48,10 @@ class Fleet:
         project: str | Path,
         env: Mapping[str, str] | None = None,
         connection: Mapping[str, Any] | None = None,
+        params: AirflowParams | None = None,
     ) -> Fleet:
-        ws = Workspace.resolve(project, env)
+        """`params`: the project's `airflow:` section when the caller has read it already."""
+        ws = Workspace.resolve(project, env, params)
         remote = resolve(ws.project, ws.params.dvc_remote, env, connection)
         return cls(ws=ws, dvc=dvc_runner.DvcSettings(ws.cache_dir, remote), graph=read_graph(ws.project))
 
@@ -84,9 +89,9 @@ def inputs(graph: StageGraph, name: str) -> tuple[list[str], list[str]]:
 
 def prepare(
     fleet: Fleet, run_id: str, as_of: str | None, overrides: Mapping[str, str | None] | None = None
-) -> dict[str, Any]:
+) -> PreparedRun:
     """`overrides`: `section.key` -> value set in the run's params.yaml (the Trigger form's). A
-    data source in object storage is pinned into the commit (`orchestration.pinning`); the result
+    data source in object storage is pinned into the commit (`orchestration.pinning`); the value
     says what was pinned (`pinned`: source, objects, bytes; None for a local source)."""
     pinned: dict[str, Any] = {}
 
@@ -103,7 +108,7 @@ def prepare(
     prepared = workspace.prepare(
         fleet.ws, workspace.safe_run_key(run_id), as_of, before_commit=name_remote, owned=owned
     )
-    return {**prepared, **pinned}
+    return dataclasses.replace(prepared, pinned=pinned.get("pinned"))
 
 
 def producers(graph: StageGraph, paths: Sequence[str]) -> set[str]:
@@ -152,7 +157,7 @@ def _merged(
 def stage(
     fleet: Fleet,
     run_id: str,
-    prepared: Mapping[str, Any],
+    prepared: PreparedRun,
     name: str,
     upstream: Sequence[Mapping[str, Any]],
     try_number: int = 1,
@@ -160,7 +165,7 @@ def stage(
     """Bring stage `name` up to date in a checkout of its own; `upstream` holds the results of
     the tasks of the stages it depends on (all its ancestors)."""
     root = workspace.checkout(
-        fleet.ws, workspace.safe_run_key(run_id), task_folder(name, try_number), prepared["ref"], prepared["commit"]
+        fleet.ws, workspace.safe_run_key(run_id), task_folder(name, try_number), prepared.ref, prepared.commit
     )
     ancestors = sorted(fleet.graph.ancestors(name))
     base, merged = _merged(
@@ -181,7 +186,7 @@ def stage(
 def checkout_outputs(
     fleet: Fleet,
     run_id: str,
-    prepared: Mapping[str, Any],
+    prepared: PreparedRun,
     results: Sequence[Mapping[str, Any]],
     task: str,
     paths: Sequence[str],
@@ -189,7 +194,7 @@ def checkout_outputs(
 ) -> Path:
     """A checkout of the run with its merged lock and `paths` (outputs of the run) pulled."""
     root = workspace.checkout(
-        fleet.ws, workspace.safe_run_key(run_id), task_folder(task, try_number), prepared["ref"], prepared["commit"]
+        fleet.ws, workspace.safe_run_key(run_id), task_folder(task, try_number), prepared.ref, prepared.commit
     )
     _merged(fleet, root, results, require=fleet.order, keep=producers(fleet.graph, paths))
     dvc_runner.pull_outputs(root, paths, fleet.dvc)
@@ -199,7 +204,7 @@ def checkout_outputs(
 def publish(
     fleet: Fleet,
     run_id: str,
-    prepared: Mapping[str, Any],
+    prepared: PreparedRun,
     results: Sequence[Mapping[str, Any]],
     version: int,
     model: str,
@@ -218,8 +223,8 @@ def publish(
         ws,
         workspace.safe_run_key(run_id),
         task_folder("publish", try_number),
-        prepared["ref"],
-        prepared["commit"],
+        prepared.ref,
+        prepared.commit,
         depth=2,
     )
     _merged(fleet, root, results, require=fleet.order)

@@ -12,17 +12,22 @@ that died, is infrastructure: the task raises and Airflow retries it with backof
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
 import os
-import re
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestration import ending, pinning, steps
+from orchestration.run_values import PreparedRun, PushedVersion, ServedEvent
+
+if TYPE_CHECKING:
+    from orchestration.params import ProjectParams
+    from serving.settings import ServingSettings
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +49,21 @@ def dvc_remote_connection(conn_id: str) -> dict[str, Any] | None:
     return {"login": conn.login, "password": conn.password, "extra": conn.extra_dejson}
 
 
-def fleet(project: str | Path) -> steps.Fleet:
-    from orchestration.remote import URL_ENV
-    from pipeline.params import load_params
+def project_params(project: str | Path) -> ProjectParams:
+    """The project's params.yaml: read once per task, and handed to everything the task resolves."""
+    from orchestration.params import load_project_params
 
-    af = load_params(Path(project) / "params.yaml").airflow
+    return load_project_params(Path(project) / "params.yaml")
+
+
+def fleet(project: str | Path, params: ProjectParams) -> steps.Fleet:
+    from orchestration.remote import URL_ENV
+
+    af = params.airflow
     url = os.environ.get(URL_ENV) or af.dvc_remote or ""
     # a local folder needs no credentials: skip the lookup (one per task)
     connection = dvc_remote_connection(af.dvc_remote_conn_id) if "://" in url or not url else None
-    return steps.Fleet.resolve(project, connection=connection)
+    return steps.Fleet.resolve(project, connection=connection, params=af)
 
 
 def results(context: Mapping[str, Any], task_ids: Sequence[str]) -> list[dict[str, Any]]:
@@ -90,15 +101,15 @@ def run_date(context: Mapping[str, Any]) -> dt.date:
 
 
 def prepare(project: str | Path, context: Mapping[str, Any]) -> dict[str, Any]:
-    """The run's commit on the workspace's git remote; in demo mode, embed.as_of = the run's date.
-    The Trigger form's values are checked here, before any stage runs."""
+    """The run's commit on the workspace's git remote; in demo mode, embed.as_of = the Trigger
+    form's "as_of", else the run's date. The form's values are checked here, before any stage runs."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    setup = fleet(project)
-    as_of = run_date(context).isoformat() if setup.ws.params.demo_batches else None
+    setup = fleet(project, project_params(project))
     form = context.get("params") or {}
     try:
         overrides = form_overrides(setup.ws.project, form)
+        as_of = demo_as_of(setup.ws.params.demo_batches, form, context)
     except ValueError as error:
         raise AirflowFailException(f"the run's parameters (Trigger form) are invalid: {error}") from error
     if form.get("note"):
@@ -109,15 +120,33 @@ def prepare(project: str | Path, context: Mapping[str, Any]) -> dict[str, Any]:
     # a data source in S3 is listed (pinned) here, with the Connection's credentials
     with pinning.environment(pinning.source_env(setup.ws.params.source_conn_id)):
         prepared = steps.prepare(setup, context["run_id"], as_of, overrides)
-    return {**prepared, "note": form.get("note") or "", "overrides": overrides}
+    return dataclasses.replace(prepared, note=form.get("note") or "", overrides=overrides).to_xcom()
+
+
+def demo_as_of(demo_batches: bool, form: Mapping[str, Any], context: Mapping[str, Any]) -> str | None:
+    """embed.as_of of a demo run (the weekly batches it ingests): the Trigger form's "as_of" when
+    given, else the run's date; None outside demo mode. A date that is not YYYY-MM-DD, or one given
+    outside demo mode, raises ValueError naming it."""
+    given = (form.get("as_of") or "").strip()
+    if not demo_batches:
+        if given:
+            raise ValueError(f"as_of {given!r} applies to the demo batches only (airflow.demo_batches); leave it empty")
+        return None
+    if not given:
+        return run_date(context).isoformat()
+    try:
+        return dt.date.fromisoformat(given).isoformat()
+    except ValueError:
+        raise ValueError(f"as_of {given!r} is not a date YYYY-MM-DD") from None
 
 
 def form_overrides(project: Path, form: Mapping[str, Any]) -> dict[str, str | None]:
     """The params.yaml keys the Trigger form sets for this run, checked: a data source that does
     not exist here, or params that no longer load, raise ValueError naming the cause."""
 
+    from orchestration.params import ProjectParams
     from orchestration.workspace import set_param
-    from pipeline.params import Params, read_yaml
+    from pipeline.params import read_yaml
 
     overrides: dict[str, str | None] = {}
     source = (form.get("data_source") or "").strip()
@@ -136,7 +165,7 @@ def form_overrides(project: Path, form: Mapping[str, Any]) -> dict[str, str | No
         section, key = dotted.split(".", 1)
         text = set_param(text, section, key, value)
     try:
-        Params.model_validate(read_yaml(text))
+        ProjectParams.model_validate(read_yaml(text))
     except Exception as error:  # pydantic's ValidationError names the key
         raise ValueError(f"params.yaml with {overrides} does not load: {error}") from error
     return overrides
@@ -151,16 +180,18 @@ def stage(project: str | Path, name: str, ancestors: Sequence[str], context: Map
     from stages._cli import FAILURE_FILE_ENV
 
     ti = context["ti"]
-    prepared = ti.xcom_pull(task_ids=PREPARE_TASK)
+    prepared = PreparedRun.from_xcom(ti.xcom_pull(task_ids=PREPARE_TASK))
     upstream = results(context, ancestors)
-    setup = fleet(project)
+    params = project_params(project)
+    setup = fleet(project, params)
+    from orchestration.spark_connection import spark_env
 
     with tempfile.TemporaryDirectory(prefix="stage-failure-") as tmp:
         cause = Path(tmp) / "cause.txt"
         # DVC passes the environment on to the stage command.
         added = {
             FAILURE_FILE_ENV: str(cause),
-            **spark_env(project, setup.ws.params.spark_conn_id),
+            **spark_env(params),
             **pinning.source_env(setup.ws.params.source_conn_id),
         }
         with pinning.environment(added):
@@ -174,139 +205,19 @@ def stage(project: str | Path, name: str, ancestors: Sequence[str], context: Map
     return result
 
 
-# --- Spark settings -------------------------------------------------------------------------
-def spark_env(project: str | Path, conn_id: str) -> dict[str, str]:
-    """SPARK_MASTER (what pipeline/engines/spark.py reads) from the Airflow Connection `conn_id`,
-    when the project's clean and split run on `engine.name: spark`; {} otherwise or without it."""
-    from pipeline.params import load_params
-
-    if load_params(Path(project) / "params.yaml").engine.name != "spark":
-        return {}
-    from airflow.sdk import Connection
-    from airflow.sdk.exceptions import AirflowNotFoundException
-
-    try:
-        conn = Connection.get(conn_id)
-    except AirflowNotFoundException:
-        log.info("no Airflow Connection %r: the Spark master is engine.spark_master (or SPARK_MASTER)", conn_id)
-        return {}
-    master = spark_master_url(conn.host, conn.port)
-    log.info("Spark master from Connection %r: %s", conn_id, master)
-    return {"SPARK_MASTER": master}
-
-
-def spark_master_url(host: str | None, port: int | None) -> str:
-    """The master URL of an Airflow Spark Connection, read the way Airflow's Spark provider does:
-    the host is `spark://name`, a bare name (spark:// is added), `yarn`, `local[*]` or `k8s://...`;
-    the port, when given, is appended to a host that has none."""
+# --- Triton settings ------------------------------------------------------------------------
+def serving_settings(project: str | Path, conn_id: str, params: ProjectParams) -> ServingSettings:
+    """The serving code's settings, resolved once: params `serving:`, this worker's TRITON_* and
+    the Airflow Connection `conn_id` (orchestration/triton_hook.py). A Connection that cannot be
+    used as it is fails the task at once (a retry would do the same)."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    host = (host or "").strip().rstrip("/")
-    if not host:
-        raise AirflowFailException("the Spark Connection has no host: give spark://<master>, yarn or local[*]")
-    if host.startswith(("yarn", "local")):
-        return host
-    if "://" not in host:
-        host = f"spark://{host}"
-    has_port = re.search(r":\d+$", host.split("://", 1)[1]) is not None
-    return f"{host}:{port}" if port and not has_port else host
-
-
-# --- Triton settings ------------------------------------------------------------------------
-def triton_env(conn_id: str, project: str | Path | None = None) -> dict[str, str]:
-    """TRITON_* variables (what serving/ reads) from the Airflow Connection `conn_id`.
-
-    The scheme comes from the host (`https://triton.example.com`), else from the connection type
-    when it is `grpc`/`grpcs`, else from the HTTP hook's `schema` field (`https`), else from the
-    type (`http`, `https`). TLS is on for https/grpcs and whenever an `ssl_*` extra (or `ssl: true`)
-    is set. The password is sent as a bearer token, and only over TLS unless the extra
-    `allow_insecure_token: true` says otherwise. Other extras: `headers` (JSON object),
-    `model_repository` (the live repository the push writes to), `ssl_ca_file`, `ssl_cert_file`,
-    `ssl_key_file`, `ssl_insecure`, `control_key` (the server's model-control key), `candidate_entry`
-    (`gpu` for a server on GPUs: the candidate's KIND_GPU entry is pushed).
-
-    With no such Connection, the environment and params.yaml `serving:` apply (the local server);
-    given the `project`, the local server's state folder is made absolute against it, so that a
-    task running in another folder (the gate, in the workspace) still finds the server's key.
-    """
-    from airflow.sdk import Connection
-    from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundException
+    from orchestration.triton_hook import TritonConnectionError, TritonHook
 
     try:
-        conn = Connection.get(conn_id)
-    except AirflowNotFoundException:
-        log.info("no Airflow Connection %r: Triton settings from TRITON_* / params.yaml serving:", conn_id)
-        return _local_triton_env(project)
-    extra = conn.extra_dejson
-    host_scheme, sep, host = (conn.host or "").strip().partition("://")
-    if not sep:
-        host_scheme, host = "", host_scheme
-    kind, schema = (conn.conn_type or "").lower(), (conn.schema or "").lower()
-    scheme = host_scheme.lower() or (
-        kind if kind in ("grpc", "grpcs") else schema if schema in ("http", "https") else kind
-    )
-    protocol = "grpc" if scheme.startswith("grpc") else "http"
-    ssl_extras = ("ssl_ca_file", "ssl_cert_file", "ssl_key_file")
-    tls = (
-        scheme in ("https", "grpcs")
-        or any(extra.get(key) for key in ssl_extras)
-        or _truthy(extra.get("ssl_insecure"))
-        or _truthy(extra.get("ssl"))
-    )
-    env: dict[str, str] = {"TRITON_PROTOCOL": protocol}
-    if host:
-        env["TRITON_URL"] = f"{protocol + 's' if tls else protocol}://{host.rstrip('/')}"
-        if conn.port:
-            env["TRITON_URL"] += f":{conn.port}"
-    if tls:
-        env["TRITON_SSL"] = "1"
-    allow_insecure = _truthy(extra.get("allow_insecure_token"))
-    if allow_insecure:
-        env["TRITON_ALLOW_INSECURE_TOKEN"] = "1"
-    loopback = host.rsplit(":", 1)[0].strip("[]") in ("127.0.0.1", "localhost", "::1")
-    secrets = [
-        what for what, given in (("a password", conn.password), ("a control_key", extra.get("control_key"))) if given
-    ]
-    if loopback and not conn.password:
-        secrets = []  # the local server's key never leaves this machine
-    if secrets and not tls and not allow_insecure:
-        raise AirflowFailException(
-            f"Airflow Connection {conn_id!r} has {' and '.join(secrets)} but no TLS: it would go out in clear "
-            f"text to {env.get('TRITON_URL', 'the server')}. Use an https:// or grpcs:// host or connection type, "
-            'or an ssl_* extra; only on a trusted network path, set the extra "allow_insecure_token": true.'
-        )
-    if conn.password:
-        env["TRITON_AUTH_TOKEN"] = conn.password
-    if extra.get("headers"):
-        headers = extra["headers"]
-        env["TRITON_HEADERS"] = headers if isinstance(headers, str) else json.dumps(headers)
-    for key in ("model_repository", "candidate_entry", *ssl_extras, "control_key"):
-        if extra.get(key):
-            env[f"TRITON_{key.upper()}"] = str(extra[key])
-    if _truthy(extra.get("ssl_insecure")):
-        env["TRITON_SSL_INSECURE"] = "1"
-    log.info(
-        "Triton from Connection %r: %s (%s%s)",
-        conn_id,
-        env.get("TRITON_URL", "local default"),
-        protocol,
-        ", TLS" if tls else "",
-    )
-    return env
-
-
-def _truthy(value: object) -> bool:
-    return value is True or str(value).strip().lower() in ("1", "true", "yes", "on")
-
-
-def _local_triton_env(project: str | Path | None) -> dict[str, str]:
-    """The local server's state folder (its key file) as an absolute path, when it is relative."""
-    if project is None:
-        return {}
-    from pipeline.params import load_params
-
-    state_dir = Path(os.environ.get("TRITON_STATE_DIR") or load_params(Path(project) / "params.yaml").serving.state_dir)
-    return {"TRITON_STATE_DIR": str(state_dir if state_dir.is_absolute() else Path(project) / state_dir)}
+        return TritonHook(conn_id, project=Path(project).resolve(), serving=params.serving).get_conn()
+    except TritonConnectionError as error:
+        raise AirflowFailException(str(error)) from error
 
 
 # --- gate -----------------------------------------------------------------------------------
@@ -320,7 +231,7 @@ def run_outputs(
         lambda: steps.checkout_outputs(
             setup,
             context["run_id"],
-            ti.xcom_pull(task_ids=PREPARE_TASK),
+            PreparedRun.from_xcom(ti.xcom_pull(task_ids=PREPARE_TASK)),
             results(context, stage_ids),
             task,
             list(paths),
@@ -344,20 +255,20 @@ def gate(
 
     from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+    from orchestration.params import load_project_params
     from pipeline import atomic
     from pipeline.errors import StageError
-    from pipeline.params import load_params
     from stages import gate as gate_stage
 
-    setup = fleet(project)
+    project_wide = project_params(project)
+    setup = fleet(project, project_wide)
     args = dict(evaluate_args)
     if setup.drift:  # the drift stage's summary goes into the report and the approval page
         args["drift"] = setup.drift.metrics
     root = run_outputs(setup, context, stage_ids, "gate", list(args.values()))
-    params = load_params(root / "params.yaml")
+    params = load_project_params(root / "params.yaml")  # the run's own (the Trigger form may have set keys)
     # The champion is the version pinned in the repository the push writes to (not the checkout's).
-    triton = triton_env(conn_id, setup.ws.project)  # one Connection lookup (and one log line) per task
-    settings = serving_settings(setup.ws.project, conn_id, triton)
+    settings = serving_settings(setup.ws.project, conn_id, project_wide)
     paths = SimpleNamespace(**{key: str(root / path) for key, path in args.items()})
     try:
         decision = gate_stage.run(paths, params.data, settings, params.gate)
@@ -374,22 +285,6 @@ def gate(
 
 
 # --- push -----------------------------------------------------------------------------------
-def serving_settings(project: Path, conn_id: str, triton: Mapping[str, str] | None = None) -> Any:
-    """The serving code's settings: params `serving:` of the project, the Connection's TRITON_*
-    (`triton`, when the caller has them already) over the environment, and a relative model
-    repository taken relative to the project (where `python -m serving start` runs the local
-    server). A repository URL (`s3://...`) passes through as it is."""
-    from pipeline.params import load_params
-    from serving.push import ServingSettings
-
-    params = load_params(project / "params.yaml").serving
-    env = {**os.environ, **(triton_env(conn_id, project) if triton is None else triton)}
-    repository = env.get("TRITON_MODEL_REPOSITORY") or params.repository
-    if "://" not in repository:
-        env["TRITON_MODEL_REPOSITORY"] = str(project / repository)
-    return ServingSettings.from_params(params, env)
-
-
 def push(
     project: str | Path,
     evaluate_args: Mapping[str, str],
@@ -405,12 +300,14 @@ def push(
     from airflow.sdk.exceptions import AirflowFailException
 
     from serving.client import ServerUnreachable
-    from serving.push import PushError, push_candidate
+    from serving.errors import PushError
+    from serving.push import push_candidate
 
-    setup = fleet(project)
+    params = project_params(project)
+    setup = fleet(project, params)
     paths = [evaluate_args["candidate"], evaluate_args["metrics"]]
     root = run_outputs(setup, context, stage_ids, "push", paths)
-    settings = serving_settings(setup.ws.project, conn_id)
+    settings = serving_settings(setup.ws.project, conn_id, params)
     log.info(
         "pushing %s to %s (repository %s)", evaluate_args["candidate"], settings.client.describe(), settings.repository
     )
@@ -430,44 +327,46 @@ def push(
             result.version,
             result.serving,
         )
-    pushed = {
-        "model": result.model,
-        "version": result.version,
-        "serving": result.serving,
-        "previous": result.previous,
-        "created": created,
-        "seconds": round(result.seconds.get("total", 0.0), 2),
-    }
+    pushed = PushedVersion(
+        model=result.model,
+        version=result.version,
+        serving=result.serving,
+        previous=result.previous,
+        created=created,
+        seconds=round(result.seconds.get("total", 0.0), 2),
+    )
     if served is not None:
-        extra = served_extra(pushed, root / evaluate_args["candidate"], root / evaluate_args["metrics"], setup, context)
-        context["outlet_events"][served].extra = extra
-    return pushed
+        event = served_event(pushed, root / evaluate_args["candidate"], root / evaluate_args["metrics"], setup, context)
+        context["outlet_events"][served].extra = event.to_xcom()
+    return pushed.to_xcom()
 
 
-def served_extra(
-    pushed: Mapping[str, Any], candidate: Path, metrics: Path, setup: steps.Fleet, context: Mapping[str, Any]
-) -> dict[str, Any]:
+def served_event(
+    pushed: PushedVersion, candidate: Path, metrics: Path, setup: steps.Fleet, context: Mapping[str, Any]
+) -> ServedEvent:
     """What the served-model asset event records: version, test metrics, the data it was trained
     on (DVC md5s), the source commit and the git tag publish gives this version."""
-    card = json.loads((candidate / "model_card.json").read_text()) if (candidate / "model_card.json").is_file() else {}
-    return {
-        "model": pushed["model"],
-        "version": pushed["version"],
-        "previous": pushed["previous"],
-        "created": pushed["created"],
-        "git_tag": f"{setup.ws.params.tag_prefix}{pushed['version']}",
-        "git_commit": card.get("git_commit"),
-        "metrics": json.loads(metrics.read_text()) if metrics.is_file() else {},
-        "data": card.get("data", {}),
-        "run_id": context["run_id"],
-    }
+    from pipeline.candidate import CARD_FILE, read_card
+
+    card = read_card(candidate / CARD_FILE)
+    return ServedEvent(
+        model=pushed.model,
+        version=pushed.version,
+        previous=pushed.previous,
+        created=pushed.created,
+        git_tag=f"{setup.ws.params.tag_prefix}{pushed.version}",
+        git_commit=card.git_commit,
+        metrics=json.loads(metrics.read_text()) if metrics.is_file() else {},
+        data=card.data,
+        run_id=context["run_id"],
+    )
 
 
 # --- publish --------------------------------------------------------------------------------
 def publish_run(
     project: str | Path,
-    pushed: Mapping[str, Any],
-    prepared: Mapping[str, Any],
+    pushed_value: Mapping[str, Any],
+    prepared_value: Mapping[str, Any],
     stage_ids: Sequence[str],
     context: Mapping[str, Any],
 ) -> dict[str, Any]:
@@ -478,25 +377,26 @@ def publish_run(
 
     from orchestration.workspace import remote_ref
 
-    setup = fleet(project)
-    tag = f"{setup.ws.params.tag_prefix}{pushed['version']}"
-    if not pushed.get("created", True) and remote_ref(setup.ws, f"refs/tags/{tag}"):
+    pushed, prepared = PushedVersion.from_xcom(pushed_value), PreparedRun.from_xcom(prepared_value)
+    setup = fleet(project, project_params(project))
+    tag = f"{setup.ws.params.tag_prefix}{pushed.version}"
+    if not pushed.created and remote_ref(setup.ws, f"refs/tags/{tag}"):
         raise AirflowSkipException(
-            f"{pushed.get('model')} version {pushed.get('version')} already served this exact model and is "
+            f"{pushed.model} version {pushed.version} already served this exact model and is "
             f"published as {tag}; nothing new to publish"
         )
     # (a version stored by an earlier run whose publish never finished is published now)
     ti = context["ti"]
-    summary = f"data as of {prepared.get('as_of') or 'all batches'}; source {prepared.get('source_commit')}"
+    summary = f"data as of {prepared.as_of or 'all batches'}; source {prepared.source_commit}"
     return failing_fast(
         lambda: steps.publish(
             setup,
             context["run_id"],
             prepared,
             results(context, stage_ids),
-            int(pushed["version"]),
-            str(pushed.get("model", "")),
-            f"{pushed.get('model')} version {pushed['version']}; {summary}",
+            pushed.version,
+            pushed.model,
+            f"{pushed.model} version {pushed.version}; {summary}",
             ti.try_number,
         )
     )

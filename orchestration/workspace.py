@@ -32,12 +32,13 @@ import sys
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from orchestration.params import AirflowParams, load_project_params, parse_project_params
 from orchestration.remote import redact
+from orchestration.run_values import PreparedRun
 from pipeline import atomic
 from pipeline.errors import StageError
-from pipeline.params import AirflowParams, load_params, parse_params, read_yaml
+from pipeline.params import read_yaml
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +61,13 @@ class Workspace:
     worker_root: Path  # this worker's checkouts and DVC cache
 
     @classmethod
-    def resolve(cls, project: str | Path, env: Mapping[str, str] | None = None) -> Workspace:
+    def resolve(
+        cls, project: str | Path, env: Mapping[str, str] | None = None, params: AirflowParams | None = None
+    ) -> Workspace:
+        """`params`: the project's `airflow:` section (read from its params.yaml when not given)."""
         env = os.environ if env is None else env
         project = Path(project).resolve()
-        params = load_params(project / "params.yaml").airflow
+        params = params or load_project_params(project / "params.yaml").airflow
         remote = env.get(GIT_REMOTE_ENV) or params.git_remote
         if not is_url(remote):
             remote = str((project / remote).resolve())
@@ -278,7 +282,7 @@ def sync(project: Path, root: Path, as_of: str | None, owned: Collection[str] = 
     text = (project / "params.yaml").read_text()
     if as_of is not None:
         text = set_param(text, "embed", "as_of", as_of)
-        checked = parse_params(read_yaml(text), "workspace params.yaml")
+        checked = parse_project_params(read_yaml(text), "workspace params.yaml")
         assert checked.embed.as_of == as_of, "set_param wrote the wrong line"
     if not params_path.exists() or params_path.read_text() != text:
         atomic.write_text(params_path, text)
@@ -301,7 +305,7 @@ def prepare(
     as_of: str | None,
     before_commit: Callable[[Path], object] | None = None,
     owned: Collection[str] = (),
-) -> dict[str, Any]:
+) -> PreparedRun:
     """The run's commit: the published branch with the project's sources of now (and whatever
     `before_commit` writes into the checkout), pushed to the run's ref. Safe to retry: a second
     try pushes an equivalent commit to the same ref."""
@@ -343,16 +347,16 @@ def prepare(
         (base or "none")[:12],
         as_of,
     )
-    return {
-        "commit": commit,
-        "ref": ref,
-        "base": base,
-        "as_of": as_of,
-        "changed": changed[:50],
-        "removed": removed[:50],
-        "source_commit": project_commit,
-        "workspace": str(root),
-    }
+    return PreparedRun(
+        commit=commit,
+        ref=ref,
+        base=base,
+        as_of=as_of,
+        changed=changed[:50],
+        removed=removed[:50],
+        source_commit=project_commit,
+        workspace=str(root),
+    )
 
 
 # --- publish ---------------------------------------------------------------------------------

@@ -1,4 +1,8 @@
-"""Typed, frozen views of `params.yaml`.
+"""Typed, frozen views of `params.yaml`: the pipeline's sections, and what every owner shares.
+
+Each section's schema lives with its owner: the pipeline's here (what the DVC stages read, and so
+what they depend on), `serving:` in serving/params.py, `gate:` in stages/gate.py, `airflow:` in
+orchestration/params.py, which also checks the whole file (`ProjectParams`).
 
 Every section is a pydantic model with `extra="forbid"` and strict types, so a misspelt key, a
 string where a number belongs or an impossible value is an error that names the key
@@ -8,9 +12,8 @@ string where a number belongs or an impossible value is an error that names the 
 from __future__ import annotations
 
 import datetime as dt
-import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -307,106 +310,9 @@ class ExplainParams(Section):
     examples_per_pair: Annotated[int, Field(ge=1, le=20)] = 3
 
 
-Port = Annotated[int, Field(ge=1, le=65535)]
-Seconds = Annotated[float, Field(gt=0.0)]
+class PipelineParams(Section):
+    """The sections the DVC stages read, and the checks across them."""
 
-
-class ServingParams(Section):
-    """The Triton server and the push/rollback commands. Environment variables override the
-    connection keys (serving/client.py, serving/server.py); credentials come only from there."""
-
-    repository: str = ".triton/models"
-    state_dir: str = ".triton"
-    http_port: Port = 8000
-    grpc_port: Port = 8001
-    metrics_port: Port = 8002
-    url: str | None = None
-    protocol: Literal["http", "grpc"] = "http"
-    start_timeout_s: Seconds = 30.0
-    load_timeout_s: Seconds = 60.0
-    request_timeout_s: Seconds = 10.0
-    retries: Annotated[int, Field(ge=0)] = 3
-    backoff_s: Annotated[float, Field(ge=0.0)] = 0.5
-    retention: Positive = 5
-    candidate_entry: Literal["triton", "gpu", "gpu_torchscript"] = "triton"
-
-    @model_validator(mode="after")
-    def _check(self) -> ServingParams:
-        if len({self.http_port, self.grpc_port, self.metrics_port}) != 3:
-            raise ValueError("http_port, grpc_port and metrics_port must differ")
-        # A URL Path() has flattened (s3:/b) would otherwise become a local folder named "s3:".
-        scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*):/", self.repository)
-        if scheme and not self.repository.startswith("s3://"):
-            raise ValueError(
-                f"repository {self.repository!r}: use a local path, s3://<bucket>/<prefix> or "
-                "s3://http(s)://<host>:<port>/<bucket>/<prefix>"
-            )
-        return self
-
-
-class GateParams(Section):
-    """Champion vs challenger thresholds for the approval gate (TFX-style): every metric named here
-    is one where higher is better, as reported by the evaluate stage."""
-
-    floors: dict[str, Fraction] = {"accuracy": 0.95, "f1_macro": 0.95}
-    max_regression: dict[str, Fraction] = {"accuracy": 0.01, "f1_macro": 0.01}
-    report: str = "reports/gate.json"
-    max_epsilon: Annotated[float, Field(gt=0.0)] | None = None  # None: privacy not required
-
-    @model_validator(mode="after")
-    def _check(self) -> GateParams:
-        if not self.floors and not self.max_regression:
-            raise ValueError("name at least one metric in floors or max_regression")
-        return self
-
-
-class AirflowParams(Section):
-    """The retraining DAG: schedule, queues, pools, approval."""
-
-    dag_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")] = "retrain"
-    schedule: str | None = "0 3 * * 1"
-    data_asset: str | None = "raw_data"
-    start_date: str = "2026-01-05"
-    catchup: bool = False
-    demo_batches: bool = True
-    gpu_stages: list[str] = ["train", "crossval", "export"]
-    gpu_queue: str = "gpu"
-    gpu_pool: str = "gpu"
-    gpu_pool_slots: Positive = 1
-    evaluate_stage: str = "evaluate"
-    drift_stage: str | None = "drift"
-    require_approval: bool = False
-    approval_timeout_h: Annotated[float, Field(gt=0.0)] = 72.0
-    git_remote: str = ".airflow/workspace.git"
-    git_branch: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")] = "main"
-    worker_root: str = ".airflow/worker"
-    worker_keep_runs: Positive = 2
-    dvc_remote: str | None = ".dvc-remote"
-    dvc_remote_conn_id: str = "dvc_remote_default"
-    triton_conn_id: str = "triton_default"
-    notify_conn_id: str = "retrain_notify"
-    spark_conn_id: str = "spark_default"
-    source_conn_id: str = "aws_default"
-    source_poll_s: Annotated[float, Field(gt=0.0)] = 60.0
-    stage_timeout_min: Positive = 120
-    infra_retries: Annotated[int, Field(ge=0)] = 3
-    infra_retry_delay_s: Annotated[float, Field(gt=0.0)] = 10.0
-    tag_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")] = "model-v"
-    registry_stage: Annotated[str, Field(pattern=r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")] = "prod"
-    git_author: str = "retrain-bot <retrain-bot@localhost>"
-
-    @model_validator(mode="after")
-    def _check(self) -> AirflowParams:
-        try:
-            dt.date.fromisoformat(self.start_date)
-        except ValueError:
-            raise ValueError(f"start_date must be a date YYYY-MM-DD, got {self.start_date!r}") from None
-        if not re.fullmatch(r"[^<>]+ <[^<>@\s]+@[^<>\s]+>", self.git_author):
-            raise ValueError(f"git_author must look like 'Name <email>', got {self.git_author!r}")
-        return self
-
-
-class Params(Section):
     data: DataParams
     embed: EmbedParams = EmbedParams()
     clean: CleanParams = CleanParams()
@@ -417,12 +323,9 @@ class Params(Section):
     novelty: NoveltyParams = NoveltyParams()
     export: ExportParams = ExportParams()
     explain: ExplainParams = ExplainParams()
-    serving: ServingParams = ServingParams()
-    gate: GateParams = GateParams()
-    airflow: AirflowParams = AirflowParams()
 
     @model_validator(mode="after")
-    def _check(self) -> Params:
+    def _check(self) -> PipelineParams:
         model, shape = self.train.model, self.data.image_shape
         if model.arch == "cnn" and shape is None:
             raise ValueError("train.model.arch 'cnn' needs data.image_shape; use 'mlp' for tabular rows")
@@ -436,10 +339,29 @@ class Params(Section):
         return self
 
 
-def _describe(error: ValidationError, source: str) -> str:
+# Sections other parts own: a stage reads none of them, so their schemas are not the stages'
+# dependencies (a change to the Airflow schema reruns no stage). Their owners check them:
+# serving/params.py, stages/gate.py, orchestration/params.py (the whole file: ProjectParams).
+OTHER_OWNERS = ("serving", "gate", "airflow")
+
+
+class Params(PipelineParams):
+    """params.yaml as a stage reads it: the pipeline's sections checked, the other owners' sections
+    (OTHER_OWNERS) kept as they are, for their owners to check."""
+
+    serving: dict[str, Any] = {}
+    gate: dict[str, Any] = {}
+    airflow: dict[str, Any] = {}
+
+
+S = TypeVar("S", bound=BaseModel)
+
+
+def _describe(error: ValidationError, source: str, prefix: str = "") -> str:
     lines = [f"{source}: {error.error_count()} invalid parameter(s):"]
     for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        key = ".".join([prefix, *(str(part) for part in item["loc"])] if prefix else map(str, item["loc"]))
+        key = key or "(top level)"
         if item["type"] == "extra_forbidden":
             lines.append(f"  - {key}: unknown key (check the spelling; see the comments in params.yaml)")
         else:
@@ -448,14 +370,21 @@ def _describe(error: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
+def parse_as(schema: type[S], raw: Any, source: str = "params", section: str = "") -> S:
+    """Validate an already-parsed mapping (the whole file, or its `section`) as `schema`; raises
+    ParamsError naming every bad key."""
+    if not isinstance(raw, dict):
+        what = f"the section {section}" if section else "a mapping of sections"
+        raise ParamsError(f"{source}: expected {what} as a mapping, got {type(raw).__name__}")
+    try:
+        return schema.model_validate(raw)
+    except ValidationError as error:
+        raise ParamsError(_describe(error, source, section)) from None
+
+
 def parse_params(raw: Any, source: str = "params") -> Params:
     """Validate an already-parsed mapping; raises ParamsError naming every bad key."""
-    if not isinstance(raw, dict):
-        raise ParamsError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
-    try:
-        return Params.model_validate(raw)
-    except ValidationError as error:
-        raise ParamsError(_describe(error, source)) from None
+    return parse_as(Params, raw, source)
 
 
 # libyaml's parser when PyYAML has it (its manylinux wheels do), ~10x faster than the pure-Python
@@ -468,13 +397,17 @@ def read_yaml(text: str) -> Any:
     return yaml.load(text, Loader=YAML_LOADER)  # noqa: S506 - a safe loader
 
 
-def load_params(path: str | Path = DEFAULT_PATH) -> Params:
-    """Read and validate params.yaml."""
+def read_params(path: str | Path = DEFAULT_PATH) -> Any:
+    """params.yaml as parsed YAML, unchecked."""
     path = Path(path)
     try:
-        raw = read_yaml(path.read_text())
+        return read_yaml(path.read_text())
     except FileNotFoundError:
         raise ParamsError(f"{path}: not found; run from the project root or pass --params") from None
     except yaml.YAMLError as error:
         raise ParamsError(f"{path}: not valid YAML: {error}") from None
-    return parse_params(raw, str(path))
+
+
+def load_params(path: str | Path = DEFAULT_PATH) -> Params:
+    """Read and validate params.yaml as a stage reads it (the pipeline's sections)."""
+    return parse_as(Params, read_params(path), str(path))

@@ -158,7 +158,7 @@ def read_pin(path: str | Path) -> Pin:
     except (ValueError, KeyError, TypeError) as error:
         raise SourceError(
             f"{path}: not a pin of a source (a JSON file with `source` and `objects`: {error!r}); write it again "
-            "with `python -m orchestration pin`"
+            "with `python -m devtools pin`"
         ) from None
 
 

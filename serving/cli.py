@@ -1,4 +1,4 @@
-"""`python -m serving start|stop|status|push|rollback|prune|sample`: thin CLI over serving.push / serving.server.
+"""`python -m serving start|stop|status|push|rollback|prune|sample`: thin CLI over serving.push / status / server.
 
 Human-readable tables by default; `--json` prints one JSON object as the last stdout line (for
 Airflow and scripts). Expected failures exit 1 with a one-paragraph message, no traceback.
@@ -11,14 +11,21 @@ import json
 import logging
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from pipeline.errors import StageError
-from pipeline.params import DEFAULT_PATH, Params, load_params
-from serving import push as ops
+from pipeline.params import DEFAULT_PATH, load_params
 from serving.client import ClientError, ServerUnreachable, TritonClient
+from serving.errors import PushError
+from serving.loading import golden_inputs
 from serving.metrics import MetricsUnavailable, VersionCounters, live_counters
-from serving.server import ServerError, ServerSettings, server_state, start_server, stop_server
+from serving.params import ServingParams, serving_params
+from serving.push import PushResult, prune_versions, push_candidate, rollback
+from serving.server import ServerError, ServerSettings, server_state, stop_server
+from serving.settings import ServingSettings
+from serving.startup import start_local_server
+from serving.status import Status, serving_status
 
 log = logging.getLogger("serving")
 
@@ -54,7 +61,7 @@ def _counter_text(counters: VersionCounters | None) -> str:
 
 
 def format_status(
-    status: ops.Status,
+    status: Status,
     server_process: str | None = None,
     counters: dict[tuple[str, int], VersionCounters] | None = None,
     counters_note: str | None = None,
@@ -91,7 +98,7 @@ def format_status(
     return "\n".join(lines)
 
 
-def format_result(result: ops.PushResult) -> str:
+def format_result(result: PushResult) -> str:
     if result.status == "unchanged":
         return (
             f"{result.model}: the candidate equals stored version {result.version}; nothing pushed. "
@@ -107,15 +114,28 @@ def format_result(result: ops.PushResult) -> str:
     return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class Params:
+    """What the commands read from params.yaml: `serving:`, and the default model name."""
+
+    serving: ServingParams
+    model_name: str  # export.model_name
+
+
+def read_params(path: str) -> Params:
+    loaded = load_params(path)
+    return Params(serving_params(loaded, path), loaded.export.model_name)
+
+
 # --- commands -------------------------------------------------------------------------------------
 def cmd_start(args: argparse.Namespace, params: Params) -> dict[str, Any]:
     server = ServerSettings.from_params(params.serving)
-    state = start_server(server)
-    restored = {} if args.no_restore else ops.restore_pinned(ops.ServingSettings.from_params(params.serving))
-    print(f"tritonserver: {state.describe()}")
-    for name, version in restored.items():
+    started = start_local_server(server, ServingSettings.from_params(params.serving).load_timeout_s)
+    print(f"tritonserver: {started.state.describe()}")
+    for name, version in started.restored.items():
         print(f"loaded {name} version {version} (pinned in the repository)")
-    return {"pid": state.pid, "ready": state.ready, "log": str(server.log_file), "loaded": restored}
+    state = started.state
+    return {"pid": state.pid, "ready": state.ready, "log": str(server.log_file), "loaded": started.restored}
 
 
 def cmd_stop(args: argparse.Namespace, params: Params) -> dict[str, Any]:
@@ -125,8 +145,8 @@ def cmd_stop(args: argparse.Namespace, params: Params) -> dict[str, Any]:
 
 
 def cmd_status(args: argparse.Namespace, params: Params) -> dict[str, Any]:
-    settings = ops.ServingSettings.from_params(params.serving)
-    status = ops.serving_status(settings, args.model)
+    settings = ServingSettings.from_params(params.serving)
+    status = serving_status(settings, args.model)
     process = server_state(ServerSettings.from_params(params.serving)).describe()
     note = None
     try:
@@ -146,25 +166,23 @@ def cmd_status(args: argparse.Namespace, params: Params) -> dict[str, Any]:
 
 
 def cmd_push(args: argparse.Namespace, params: Params) -> dict[str, Any]:
-    settings = ops.ServingSettings.from_params(params.serving)
-    result = ops.push_candidate(args.candidate, settings, metrics=args.metrics, prune=not args.no_prune)
+    settings = ServingSettings.from_params(params.serving)
+    result = push_candidate(args.candidate, settings, metrics=args.metrics, prune=not args.no_prune)
     if not args.json:
         print(format_result(result))
     return result.to_dict()
 
 
 def cmd_rollback(args: argparse.Namespace, params: Params) -> dict[str, Any]:
-    result = ops.rollback(
-        args.model or params.export.model_name, ops.ServingSettings.from_params(params.serving), to=args.to
-    )
+    result = rollback(args.model or params.model_name, ServingSettings.from_params(params.serving), to=args.to)
     if not args.json:
         print(format_result(result))
     return result.to_dict()
 
 
 def cmd_prune(args: argparse.Namespace, params: Params) -> dict[str, Any]:
-    name = args.model or params.export.model_name
-    removed = ops.prune_versions(name, ops.ServingSettings.from_params(params.serving), args.retention)
+    name = args.model or params.model_name
+    removed = prune_versions(name, ServingSettings.from_params(params.serving), args.retention)
     if not args.json:
         print(f"{name}: pruned versions {removed}" if removed else f"{name}: nothing to prune")
     return {"model": name, "pruned": removed}
@@ -172,22 +190,23 @@ def cmd_prune(args: argparse.Namespace, params: Params) -> dict[str, Any]:
 
 def cmd_sample(args: argparse.Namespace, params: Params) -> dict[str, Any]:
     """Send the serving version's golden inputs through tritonclient and show the predictions."""
-    name = args.model or params.export.model_name
-    settings = ops.ServingSettings.from_params(params.serving)
+    name = args.model or params.model_name
+    settings = ServingSettings.from_params(params.serving)
     repo = settings.open_repository()
     version = repo.serving_version(name)
     golden = repo.golden(name, version) if version is not None else None
     if version is None or golden is None:
-        raise ops.PushError(f"{name} has no serving version with golden samples in {repo.root}; push one first")
+        raise PushError(f"{name} has no serving version with golden samples in {repo.root}; push one first")
     with TritonClient(settings.client) as client:
-        probabilities = client.predict(name, ops.golden_inputs(golden))
-    classes = repo.card(name, version).get("classes") or list(range(probabilities.shape[1]))
+        probabilities = client.predict(name, golden_inputs(golden))
+    card = repo.card(name, version)
+    classes = (card.classes if card else None) or list(range(probabilities.shape[1]))
     predicted = [classes[i] for i in probabilities.argmax(axis=1)]
     if not args.json:
         print(f"{name} version {version} via {settings.client.describe()}")
-        print(f"  expected:  {golden.get('labels')}")
+        print(f"  expected:  {golden.labels}")
         print(f"  predicted: {predicted}")
-    return {"model": name, "version": version, "expected": golden.get("labels"), "predicted": predicted}
+    return {"model": name, "version": version, "expected": golden.labels, "predicted": predicted}
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Params], dict[str, Any]]] = {
@@ -216,8 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", default=str(DEFAULT_PATH), help="params file (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     sub = p.add_subparsers(dest="command", required=True)
-    start = sub.add_parser("start", help="start the local tritonserver and load the pinned versions")
-    start.add_argument("--no-restore", action="store_true", help="do not load the pinned versions")
+    sub.add_parser("start", help="start the local tritonserver (if not running) and serve the pinned versions")
     sub.add_parser("stop", help="stop the local tritonserver (SIGTERM to the PID in its PID file)")
     status = sub.add_parser("status", help="versions stored and serving, lineage, live readiness")
     status.add_argument("--model", help="one model (default: every model in the repository)")
@@ -246,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        outcome = COMMANDS[args.command](args, load_params(args.params))
+        outcome = COMMANDS[args.command](args, read_params(args.params))
     except EXPECTED as error:
         log.error("%s failed: %s", args.command, error)
         print(f"\n{args.command} failed: {error}", file=sys.stderr)

@@ -1,8 +1,8 @@
-"""A thin wrapper over tritonclient: connection settings from params + environment, bounded retries.
+"""A thin wrapper over tritonclient: connection settings from params + overrides, bounded retries.
 
 The code never assumes the server is local. URL, protocol, headers and TLS come from configuration;
-credentials come only from environment variables (see `ClientSettings.from_params`), never from
-params.yaml or code, and they never appear in a repr or a log line. Credentials are not sent over
+credentials come only from the environment or an Airflow Connection (serving/overrides.py), never
+from params.yaml or code, and they never appear in a repr or a log line. Credentials are not sent over
 plain HTTP or gRPC unless the configuration explicitly allows it.
 
 The model-control key (serving.control) goes with every call: the local server refuses loading,
@@ -12,7 +12,6 @@ params.yaml `serving:`, the key comes from that server's state folder.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -24,9 +23,10 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import numpy as np
 
 from pipeline.errors import StageError
-from pipeline.params import ParamsError, ServingParams
+from pipeline.params import ParamsError
 from serving import control
-from serving.overrides import apply_env
+from serving.overrides import Overrides
+from serving.params import ServingParams
 
 if TYPE_CHECKING:
     from serving.server import ServerSettings
@@ -35,25 +35,10 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Protocol = Literal["http", "grpc"]
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"", "0", "false", "no", "off"}
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 # Headers that carry credentials: never sent in clear text unless allowed (allow_insecure_token).
 CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization"})
 SCHEMES = {"http": ("http", False), "https": ("http", True), "grpc": ("grpc", False), "grpcs": ("grpc", True)}
-
-# What each `TRITON_*` variable overrides in params.yaml `serving:` for a client.
-CLIENT_ENV = {
-    "TRITON_URL": "url",
-    "TRITON_PROTOCOL": "protocol",
-    "TRITON_HTTP_PORT": "http_port",
-    "TRITON_GRPC_PORT": "grpc_port",
-    "TRITON_METRICS_PORT": "metrics_port",
-    "TRITON_STATE_DIR": "state_dir",
-    "TRITON_REQUEST_TIMEOUT_S": "request_timeout_s",
-    "TRITON_RETRIES": "retries",
-    "TRITON_BACKOFF_S": "backoff_s",
-}
 
 
 class ServerUnreachable(ConnectionError):
@@ -103,59 +88,61 @@ class ClientSettings:
         return self.url.rsplit(":", 1)[0] if ":" in self.url.lstrip("[") else self.url
 
     @classmethod
-    def from_params(cls, params: ServingParams, env: Mapping[str, str] | None = None) -> ClientSettings:
-        """Params, overridden by the environment (numbers held to the same rules as params.yaml):
-
-        TRITON_URL (host:port, or http[s]:// / grpc[s]:// URL; the scheme picks the protocol, and
-        https/grpcs turn TLS on), TRITON_PROTOCOL (http|grpc), TRITON_HTTP_PORT / TRITON_GRPC_PORT
-        (the local default URL), TRITON_HEADERS (JSON object of extra request headers),
-        TRITON_AUTH_TOKEN (sent as `Authorization: Bearer <token>`, over TLS only), TRITON_SSL (1 =
-        TLS), TRITON_SSL_CA_FILE, TRITON_SSL_CERT_FILE, TRITON_SSL_KEY_FILE, TRITON_SSL_INSECURE (1 =
-        skip verification, HTTP; any TRITON_SSL_* turns TLS on), TRITON_ALLOW_INSECURE_TOKEN (1 =
-        send credentials without TLS), TRITON_CONTROL_KEY (the model-control key; default: the
-        local server's key file in TRITON_STATE_DIR / serving.state_dir, when the URL is that
-        server's), TRITON_METRICS_URL (Triton's Prometheus endpoint; default: the local server's
-        metrics port, when the URL is that server's), TRITON_RETRIES, TRITON_BACKOFF_S,
-        TRITON_REQUEST_TIMEOUT_S.
-        """
-        env = os.environ if env is None else env
-        resolved = apply_env(params, env, CLIENT_ENV)
+    def resolve(cls, params: ServingParams, overrides: Overrides, root: Path | None = None) -> ClientSettings:
+        """Params `serving:` with `overrides` (serving/overrides.py: the environment, an Airflow
+        Connection): the URL (host:port, or an http[s]:// / grpc[s]:// URL whose scheme picks the
+        protocol, https/grpcs turning TLS on; default: the local server's port for the protocol),
+        headers and bearer token (over TLS only unless `allow_insecure_token`), TLS files (any of
+        them turns TLS on), the model-control key (default: the local server's key file in
+        `state_dir`, relative to `root`, when the URL is that server's) and the metrics URL
+        (default: the local server's metrics port, when the URL is that server's)."""
+        resolved = overrides.apply(params)
         protocol: Protocol = resolved.protocol
         scheme = resolved.url.partition("://")[0] if resolved.url and "://" in resolved.url else None
         if scheme in SCHEMES:
-            if env.get("TRITON_PROTOCOL") and SCHEMES[scheme][0] != env["TRITON_PROTOCOL"]:
+            given = overrides.params.get("protocol")
+            if given and SCHEMES[scheme][0] != given:
+                where = overrides.sources.get("protocol", "serving.protocol")
                 raise ParamsError(
-                    f"TRITON_PROTOCOL={env['TRITON_PROTOCOL']!r} contradicts the {scheme}:// URL {resolved.url!r}; "
-                    "drop one of them"
+                    f"{where}={given!r} contradicts the {scheme}:// URL {resolved.url!r}; drop one of them"
                 )
             protocol = "grpc" if SCHEMES[scheme][0] == "grpc" else "http"
         local_port = resolved.http_port if protocol == "http" else resolved.grpc_port
         url, scheme_ssl = split_url(resolved.url or f"127.0.0.1:{local_port}")
-        ssl_files = {key: env.get(f"TRITON_SSL_{key.upper()}") or None for key in ("ca_file", "cert_file", "key_file")}
-        insecure = _flag(env, "TRITON_SSL_INSECURE")
+        ssl_files = (overrides.ssl_ca_file, overrides.ssl_cert_file, overrides.ssl_key_file)
+        insecure = bool(overrides.ssl_insecure)
         local = _is_local(url, local_port)
-        key = env.get("TRITON_CONTROL_KEY") or None
+        key = overrides.control_key
         if key is None and local:
-            key = control.read_key(Path(resolved.state_dir))
-        metrics_url = env.get("TRITON_METRICS_URL") or (
-            f"http://127.0.0.1:{resolved.metrics_port}/metrics" if local else None
-        )
+            state_dir = Path(resolved.state_dir)
+            key = control.read_key(state_dir if root is None or state_dir.is_absolute() else root / state_dir)
+        metrics_url = overrides.metrics_url or (f"http://127.0.0.1:{resolved.metrics_port}/metrics" if local else None)
         return cls(
             url=url,
             protocol=protocol,
-            headers=headers_from_env(env),
-            ssl=scheme_ssl or _flag(env, "TRITON_SSL") or insecure or any(ssl_files.values()),
-            ssl_ca_file=ssl_files["ca_file"],
-            ssl_cert_file=ssl_files["cert_file"],
-            ssl_key_file=ssl_files["key_file"],
+            headers=overrides.request_headers(),
+            ssl=scheme_ssl or bool(overrides.ssl) or insecure or any(ssl_files),
+            ssl_ca_file=overrides.ssl_ca_file,
+            ssl_cert_file=overrides.ssl_cert_file,
+            ssl_key_file=overrides.ssl_key_file,
             ssl_insecure=insecure,
             timeout_s=resolved.request_timeout_s,
             retries=resolved.retries,
             backoff_s=resolved.backoff_s,
             control_key=key,
-            allow_insecure_token=_flag(env, "TRITON_ALLOW_INSECURE_TOKEN"),
+            allow_insecure_token=bool(overrides.allow_insecure_token),
             metrics_url=metrics_url,
         )
+
+    @classmethod
+    def from_params(cls, params: ServingParams, env: Mapping[str, str] | None = None) -> ClientSettings:
+        """Params with the `TRITON_*` variables of `env` (default: this process's environment):
+        TRITON_URL, TRITON_PROTOCOL, TRITON_HTTP_PORT / TRITON_GRPC_PORT (the local default URL),
+        TRITON_HEADERS (JSON object of extra request headers), TRITON_AUTH_TOKEN, TRITON_SSL (1 =
+        TLS), TRITON_SSL_CA_FILE, TRITON_SSL_CERT_FILE, TRITON_SSL_KEY_FILE, TRITON_SSL_INSECURE,
+        TRITON_ALLOW_INSECURE_TOKEN, TRITON_CONTROL_KEY, TRITON_STATE_DIR, TRITON_METRICS_URL,
+        TRITON_RETRIES, TRITON_BACKOFF_S, TRITON_REQUEST_TIMEOUT_S (see `resolve`)."""
+        return cls.resolve(params, Overrides.from_env(os.environ if env is None else env))
 
     @classmethod
     def local(cls, server: ServerSettings, protocol: Protocol = "http", **kwargs: Any) -> ClientSettings:
@@ -179,15 +166,6 @@ class ClientSettings:
         return headers
 
 
-def _flag(env: Mapping[str, str], name: str) -> bool:
-    value = env.get(name, "").strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise ParamsError(f"{name}={env[name]!r}: use 1/true/yes/on or 0/false/no/off")
-
-
 def _is_local(url: str, port: int) -> bool:
     host, _, url_port = url.rpartition(":")
     return host in LOOPBACK and url_port == str(port)
@@ -201,22 +179,6 @@ def split_url(url: str) -> tuple[str, bool]:
     if scheme not in SCHEMES:
         raise ParamsError(f"Triton URL scheme must be http, https, grpc or grpcs, got {url!r}")
     return rest.rstrip("/"), SCHEMES[scheme][1]
-
-
-def headers_from_env(env: Mapping[str, str]) -> dict[str, str]:
-    headers: dict[str, str] = {}
-    raw = env.get("TRITON_HEADERS")
-    if raw:
-        try:
-            parsed = json.loads(raw)
-        except json.JSONDecodeError:
-            raise ParamsError("TRITON_HEADERS must be a JSON object of header names to values") from None
-        if not isinstance(parsed, dict) or not all(isinstance(v, str) for v in parsed.values()):
-            raise ParamsError("TRITON_HEADERS must be a JSON object of header names to string values")
-        headers.update(parsed)
-    if env.get("TRITON_AUTH_TOKEN"):
-        headers["Authorization"] = f"Bearer {env['TRITON_AUTH_TOKEN']}"
-    return headers
 
 
 def is_unreachable(error: BaseException) -> bool:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from google.protobuf import text_format
 from tritonclient.grpc.model_config_pb2 import DataType, ModelConfig, ModelInstanceGroup
 
+from pipeline.candidate import ENTRY_ONNX_FILE, ENTRY_TORCHSCRIPT_FILE
 from pipeline.errors import StageError
 from pipeline.params import ExportParams
 
@@ -30,8 +31,6 @@ OUTPUT_NAME = "probabilities"
 LIBTORCH_INPUT_NAME = "input__0"
 LIBTORCH_OUTPUT_NAME = "output__0"
 
-ONNX_FILENAME = "model.onnx"
-TORCHSCRIPT_FILENAME = "model.pt"
 
 # Model config parameters serving/backend/model.py reads. The thread count has the name the native
 # onnxruntime backend gives it; the spinning switch is onnxruntime's own session config key.
@@ -142,7 +141,7 @@ def onnx_gpu_config(params: ExportParams, signature: Signature) -> str:
         backend="onnxruntime",
         kind=ModelInstanceGroup.KIND_GPU,
         count=params.gpu_instance_count,
-        default_model_filename=ONNX_FILENAME,
+        default_model_filename=ENTRY_ONNX_FILE,
     )
     return render(config)
 
@@ -159,7 +158,7 @@ def libtorch_gpu_config(params: ExportParams, signature: Signature, name_suffix:
         platform="pytorch_libtorch",
         kind=ModelInstanceGroup.KIND_GPU,
         count=params.gpu_instance_count,
-        default_model_filename=TORCHSCRIPT_FILENAME,
+        default_model_filename=ENTRY_TORCHSCRIPT_FILE,
     )
     return render(config)
 

@@ -13,9 +13,9 @@ Two guards keep a command from talking to the wrong server:
 - restricted model control: loading, unloading and the repository index need the key header of
   serving.control, so another local process can still run inference but not swap the model.
 
-`python -m serving start` then reloads every model whose `config.pbtxt` pins a version
-(serving.push.restore_pinned), so a restarted server comes back serving what it served before: the
-repository on disk is the record of what serves.
+Start it through serving/startup.py (the one way every command and test starts it): after the
+process, it loads every model's pinned version, so a restarted server comes back serving what it
+served before: the repository is the record of what serves.
 """
 
 from __future__ import annotations
@@ -25,12 +25,9 @@ import json
 import logging
 import os
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
-import sys
-import sysconfig
 import time
 import urllib.error
 import urllib.request
@@ -39,9 +36,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pipeline.atomic import write_text
-from pipeline.params import ServingParams
 from serving import control
-from serving.overrides import apply_env
+from serving.overrides import Overrides
+from serving.params import ServingParams
+from serving.process import ServerError, prepare_backends, server_environment, wheel_dir
 from serving.repository import open_store
 
 log = logging.getLogger(__name__)
@@ -50,11 +48,6 @@ PID_FILE = "tritonserver.pid"
 LOG_FILE = "tritonserver.log"
 ID_FILE = "tritonserver.id"
 ID_PREFIX = "triton-retrain-"
-BACKENDS = "backends"  # writable copy of the wheel's backends + the Python stub for this interpreter
-
-
-class ServerError(RuntimeError):
-    """The local server could not be started or stopped; the message says what to do."""
 
 
 @dataclass(frozen=True)
@@ -72,11 +65,10 @@ class ServerSettings:
     control_key: str | None = field(default=None, repr=False)
 
     @classmethod
-    def from_params(cls, params: ServingParams, env: Mapping[str, str] | None = None) -> ServerSettings:
-        """Params, overridden by `TRITON_MODEL_REPOSITORY`, `TRITON_STATE_DIR`, `TRITON_*_PORT` and
-        `TRITON_START_TIMEOUT_S` (checked like params), and `TRITON_CONTROL_KEY`."""
-        env = os.environ if env is None else env
-        params = apply_env(params, env, SERVER_ENV)
+    def resolve(cls, params: ServingParams, overrides: Overrides) -> ServerSettings:
+        """Params `serving:` with `overrides` (serving/overrides.py) of the repository, state
+        folder, ports and start timeout, checked like params; and the model-control key."""
+        params = overrides.apply(params)
         return cls(
             repository=_repository(params.repository),
             state_dir=Path(params.state_dir),
@@ -84,8 +76,14 @@ class ServerSettings:
             grpc_port=params.grpc_port,
             metrics_port=params.metrics_port,
             start_timeout_s=params.start_timeout_s,
-            control_key=env.get("TRITON_CONTROL_KEY") or None,
+            control_key=overrides.control_key,
         )
+
+    @classmethod
+    def from_params(cls, params: ServingParams, env: Mapping[str, str] | None = None) -> ServerSettings:
+        """Params with the `TRITON_*` variables of `env` (default: this process's environment):
+        TRITON_MODEL_REPOSITORY, TRITON_STATE_DIR, TRITON_*_PORT, TRITON_START_TIMEOUT_S, TRITON_CONTROL_KEY."""
+        return cls.resolve(params, Overrides.from_env(os.environ if env is None else env))
 
     @property
     def pid_file(self) -> Path:
@@ -131,17 +129,6 @@ class ServerSettings:
         return replace(self, http_port=http, grpc_port=grpc, metrics_port=metrics)
 
 
-# What each `TRITON_*` variable overrides in params.yaml `serving:` for the local server.
-SERVER_ENV = {
-    "TRITON_MODEL_REPOSITORY": "repository",
-    "TRITON_STATE_DIR": "state_dir",
-    "TRITON_HTTP_PORT": "http_port",
-    "TRITON_GRPC_PORT": "grpc_port",
-    "TRITON_METRICS_PORT": "metrics_port",
-    "TRITON_START_TIMEOUT_S": "start_timeout_s",
-}
-
-
 @dataclass(frozen=True)
 class ServerState:
     pid: int | None  # from the PID file, if its process is alive and is our tritonserver
@@ -164,44 +151,12 @@ def _repository(location: str) -> Path | str:
     return location if "://" in location else Path(location)
 
 
-def _wheel_dir() -> Path:
-    try:
-        import pytriton
-    except ImportError:  # pragma: no cover - part of the project's dependencies
-        raise ServerError("nvidia-pytriton is not installed; run `make install`") from None
-    return Path(pytriton.__file__).resolve().parent / "tritonserver"
-
-
-def _libs_dir() -> Path:
-    return _wheel_dir().parents[1] / "nvidia_pytriton.libs"
-
-
-def prepare_backends(state_dir: Path) -> Path:
-    """A writable copy of the wheel's backends with this Python's backend stub beside it."""
-    target = state_dir / BACKENDS
-    stub = target / "python" / "triton_python_backend_stub"
-    if stub.exists():
-        return target
-    wheel = _wheel_dir()
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    source_stub = wheel / "python_backend_stubs" / version / "triton_python_backend_stub"
-    if not source_stub.exists():
-        raise ServerError(f"the pytriton wheel has no Python backend stub for Python {version}")
-    tmp = state_dir / f".{BACKENDS}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(wheel / "backends", tmp, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy2(source_stub, tmp / "python" / "triton_python_backend_stub")
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
-    return target
-
-
 def server_command(
     settings: ServerSettings, backends: Path, server_id: str | None = None, control_key: str | None = None
 ) -> list[str]:
     """The tritonserver command line; with an id and a model-control key when given."""
     command = [
-        str(_wheel_dir() / "bin" / "tritonserver"),
+        str(wheel_dir() / "bin" / "tritonserver"),
         f"--model-repository={_repository_arg(settings.repository)}",
         f"--backend-directory={backends.resolve()}",
         "--model-control-mode=explicit",
@@ -224,18 +179,6 @@ def server_command(
 
 def _repository_arg(repository: Path | str) -> str:
     return repository if isinstance(repository, str) else str(repository.resolve())
-
-
-def server_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The Python stub needs the wheel's bundled libs (libcudart: a load hangs without it) and this
-    virtualenv's bin first on PATH (to import numpy and onnxruntime)."""
-    env = dict(os.environ if base is None else base)
-    libs = [str(_libs_dir()), sysconfig.get_config_var("LIBDIR") or ""]
-    if env.get("LD_LIBRARY_PATH"):
-        libs.append(env["LD_LIBRARY_PATH"])
-    env["LD_LIBRARY_PATH"] = ":".join(p for p in libs if p)
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    return env
 
 
 def _alive(pid: int) -> bool:
@@ -303,19 +246,6 @@ def _busy_ports(settings: ServerSettings) -> dict[str, int]:
             except OSError:
                 busy[what] = port
     return busy
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports nothing listens on right now (bound then released by the OS), for a local server of
-    a test or a benchmark."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def _holder(settings: ServerSettings) -> str:

@@ -13,10 +13,11 @@ import logging
 from typing import Any
 
 from pipeline import atomic, distributed, privacy
+from pipeline.compute import device_tensors
 from pipeline.models import config_for
 from pipeline.params import DataParams, Params, SplitParams, TrainParams
 from pipeline.rows import SplitTable
-from pipeline.training import device_tensors, evaluate, fit
+from pipeline.training import evaluate, fit
 from stages import _cli
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,6 @@ test sample (CSV that DVC draws as a confusion matrix). Torch-free: it reads onl
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ import onnxruntime as ort
 import pandas as pd
 
 from pipeline import atomic, metrics
-from pipeline.candidate import CARD_FILE, ONNX_FILE
+from pipeline.candidate import CARD_FILE, ONNX_FILE, read_card
 from pipeline.params import DataParams
 from pipeline.rows import Rows, SplitTable
 from pipeline.transform import RawRows
@@ -63,13 +62,13 @@ def score(actual: np.ndarray, predicted: np.ndarray, classes: list) -> Evaluatio
 
 def run(candidate: Path, test: Rows | RawRows, data: DataParams) -> Evaluation:
     """Score `candidate/model.onnx` on the test rows (labels are indices into data.classes)."""
-    card = json.loads((candidate / CARD_FILE).read_text())
+    card = read_card(candidate / CARD_FILE)
     classes = list(data.classes)
-    if list(card["classes"]) != classes:
+    if list(card.classes) != classes:
         raise _cli.StageError(
-            f"the candidate predicts classes {card['classes']}, but data.classes is {classes}; re-export it"
+            f"the candidate predicts classes {card.classes}, but data.classes is {classes}; re-export it"
         )
-    outputs = onnx_predict(candidate / ONNX_FILE, test, card["inputs"][0]["name"], card["outputs"][0]["name"])
+    outputs = onnx_predict(candidate / ONNX_FILE, test, card.inputs[0].name, card.outputs[0].name)
     evaluation = score(test.y, outputs.argmax(axis=1), classes)
     log.info("%s on %d test rows: %s", candidate / ONNX_FILE, len(test), evaluation.metrics)
     return evaluation

@@ -1,4 +1,5 @@
-"""export: ONNX + TorchScript with parity checks, Triton repository entries, golden samples, model card.
+"""export: ONNX + TorchScript with parity checks, Triton repository entries, golden samples, model card
+(the candidate's layout and types: pipeline/candidate.py).
 
 The exported graphs return probabilities (softmax inside), take raw feature rows (scaling is part
 of the model) and have a dynamic batch axis. Both files are reloaded from disk and compared with
@@ -37,7 +38,21 @@ import torch
 from torch import nn
 
 from pipeline import atomic, autoencoder, sources, transform
-from pipeline.candidate import CARD_FILE, GOLDEN_FILE, ONNX_FILE, TORCHSCRIPT_FILE
+from pipeline.candidate import (
+    CARD_FILE,
+    CONFIG_FILE,
+    ENTRIES,
+    ENTRY_BACKEND_FILE,
+    ENTRY_ONNX_FILE,
+    ENTRY_TORCHSCRIPT_FILE,
+    ENTRY_VERSION,
+    GOLDEN_FILE,
+    ONNX_FILE,
+    TORCHSCRIPT_FILE,
+    GoldenSamples,
+    ModelCard,
+    TensorSpec,
+)
 from pipeline.errors import StageError
 from pipeline.models import ModelConfig, load_model
 from pipeline.params import DataParams, ExportParams
@@ -49,7 +64,6 @@ from stages import _cli
 log = logging.getLogger(__name__)
 
 BACKEND_SOURCE = Path(__file__).resolve().parents[1] / "serving" / "backend" / "model.py"
-VERSION = "1"  # the entries hold one version; push renumbers it in the live repository
 BATCH_ROWS = 4096  # test rows per forward pass in the parity checks: bounded memory on a large split
 
 
@@ -195,7 +209,7 @@ def golden_samples(
     export: ExportParams,
     more: dict[str, np.ndarray] | None = None,
     raw: RawRows | None = None,
-) -> dict[str, Any]:
+) -> GoldenSamples:
     """A few test rows with expected outputs; `more` = the expected values of further outputs by
     name (`more_outputs`, only present when there are any). With `raw` (a mixed table's model) the
     inputs are the raw rows, {input name: rows}, as a client sends them (NaN / "" where a value is
@@ -209,19 +223,17 @@ def golden_samples(
         datatypes = {name: "BYTES" if values.dtype.kind in "OUS" else "FP32" for name, values in fed.items()}
     else:
         inputs, datatypes = rows.take(picks).float32().tolist(), None
-    golden = {
-        **({"input_datatypes": datatypes} if datatypes else {}),
-        "model_name": export.model_name,
-        "input_name": configs.INPUT_NAME,
-        "output_name": configs.OUTPUT_NAME,
-        "inputs": inputs,
-        "outputs": expected[picks].tolist(),
-        "labels": [classes[i] for i in rows.y[picks]],
-        "atol": export.parity_tolerance,
-    }
-    if more:
-        golden["more_outputs"] = {name: values[picks].tolist() for name, values in more.items()}
-    return golden
+    return GoldenSamples(
+        model_name=export.model_name,
+        input_name=configs.INPUT_NAME,
+        output_name=configs.OUTPUT_NAME,
+        inputs=inputs,
+        input_datatypes=datatypes,
+        outputs=expected[picks].tolist(),
+        labels=[classes[i] for i in rows.y[picks]],
+        atol=export.parity_tolerance,
+        more_outputs={name: values[picks].tolist() for name, values in more.items()} if more else None,
+    )
 
 
 def file_md5(path: str | Path) -> str:
@@ -247,23 +259,27 @@ def write_entries(
 ) -> list[str]:
     """The Triton repository entries beside the exported files; each config is parsed first. No
     libtorch entry for a model with string inputs (TorchScript cannot take them)."""
-    name = export.model_name
     onnx, torchscript = out / ONNX_FILE, out / TORCHSCRIPT_FILE
-    entries = [
-        # folder, config text, {file in the version folder: source}
-        (f"triton/{name}", configs.python_backend_config, {"model.py": BACKEND_SOURCE, configs.ONNX_FILENAME: onnx}),
-        (f"gpu/{name}", configs.onnx_gpu_config, {configs.ONNX_FILENAME: onnx}),
-        (f"gpu/{name}_torchscript", configs.libtorch_gpu_config, {configs.TORCHSCRIPT_FILENAME: torchscript}),
-    ][: 3 if torchscript_entry else 2]
-    for folder, render, files in entries:
+    entries = {
+        # entry: (config text, {file in the version folder: source})
+        "triton": (configs.python_backend_config, {ENTRY_BACKEND_FILE: BACKEND_SOURCE, ENTRY_ONNX_FILE: onnx}),
+        "gpu": (configs.onnx_gpu_config, {ENTRY_ONNX_FILE: onnx}),
+        "gpu_torchscript": (configs.libtorch_gpu_config, {ENTRY_TORCHSCRIPT_FILE: torchscript}),
+    }
+    if not torchscript_entry:
+        del entries["gpu_torchscript"]
+    written = []
+    for entry, (render, files) in entries.items():
+        folder = f"{ENTRIES[entry][0]}/{export.model_name}{ENTRIES[entry][1]}"
         text = render(export, signature)
-        configs.check_config(text, source=f"{folder}/config.pbtxt")
-        version = out / folder / VERSION
+        configs.check_config(text, source=f"{folder}/{CONFIG_FILE}")
+        version = out / folder / ENTRY_VERSION
         version.mkdir(parents=True)
-        (out / folder / "config.pbtxt").write_text(text)
+        (out / folder / CONFIG_FILE).write_text(text)
+        written.append(folder)
         for target, source in files.items():
             shutil.copyfile(source, version / target)
-    return [folder for folder, _, _ in entries]
+    return written
 
 
 def _jsonable(value: Any) -> Any:
@@ -281,7 +297,7 @@ def run(
     novelty: tuple[autoencoder.Autoencoder, float] | None = None,
     raw: RawRows | None = None,
     source: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> ModelCard:
     """Export `model` into the empty folder `out`; returns the model card (also written there).
     `novelty` = (autoencoder, threshold) adds the `novelty` output.
 
@@ -354,57 +370,54 @@ def run(
     write_entries(out, export, signature, torchscript_entry=fitted is None)
     gpu_entries.check_gpu_entries(out)  # what a GPU server would refuse to load fails here
     golden = golden_samples(test, expected[0], classes, export, dict(zip(names[1:], expected[1:], strict=True)), raw)
-    atomic.write_json(out / GOLDEN_FILE, golden)
+    atomic.write_json(out / GOLDEN_FILE, golden.to_json())
 
-    tensor = {"datatype": "FP32"}
-    card = {
-        "model_name": export.model_name,
-        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),  # metadata only
-        "git_commit": git_commit(),
-        "data": data_hashes,
-        # What train measured on the validation rows (evaluate adds the test metrics beside it).
-        "metrics": _jsonable(model_file.get("metrics", {})),
-        "best_epoch": model_file.get("best_epoch"),
-        # Differential privacy as train measured it (epsilon spent at delta, noise, clipping); null
-        # when trained without. The gate's gate.max_epsilon reads it.
-        "privacy": _jsonable(model_file.get("privacy")),
-        "params": {
-            "data": data.model_dump(),
-            # The train params the weights came from, as train stored them in the model file (not
-            # params.yaml's, which may have moved on and which this stage does not depend on).
-            "train": _jsonable(model_file.get("params")),
-            "export": export.model_dump(),
-        },
-        "model_config": config.to_dict(),
-        "classes": classes,
-        "inputs": [{"name": t.name, "shape": [-1, t.width], "datatype": t.datatype} for t in signature.tensors()],
-        "outputs": [{"name": name, "shape": [-1, width], **tensor} for name, width in signature.outputs],
-        "parity": {
-            "rows": len(expected[0]),
-            "tolerance": tolerance,
-            "max_abs_diff": parity,
-        },
-        "artifacts": {
-            name: hashlib.sha256((out / name).read_bytes()).hexdigest()
-            for name in (ONNX_FILE, TORCHSCRIPT_FILE)
-            if (out / name).exists()
-        },
-        "golden_samples": len(golden["labels"]),
-    }
+    extra: dict[str, Any] = {}
     if novelty is not None:
-        card["novelty"] = {
+        extra["novelty"] = {
             "output": autoencoder.OUTPUT_NAME,
             "meaning": "reconstruction error / threshold; above 1 = unlike the training data",
             "threshold": novelty[1],
             "model_config": novelty[0].config.to_dict(),
         }
     if source is not None:
-        card["source"] = source  # the exact objects clean read: url, version id, ETag, size
+        extra["source"] = source  # the exact objects clean read: url, version id, ETag, size
     if fitted is not None:
         # What the served graph does to raw rows, fitted on the train split: fills, vocabularies,
         # indicators, and the encoded features the network sees.
-        card["transform"] = {**fitted, "features": transform.feature_names(fitted)}
-    atomic.write_json(out / CARD_FILE, card)
+        extra["transform"] = {**fitted, "features": transform.feature_names(fitted)}
+    card = ModelCard(
+        model_name=export.model_name,
+        created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),  # metadata only
+        git_commit=git_commit(),
+        data=data_hashes,
+        # What train measured on the validation rows (evaluate adds the test metrics beside it).
+        metrics=_jsonable(model_file.get("metrics", {})),
+        best_epoch=model_file.get("best_epoch"),
+        # Differential privacy as train measured it (epsilon spent at delta, noise, clipping); null
+        # when trained without. The gate's gate.max_epsilon reads it.
+        privacy=_jsonable(model_file.get("privacy")),
+        params={
+            "data": data.model_dump(),
+            # The train params the weights came from, as train stored them in the model file (not
+            # params.yaml's, which may have moved on and which this stage does not depend on).
+            "train": _jsonable(model_file.get("params")),
+            "export": export.model_dump(),
+        },
+        network=config.to_dict(),
+        classes=classes,
+        inputs=[TensorSpec(name=t.name, shape=[-1, t.width], datatype=t.datatype) for t in signature.tensors()],
+        outputs=[TensorSpec(name=name, shape=[-1, width], datatype="FP32") for name, width in signature.outputs],
+        parity={"rows": len(expected[0]), "tolerance": tolerance, "max_abs_diff": parity},
+        artifacts={
+            name: hashlib.sha256((out / name).read_bytes()).hexdigest()
+            for name in (ONNX_FILE, TORCHSCRIPT_FILE)
+            if (out / name).exists()
+        },
+        golden_samples=len(golden.labels),
+        **extra,
+    )
+    atomic.write_json(out / CARD_FILE, card.to_json())
     log.info("exported %s in %.1f s", export.model_name, time.perf_counter() - started)
     return card
 

@@ -25,20 +25,37 @@ import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
+from pydantic import Field, model_validator
 
 from pipeline import atomic
-from pipeline.params import DataParams, GateParams
+from pipeline.params import DataParams, Fraction, Section, parse_as
 from stages import _cli
 
 if TYPE_CHECKING:  # serving/ (and tritonclient) load only when the champion is scored
-    from serving.push import ServingSettings
+    from serving.settings import ServingSettings
 
 log = logging.getLogger(__name__)
 
 REJECTED_EXIT = 3
+
+
+class GateParams(Section):
+    """Champion vs challenger thresholds for the approval gate (TFX-style): every metric named here
+    is one where higher is better, as reported by the evaluate stage."""
+
+    floors: dict[str, Fraction] = {"accuracy": 0.95, "f1_macro": 0.95}
+    max_regression: dict[str, Fraction] = {"accuracy": 0.01, "f1_macro": 0.01}
+    report: str = "reports/gate.json"
+    max_epsilon: Annotated[float, Field(gt=0.0)] | None = None  # None: privacy not required
+
+    @model_validator(mode="after")
+    def _check(self) -> GateParams:
+        if not self.floors and not self.max_regression:
+            raise ValueError("name at least one metric in floors or max_regression")
+        return self
 
 
 @dataclass(frozen=True)
@@ -166,7 +183,7 @@ def champion_version(repo: Any, client: Any, model: str) -> int | None:
     """The pinned version of `model` (what the repository says serves), or None on a first
     deployment. Fails closed: a pinned version the server does not have READY, or versions served
     that nothing pins, stop the gate instead of letting a candidate through unchecked."""
-    from serving.push import served_versions
+    from serving.loading import served_versions
 
     pinned = repo.serving_version(model)
     served = served_versions(client, model)
@@ -261,7 +278,8 @@ def run(args: Any, data: DataParams, serving: ServingSettings, gate: GateParams)
     model = candidate.name
     test = test_rows(SplitTable.open(args.clean, args.split, data))
     champion = score_champion(serving, list(data.classes), model, test)
-    decision = decide(challenger, None if champion is None else champion[1], gate, candidate.card.get("privacy"))
+    privacy = candidate.card.privacy if candidate.card else None
+    decision = decide(challenger, None if champion is None else champion[1], gate, privacy)
     return Decision(
         passed=decision.passed,
         reason=decision.reason,
@@ -294,10 +312,12 @@ def main() -> None:
     p.add_argument("--report", help="where to write the gate report (default: gate.report in params)")
 
     def body(args: Any, params: Any) -> Decision:
-        from serving.push import ServingSettings
+        from serving.params import serving_params
+        from serving.settings import ServingSettings
 
-        decision = run(args, params.data, ServingSettings.from_params(params.serving), params.gate)
-        atomic.write_json(args.report or params.gate.report, decision.to_json())
+        gate = parse_as(GateParams, params.gate, args.params, "gate")
+        decision = run(args, params.data, ServingSettings.from_params(serving_params(params, args.params)), gate)
+        atomic.write_json(args.report or gate.report, decision.to_json())
         log.info("gate %s\n%s", decision.reason, diff_markdown(decision))
         return decision
 

@@ -52,7 +52,7 @@ def run(table: SplitTable, data: DataParams, novelty: NoveltyParams) -> tuple[Au
     import numpy as np
 
     from pipeline import autoencoder
-    from pipeline.training import input_scale
+    from pipeline.scaling import input_scale
 
     started = time.perf_counter()
     parts = table.rows(**{split: table.splits == split for split in SPLITS})

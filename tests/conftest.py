@@ -8,7 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.params import Params, load_params
+from orchestration.params import ProjectParams, load_project_params
+
+# The Airflow fixtures (homes, toy projects, an api-server) for tests/dags and tests/devtools alike.
+pytest_plugins = ["airflow_fixtures"]
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,9 +22,9 @@ def project_root() -> Path:
 
 
 @pytest.fixture(scope="session")
-def params() -> Params:
-    """The project's params.yaml, as committed."""
-    return load_params(ROOT / "params.yaml")
+def params() -> ProjectParams:
+    """The project's params.yaml, as committed (every section checked by its owner)."""
+    return load_project_params(ROOT / "params.yaml")
 
 
 def tiny_image_table(rows_per_class: int = 20, seed: int = 0) -> pd.DataFrame:

@@ -13,7 +13,7 @@ from pipeline import atomic, autoencoder
 from pipeline.models import CNNConfig, build_model
 from pipeline.params import Params
 from pipeline.rows import Rows, SplitTable
-from pipeline.training import input_scale
+from pipeline.scaling import input_scale
 
 
 def assignment_for(table: pd.DataFrame) -> pd.DataFrame:
@@ -70,4 +70,4 @@ def export_with_novelty(
             hashes,
             (ae, threshold),
         )
-    return card, rows, (model, ae, threshold)
+    return card.to_json(), rows, (model, ae, threshold)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from serving.server import free_ports  # noqa: F401 - re-exported: ports for the tests' own servers
+from devtools.ports import free_ports  # noqa: F401 - re-exported: ports for the tests' own servers
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,11 +60,13 @@ def edit_params(project: Path, **changes) -> None:
 
 @contextlib.contextmanager
 def local_triton(state: Path) -> Iterator:
-    """A real tritonserver on free ports with its repository under `state`, stopped by its PID.
+    """A real tritonserver on free ports with its repository under `state` (started as every command
+    starts one: serving/startup.py), stopped by its PID.
 
     Its model control is restricted to its key: talk to it with `ClientSettings.local(settings)`,
     or give a Connection the extra `control_key: settings.read_control_key()`."""
-    from serving.server import ServerSettings, start_server, stop_server
+    from serving.server import ServerSettings, stop_server
+    from serving.startup import start_local_server
 
     http, grpc, metrics = free_ports(3)
     settings = ServerSettings(
@@ -75,7 +77,7 @@ def local_triton(state: Path) -> Iterator:
         metrics_port=metrics,
         start_timeout_s=60.0,
     )
-    start_server(settings)
+    start_local_server(settings)  # the one way every command starts it
     try:
         yield settings
     finally:

@@ -8,10 +8,6 @@ that feeds it.
 """
 
 from serving.repository.candidate import (
-    CARD,
-    CONFIG,
-    ENTRIES,
-    GOLDEN,
     METADATA,
     MODEL_NAME,
     Candidate,
@@ -29,10 +25,6 @@ from serving.repository.store import RepositoryError, RepositoryFull
 from serving.repository.versions import HISTORY, TritonRepository, open_store
 
 __all__ = [
-    "CARD",
-    "CONFIG",
-    "ENTRIES",
-    "GOLDEN",
     "HISTORY",
     "METADATA",
     "MODEL_NAME",

@@ -1,6 +1,8 @@
-"""The exported candidate (models/candidate), model names, configs and content hashes.
+"""The exported candidate (models/candidate, typed in pipeline/candidate.py) as the push reads it:
+one entry, model names, configs and content hashes.
 
-The export stage writes one candidate with several Triton entries; a push sends one of them:
+The export stage writes one candidate with several Triton entries (pipeline.candidate.ENTRIES); a
+push sends one of them:
 
     triton           triton/<name>/             the local CPU server (Python backend running ONNX)
     gpu              gpu/<name>/                a GPU server, native onnxruntime backend
@@ -10,28 +12,30 @@ The export stage writes one candidate with several Triton entries; a push sends 
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.candidate import (
+    CARD_FILE,
+    CONFIG_FILE,
+    ENTRIES,
+    ENTRY_VERSION,
+    GOLDEN_FILE,
+    CandidateError,
+    GoldenSamples,
+    ModelCard,
+    read_card,
+    read_golden,
+)
 from serving.repository.store import RepositoryError
 
-CONFIG = "config.pbtxt"
-CARD = "model_card.json"
-GOLDEN = "golden.json"
 # Files we add beside a version's model files; they are not part of its content hash.
-METADATA = frozenset({CONFIG, CARD, GOLDEN})
+METADATA = frozenset({CONFIG_FILE, CARD_FILE, GOLDEN_FILE})
 # Triton loads models from folders named after them; keep names that are safe as one path part.
 MODEL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,128}$")  # as export.model_name allows
-# entry -> (folder in the candidate, suffix of the model name)
-ENTRIES: dict[str, tuple[str, str]] = {
-    "triton": ("triton", ""),
-    "gpu": ("gpu", ""),
-    "gpu_torchscript": ("gpu", "_torchscript"),
-}
 
 
 def validate_model_name(name: object) -> str:
@@ -110,8 +114,8 @@ class Candidate:
     root: Path
     name: str  # the Triton model name of the entry
     config: str  # <entry folder>/<name>/config.pbtxt text
-    golden: dict[str, Any]  # golden.json, with the entry's own tensor names
-    card: dict[str, Any]
+    golden: GoldenSamples  # with the entry's own tensor names
+    card: ModelCard | None
     entry: str = "triton"
 
     @property
@@ -120,7 +124,7 @@ class Candidate:
 
     @property
     def model_files(self) -> Path:
-        return self.model_dir / "1"
+        return self.model_dir / ENTRY_VERSION
 
     def files(self) -> dict[str, bytes]:
         return read_model_files(self.model_files)
@@ -130,47 +134,39 @@ class Candidate:
         return files_hash(self.files(), self.config)
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise RepositoryError(f"{path} is missing; re-run the export stage") from None
-    except json.JSONDecodeError as error:
-        raise RepositoryError(f"{path} is not valid JSON ({error}); re-run the export stage") from None
-    if not isinstance(value, dict):
-        raise RepositoryError(f"{path} must hold a JSON object")
-    return value
-
-
 def load_candidate(root: str | Path, entry: str = "triton") -> Candidate:
     """Read and check one entry of a candidate folder. The model name is validated first."""
     root = Path(root)
     if entry not in ENTRIES:
         raise RepositoryError(f"unknown candidate entry {entry!r}; use one of {sorted(ENTRIES)}")
-    golden = _read_json(root / GOLDEN)
+    try:
+        golden = read_golden(root / GOLDEN_FILE)
+    except CandidateError as error:
+        raise RepositoryError(str(error)) from None
     folder, suffix = ENTRIES[entry]
-    base = validate_model_name(golden.get("model_name"))
+    base = validate_model_name(golden.model_name)
     name = validate_model_name(base + suffix)
     model_dir = root / folder / name
-    if not (model_dir / CONFIG).is_file() or not (model_dir / "1").is_dir():
-        raise RepositoryError(f"{model_dir} must hold {CONFIG} and a version folder 1/; re-run the export stage")
-    text = (model_dir / CONFIG).read_text()
+    if not (model_dir / CONFIG_FILE).is_file() or not (model_dir / ENTRY_VERSION).is_dir():
+        raise RepositoryError(
+            f"{model_dir} must hold {CONFIG_FILE} and a version folder {ENTRY_VERSION}/; re-run the export stage"
+        )
+    text = (model_dir / CONFIG_FILE).read_text()
     config = parse_config(text)
     if config.name and config.name != name:
-        raise RepositoryError(f"{model_dir / CONFIG} names model {config.name!r} but golden.json says {name!r}")
-    for key in ("inputs", "outputs", "atol"):
-        if key not in golden:
-            raise RepositoryError(f"{root / GOLDEN} has no {key!r}; re-run the export stage")
+        raise RepositoryError(f"{model_dir / CONFIG_FILE} names model {config.name!r} but golden.json says {name!r}")
     if config.input and config.output:  # the smoke test speaks the entry's own tensor names
-        golden = {**golden, "input_name": config.input[0].name, "output_name": config.output[0].name}
-        if more := golden.get("more_outputs"):  # further outputs, in order (libtorch: output__1, ...)
+        named: dict[str, Any] = {"input_name": config.input[0].name, "output_name": config.output[0].name}
+        if more := golden.more_outputs:  # further outputs, in order (libtorch: output__1, ...)
             if len(more) != len(config.output) - 1:
                 raise RepositoryError(
-                    f"{root / GOLDEN} lists outputs {list(more)} beyond the first, but {model_dir / CONFIG} declares "
-                    f"{[o.name for o in config.output[1:]]}; re-run the export stage"
+                    f"{root / GOLDEN_FILE} lists outputs {list(more)} beyond the first, but {model_dir / CONFIG_FILE} "
+                    f"declares {[o.name for o in config.output[1:]]}; re-run the export stage"
                 )
-            golden["more_outputs"] = {
-                o.name: values for o, values in zip(config.output[1:], more.values(), strict=True)
-            }
-    card = _read_json(root / CARD) if (root / CARD).exists() else {}
+            named["more_outputs"] = {o.name: values for o, values in zip(config.output[1:], more.values(), strict=True)}
+        golden = golden.model_copy(update=named)
+    try:
+        card = read_card(root / CARD_FILE) if (root / CARD_FILE).exists() else None
+    except CandidateError as error:
+        raise RepositoryError(str(error)) from None
     return Candidate(root=root, name=name, config=text, golden=golden, card=card, entry=entry)

@@ -23,10 +23,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
+from pipeline.candidate import CARD_FILE, CONFIG_FILE, GOLDEN_FILE, GoldenSamples, ModelCard
 from serving.repository.candidate import (
-    CARD,
-    CONFIG,
-    GOLDEN,
     METADATA,
     MODEL_NAME,
     Candidate,
@@ -118,7 +118,7 @@ class TritonRepository:
         return None if data is None else data.decode()
 
     def serving_config(self, name: str) -> Any | None:
-        text = self._read_text(f"{validate_model_name(name)}/{CONFIG}")
+        text = self._read_text(f"{validate_model_name(name)}/{CONFIG_FILE}")
         return None if text is None else parse_config(text)
 
     def history(self, name: str) -> History:
@@ -142,22 +142,33 @@ class TritonRepository:
         return self.history(name).rollback_target(self.versions(name))
 
     def version_config(self, name: str, version: int) -> Any:
-        text = self._read_text(f"{validate_model_name(name)}/{int(version)}/{CONFIG}")
+        text = self._read_text(f"{validate_model_name(name)}/{int(version)}/{CONFIG_FILE}")
         if text is None:  # a version written by hand: fall back to the model-level config
-            text = self._read_text(f"{name}/{CONFIG}")
+            text = self._read_text(f"{name}/{CONFIG_FILE}")
         if text is None:
-            raise RepositoryError(f"{self.location}/{name} has no {CONFIG} for version {version}")
+            raise RepositoryError(f"{self.location}/{name} has no {CONFIG_FILE} for version {version}")
         return parse_config(text)
 
-    def _version_json(self, name: str, version: int, filename: str) -> dict[str, Any] | None:
+    def _version_json(self, name: str, version: int, filename: str) -> Any | None:
         data = self.store.read(f"{validate_model_name(name)}/{int(version)}/{filename}")
         return None if data is None else json.loads(data)
 
-    def card(self, name: str, version: int) -> dict[str, Any]:
-        return self._version_json(name, version, CARD) or {}
+    def card(self, name: str, version: int) -> ModelCard | None:
+        """The stored version's model card (None: it has none, e.g. a version written by hand)."""
+        raw = self._version_json(name, version, CARD_FILE)
+        return None if raw is None else self._checked(ModelCard, raw, name, version, CARD_FILE)
 
-    def golden(self, name: str, version: int) -> dict[str, Any] | None:
-        return self._version_json(name, version, GOLDEN)
+    def golden(self, name: str, version: int) -> GoldenSamples | None:
+        raw = self._version_json(name, version, GOLDEN_FILE)
+        return None if raw is None else self._checked(GoldenSamples, raw, name, version, GOLDEN_FILE)
+
+    def _checked(self, schema: Any, raw: Any, name: str, version: int, filename: str) -> Any:
+        try:
+            return schema.model_validate(raw)
+        except ValidationError as error:
+            raise RepositoryError(
+                f"{self.location}/{name}/{version}/{filename} is not what a push writes: {error}"
+            ) from None
 
     def version_files(self, name: str, version: int) -> dict[str, bytes]:
         """A version's model files as stored (what Triton loads), without our metadata."""
@@ -165,21 +176,21 @@ class TritonRepository:
         return {rel: data for rel, data in files.items() if rel not in METADATA and "__pycache__" not in rel}
 
     def stored_hash(self, name: str, version: int) -> str:
-        recorded = self.card(name, version).get("serving", {}).get("content_hash")
-        if recorded:
-            return recorded
+        card = self.card(name, version)
+        if card is not None and card.serving is not None:
+            return card.serving.content_hash
         return files_hash(self.version_files(name, version), config_text(self.version_config(name, version)))
 
     def find_by_hash(self, name: str, digest: str) -> int | None:
         return next((v for v in reversed(self.versions(name)) if self.stored_hash(name, v) == digest), None)
 
     # --- writing ---------------------------------------------------------------------------------
-    def write_version(self, candidate: Candidate, version: int, card: dict[str, Any]) -> None:
+    def write_version(self, candidate: Candidate, version: int, card: ModelCard) -> None:
         """Write the candidate as `version`: whole, or nothing (RepositoryFull when space runs out)."""
         files = dict(candidate.files())
-        files[CONFIG] = candidate.config.encode()
-        files[GOLDEN] = (json.dumps(candidate.golden, indent=2) + "\n").encode()
-        files[CARD] = (json.dumps(card, indent=2, sort_keys=True, default=str) + "\n").encode()
+        files[CONFIG_FILE] = candidate.config.encode()
+        files[GOLDEN_FILE] = (json.dumps(candidate.golden.to_json(), indent=2) + "\n").encode()
+        files[CARD_FILE] = (json.dumps(card.to_json(), indent=2, sort_keys=True, default=str) + "\n").encode()
         self.store.write_folder(f"{candidate.name}/{int(version)}", files)
         log.info("wrote %s/%s/%d", self.location, candidate.name, version)
 
@@ -201,7 +212,7 @@ class TritonRepository:
 
     def _write_pin_config(self, name: str, version: int) -> None:
         pinned = pin_versions(self.version_config(name, version), [version])
-        self.store.write(f"{name}/{CONFIG}", config_text(pinned).encode())
+        self.store.write(f"{name}/{CONFIG_FILE}", config_text(pinned).encode())
 
     def pin(self, name: str, version: int, *, via: str = "push", reject_previous: str | None = None) -> None:
         """Make `version` the serving one: the model-level config pins it, then the history
@@ -224,7 +235,7 @@ class TritonRepository:
         serving = self.serving_version(name)
         config = self.serving_config(name)
         if serving is not None and (config is None or pinned_versions(config) != [serving]):
-            log.warning("%s/%s/%s did not pin version %d; rewriting it", self.location, name, CONFIG, serving)
+            log.warning("%s/%s/%s did not pin version %d; rewriting it", self.location, name, CONFIG_FILE, serving)
             self._write_pin_config(name, serving)
 
     def prunable(self, name: str, retention: int) -> list[int]:

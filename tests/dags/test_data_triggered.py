@@ -1,5 +1,5 @@
 """The data-triggered path under the real scheduler: `make airflow`'s Airflow (`airflow standalone`,
-LocalExecutor, with the configuration `orchestration.local` generates), a data producer that writes
+LocalExecutor, with the configuration `devtools.airflow_home` generates), a data producer that writes
 new raw data and records an event of the `raw_data` asset through the REST API, and the retrain DAG
 starting by itself, ingesting that data and serving the model it built (a real local Triton).
 
@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 from support import edit_params, local_triton, started
 
-from orchestration.airflow_api import AirflowApi, AirflowApiError
-from orchestration.local import airflow_env, prepare_airflow
-from pipeline.params import load_params
+from devtools.airflow_api import AirflowApi, AirflowApiError
+from devtools.airflow_home import airflow_env, prepare_airflow
+from orchestration.params import load_project_params
 
 pytestmark = [pytest.mark.slow, pytest.mark.airflow, pytest.mark.triton, pytest.mark.integration]
 
@@ -64,7 +64,7 @@ def standalone(project: Path, triton, migrated_db: Path, helpers, log: Path) -> 
     home = Path(env["AIRFLOW_HOME"])
     home.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(migrated_db, home / "airflow.db")  # migrated once per session; migrate is then a no-op
-    prepare_airflow(env, load_params(project / "params.yaml"))
+    prepare_airflow(env, load_project_params(project / "params.yaml").airflow)
     cmd = [str(Path(sys.executable).parent / "airflow"), "standalone"]
     with started(cmd, env, log, cwd=project) as process:
         api = AirflowApi(f"http://127.0.0.1:{api_port}")

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from orchestration.dvc_graph import DvcGraphError, read_graph
+from orchestration.params import AirflowParams
 from orchestration.spec import SpecError, stage_tasks
 from orchestration.workspace import dvc_command
-from pipeline.params import AirflowParams
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -135,7 +135,7 @@ def test_no_secret_in_any_file_commit_log_or_result(published: dict, tmp_path: P
     assert "s3://retrain/dvc" in history  # the remote is named in the committed .dvc/config...
     assert SECRET not in history and ENV_SECRET not in history  # ...its secret never
     for worker in ("a", "b"):
-        root = Path(published["prepared"]["workspace"]).parents[3] / f"worker-{worker}"
+        root = Path(published["prepared"].workspace).parents[3] / f"worker-{worker}"
         for path in root.rglob("config*"):
             if path.is_file() and ".dvc" in path.parts:
                 assert SECRET not in path.read_text(errors="replace"), path

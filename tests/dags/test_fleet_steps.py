@@ -157,11 +157,11 @@ def test_a_stage_without_its_upstream_results_is_refused(toy: Path) -> None:
 def test_prepare_pushes_the_run_commit_to_a_run_ref(toy: Path) -> None:
     a = worker(toy, "a")
     prepared = steps.prepare(a, "manual__2026-01-26T00:00:00+00:00", None)
-    assert prepared["ref"].startswith(RUN_REFS) and ":" not in prepared["ref"]
+    assert prepared.ref.startswith(RUN_REFS) and ":" not in prepared.ref
     remote_refs = sh(toy, "git", "ls-remote", a.ws.git_remote)
-    assert f"{prepared['commit']}\t{prepared['ref']}" in remote_refs
+    assert f"{prepared.commit}\t{prepared.ref}" in remote_refs
     # the committed DVC config names the remote (never a credential), so a clone can `dvc pull`
-    config = sh(toy, "git", "--git-dir", a.ws.git_remote, "show", f"{prepared['commit']}:.dvc/config")
+    config = sh(toy, "git", "--git-dir", a.ws.git_remote, "show", f"{prepared.commit}:.dvc/config")
     assert "remote = retrain" in config and str(toy / ".dvc-remote") in config
 
 

@@ -181,7 +181,8 @@ def test_approval_sits_between_gate_and_push_and_params_yaml_sets_its_default(
 
 def test_trigger_form_params_failure_callback_and_served_asset(parsed: dict, spec) -> None:
     form = parsed["params"]
-    assert set(form) == {"require_approval", "data_source", "note"}
+    assert set(form) == {"require_approval", "data_source", "as_of", "note"}
+    assert form["as_of"]["value"] is None and form["as_of"]["schema"]["type"] == ["null", "string"]
     assert form["require_approval"]["value"] is spec.airflow.require_approval
     assert form["require_approval"]["schema"]["type"] == "boolean"
     assert form["data_source"]["value"] is None and form["data_source"]["schema"]["type"] == ["null", "string"]

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 import pytest
 from support import S3_ENV, moto_s3, started
 
-from orchestration.airflow_api import AirflowApi, AirflowApiError
+from devtools.airflow_api import AirflowApi, AirflowApiError
 from orchestration.source_trigger import STATE_KEY
 
 pytestmark = [pytest.mark.airflow, pytest.mark.s3, pytest.mark.integration]

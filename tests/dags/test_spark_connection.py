@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from support import ROOT, edit_params
 
-from orchestration.tasks import spark_master_url
+from orchestration.spark_connection import spark_master_url
 
 
 @pytest.mark.parametrize(
@@ -33,8 +33,11 @@ def test_the_master_url_of_a_spark_connection(host: str, port: int | None, maste
 
 PROBE = """
 import json, sys
-from orchestration.tasks import spark_env
-print(json.dumps({conn: spark_env(sys.argv[1], conn) for conn in sys.argv[2:]}))
+from orchestration.spark_connection import spark_env
+from orchestration.tasks import project_params
+params = project_params(sys.argv[1])
+named = lambda conn: params.model_copy(update={"airflow": params.airflow.model_copy(update={"spark_conn_id": conn})})
+print(json.dumps({conn: spark_env(named(conn)) for conn in sys.argv[2:]}))
 """
 
 

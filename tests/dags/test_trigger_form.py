@@ -10,13 +10,14 @@ source, a note), checked before any stage runs.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from orchestration.tasks import form_overrides
+from orchestration.tasks import demo_as_of, form_overrides
 
 DAG_ID = "retrain"
 AFTER_CLEAN = r"^(split|train|crossval|export|evaluate|gate|approve|push|publish)"
@@ -34,6 +35,18 @@ def test_form_overrides_check_the_data_source(project_copy: Path) -> None:
     assert form_overrides(project_copy, {"data_source": "s3://bucket/rows.csv"}) == {
         "data.source": "s3://bucket/rows.csv"
     }
+
+
+def test_the_forms_as_of_dates_a_demo_run_and_is_checked() -> None:
+    """`make run` sets as_of (its run is dated now); empty, a demo run ingests the batches up to its own date."""
+    run = {"data_interval_end": dt.datetime(2026, 1, 26, tzinfo=dt.UTC)}
+    assert demo_as_of(True, {"as_of": "2026-02-09"}, run) == "2026-02-09"
+    assert demo_as_of(True, {"as_of": None}, run) == "2026-01-26"
+    with pytest.raises(ValueError, match=r"as_of 'next monday' is not a date YYYY-MM-DD"):
+        demo_as_of(True, {"as_of": "next monday"}, run)
+    with pytest.raises(ValueError, match="applies to the demo batches only"):
+        demo_as_of(False, {"as_of": "2026-02-09"}, run)
+    assert demo_as_of(False, {}, run) is None
 
 
 def test_a_run_without_require_approval_approves_at_once() -> None:

@@ -154,7 +154,7 @@ def test_the_trigger_form_shows_the_runs_fields(ui: str, tmp_path: Path) -> None
             lambda d: next((b for b in d.find_elements(By.TAG_NAME, "button") if b.text.strip() == "Trigger"), None)
         )
         button.click()
-        fields = ["Require approval", "Data source", "Note", "Ask a person (the approve task)"]
+        fields = ["Require approval", "Data source", "Data as of", "Note", "Ask a person (the approve task)"]
         text = _wait_for_text(browser, ["Trigger Dag", *fields])
         shot = screenshot(browser, "trigger-form.png")
         # With every field at its default the form is valid: its own Trigger button (the dialog's,

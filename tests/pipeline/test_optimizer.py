@@ -9,8 +9,8 @@ import pytest
 import torch
 from tiny_training import raw_params
 
+from pipeline.optimizers import make_optimizer
 from pipeline.params import parse_params
-from pipeline.training import make_optimizer
 
 
 def _model(seed: int) -> torch.nn.Module:

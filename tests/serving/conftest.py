@@ -1,6 +1,6 @@
 """Fixtures for the serving tests: tiny exported candidates and one real Triton server per session.
 
-Candidates come from serving/toy.py (the export stage's layout around a hand-made ONNX graph), so
+Candidates come from devtools/toy.py (the export stage's layout around a hand-made ONNX graph), so
 these tests never depend on the training pipeline having run.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from support import free_ports, local_triton
 
-from serving.toy import build_candidate
+from devtools.toy import build_candidate
 
 
 @pytest.fixture
@@ -49,7 +49,7 @@ def triton_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
 def serving_settings(triton_server):
     """Push/status/rollback settings aimed at the session's server, with short retries."""
     from serving.client import ClientSettings
-    from serving.push import ServingSettings
+    from serving.settings import ServingSettings
 
     client = ClientSettings.local(triton_server, timeout_s=30.0, retries=1, backoff_s=0.1)
     return ServingSettings(client=client, repository=triton_server.repository, load_timeout_s=60.0, retention=3)

@@ -7,9 +7,10 @@ import time
 
 import pytest
 
-from pipeline.params import ExportParams, ParamsError, ServingParams
+from pipeline.params import ExportParams, ParamsError
 from serving import configs, control
 from serving.client import ClientError, ClientSettings, ServerUnreachable, TritonClient, split_url
+from serving.params import ServingParams
 from serving.server import ServerSettings
 
 

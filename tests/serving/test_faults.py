@@ -21,12 +21,16 @@ import pytest
 from serving_traffic import Traffic
 from support import free_ports
 
-from serving import control
-from serving import push as push_module
+from pipeline.candidate import CARD_FILE
+from serving import control, loading, transaction
 from serving.client import ClientSettings, TritonClient
-from serving.push import PushError, ServingSettings, push_candidate, restore_pinned, rollback, serving_status
-from serving.repository import CARD, TritonRepository
-from serving.server import ServerSettings, read_pid, start_server, stop_server
+from serving.errors import PushError
+from serving.push import push_candidate, rollback
+from serving.repository import TritonRepository
+from serving.server import ServerSettings, read_pid, stop_server
+from serving.settings import ServingSettings
+from serving.startup import start_local_server
+from serving.status import serving_status
 
 pytestmark = pytest.mark.triton
 
@@ -41,7 +45,7 @@ def server(tmp_path_factory) -> Iterator[ServerSettings]:
     settings = ServerSettings(
         root / "models", root / "state", http, grpc, metrics, start_timeout_s=60.0, control_key=control.new_key()
     )
-    start_server(settings)
+    start_local_server(settings)
     try:
         yield settings
     finally:
@@ -56,7 +60,7 @@ def settings(server) -> ServingSettings:
 
 def served(settings: ServingSettings, name: str) -> list[int]:
     with TritonClient(settings.client) as client:
-        return push_module.served_versions(client, name)
+        return loading.served_versions(client, name)
 
 
 def assert_outcome(
@@ -78,7 +82,7 @@ def assert_outcome(
     folder = Path(settings.repository) / name
     assert sorted(p.name for p in folder.rglob(".*") if p.is_dir()) == []  # no temporary or half-removed folder
     for version in repo.versions(name):
-        assert (folder / str(version) / CARD).is_file()  # every version folder is whole
+        assert (folder / str(version) / CARD_FILE).is_file()  # every version folder is whole
     status = serving_status(settings, name).models[0]
     assert (status.serving, status.live_versions, status.live_ready, status.problem) == (serving, [serving], True, None)
     assert [v.version for v in status.versions if v.state == "READY"] == [serving]
@@ -112,7 +116,7 @@ def test_an_interrupt_in_the_middle_of_the_switch(settings, make_candidate, monk
     name = "f_interrupt"
     first, second = make_candidate(name=name, seed=5), make_candidate(name=name, seed=6)
     push_candidate(first, settings)
-    real_wait = push_module.wait_unloaded
+    real_wait = transaction.wait_unloaded
     interrupts = ["interrupted in the switch"]
 
     def interrupted(*args, **kwargs):  # the switch loaded the new version; the old one is unloading
@@ -121,7 +125,7 @@ def test_an_interrupt_in_the_middle_of_the_switch(settings, make_candidate, monk
         return real_wait(*args, **kwargs)
 
     with Traffic(settings.client, name, {"first": first, "second": second}) as traffic:
-        monkeypatch.setattr(push_module, "wait_unloaded", interrupted)
+        monkeypatch.setattr(transaction, "wait_unloaded", interrupted)
         with pytest.raises(KeyboardInterrupt):
             push_candidate(second, settings)
     # "second" passed its staging check before the switch, so its answers are not wrong ones.
@@ -146,7 +150,7 @@ def test_the_server_killed_during_a_push_then_restarted(server, settings, make_c
     name = "f_killed"
     first, second = make_candidate(name=name, seed=7), make_candidate(name=name, seed=8)
     push_candidate(first, settings)
-    real_load = push_module.load_stored
+    real_load = transaction.load_stored
     down: list[float] = []
 
     def kill_at_the_switch(client, repo, model, version, timeout_s, files=None, as_name=None):
@@ -157,12 +161,11 @@ def test_the_server_killed_during_a_push_then_restarted(server, settings, make_c
 
     quick = dataclasses.replace(settings, client=dataclasses.replace(settings.client, retries=1))
     with Traffic(settings.client, name, {"first": first, "second": second}) as traffic:
-        monkeypatch.setattr(push_module, "load_stored", kill_at_the_switch)
+        monkeypatch.setattr(transaction, "load_stored", kill_at_the_switch)
         with pytest.raises(PushError, match="the server did not confirm it serves"):
             push_candidate(second, quick)
-        monkeypatch.setattr(push_module, "load_stored", real_load)
-        start_server(server)  # what `python -m serving start` does: start, then load the pinned versions
-        restore_pinned(settings)
+        monkeypatch.setattr(transaction, "load_stored", real_load)
+        start_local_server(server)  # what `python -m serving start` does: start, then load the pinned versions
         down.append(time.monotonic())
     assert len(down) == 2  # the server really went down in the switch
     assert_outcome(settings, traffic, name, 1, wrong=("second",), down=[(down[0], down[1])])

@@ -10,7 +10,7 @@ from serving import configs
 from serving.cli import format_status
 from serving.client import ClientError, ClientSettings, TritonClient
 from serving.metrics import MetricsUnavailable, VersionCounters, live_counters, parse
-from serving.push import ModelStatus, Status, VersionStatus
+from serving.status import ModelStatus, Status, VersionStatus
 
 # What Triton 2.51's metrics endpoint printed for a version after 7 requests (21 rows).
 EXPOSITION = """\

@@ -10,7 +10,9 @@ import torch
 from novelty_support import export_with_novelty
 
 from serving.client import TritonClient
-from serving.push import PushError, push_candidate, smoke_test
+from serving.errors import PushError
+from serving.loading import smoke_test
+from serving.push import push_candidate
 from serving.repository import load_candidate
 
 
@@ -60,10 +62,11 @@ def test_smoke_test_checks_the_golden_novelty_too(serving_settings, candidate):
     out, _, _ = candidate
     served = push_candidate(out, serving_settings)  # pushed, or unchanged if the test above ran first
     golden = load_candidate(out).golden
-    assert list(golden["more_outputs"]) == ["novelty"]
+    assert list(golden.more_outputs or {}) == ["novelty"]
     with TritonClient(serving_settings.client) as client:
-        assert smoke_test(client, "digits_novelty", served.version, golden) <= golden["atol"]
-        wrong = {**golden, "more_outputs": {"novelty": (np.asarray(golden["more_outputs"]["novelty"]) + 0.5).tolist()}}
+        assert smoke_test(client, "digits_novelty", served.version, golden) <= golden.atol
+        shifted = (np.asarray((golden.more_outputs or {})["novelty"]) + 0.5).tolist()
+        wrong = golden.model_copy(update={"more_outputs": {"novelty": shifted}})
         with pytest.raises(PushError, match="golden novelty outputs by 0.5"):
             smoke_test(client, "digits_novelty", served.version, wrong)
 
@@ -71,4 +74,4 @@ def test_smoke_test_checks_the_golden_novelty_too(serving_settings, candidate):
 def test_torchscript_entry_maps_novelty_to_its_positional_name(candidate):
     out, _, _ = candidate
     golden = load_candidate(out, "gpu_torchscript").golden
-    assert (golden["output_name"], list(golden["more_outputs"])) == ("output__0", ["output__1"])
+    assert (golden.output_name, list(golden.more_outputs or {})) == ("output__0", ["output__1"])

@@ -13,8 +13,10 @@ from collections.abc import Iterator
 import pytest
 from support import S3_ENV, moto_s3
 
-from pipeline.params import ServingParams
+from pipeline.candidate import ModelCard, ServedRecord
+from serving.params import ServingParams
 from serving.repository import (
+    Candidate,
     RepositoryError,
     RepositoryFull,
     TritonRepository,
@@ -37,10 +39,16 @@ def test_triton_model_names_pass(name):
     assert validate_model_name(name) == name
 
 
+def card(candidate: Candidate, version: int) -> ModelCard:
+    """The candidate's card as a push stores it (with the content hash it records)."""
+    served = ServedRecord(version=version, content_hash=candidate.digest, entry="triton", pushed_at="-", candidate="-")
+    return ModelCard(model_name=candidate.name, serving=served)
+
+
 def stored(repo: TritonRepository, make_candidate, count: int, name: str = "m") -> TritonRepository:
     for version in range(1, count + 1):
         candidate = load_candidate(make_candidate(name=name, seed=version))
-        repo.write_version(candidate, version, {"serving": {"content_hash": candidate.digest}})
+        repo.write_version(candidate, version, card(candidate, version))
     return repo
 
 
@@ -59,7 +67,7 @@ def test_versions_are_written_whole_and_found_by_content(make_candidate, tmp_pat
     assert repo.find_by_hash("m", again.digest) == 2
     assert repo.find_by_hash("m", load_candidate(make_candidate(name="m", seed=99)).digest) is None
     with pytest.raises(RepositoryError, match="already exists"):
-        repo.write_version(again, 2, {})
+        repo.write_version(again, 2, card(again, 2))
 
 
 def test_a_version_folder_is_readable_by_another_user(make_candidate, tmp_path):
@@ -146,7 +154,7 @@ def test_the_gpu_entries_of_a_candidate_are_selectable(make_candidate):
     assert sorted(gpu.files()) == ["model.onnx"] and 'backend: "onnxruntime"' in gpu.config
     assert "KIND_GPU" in gpu.config and "KIND_GPU" in torchscript.config
     assert sorted(torchscript.files()) == ["model.pt"]
-    assert (torchscript.golden["input_name"], torchscript.golden["output_name"]) == ("input__0", "output__0")
+    assert (torchscript.golden.input_name, torchscript.golden.output_name) == ("input__0", "output__0")
     assert len({cpu.digest, gpu.digest, torchscript.digest}) == 3
     with pytest.raises(RepositoryError, match="unknown candidate entry"):
         load_candidate(root, "tpu")
@@ -175,11 +183,12 @@ def test_s3_urls_in_both_of_tritons_forms():
 def test_a_full_disk_leaves_nothing_behind(make_candidate, small_disk, fill_disk):
     repo = TritonRepository(small_disk / "models")
     candidate = load_candidate(make_candidate(name="m", seed=1))
-    repo.write_version(candidate, 1, {})
+    repo.write_version(candidate, 1, card(candidate, 1))
     fill_disk(small_disk)
 
     with pytest.raises(RepositoryFull, match=f"no space left on {small_disk / 'models'}"):
-        repo.write_version(load_candidate(make_candidate(name="m", seed=2)), 2, {})
+        second = load_candidate(make_candidate(name="m", seed=2))
+        repo.write_version(second, 2, card(second, 2))
 
     assert repo.versions("m") == [1]
     assert sorted(p.name for p in repo.model_dir("m").iterdir()) == ["1"]  # no temporary folder

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from support import free_ports
 
-from pipeline.params import ServingParams
 from serving import control, server
 from serving.client import ClientError, ClientSettings, TritonClient
-from serving.push import ServingSettings, push_candidate, rollback, serving_status
+from serving.params import ServingParams
+from serving.push import push_candidate, rollback
 from serving.server import (
     ServerError,
     ServerSettings,
@@ -26,9 +26,11 @@ from serving.server import (
     read_pid,
     server_command,
     server_state,
-    start_server,
     stop_server,
 )
+from serving.settings import ServingSettings
+from serving.startup import start_local_server
+from serving.status import serving_status
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -164,7 +166,7 @@ def test_a_ready_answer_from_another_server_is_not_taken_for_ours(tmp_path, trit
         start_timeout_s=60.0,
     )
     with pytest.raises(ServerError, match="exited with code .* held by another Triton server"):
-        start_server(ours)
+        start_local_server(ours)
     assert not ours.pid_file.exists() and read_pid(ours) is None
     assert server_state(triton_server).ready
 

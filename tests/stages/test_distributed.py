@@ -15,12 +15,13 @@ import yaml
 from conftest import tiny_image_table
 
 from pipeline import distributed
+from pipeline.compute import device_tensors
 from pipeline.errors import StageError
 from pipeline.models import load_model
 from pipeline.params import DistributedParams, parse_params
 from pipeline.rows import SplitTable
 from pipeline.tables import write_parquet
-from pipeline.training import device_tensors, evaluate
+from pipeline.training import evaluate
 from stages.split import split_stratified
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -18,7 +18,7 @@ import pytest
 import torch
 from conftest import tiny_image_table
 
-from orchestration import results
+from devtools import results
 from orchestration.dvc_graph import read_graph
 from orchestration.reports_ui import render, report_outputs
 from pipeline import explain as core

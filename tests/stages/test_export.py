@@ -71,7 +71,9 @@ def exported(tmp_path_factory, params):
     test = split_rows(table, params, "test")
     out = tmp_path_factory.mktemp("export") / "candidate"
     with atomic.atomic_dir(out) as tmp:
-        card = export.run(model, model_file, test, params.data, params.export, Path(tmp), hashes(), source=PINNED)
+        card = export.run(
+            model, model_file, test, params.data, params.export, Path(tmp), hashes(), source=PINNED
+        ).to_json()
     return out, card, model, test
 
 

@@ -73,7 +73,7 @@ def train_and_export(arch: str, rows: str, out: Path) -> dict:
     hashes = {"clean": {"path": "c", "md5": "0" * 32}, "split": {"path": "s", "md5": "1" * 32}}
     with atomic.atomic_dir(out) as tmp:
         Path(tmp).chmod(0o755)
-        return export.run(result.model, model_file, test, params.data, params.export, Path(tmp), hashes)
+        return export.run(result.model, model_file, test, params.data, params.export, Path(tmp), hashes).to_json()
 
 
 @pytest.mark.parametrize("arch,rows", CASES)
@@ -149,7 +149,8 @@ def test_every_family_serves_on_a_real_triton(tmp_path):
     from support import local_triton
 
     from serving.client import ClientSettings, TritonClient
-    from serving.push import ServingSettings, push_candidate
+    from serving.push import push_candidate
+    from serving.settings import ServingSettings
 
     candidates = {f"{arch}_image": tmp_path / arch for arch in ("cnn", "mlp", "rnn", "transformer")}
     candidates["transformer_tabular"] = tmp_path / "transformer_tabular"

@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 from support import ROOT, local_triton
 
-from pipeline.params import GateParams, ServingParams, load_params
+from devtools.toy import build_candidate
+from orchestration.params import load_project_params
 from pipeline.rows import Rows
-from serving.push import ServingSettings
-from serving.toy import build_candidate
+from serving.params import ServingParams
+from serving.settings import ServingSettings
 from stages import _cli
-from stages.gate import decide, diff_markdown, score_champion
+from stages.gate import GateParams, decide, diff_markdown, score_champion
 
 PARAMS = GateParams(floors={"accuracy": 0.9, "f1_macro": 0.9}, max_regression={"accuracy": 0.01})
 GOOD = {"accuracy": 0.97, "f1_macro": 0.96, "test_rows": 270}
@@ -100,7 +101,7 @@ def params(triton):
         retries=1,
         backoff_s=0.1,
     )
-    return load_params(ROOT / "params.yaml").model_copy(update={"serving": serving})
+    return load_project_params(ROOT / "params.yaml").model_copy(update={"serving": serving})
 
 
 def rows_and_labels(candidate, count: int = 20) -> Rows:
@@ -114,7 +115,8 @@ def rows_and_labels(candidate, count: int = 20) -> Rows:
 
 
 def push(params, candidate):
-    from serving.push import ServingSettings, push_candidate
+    from serving.push import push_candidate
+    from serving.settings import ServingSettings
 
     return push_candidate(candidate, ServingSettings.from_params(params.serving, env={}))
 
@@ -135,7 +137,7 @@ def test_nothing_pinned_and_nothing_served_is_a_first_deployment(params):
 @pytest.mark.triton
 def test_a_pinned_champion_that_is_not_ready_fails_closed(params, tmp_path):
     from serving.client import TritonClient
-    from serving.push import ServingSettings
+    from serving.settings import ServingSettings
 
     champion = build_candidate(tmp_path / "a", name="gone", seed=1)
     push(params, champion)
@@ -149,8 +151,9 @@ def test_a_pinned_champion_that_is_not_ready_fails_closed(params, tmp_path):
 @pytest.mark.triton
 def test_the_champion_is_the_pinned_version_not_the_newest_ready_one(params, tmp_path):
     from serving.client import TritonClient
-    from serving.push import ServingSettings, rollback
+    from serving.push import rollback
     from serving.repository import TritonRepository, config_json, pin_versions
+    from serving.settings import ServingSettings
 
     first = build_candidate(tmp_path / "a", name="pinned", seed=2)
     push(params, first)

@@ -16,6 +16,7 @@ import yaml
 from mixed_data import GAPPY, data_section, mixed_table
 
 from pipeline import atomic, transform
+from pipeline.candidate import GoldenSamples
 from pipeline.errors import StageError
 from pipeline.models import load_model
 from pipeline.params import CleanParams, Params, parse_params
@@ -261,7 +262,9 @@ def test_triton_serves_the_mixed_model_from_raw_rows(candidate, tmp_path):
     from support import local_triton
 
     from serving.client import ClientSettings, TritonClient
-    from serving.push import ServingSettings, golden_inputs, push_candidate
+    from serving.loading import golden_inputs
+    from serving.push import push_candidate
+    from serving.settings import ServingSettings
 
     golden = json.loads((candidate / "golden.json").read_text())
     assert golden["input_datatypes"] == {"numeric": "FP32", "categorical": "BYTES"}
@@ -276,7 +279,7 @@ def test_triton_serves_the_mixed_model_from_raw_rows(candidate, tmp_path):
         result = push_candidate(candidate, settings)  # smoke-tests the golden mixed rows under a staging name
         assert (result.status, result.serving) == ("pushed", 1)
         with TritonClient(settings.client) as triton:
-            served = triton.predict("penguins", golden_inputs(golden))
+            served = triton.predict("penguins", golden_inputs(GoldenSamples.model_validate(golden)))
             unusual = triton.predict("penguins", odd)
     assert np.abs(served - np.asarray(golden["outputs"])).max() <= golden["atol"]
     (expected,) = session.run(["probabilities"], odd)

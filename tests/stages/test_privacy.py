@@ -144,7 +144,7 @@ def test_epsilon_reaches_the_train_metrics_the_model_file_and_the_card(image_tab
     test = SplitTable.of(image_table, assignment, params.data).split_rows("test")
     hashes = {name: {"path": f"data/{name}.parquet", "md5": "0" * 32} for name in ("clean", "split")}
     (tmp_path / "candidate").mkdir()
-    card = export.run(model, blob, test, params.data, params.export, tmp_path / "candidate", hashes)
+    card = export.run(model, blob, test, params.data, params.export, tmp_path / "candidate", hashes).to_json()
     assert card["privacy"]["epsilon"] == epsilon
     assert json.loads((tmp_path / "candidate" / "model_card.json").read_text())["privacy"] == card["privacy"]
 

@@ -14,10 +14,13 @@ import torch
 import yaml
 from tiny_training import raw_params, tiny_params
 
+from pipeline.augment import augment_images
+from pipeline.checkpoints import CHECKPOINT_FORMAT, read_checkpoint
 from pipeline.models import config_for
+from pipeline.optimizers import lr_factor
 from pipeline.params import Params, ParamsError, parse_params
 from pipeline.rows import Rows, SplitTable
-from pipeline.training import CHECKPOINT_FORMAT, augment_images, fit, lr_factor, read_checkpoint
+from pipeline.training import fit
 from stages import train
 from stages.split import split_stratified
 

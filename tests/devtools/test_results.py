@@ -1,6 +1,6 @@
-"""`python -m orchestration results` (the end of `make run`): the published version checked out in
+"""`python -m devtools results` (the end of `make run`): the published version checked out in
 `.airflow/results` with only its shown outputs pulled from the DVC remote, and the gate's table read
-from the gate task's checkout. On the toy project (tests/dags/conftest.py), with real git and DVC."""
+from the gate task's checkout. On the toy project (tests/airflow_fixtures.py), with real git and DVC."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestration import results, steps
+from devtools import results
+from orchestration import steps
 
 pytestmark = pytest.mark.integration  # real git and DVC
 

@@ -1,4 +1,4 @@
-"""What a person wants to see after a run on this machine (`make run`, `python -m orchestration
+"""What a person wants to see after a run on this machine (`make run`, `python -m devtools
 results`): the gate's metric table (champion vs candidate), where every report is, and what serves.
 
 The tasks worked in worker-local checkouts, so the project's own checkout holds none of the run's

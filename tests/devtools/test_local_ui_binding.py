@@ -1,4 +1,4 @@
-"""`make airflow` (`python -m orchestration ui`) runs Airflow with no login (everyone is admin), so
+"""`make airflow` (`python -m devtools ui`) runs Airflow with no login (everyone is admin), so
 its UI and REST API must listen on the loopback interface only, never on every interface
 (Airflow's default `[api] host` is 0.0.0.0)."""
 
@@ -17,13 +17,13 @@ import psutil
 import pytest
 from support import started
 
-from orchestration.local import airflow_env
+from devtools.airflow_home import airflow_env
 
 AIRFLOW = str(Path(sys.executable).parent / "airflow")
 
 
 def _env(project: Path, **extra: str) -> dict[str, str]:
-    """orchestration.local's environment, as `make airflow` builds it from a clean shell."""
+    """devtools.airflow_home's environment, as `make airflow` builds it from a clean shell."""
     with pytest.MonkeyPatch.context() as mp:
         for key in list(os.environ):
             if key.startswith(("AIRFLOW_", "AIRFLOW__")):

@@ -1,6 +1,6 @@
 """A small client for Airflow's REST API (`/api/v2`): health, DAGs, runs and task instances.
 
-Enough for `python -m orchestration cluster status` and for tests that drive a real scheduler:
+Enough for `python -m devtools cluster status` and for tests that drive a real scheduler:
 unpause a DAG, trigger a run, poll it, read its task instances, their XComs and logs, clear a
 task. Standard library only. The token comes from `GET /auth/token`, which the simple auth
 manager with `simple_auth_manager_all_admins` hands out without credentials (a local cluster);

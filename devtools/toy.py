@@ -15,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.candidate import CARD_FILE, ENTRY_ONNX_FILE, ENTRY_TORCHSCRIPT_FILE, GOLDEN_FILE, GoldenSamples, ModelCard
 from pipeline.params import ExportParams
 from serving import configs
 
-BACKEND = Path(__file__).resolve().parent / "backend" / "model.py"
+BACKEND = Path(__file__).resolve().parents[1] / "serving" / "backend" / "model.py"
 
 # A model.py whose load fails: the server must keep serving the previous version.
 FAILING_BACKEND = """
@@ -102,11 +103,11 @@ def build_candidate(
     if gpu_entries:
         signature = configs.Signature(n_features, n_classes)
         (out / "gpu" / name / "1").mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(out / "model.onnx", out / "gpu" / name / "1" / configs.ONNX_FILENAME)
+        shutil.copyfile(out / "model.onnx", out / "gpu" / name / "1" / ENTRY_ONNX_FILE)
         (out / "gpu" / name / "config.pbtxt").write_text(configs.onnx_gpu_config(export, signature))
         torchscript = out / "gpu" / f"{name}_torchscript"
         (torchscript / "1").mkdir(parents=True, exist_ok=True)
-        (torchscript / "1" / configs.TORCHSCRIPT_FILENAME).write_bytes(b"TorchScript placeholder: never loaded here")
+        (torchscript / "1" / ENTRY_TORCHSCRIPT_FILE).write_bytes(b"TorchScript placeholder: never loaded here")
         (torchscript / "config.pbtxt").write_text(configs.libtorch_gpu_config(export, signature))
 
     inputs = np.random.default_rng(1000 + seed).uniform(0, 16, (4, n_features)).astype(np.float32)
@@ -114,26 +115,24 @@ def build_candidate(
     (outputs,) = session.run(["probabilities"], {"input": inputs})
     if broken == "outputs":
         outputs = outputs[:, ::-1] + 0.25
-    golden = {
-        "model_name": name,
-        "input_name": "input",
-        "output_name": "probabilities",
-        "inputs": inputs.tolist(),
-        "outputs": outputs.tolist(),
-        "labels": outputs.argmax(axis=1).tolist(),
-        "atol": 1e-4,
-    }
-    (out / "golden.json").write_text(json.dumps(golden))
-    card = {
-        "model_name": name,
-        "created_at": "2026-01-01T00:00:00+00:00",
-        "git_commit": f"{seed:040x}",
-        "data": {"clean": {"path": "data/clean.parquet", "md5": f"{seed:032x}"}},
-        "metrics": {"val_accuracy": 0.9},
-        "params": {"seed": seed},
-        "classes": list(range(n_classes)),
-    }
-    (out / "model_card.json").write_text(json.dumps(card))
+    golden = GoldenSamples(
+        model_name=name,
+        inputs=inputs.tolist(),
+        outputs=outputs.tolist(),
+        labels=outputs.argmax(axis=1).tolist(),
+        atol=1e-4,
+    )
+    (out / GOLDEN_FILE).write_text(json.dumps(golden.to_json()))
+    card = ModelCard(
+        model_name=name,
+        created_at="2026-01-01T00:00:00+00:00",
+        git_commit=f"{seed:040x}",
+        data={"clean": {"path": "data/clean.parquet", "md5": f"{seed:032x}"}},
+        metrics={"val_accuracy": 0.9},
+        params={"seed": seed},
+        classes=list(range(n_classes)),
+    )
+    (out / CARD_FILE).write_text(json.dumps(card.to_json()))
     return out
 
 

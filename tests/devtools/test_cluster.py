@@ -1,7 +1,7 @@
 """The retraining DAG on a real local Celery cluster, driven through the scheduler's REST API (not
 `airflow dags test`): Redis, Postgres, api-server, scheduler, dag-processor, triggerer and two
 Celery workers (`cpu-1` on queue default, `gpu-1` on the GPU queue), started by
-`orchestration.cluster` on free ports, against a real local Triton (the Connection
+`devtools.cluster` on free ports, against a real local Triton (the Connection
 `triton_default`).
 
 One cluster and one copy of the project go through three runs, in order:
@@ -35,8 +35,10 @@ import numpy as np
 import pytest
 from support import edit_params, free_ports, local_triton
 
-from orchestration import cluster
-from orchestration.airflow_api import AirflowApi, AirflowApiError
+from devtools.airflow_api import AirflowApi, AirflowApiError
+from devtools.cluster import commands, services
+from devtools.cluster.database import pg_bin
+from devtools.cluster.settings import DEFAULT_QUEUE, ClusterError, ClusterSettings
 from orchestration.spec import pipeline_spec
 from orchestration.workspace import Workspace
 
@@ -55,8 +57,8 @@ LOGS_KEPT = Path(os.environ.get("TEST_ARTIFACTS_DIR") or ROOT / ".airflow" / "te
 def _missing_servers() -> list[str]:
     missing = [] if shutil.which("redis-server") else ["redis-server"]
     try:
-        cluster._pg_bin("pg_ctl")
-    except cluster.ClusterError:
+        pg_bin("pg_ctl")
+    except ClusterError:
         missing.append("postgresql (pg_ctl)")
     return missing
 
@@ -94,7 +96,7 @@ def project(tmp_path_factory: pytest.TempPathFactory, helpers) -> Path:
 
 @dataclass(frozen=True)
 class Cluster:
-    settings: cluster.ClusterSettings
+    settings: ClusterSettings
     env: dict[str, str]
     api: AirflowApi
 
@@ -106,7 +108,7 @@ def running(project: Path, triton) -> Iterator[Cluster]:
     state = Path(tempfile.mkdtemp(prefix="retrain-cluster-"))
     state.chmod(0o755)
     api_port, redis_port, postgres_port, triggerer_port, *log_ports = free_ports(6)
-    base = cluster.ClusterSettings.default(project, state)
+    base = ClusterSettings.default(project, state)
     settings = dataclasses.replace(
         base,
         api_port=api_port,
@@ -127,13 +129,13 @@ def running(project: Path, triton) -> Iterator[Cluster]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW_", "AIRFLOW__", "TRITON_", "RETRAIN_"))}
     env["AIRFLOW_CONN_TRITON_DEFAULT"] = json.dumps(connection)
     try:
-        cluster.up(settings, env, triton=False)
+        commands.up(settings, env, triton=False)
         api = AirflowApi(settings.api_url)
         _wait_for_dag(api)
         api.set_paused(DAG_ID, False)
         yield Cluster(settings, env, api)
     finally:
-        cluster.down(settings)
+        commands.down(settings)
         # Every process's and task's log stays as a test artifact, to read after a failure.
         shutil.rmtree(LOGS_KEPT, ignore_errors=True)
         shutil.copytree(settings.log_dir, LOGS_KEPT / "processes", dirs_exist_ok=True)
@@ -271,7 +273,7 @@ def test_gpu_stages_ran_on_the_gpu_worker_and_the_rest_on_the_default_worker(
     assert any(gpu.values()) and not all(gpu.values()), "the DAG should have GPU and CPU stages"
     for task, report in first.tasks.items():
         on_gpu = gpu.get(task, False)  # prepare_workspace, gate, push, publish are CPU tasks
-        expected = ("gpu-1", gpu_queue) if on_gpu else ("cpu-1", cluster.DEFAULT_QUEUE)
+        expected = ("gpu-1", gpu_queue) if on_gpu else ("cpu-1", DEFAULT_QUEUE)
         assert (report.hostname, report.queue) == expected, f"{task} ran on {report.hostname} ({report.queue})"
     roots = {w.name: running.settings.worker_root(w) for w in running.settings.workers}
     assert roots["gpu-1"] != roots["cpu-1"] and all(r.is_dir() for r in roots.values())
@@ -353,11 +355,11 @@ def killed(unchanged: ClusterRun, running: Cluster, project: Path) -> dict[str, 
     run_id = "cluster-kill-gpu-worker"
     trigger(running, run_id, hour=2)
     training = _wait_for_training(running.api, run_id)
-    killed = cluster.kill_worker(running.settings, training.hostname)
+    killed = services.kill_worker(running.settings, training.hostname)
     (port,) = free_ports(1)
     fresh = dataclasses.replace(running.settings.worker("gpu-1"), name="gpu-2", log_port=port)
     settings = running.settings.with_worker(fresh)
-    cluster.start_worker(settings, fresh, cluster.airflow_env(settings, running.env), fresh=True)
+    services.start_worker(settings, fresh, services.airflow_env(settings, running.env), fresh=True)
     noticed = _lost_task_retried(running.api, run_id, "train")
     running.api.wait_for_run(DAG_ID, run_id, RUN_TIMEOUT_S)
     return {

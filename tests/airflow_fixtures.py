@@ -1,4 +1,5 @@
-"""Fixtures for the DAG tests: Airflow homes on SQLite in tmp folders, migrated once per session.
+"""Fixtures for the tests that run Airflow (tests/dags, tests/devtools; a plugin of tests/conftest.py):
+Airflow homes on SQLite in tmp folders, migrated once per session.
 
 `airflow db migrate` runs once into a template home; each test module that needs Airflow gets a
 copy of that database (milliseconds) with its own DAG folder, so modules never see each other's
@@ -24,7 +25,7 @@ from typing import Any
 import pytest
 from support import GIT_ENV, copy_project, free_ports, started
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
@@ -200,7 +201,7 @@ def toy_project(target: Path) -> Path:
 @contextlib.contextmanager
 def api_server(env: dict[str, str], port: int, log: Path) -> Iterator[Any]:
     """`airflow api-server` on 127.0.0.1:`port` until the block ends: an AirflowApi on it, once healthy."""
-    from orchestration.airflow_api import AirflowApi, AirflowApiError
+    from devtools.airflow_api import AirflowApi, AirflowApiError
 
     cmd = [str(BIN / "airflow"), "api-server", "--port", str(port)]
     with started(cmd, env, log) as process:
