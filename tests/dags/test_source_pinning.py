@@ -135,15 +135,15 @@ def published(project: Path, aws_env: dict[str, str]) -> dict:
 
 def test_prepare_pins_the_prefix_and_the_stages_read_it_on_two_workers(published: dict, project: Path):
     prepared = published["prepared"]
-    assert prepared["pinned"] == {
+    assert prepared.pinned == {
         "source": SOURCE,
         "pin": pinning.PIN_FILE,
         "objects": 2,
-        "bytes": prepared["pinned"]["bytes"],
+        "bytes": prepared.pinned["bytes"],
         "changed": True,
     }
     assert [r["outcome"] for r in published["results"]] == ["ran", "ran"]
-    workspace = Path(prepared["workspace"])
+    workspace = Path(prepared.workspace)
     pin = json.loads((workspace / pinning.PIN_FILE).read_text())
     assert pin["source"] == SOURCE
     assert [(o["url"].removeprefix(SOURCE), o["partition"]) for o in pin["objects"]] == [
@@ -160,7 +160,7 @@ def test_prepare_pins_the_prefix_and_the_stages_read_it_on_two_workers(published
 
 def test_the_credentials_appear_in_no_commit_result_or_pin(published: dict):
     secret = SECRET
-    assert secret not in json.dumps([published["prepared"], published["results"], published["publish"]])
+    assert secret not in json.dumps([published["prepared"].to_xcom(), published["results"], published["publish"]])
     history = subprocess.run(
         ["git", "--git-dir", published["git_remote"], "log", "--all", "-p", "--format=%B"],
         capture_output=True,
