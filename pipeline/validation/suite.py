@@ -1,0 +1,103 @@
+"""The Great Expectations suite built from the data contract, and running it on small frames."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.params import CleanParams, DataParams
+from pipeline.validation.profile import expected_features
+from pipeline.validation.reasons import CATEGORY_CHECK
+
+# Checks that need every batch: judged once at the end, on what the batches accumulated.
+WHOLE_TABLE_CHECKS = ("enough rows", "duplicate share within limit")
+
+
+def expectations(
+    contract: DataParams, clean: CleanParams, features: list[str], categories: dict[str, list[str]] | None = None
+) -> dict[str, list]:
+    import great_expectations as gx
+
+    E = gx.expectations
+    expected_columns = [contract.label, *expected_features(features, contract)]
+    table_checks = [
+        ("label column present", E.ExpectColumnToExist(column=contract.label)),
+        (
+            "no unexpected columns",
+            E.ExpectTableColumnsToMatchSet(column_set=expected_columns, exact_match=True),
+        ),
+        ("enough rows", E.ExpectTableRowCountToBeBetween(min_value=clean.min_rows)),
+    ]
+    if contract.n_features is not None:
+        table_checks.append(
+            (
+                "feature count matches image_shape",
+                E.ExpectTableColumnCountToEqual(value=contract.n_features + 1),
+            )
+        )
+    column_checks = [("features are numeric", E.ExpectColumnValuesToBeInSet(column="numeric", value_set=[True]))]
+    row_checks = [
+        ("label_not_null", E.ExpectColumnValuesToNotBeNull(column="label")),
+        ("label_in_set", E.ExpectColumnValuesToBeInSet(column="label", value_set=list(contract.classes))),
+        ("no_null_features", E.ExpectColumnValuesToBeBetween(column="null_features", max_value=0)),
+        ("finite_features", E.ExpectColumnValuesToBeBetween(column="nonfinite_features", max_value=0)),
+        ("not_duplicate", E.ExpectColumnValuesToBeInSet(column="duplicate", value_set=[False])),
+        (
+            "duplicate share within limit",
+            E.ExpectColumnMeanToBeBetween(column="duplicate", max_value=clean.max_duplicate_share),
+        ),
+    ]
+    for name, allowed in (categories or {}).items():
+        row_checks.append(
+            (CATEGORY_CHECK + name, E.ExpectColumnValuesToBeInSet(column=CATEGORY_CHECK + name, value_set=allowed))
+        )
+    if contract.value_range is not None:
+        lo, hi = contract.value_range
+        row_checks += [
+            ("features_above_min", E.ExpectColumnValuesToBeBetween(column="feature_min", min_value=lo)),
+            ("features_below_max", E.ExpectColumnValuesToBeBetween(column="feature_max", max_value=hi)),
+        ]
+    return {"table": table_checks, "columns": column_checks, "rows": row_checks}
+
+
+class GxView:
+    """One GX validation definition (a suite on a dataframe asset), built once and run per frame."""
+
+    def __init__(self, context, key: str, checks: list, source: str = "pandas") -> None:
+        import great_expectations as gx
+
+        sources = context.data_sources
+        if source == "pandas":
+            datasource = sources.add_pandas(f"{key}_source")
+        else:  # the caller's session and caching, not GX's own
+            datasource = sources.add_spark(f"{key}_source", persist=False)
+        asset = datasource.add_dataframe_asset(key)
+        batch = asset.add_batch_definition_whole_dataframe(f"{key}_batch")
+        suite = context.suites.add(gx.ExpectationSuite(name=f"{key}_suite"))
+        for _, expectation in checks:
+            suite.add_expectation(expectation)
+        self.checks = checks
+        self.definition = context.validation_definitions.add(gx.ValidationDefinition(name=key, data=batch, suite=suite))
+
+    def run(self, frame, result_format: Any = "COMPLETE") -> list[tuple[str, Any]]:
+        if not self.checks:
+            return []
+        result = self.definition.run(batch_parameters={"dataframe": frame}, result_format=result_format)
+        # GX keeps the suite's order; pair results back with our names by expectation id.
+        by_id = {r.expectation_config.id: r for r in result.results}
+        return [(name, by_id[exp.id]) for name, exp in self.checks]
+
+
+def silent_context():
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+    from great_expectations.execution_engine import pandas_execution_engine
+
+    # GX fingerprints every pandas frame it validates (a hash of each row and the index, kept only
+    # as a batch marker we never read) unless the frame holds over HASH_THRESHOLD bytes. clean's
+    # whole-table checks validate frames as long as the table: that hash took ~40 bytes a row at
+    # once, 270 MB of clean's peak at 7M rows, growing with the table. Off for every frame.
+    pandas_execution_engine.HASH_THRESHOLD = 0
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    return context
