@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline.params import CleanParams, DataParams
-from pipeline.tables import compact, feature_columns, read_source
+from pipeline.sources import read_source
+from pipeline.tables import compact, feature_columns
 from pipeline.validation import (
     ROW_REASONS,
     CheckResult,

@@ -11,12 +11,14 @@
   column (`NonNumericColumn`).
 - A folder of files reads as one table: their schemas are unified (int + float = float; a column
   one file lacks is null there), in file order, as `pandas.concat` of the files would be.
+- Files are `pipeline.sources` objects, local or in a bucket, each read as an open random-access
+  file at its pinned version (`sources.open_object`).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +30,8 @@ import pyarrow.parquet as pq
 from pipeline.contract import inferred_kind
 from pipeline.params import DataParams
 from pipeline.row_groups import row_groups
-from pipeline.tables import TableError, feature_columns, source_files
+from pipeline.sources import SourceObject, list_source, open_object
+from pipeline.tables import TableError, feature_columns
 
 CSV_BLOCK_BYTES = 16 << 20  # CSV text parsed at a time; batches are then merged up to the batch size
 LARGE_ROW_GROUP_BYTES = 512 << 20  # above this much raw data per row group the log warns
@@ -44,26 +47,31 @@ class NonNumericColumn(TableError):
 
 @dataclass(frozen=True)
 class RawStream:
-    """Where the rows come from: the files (or one in-memory table), their unified schema, and the
-    number of rows per batch."""
+    """Where the rows come from: the source's objects (or one in-memory table), their unified
+    schema, and the number of rows per batch."""
 
     schema: pa.Schema
     batch_rows: int
-    files: tuple[Path, ...] = ()
+    objects: tuple[SourceObject, ...] = ()
     table: pa.Table | None = None
     contract: DataParams | None = None
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        """The local files of the source (an object in a bucket has none: read `objects`)."""
+        return tuple(obj.path for obj in self.objects)
 
     def batches(self) -> Iterator[pa.RecordBatch]:
         """Every row once, in source order, each batch cast to `schema`."""
         if self.table is not None:
             yield from self.table.to_batches(max_chunksize=self.batch_rows)
             return
-        for path in self.files:
-            reader = _parquet_batches if path.suffix.lower() == ".parquet" else self._csv_batches
-            for batch in _merged(reader(path, self.batch_rows), self.batch_rows):
+        for obj in self.objects:
+            reader = _parquet_batches if obj.format == "parquet" else self._csv_batches
+            for batch in _merged(reader(obj, self.batch_rows), self.batch_rows):
                 yield _conform(batch, self.schema)
 
-    def _csv_batches(self, path: Path, batch_rows: int) -> Iterator[pa.RecordBatch]:
+    def _csv_batches(self, path: SourceObject, batch_rows: int) -> Iterator[pa.RecordBatch]:
         reader = _open_csv(path, self.contract)
         names = reader.schema.names
         while True:
@@ -75,16 +83,17 @@ class RawStream:
                 raise _csv_error(path, names, error) from None
             yield batch
 
-    def large_row_groups(self) -> list[tuple[Path, int]]:
+    def large_row_groups(self) -> list[tuple[str, int]]:
         """Parquet files whose row groups alone exceed LARGE_ROW_GROUP_BYTES of raw data."""
         width = row_width(self.schema)
         out = []
-        for path in self.files:
-            if path.suffix.lower() == ".parquet":
-                meta = pq.ParquetFile(path).metadata
+        for obj in self.objects:
+            if obj.format == "parquet":
+                with open_object(obj) as file:
+                    meta = pq.ParquetFile(file).metadata
                 biggest = max((meta.row_group(i).num_rows for i in range(meta.num_row_groups)), default=0)
                 if biggest * width > LARGE_ROW_GROUP_BYTES:
-                    out.append((path, biggest))
+                    out.append((obj.url, biggest))
         return out
 
 
@@ -103,9 +112,10 @@ def rows_per_batch(schema: pa.Schema, batch_mb: float) -> int:
     return max(1, int(batch_mb * (1 << 20)) // row_width(schema))
 
 
-def open_source(source: str | Path, contract: DataParams, batch_mb: float) -> RawStream:
-    """The stream of a CSV/Parquet file or folder; reads schemas only (and CSV's first block)."""
-    files = source_files(source)
+def open_source(source: str | Path | Sequence[SourceObject], contract: DataParams, batch_mb: float) -> RawStream:
+    """The stream of a CSV/Parquet file, folder or prefix (`pipeline.sources.list_source`), or of
+    objects already listed (pinned); reads schemas only (and CSV's first block)."""
+    files = list_source(source)
     schemas = [_file_schema(path, contract) for path in files]
     try:
         schema = pa.unify_schemas(schemas, promote_options="permissive")
@@ -134,28 +144,33 @@ def _arrow_from_pandas(frame: pd.DataFrame) -> pa.Table:
     return pa.table(columns)
 
 
-def _file_schema(path: Path, contract: DataParams) -> pa.Schema:
+def _file_schema(path: SourceObject, contract: DataParams) -> pa.Schema:
     try:
-        if path.suffix.lower() == ".parquet":
-            return pq.read_schema(path).remove_metadata()
+        if path.format == "parquet":
+            with open_object(path) as file:
+                return pq.read_schema(file).remove_metadata()
         return _open_csv(path, contract).schema
     except TableError:
         raise
     except Exception as error:  # pyarrow raises many types; all mean "cannot read"
-        raise TableError(f"{path}: unreadable as {path.suffix[1:]} ({error}); restore or re-export the file") from None
+        raise TableError(
+            f"{path.describe()}: unreadable as {path.format} ({error}); restore or re-export the file"
+        ) from None
 
 
-def _parquet_batches(path: Path, batch_rows: int) -> Iterator[pa.RecordBatch]:
+def _parquet_batches(path: SourceObject, batch_rows: int) -> Iterator[pa.RecordBatch]:
     # One row group at a time, synchronously: pyarrow's dataset scanner reads ahead while a slow
     # consumer (validation, the writer) works, and its queue grew to several row groups. Only the
     # row group's own metadata is held (`pipeline.row_groups`), not the whole file's footer.
-    for group in row_groups(path):
-        yield from group.to_batches(max_chunksize=batch_rows)
+    with open_object(path) as file:
+        for group in row_groups(file):
+            yield from group.to_batches(max_chunksize=batch_rows)
 
 
-def _open_csv(path: Path, contract: DataParams | None) -> pacsv.CSVStreamingReader:
+def _open_csv(path: SourceObject, contract: DataParams | None) -> pacsv.CSVStreamingReader:
     try:
-        first = pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=1 << 16)).schema
+        with open_object(path) as file:
+            first = pacsv.open_csv(file, read_options=pacsv.ReadOptions(block_size=1 << 16)).schema
         types = {}
         if contract is not None:
             types = {
@@ -163,12 +178,12 @@ def _open_csv(path: Path, contract: DataParams | None) -> pacsv.CSVStreamingRead
                 for name in feature_columns(first.names, contract)
             }
         return pacsv.open_csv(
-            path,
+            open_object(path),  # closed when the reader is: pyarrow owns the stream it reads
             read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES),
             convert_options=pacsv.ConvertOptions(column_types=types),
         )
     except pa.ArrowInvalid as error:
-        raise TableError(f"{path}: unreadable as csv ({error}); restore or re-export the file") from None
+        raise TableError(f"{path.describe()}: unreadable as csv ({error}); restore or re-export the file") from None
 
 
 def _csv_type(first_block: pa.DataType, name: str, contract: DataParams) -> pa.DataType:
@@ -179,11 +194,11 @@ def _csv_type(first_block: pa.DataType, name: str, contract: DataParams) -> pa.D
     return pa.string() if kind == "categorical" else pa.float64()
 
 
-def _csv_error(path: Path, names: list[str], error: pa.ArrowInvalid) -> TableError:
+def _csv_error(path: SourceObject, names: list[str], error: pa.ArrowInvalid) -> TableError:
     found = re.search(r"CSV column #(\d+).*invalid value '(.*)'", str(error))
     if found and int(found.group(1)) < len(names):
         return NonNumericColumn(names[int(found.group(1))], found.group(2))
-    return TableError(f"{path}: unreadable as csv ({error}); restore or re-export the file")
+    return TableError(f"{path.describe()}: unreadable as csv ({error}); restore or re-export the file")
 
 
 def _merged(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:

@@ -10,6 +10,9 @@ a row-group list of one) and hands each to pyarrow in turn, so only one row grou
 ever parsed at a time. Column chunks are located by absolute file offsets, which a cut footer
 keeps, so the data read is the same.
 
+The file is a path or an open random-access file (`pipeline.sources.open_object`: an object in a
+bucket); an open file is read in place and left open.
+
 Only the top level of the footer is understood here; everything inside a row group is skipped
 by its Thrift type, byte for byte. Any file this cannot cut (an encrypted footer, a Thrift type it
 does not know) is read with pyarrow's own reader instead.
@@ -17,10 +20,12 @@ does not know) is read with pyarrow's own reader instead.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import struct
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO, TypeAlias
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -33,12 +38,16 @@ _LIST, _STRUCT = 9, 12  # Thrift compact protocol type ids
 _ONE_STRUCT = bytes([0x10 | _STRUCT])  # a list header: one element, of structs
 
 
+Source: TypeAlias = "str | Path | IO[bytes] | pa.NativeFile"  # a path, or an open random-access file
+
+
 class FooterError(ValueError):
     """The footer is not one this module can cut (pyarrow's reader reads the file instead)."""
 
 
-def row_groups(path: str | Path, columns: list[str] | None = None) -> Iterator[pa.Table]:
-    """Each row group of the file at `path` as a table (only `columns`, if given), in file order."""
+def row_groups(path: Source, columns: list[str] | None = None) -> Iterator[pa.Table]:
+    """Each row group of the file at `path` (or the open file `path`) as a table (only `columns`,
+    if given), in file order."""
     try:
         footers = cut_footer(read_footer(path))
     except (FooterError, IndexError) as error:  # IndexError: the footer ended inside a value
@@ -53,9 +62,10 @@ def row_groups(path: str | Path, columns: list[str] | None = None) -> Iterator[p
             yield reader.read_row_group(0, columns=columns)
 
 
-def read_footer(path: str | Path) -> bytes:
-    """The serialized FileMetaData at the end of a Parquet file."""
-    with open(path, "rb") as file:
+def read_footer(path: Source) -> bytes:
+    """The serialized FileMetaData at the end of a Parquet file (a path or an open file)."""
+    opened = open(path, "rb") if isinstance(path, str | Path) else contextlib.nullcontext(path)  # noqa: SIM115
+    with opened as file:
         file.seek(0, 2)
         size = file.tell()
         if size < 12:

@@ -18,44 +18,9 @@ from pipeline.errors import StageError
 from pipeline.params import DataParams
 from pipeline.row_groups import row_groups
 
-TABLE_SUFFIXES = (".parquet", ".csv")
-
 
 class TableError(StageError):
     """The raw table cannot be read as a table at all (missing, empty, not CSV/Parquet)."""
-
-
-def source_files(source: str | Path) -> list[Path]:
-    """The files a source names: the file itself, or every CSV/Parquet file in a folder, sorted."""
-    path = Path(source)
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TABLE_SUFFIXES)
-        if not files:
-            raise TableError(f"{path}: folder holds no .csv or .parquet file; point data.source at your data")
-        return files
-    if not path.exists():
-        raise TableError(f"{path}: not found; check data.source in params.yaml")
-    if path.suffix.lower() not in TABLE_SUFFIXES:
-        raise TableError(f"{path}: unsupported file type {path.suffix!r}; use .csv or .parquet")
-    return [path]
-
-
-def _read_one(path: Path) -> pd.DataFrame:
-    try:
-        if path.suffix.lower() == ".parquet":
-            return pq.read_table(path).to_pandas()
-        return pd.read_csv(path, engine="pyarrow")
-    except Exception as error:  # pyarrow raises many types; all mean "cannot read"
-        raise TableError(f"{path}: unreadable as {path.suffix[1:]} ({error}); restore or re-export the file") from None
-
-
-def read_source(source: str | Path) -> pd.DataFrame:
-    """Read a CSV/Parquet file or folder of them into one table."""
-    frames = [_read_one(path) for path in source_files(source)]
-    table = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
-    if table.shape[1] == 0 or len(table) == 0:
-        raise TableError(f"{source}: the table is empty (no rows or no columns)")
-    return table
 
 
 def feature_columns(columns: list[str], contract: DataParams) -> list[str]:

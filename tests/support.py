@@ -92,11 +92,12 @@ S3_ENV = {
 
 
 @contextlib.contextmanager
-def moto_s3(*buckets: str, timeout_s: float = 30.0) -> Iterator[str]:
+def moto_s3(*buckets: str, timeout_s: float = 30.0, env: dict[str, str] | None = None) -> Iterator[str]:
     """A real S3 API server (moto's server mode, as DVC's own tests use) on a free 127.0.0.1 port,
     with `buckets` created; yields its endpoint URL and stops the process afterwards.
 
-    Clients need S3_ENV (any key id and secret) and the endpoint URL."""
+    Clients need S3_ENV (any key id and secret) and the endpoint URL. `env` adds to the server's
+    environment (`INITIAL_NO_AUTH_ACTION_COUNT`: moto checks IAM policies after that many requests)."""
     import sys
     import time
     import urllib.error
@@ -108,7 +109,7 @@ def moto_s3(*buckets: str, timeout_s: float = 30.0) -> Iterator[str]:
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        env={**os.environ, **S3_ENV},
+        env={**os.environ, **S3_ENV, **(env or {})},
     )
     try:
         deadline = time.monotonic() + timeout_s

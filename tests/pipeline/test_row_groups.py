@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import batches, row_groups
+from pipeline.sources import list_source
 
 
 def table(rows: int = 1_000) -> pa.Table:
@@ -65,7 +66,7 @@ def test_the_raw_stream_reads_through_cut_footers(tmp_path, monkeypatch):
         return real(source, *args, metadata=metadata, **kwargs)
 
     monkeypatch.setattr(row_groups.pq, "ParquetFile", spy)
-    read = list(batches._parquet_batches(path, 128))
+    read = list(batches._parquet_batches(list_source(path)[0], 128))
     assert opened == [1, 1, 1, 1]  # never a reader holding the whole footer
     assert pa.Table.from_batches(read).equals(written)
 

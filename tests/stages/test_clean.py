@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 from pipeline.params import CleanParams
-from pipeline.tables import TableError, read_source
+from pipeline.sources import read_source
+from pipeline.tables import TableError
 from stages import clean
 
 LENIENT = CleanParams(min_rows=10, max_quarantine_share=0.2, max_duplicate_share=0.2)
