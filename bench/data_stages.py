@@ -144,8 +144,7 @@ def _run(task: str, raw: Path, workdir: Path) -> dict:
     else:
         p = params(path)
         # the clean table this path's clean wrote (the engines write the same rows): `--paths spark` alone works too
-        assignment, _ = split.run_file(str(out), p.data, p.split, p.engine)
-        write_parquet(assignment, workdir / f"split-{path}.parquet", **split.WRITE_OPTIONS)
+        split.run_file(str(out), p.data, p.split, p.engine, str(workdir / f"split-{path}.parquet"))
     return {"seconds": time.perf_counter() - start, **extra}
 
 

@@ -11,6 +11,7 @@ import pandas as pd
 import pyarrow as pa
 
 from pipeline.contract import FeatureContract, category_values, feature_contracts
+from pipeline.numbers import Unparsed, shown
 from pipeline.params import DataParams
 
 
@@ -51,32 +52,48 @@ def profile_batch(
     features: list[str],
     gaps_allowed: frozenset[str] = frozenset(),
     categorical: frozenset[str] = frozenset(),
+    unparsed: dict[str, Unparsed] | None = None,
 ) -> pd.DataFrame:
-    """One row per row of the batch: label, null count, min, max, non-finite count.
+    """One row per row of the batch: label, null count, min, max, non-finite count, and the first
+    of its values that is not a number (`unparsed`, as `px_5: "oops"`; None for most rows).
 
-    Column by column, so no batch-sized float copy exists; integer columns without nulls are used
-    as they are (no NaN or inf possible). A gap in a column of `gaps_allowed` (its missing-value
-    policy fills it) is not counted; `categorical` columns count only their gaps."""
+    Column by column, so no batch-sized float copy exists; integer columns are used as they are
+    (no NaN or inf possible), with min and max as the doubles just below and above an integer that
+    has no exact double (above 2**53), so the range checks are exact. A gap in a column of
+    `gaps_allowed` (its missing-value policy fills it) is not counted, nor is a value that was not
+    a number (its own check quarantines the row); `categorical` columns count only their gaps."""
+    unparsed = unparsed or {}
     n = batch.num_rows
     nulls = np.zeros(n, np.int32)
     nonfinite = np.zeros(n, np.int32)
     lo = np.full(n, np.inf, np.float64)
     hi = np.full(n, -np.inf, np.float64)
+    words = np.full(n, None, object)
     for name in features:
         column = batch.column(name)
+        if name in unparsed:
+            bad = unparsed[name]
+            free = pd.isna(words[bad.rows])  # rows whose first bad value this is
+            words[bad.rows[free]] = [shown(name, t) for t, first in zip(bad.texts, free, strict=True) if first]
         if name in categorical:
             if name not in gaps_allowed:
                 nulls += pd.isna(category_values(column)).astype(np.int32)
             continue
-        if column.null_count == 0 and pa.types.is_integer(column.type):
-            values = column.to_numpy()
-            np.minimum(lo, values, out=lo)
-            np.maximum(hi, values, out=hi)
+        if pa.types.is_integer(column.type):
+            gap = column.is_null().to_numpy(zero_copy_only=False) if column.null_count else None
+            down, up = float_bounds(column.fill_null(0).to_numpy() if gap is not None else column.to_numpy())
+            if gap is not None:
+                if name not in gaps_allowed:
+                    nulls += gap
+                down, up = np.where(gap, np.inf, down), np.where(gap, -np.inf, up)
+            np.minimum(lo, down, out=lo)
+            np.maximum(hi, up, out=hi)
             continue
         values = column.cast(pa.float64()).to_numpy(zero_copy_only=False)  # nulls are NaN
         isnan, isinf = np.isnan(values), np.isinf(values)
         if name not in gaps_allowed:
-            nulls += isnan
+            counted = isnan if name not in unparsed else isnan & ~_mask(n, unparsed[name].rows)
+            nulls += counted
         nonfinite += isinf
         bad = isnan | isinf
         np.minimum(lo, np.where(bad, np.inf, values), out=lo)
@@ -84,12 +101,33 @@ def profile_batch(
     return pd.DataFrame(
         {
             "label": batch.column(label).to_numpy(zero_copy_only=False),
+            "unparsed": words,
             "null_features": nulls,
             "nonfinite_features": nonfinite,
             "feature_min": lo,
             "feature_max": hi,
         }
     )
+
+
+def float_bounds(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Doubles with `down <= values <= up`, each the nearest such: the values themselves up to
+    2**53, the neighbouring doubles of an integer above that (an int64 id, a timestamp in ns)."""
+    near = values.astype(np.float64)
+    if values.dtype.kind not in "iu" or len(values) == 0 or (values.min() >= -(2**53) and values.max() <= 2**53):
+        return near, near
+    limit = float(np.iinfo(values.dtype).max)  # 2**63 (2**64 for uint64): a double no value reaches
+    inside = near < limit
+    back = np.where(inside, near, 0).astype(values.dtype)  # exact: such a double is an integer
+    below = inside & (back < values)
+    above = ~inside | (back > values)
+    return np.where(above, np.nextafter(near, -np.inf), near), np.where(below, np.nextafter(near, np.inf), near)
+
+
+def _mask(n: int, rows: np.ndarray) -> np.ndarray:
+    mask = np.zeros(n, bool)
+    mask[rows] = True
+    return mask
 
 
 def expected_features(features: list[str], contract: DataParams) -> list[str]:

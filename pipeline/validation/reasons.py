@@ -5,12 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from pipeline.numbers import shown
 from pipeline.params import DataParams
 from pipeline.tables import feature_columns
 
 ROW_REASONS = {
     "label_not_null": "missing label",
     "label_in_set": "unknown label",
+    "values_are_numbers": "not a number",
     "no_null_features": "missing feature value",
     "finite_features": "non-finite feature value",
     "features_above_min": "feature value below range",
@@ -30,15 +32,23 @@ def is_row_check(name: str) -> bool:
     return name in ROW_REASONS or name.startswith(CATEGORY_CHECK)
 
 
-def row_reason(table: pd.DataFrame, row: int, failed: list[str], contract: DataParams) -> str:
-    """A readable reason for one quarantined row, naming a column and its value."""
+def row_reason(
+    table: pd.DataFrame, row: int, failed: list[str], contract: DataParams, unparsed: dict[str, str] | None = None
+) -> str:
+    """A readable reason for one quarantined row, naming a column and its value. `unparsed`: the
+    row's values that are not numbers, by column (gaps in `table`, not missing values)."""
+    unparsed = unparsed or {}
     features = feature_columns(list(table.columns), contract)
     text_columns = {c for c in features if _is_categorical(table, c, contract)}
-    gaps_allowed = {c for c in features if _policy(c, contract) != "quarantine"}
+    gaps_allowed = {c for c in features if _policy(c, contract) != "quarantine"} | set(unparsed)
     values = table.iloc[row]
     parts = []
     for name in failed:
         text = reason_text(name)
+        if name == "values_are_numbers":
+            column = next(c for c in features if c in unparsed)
+            parts.append(f"{shown(column, unparsed[column])} is not a number")
+            continue
         if name.startswith(CATEGORY_CHECK):
             column = name[len(CATEGORY_CHECK) :]
             text += f": {column}={values[column]!r} (not in data.columns.{column}.categories)"
@@ -65,11 +75,18 @@ def row_reason(table: pd.DataFrame, row: int, failed: list[str], contract: DataP
             else:
                 bad = feats[feats > contract.value_range[1]]
             if len(bad):
-                text += f": {bad.index[0]}={bad.iloc[0]:g}"
+                text += f": {bad.index[0]}={_show(table[bad.index[0]].iloc[row])}"
                 if contract.value_range is not None and name.startswith("features_"):
                     text += f" outside [{contract.value_range[0]:g}, {contract.value_range[1]:g}]"
         parts.append(text)
     return "; ".join(parts)
+
+
+def _show(value) -> str:
+    """A number as the reason shows it: an integer exactly (an int64 id above 2**53 too)."""
+    if isinstance(value, int | np.integer):
+        return str(int(value))
+    return f"{float(value):g}"
 
 
 def _policy(column: str, contract: DataParams) -> str:

@@ -49,7 +49,8 @@ class RowCheck:
     examples: list[Any] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
 
-    def add(self, result: CheckResult) -> None:
+    def add(self, result: CheckResult | RowCheck) -> None:
+        """Add a batch's result, or the sum of other batches'."""
         self.expectation = result.expectation
         self.unexpected_count += result.unexpected_count
         self.examples.extend(result.examples[: 5 - len(self.examples)])
