@@ -36,7 +36,7 @@ from pipeline.batches import RawStream, open_source
 from pipeline.engines.duplicates import Duplicates
 from pipeline.engines.inspect import UnitReport, inspect_unit, read_bad_rows
 from pipeline.engines.outputs import FolderOutputs
-from pipeline.engines.spark_session import MASTER_ENV, master, require_pyspark, session
+from pipeline.engines.spark_session import MASTER_ENV, master, require_spark, session
 from pipeline.engines.verdict import check_schema, judge_units
 from pipeline.engines.write import quarantined_rows, write_unit
 from pipeline.errors import StageError
@@ -63,7 +63,7 @@ def clean(
     source: str, contract: DataParams, params: CleanParams, engine: EngineParams, paths: dict[str, str]
 ) -> tuple[dict[str, Any], str]:
     """The Spark counterpart of pipeline.engines.local.clean: the same checks and the same files."""
-    require_pyspark()
+    require_spark()
     stream = open_source(source, contract, params.batch_mb)
     checks = RowChecks(stream.schema, contract, params)
     schema_results = check_schema(checks, stream, contract)

@@ -36,26 +36,27 @@ def master(engine: EngineParams) -> str:
     return os.environ.get(MASTER_ENV) or engine.spark_master
 
 
-def require_pyspark() -> None:
-    """EngineMissing (the documented message) unless PySpark can be imported."""
+def require_spark() -> None:
+    """EngineMissing, with the documented message, unless PySpark imports and a Java runtime is
+    there: checked before a stage reads anything, so the cause is the first thing the user sees."""
     try:
         import pyspark  # noqa: F401
     except ImportError:
         raise EngineMissing(MISSING_PYSPARK) from None
+    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+        raise EngineMissing(MISSING_JAVA)
 
 
 @contextlib.contextmanager
 def session(engine: EngineParams, app: str) -> Iterator:
     """A Spark session on the configured master, stopped on exit (an active one is reused as is)."""
-    require_pyspark()
+    require_spark()
     from pyspark.sql import SparkSession
 
     active = SparkSession.getActiveSession()
     if active is not None:
         yield active
         return
-    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
-        raise EngineMissing(MISSING_JAVA)
     url = master(engine)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # executors run the same interpreter
     conf = {

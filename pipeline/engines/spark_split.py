@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from pipeline import parts, stratify
 from pipeline.engines import split_local
-from pipeline.engines.spark_session import session
+from pipeline.engines.spark_session import require_spark, session
 from pipeline.params import EngineParams, SplitParams
 
 PARTITION_BITS = 33  # monotonically_increasing_id: the partition in the bits above, the row in it below
@@ -35,6 +35,7 @@ PARTITION_BITS = 33  # monotonically_increasing_id: the partition in the bits ab
 
 def split(clean_path: str, label: str, params: SplitParams, engine: EngineParams, folder: str) -> stratify.Allocation:
     """Assign the rows of the clean table at `clean_path` and write the parts into `folder`."""
+    require_spark()
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 

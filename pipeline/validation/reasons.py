@@ -71,15 +71,30 @@ def row_reason(
             elif contract.value_range is None:  # the range checks exist only with a range
                 bad = feats.iloc[:0]
             elif name == "features_above_min":
-                bad = feats[feats < contract.value_range[0]]
+                bad = _exactly(
+                    table, row, feats[feats <= contract.value_range[0]], lambda v: v < contract.value_range[0]
+                )
             else:
-                bad = feats[feats > contract.value_range[1]]
+                bad = _exactly(
+                    table, row, feats[feats >= contract.value_range[1]], lambda v: v > contract.value_range[1]
+                )
             if len(bad):
                 text += f": {bad.index[0]}={_show(table[bad.index[0]].iloc[row])}"
                 if contract.value_range is not None and name.startswith("features_"):
                     text += f" outside [{contract.value_range[0]:g}, {contract.value_range[1]:g}]"
         parts.append(text)
     return "; ".join(parts)
+
+
+def _exactly(table: pd.DataFrame, row: int, candidates: pd.Series, outside) -> pd.Series:
+    """The candidates (found on doubles, where an int64 above 2**53 is rounded) whose own value is
+    outside the range, compared exactly (a Python int against the bound)."""
+    keep = [c for c in candidates.index if outside(_exact(table[c].iloc[row]))]
+    return candidates[keep]
+
+
+def _exact(value):
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _show(value) -> str:
