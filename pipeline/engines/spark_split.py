@@ -2,16 +2,17 @@
 
 1. each task reads the label column of one part of the clean table and gives every row its key
    (SplitMix64 of its position, `stratify.position_keys`);
-2. the class counts (one row per class) come to the driver, which works out how many rows of each
+2. Spark sorts the rows by (label, key), a distributed sort; the sorted partitions' counts per
+   class come to the driver (a row per partition and class), which works out how many rows of each
    class go to test, val and train (`stratify.allocate`: scikit-learn's stratified counts);
-3. Spark sorts the rows by (label, key), a distributed sort; a row's rank in its class is its place
-   in that order minus its class's first place, both from per-partition counts;
+3. a row's rank in its class is its place in the sorted order (the rows of the partitions before
+   its own, plus its place in its partition) minus the rows of the classes before its own;
 4. the first training row of each class (one row per class) gives StratifiedKFold's fold counts;
 5. each task assigns its rows by rank (`stratify.assign`) and the rows of each clean part are
    written as the same part of the assignment (`split_local.write_part`, the local engine's writer).
 
-What reaches the driver: the parts' row counts, the class counts, the per-partition counts of the
-sort, one row per class twice. Never a label or a row number.
+What reaches the driver: the parts' row counts (from their footers), the counts per partition and
+class, one row per class, one row per part. Never a label or a row number.
 """
 
 from __future__ import annotations
@@ -36,68 +37,76 @@ PARTITION_BITS = 33  # monotonically_increasing_id: the partition in the bits ab
 def split(clean_path: str, label: str, params: SplitParams, engine: EngineParams, folder: str) -> stratify.Allocation:
     """Assign the rows of the clean table at `clean_path` and write the parts into `folder`."""
     require_spark()
-    from pyspark import StorageLevel
-    from pyspark.sql import functions as F
-
     files = [str(p) for p in parts.part_files(clean_path)]
     counts = parts.part_rows(clean_path)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(int).tolist()
     spark_type = _spark_type(parts.schema(clean_path).field(label).type)
-    keyer = Keyer(label, params.seed)
     with session(engine, "split") as spark:
-        sc = spark.sparkContext
-        listing = sc.parallelize(list(zip(range(len(files)), files, starts, strict=True)), len(files))
+        listing = spark.sparkContext.parallelize(list(zip(range(len(files)), files, starts, strict=True)), len(files))
         frame = spark.createDataFrame(listing, "part int, path string, start long")
-        keyed = frame.mapInArrow(keyer.keys, f"part int, row long, label {spark_type}, key long")
-        keyed = keyed.persist(StorageLevel.MEMORY_AND_DISK)
-        class_counts = sorted((r["label"], r["count"]) for r in keyed.groupBy("label").count().collect())
-        classes = np.array([c for c, _ in class_counts])
-        n_per_class = np.array([n for _, n in class_counts], np.int64)
-        split_local.check_classes(classes, n_per_class, params)
-        allocation = stratify.allocate(classes, n_per_class, params.val_fraction, params.test_fraction, params.seed)
-        ordered = (
-            keyed.orderBy("label", "key")
-            .withColumn("pid", F.spark_partition_id())
-            .withColumn("mid", F.monotonically_increasing_id())
-            .persist(StorageLevel.MEMORY_AND_DISK)
+        keyed = frame.mapInArrow(Keyer(label, params.seed).keys, f"part int, row long, label {spark_type}, key long")
+        ranked, allocation, cached = _ranked(keyed, params)
+        allocation = stratify.with_folds(
+            allocation, _first_training_rows(ranked, allocation, sum(counts)), len(params.folds)
         )
-        before = _partition_offsets({r["pid"]: r["count"] for r in ordered.groupBy("pid").count().collect()})
-        # Spark orders long, double and string labels as Python sorts them: class c's rows hold the
-        # places from the rows of the classes before it on, in the sorted order.
-        class_start = dict(zip(classes.tolist(), (np.cumsum(n_per_class) - n_per_class).tolist(), strict=True))
-        place = _lookup(before, "pid") + (F.col("mid") - F.shiftleft(F.col("pid").cast("long"), PARTITION_BITS))
-        ranked = ordered.withColumn("rank", place - _lookup(class_start, "label"))
-        cut = {c: int(allocation.test[i] + allocation.val[i]) for i, c in enumerate(classes.tolist())}
-        first_train = {
-            r["label"]: r["first"]
-            for r in ranked.where(F.col("rank") >= _lookup(cut, "label"))
-            .groupBy("label")
-            .agg(F.min("row").alias("first"))
-            .collect()
-        }
-        total = int(sum(counts))
-        firsts = np.array([first_train.get(c, total) for c in classes.tolist()], np.int64)
-        allocation = stratify.with_folds(allocation, firsts, len(params.folds))
         assigner = Assigner(allocation, folder, starts, counts)
 
         def write(table: pa.Table) -> pa.Table:  # a plain function: PySpark counts a method's `self`
             return assigner.write(table)
 
-        written = (
-            ranked.select("part", "row", "label", "rank")
-            .groupBy("part")
-            .applyInArrow(write, "part int, rows long")
-            .collect()
-        )
-        ordered.unpersist()
-        keyed.unpersist()
-    done = {r["part"]: r["rows"] for r in written}
+        select = ranked.select("part", "row", "label", "rank")
+        written = {
+            r["part"]: r["rows"] for r in select.groupBy("part").applyInArrow(write, "part int, rows long").collect()
+        }
+        for frame in cached:
+            frame.unpersist()
     for i, (start, n) in enumerate(zip(starts, counts, strict=True)):
-        if i not in done:  # a clean part without rows has an assignment part without rows
+        if i not in written:  # a clean part without rows has an assignment part without rows
             split_local.write_part(Path(folder) / parts.part_name(i), start, np.empty(0, np.int8), np.empty(0, np.int8))
-        elif done[i] != n:
-            raise RuntimeError(f"split part {i}: {done[i]} rows assigned, the clean part has {n}")
+        elif written[i] != n:
+            raise RuntimeError(f"split part {i}: {written[i]} rows assigned, the clean part has {n}")
     return allocation
+
+
+def _ranked(keyed, params: SplitParams):
+    """Steps 2-3: the rows with their rank in their class (a distributed sort by label and key,
+    and counts per partition and class), and the split counts per class."""
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    keyed = keyed.persist(StorageLevel.MEMORY_AND_DISK)  # the sort samples it, then sorts it
+    ordered = (
+        keyed.orderBy("label", "key")
+        .withColumn("pid", F.spark_partition_id())
+        .withColumn("mid", F.monotonically_increasing_id())
+        .persist(StorageLevel.MEMORY_AND_DISK)
+    )
+    sizes = ordered.groupBy("pid", "label").count().collect()  # a row per class and partition
+    per_class: dict = {}
+    for r in sizes:
+        per_class[r["label"]] = per_class.get(r["label"], 0) + r["count"]
+    classes = np.array(sorted(per_class))
+    n_per_class = np.array([per_class[c] for c in classes.tolist()], np.int64)
+    split_local.check_classes(classes, n_per_class, params)
+    allocation = stratify.allocate(classes, n_per_class, params.val_fraction, params.test_fraction, params.seed)
+    # Spark orders long, double and string labels as Python sorts them: class c's rows hold the
+    # places from the rows of the classes before it on, in the sorted order.
+    class_start = dict(zip(classes.tolist(), (np.cumsum(n_per_class) - n_per_class).tolist(), strict=True))
+    place = _lookup(_partition_offsets(sizes), "pid") + (
+        F.col("mid") - F.shiftleft(F.col("pid").cast("long"), PARTITION_BITS)
+    )
+    return ordered.withColumn("rank", place - _lookup(class_start, "label")), allocation, (ordered, keyed)
+
+
+def _first_training_rows(ranked, allocation: stratify.Allocation, rows: int) -> np.ndarray:
+    """Step 4: each class's first training row (by position; `rows` for a class without one)."""
+    from pyspark.sql import functions as F
+
+    classes = allocation.classes.tolist()
+    cut = {c: int(allocation.test[i] + allocation.val[i]) for i, c in enumerate(classes)}
+    training = ranked.where(F.col("rank") >= _lookup(cut, "label"))
+    first = {r["label"]: r["first"] for r in training.groupBy("label").agg(F.min("row").alias("first")).collect()}
+    return np.array([first.get(c, rows) for c in classes], np.int64)
 
 
 @dataclass(frozen=True)
@@ -147,11 +156,14 @@ class Assigner:
         return pa.table({"part": pa.array([part], pa.int32()), "rows": pa.array([n], pa.int64())})
 
 
-def _partition_offsets(sizes: dict[int, int]) -> dict[int, int]:
-    """Rows in the sorted partitions before each one."""
+def _partition_offsets(sizes: list) -> dict[int, int]:
+    """Rows in the sorted partitions before each one, from the (pid, label, count) rows."""
+    rows: dict[int, int] = {}
+    for r in sizes:
+        rows[r["pid"]] = rows.get(r["pid"], 0) + r["count"]
     offsets, total = {}, 0
-    for pid in sorted(sizes):
-        offsets[pid], total = total, total + sizes[pid]
+    for pid in sorted(rows):
+        offsets[pid], total = total, total + rows[pid]
     return offsets
 
 

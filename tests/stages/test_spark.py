@@ -6,8 +6,11 @@ independent reference computes them."""
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
+from collections.abc import Iterator
 
+import boto3
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -16,7 +19,7 @@ import pytest
 from mixed_data import data_section, mixed_table
 from spark_support import LENIENT, PLANTED, SMALL_UNITS, assert_same_outputs, needs_java, planted_folder, run_stages
 from split_reference import reference_split
-from support import ROOT
+from support import ROOT, S3_ENV, moto_s3
 
 from pipeline import parts
 from pipeline.engines import spark as spark_engine
@@ -24,14 +27,27 @@ from pipeline.params import DataParams, EngineParams, SplitParams
 from stages import clean, split
 
 pytestmark = [pytest.mark.spark, needs_java]
+BUCKET = "data-bucket"
 
 # Units of ~80 digit rows, so that a table is several tasks and parts, and rows must keep their order.
 LOCAL = EngineParams(name="local", **SMALL_UNITS)
 SPARK = EngineParams(name="spark", spark_master="local[2]", **SMALL_UNITS)
 
 
+@pytest.fixture(scope="module")
+def s3() -> Iterator[str]:
+    """moto's S3 server on 127.0.0.1 with a bucket; its endpoint and throwaway credentials are in
+    the environment before Spark starts, so the executors (which inherit it) reach it too."""
+    with moto_s3(BUCKET) as endpoint, pytest.MonkeyPatch.context() as env:
+        for name in [k for k in os.environ if k.startswith("AWS_")]:
+            env.delenv(name)
+        for name, value in {**S3_ENV, "AWS_ENDPOINT_URL_S3": endpoint, "AWS_EC2_METADATA_DISABLED": "true"}.items():
+            env.setenv(name, value)
+        yield endpoint
+
+
 @pytest.fixture(scope="module", autouse=True)
-def session():
+def session(s3):
     """One session for the module: the engine reuses an active session instead of starting one."""
     with pytest.MonkeyPatch.context() as env:
         env.delenv(spark_engine.MASTER_ENV, raising=False)  # the master these tests name, not the caller's
@@ -48,6 +64,19 @@ def test_planted_dirty_table_same_as_the_local_engine(params, tmp_path):
     quarantine = pd.read_parquet(tmp_path / "spark" / "quarantine.parquet")
     assert dict(zip(quarantine["row"], quarantine["reason"], strict=True)) == PLANTED
     assert spark["metrics"]["reasons"]["not a number"] == 2
+
+
+@pytest.mark.s3
+def test_executors_read_objects_in_a_bucket(s3, params, tmp_path):
+    """The planted folder as objects in a bucket: the executors read them (the driver lists them
+    and reads their footers) and write what the local engine writes from the folder on disk."""
+    source = planted_folder(tmp_path / "raw")
+    bucket = boto3.client("s3", endpoint_url=s3, region_name=S3_ENV["AWS_DEFAULT_REGION"])
+    for path in source.iterdir():
+        bucket.put_object(Bucket=BUCKET, Key=f"raw/{path.name}", Body=path.read_bytes())
+    local = run_stages(source, params, LOCAL, tmp_path / "local")
+    spark = run_stages(f"s3://{BUCKET}/raw/", params, SPARK, tmp_path / "spark")
+    assert_same_outputs(tmp_path / "local", local, tmp_path / "spark", spark)
 
 
 def test_failure_names_the_check_and_writes_nothing(params, tmp_path):
