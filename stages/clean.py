@@ -1,10 +1,13 @@
 """clean: validate the raw table against the data contract and quarantine bad rows.
 
-The table streams through in batches (`clean.batch_mb`), on the engine named in `engine:`
-(`pipeline/engines`). Table-level failures (unreadable or empty file, missing or unexpected
+The table streams through in batches (`clean.batch_mb`), unit of work by unit (`engine.unit_mb`),
+on the engine named in `engine:` (`pipeline/engines`; docs/engines.md). A bad row (a missing or
+unknown label, a gap, a value out of range or not a number, an exact duplicate) goes to the
+quarantine with its reason. Table-level failures (unreadable or empty file, missing or unexpected
 column, wrong type, too few rows, too many duplicates) and a quarantined share above
 `clean.max_quarantine_share` stop the stage with a message naming the check, the column and an
-example value. Nothing is written then: the outputs appear only once every row has been checked.
+example value. Nothing is written then: the outputs (folders of Parquet parts, one per unit)
+appear only once every row has been checked and written.
 """
 
 from __future__ import annotations

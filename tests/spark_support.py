@@ -63,7 +63,9 @@ PLANTED = {  # row -> reason
 OUTPUTS = ("clean.parquet", "quarantine.parquet", "split.parquet")
 
 
-def run_stages(source: Path | str, params: Params, engine: EngineParams, out: Path, contract=None, clean_params=None) -> dict:
+def run_stages(
+    source: Path | str, params: Params, engine: EngineParams, out: Path, contract=None, clean_params=None
+) -> dict:
     """clean then split on `engine` into `out`; returns the metrics and the report of each."""
     out.mkdir(parents=True, exist_ok=True)
     data = contract or params.data

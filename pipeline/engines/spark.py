@@ -36,7 +36,7 @@ from pipeline.batches import RawStream, open_source
 from pipeline.engines.duplicates import Duplicates
 from pipeline.engines.inspect import UnitReport, inspect_unit, read_bad_rows
 from pipeline.engines.outputs import FolderOutputs
-from pipeline.engines.spark_session import MASTER_ENV, master, require_spark, session
+from pipeline.engines.spark_session import MASTER_ENV, master, require_spark, session, size_shuffles
 from pipeline.engines.verdict import check_schema, judge_units
 from pipeline.engines.write import quarantined_rows, write_unit
 from pipeline.errors import StageError
@@ -56,6 +56,7 @@ HASHES = pa.schema(
         pa.field("bad", pa.bool_()),
     ]
 )
+HASHES_ROW_BYTES = 24  # what a row takes in the duplicates' shuffle
 _CHECKS: dict[str, RowChecks] = {}  # per Python worker: the GX views, built once for a table
 
 
@@ -76,6 +77,7 @@ def clean(
             reports: list[UnitReport] = sc.parallelize(plan, len(plan)).mapPartitions(job.inspect).collect()
             log.info("step 1: %d units checked", len(reports))
             rows = sum(r.rows for r in reports)
+            size_shuffles(spark, engine, rows, HASHES_ROW_BYTES)
             duplicates = _duplicates(spark, outputs.work) if rows else Duplicates()
             log.info("step 2: %d exact duplicates", duplicates.count)
             verdict = judge_units(stream, checks, schema_results, reports, duplicates, params)

@@ -47,6 +47,19 @@ def require_spark() -> None:
         raise EngineMissing(MISSING_JAVA)
 
 
+SHUFFLE_PARTITION_BYTES = 64 << 20  # rows of a shuffle (hashes, labels) per partition
+
+
+def size_shuffles(spark, engine: EngineParams, rows: int, row_bytes: int) -> None:
+    """Shuffle partitions for `rows` narrow rows: enough for every core, about 64 MB each. Spark's
+    200 by default cost more in scheduling than the work itself on tables of a few million rows
+    (split at 700k rows: 19 s with 200, 9 s with 4, measured). Unless engine.spark_conf sets them."""
+    if "spark.sql.shuffle.partitions" in engine.spark_conf:
+        return
+    wanted = max(spark.sparkContext.defaultParallelism, -(-rows * row_bytes // SHUFFLE_PARTITION_BYTES))
+    spark.conf.set("spark.sql.shuffle.partitions", str(wanted))
+
+
 @contextlib.contextmanager
 def session(engine: EngineParams, app: str) -> Iterator:
     """A Spark session on the configured master, stopped on exit (an active one is reused as is)."""

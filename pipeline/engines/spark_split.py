@@ -28,9 +28,10 @@ import pyarrow.parquet as pq
 
 from pipeline import parts, stratify
 from pipeline.engines import split_local
-from pipeline.engines.spark_session import require_spark, session
+from pipeline.engines.spark_session import require_spark, session, size_shuffles
 from pipeline.params import EngineParams, SplitParams
 
+KEYED_ROW_BYTES = 40  # a row of the sort: part, row, label, key, and the partition's ids
 PARTITION_BITS = 33  # monotonically_increasing_id: the partition in the bits above, the row in it below
 
 
@@ -42,6 +43,7 @@ def split(clean_path: str, label: str, params: SplitParams, engine: EngineParams
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(int).tolist()
     spark_type = _spark_type(parts.schema(clean_path).field(label).type)
     with session(engine, "split") as spark:
+        size_shuffles(spark, engine, sum(counts), KEYED_ROW_BYTES)
         listing = spark.sparkContext.parallelize(list(zip(range(len(files)), files, starts, strict=True)), len(files))
         frame = spark.createDataFrame(listing, "part int, path string, start long")
         keyed = frame.mapInArrow(Keyer(label, params.seed).keys, f"part int, row long, label {spark_type}, key long")
