@@ -30,6 +30,7 @@ import argparse
 import contextlib
 import json
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -199,12 +200,14 @@ def main() -> None:
     p.add_argument("--spark", action="store_true", help="also the Spark engine")
     p.add_argument("--spark-cores", type=int, nargs="+", default=[2], help="Spark executor cores, one run each")
     p.add_argument("--standalone", action="store_true", help="Spark on a standalone master and worker, not local[n]")
+    p.add_argument("--repeat", type=int, default=1, help="run the paths this many times, interleaved (shared machines)")
     p.add_argument("--paths", nargs="+", choices=["memory", "local", "spark"], help="only these paths (default: all)")
     p.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         child_main(*args.child)
         return
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stopped: still stop the cluster (finally blocks)
     sizes = sorted(set(args.rows + ([BIG] if args.big else [])))
     chosen = args.paths or ["memory", "local"] + (["spark"] if args.spark else [])
     paths = [q for path in chosen for q in ([f"spark{n}" for n in args.spark_cores] if path == "spark" else [path])]
@@ -216,14 +219,16 @@ def main() -> None:
 
             master = stack.enter_context(standalone(cores=max(args.spark_cores), memory="4g"))
             print(f"standalone master {master}, one worker with {max(args.spark_cores)} cores")
-        results = run_all(sizes, paths, master)
-    report(results, sizes)
+        runs = run_all(sizes, paths * args.repeat, master)
+    report(runs, sizes)
 
 
-def run_all(sizes: list[int], paths: list[str], master: str) -> dict[tuple[int, str, str], dict]:
+def run_all(sizes: list[int], paths: list[str], master: str) -> dict[tuple[int, str, str], list[dict]]:
+    """Each size's table made once, then each path's clean and split in order (a path listed
+    again runs again); every run's result, by (rows, path, stage)."""
     header = f"{'rows':>9} {'cells M':>7} {'path':>6} {'stage':>5} {'seconds':>8} {'cpu s':>7} {'s/M cells':>9} {'peak MB':>8} {'MB/M cells':>10}"
     print(header)
-    results: dict[tuple[int, str, str], dict] = {}
+    runs: dict[tuple[int, str, str], list[dict]] = {}
     for rows in sizes:
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp)
@@ -236,7 +241,8 @@ def run_all(sizes: list[int], paths: list[str], master: str) -> dict[tuple[int, 
                 for stage in ("clean", "split"):
                     if stage == "split" and path == "memory":
                         continue  # split always read only the labels: the same code as `local`
-                    r = results[rows, path, stage] = child(f"{path}-{stage}", str(raw), str(work), master)
+                    r = child(f"{path}-{stage}", str(raw), str(work), master)
+                    runs.setdefault((rows, path, stage), []).append(r)
                     print(
                         f"{rows:>9,} {cells:>7.1f} {path:>6} {stage:>5} {r['seconds']:>8.2f} {r['cpu']:>7.1f} "
                         f"{r['seconds'] / cells:>9.3f} {r['peak_mb']:>8.0f} {r['peak_mb'] / cells:>10.2f}"
@@ -246,10 +252,11 @@ def run_all(sizes: list[int], paths: list[str], master: str) -> dict[tuple[int, 
                     if stage == "clean":
                         expected = planted["duplicates"] + planted["unknown_labels"]
                         print(f"{'':>9} kept {r['kept']:,}, quarantined {r['quarantined']:,} (planted {expected:,})")
-    return results
+    return runs
 
 
-def report(results: dict, sizes: list[int]) -> None:
+def report(runs: dict[tuple[int, str, str], list[dict]], sizes: list[int]) -> None:
+    results = {key: found[0] for key, found in runs.items()}  # the first run of each
     print("\nratios (streamed / in-memory, same run):")
     for rows in sizes:
         old, new = results.get((rows, "memory", "clean")), results.get((rows, "local", "clean"))
@@ -272,8 +279,13 @@ def report(results: dict, sizes: list[int]) -> None:
         if len(sparks) > 1:
             few, many = sparks[0][0], sparks[-1][0]
             for stage in ("clean", "split"):
-                ta, tb = results[rows, f"spark{few}", stage]["seconds"], results[rows, f"spark{many}", stage]["seconds"]
-                print(f"  {rows:>9,} rows: spark {stage} time, {few} core(s) / {many} cores: x{ta / tb:.2f}")
+                slow, fast = runs[rows, f"spark{few}", stage], runs[rows, f"spark{many}", stage]
+                ratios = [a["seconds"] / b["seconds"] for a, b in zip(slow, fast, strict=False)]
+                each = ", ".join(f"x{r:.2f}" for r in ratios)
+                print(
+                    f"  {rows:>9,} rows: spark {stage} time, {few} core(s) / {many} cores: "
+                    f"median x{float(np.median(ratios)):.2f} ({each})"
+                )
     print("targets:")
     at: dict[int, dict[str, Any]] = {
         rows: found for rows in sizes if (found := results.get((rows, "local", "clean"))) is not None

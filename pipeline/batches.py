@@ -243,11 +243,16 @@ def _open_csv(obj: SourceObject, contract: DataParams | None, text: bool = False
     schema = _csv_schema(obj, contract)
     features = set(feature_columns(schema.names, contract)) if contract is not None else set()
     types = {f.name: pa.string() if text and f.type == pa.float64() else f.type for f in schema if f.name in features}
-    return pacsv.open_csv(
-        open_object(obj),  # closed when the reader is: pyarrow owns the stream it reads
-        read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES),
-        convert_options=pacsv.ConvertOptions(column_types=types),
-    )
+    file = open_object(obj)  # closed when the reader is: pyarrow owns the stream it reads
+    try:
+        return pacsv.open_csv(
+            file,
+            read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES),
+            convert_options=pacsv.ConvertOptions(column_types=types),
+        )
+    except BaseException:
+        file.close()
+        raise
 
 
 def _first_block(reader: pacsv.CSVStreamingReader) -> dict[str, pa.Array]:
