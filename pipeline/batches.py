@@ -74,8 +74,14 @@ class RawStream:
         """The local files of the source (an object in a bucket has none: read `objects`)."""
         return tuple(obj.path for obj in self.objects)
 
-    def batches(self) -> Iterator[RawBatch]:
-        """Every row once, in source order, each batch in `schema`."""
+    def batches(self) -> Iterator[pa.RecordBatch]:
+        """Every row once, in source order, each batch in `schema` (a value of a numeric column
+        that is not a number as a gap; `raw_batches` says which they were)."""
+        for batch in self.raw_batches():
+            yield batch.rows
+
+    def raw_batches(self) -> Iterator[RawBatch]:
+        """Every row once, in source order, with the values that were not numbers."""
         if self.table is not None:
             yield from self.table_batches()
             return
