@@ -6,26 +6,31 @@ is read from /proc (VmHWM):
 
 - `memory`: the clean stage as it was, the whole table in memory (bench/inmemory_clean.py), the
   baseline every ratio below is measured against, in the same run;
-- `local`:  the streamed clean stage (engine.name: local) and split (labels only);
-- `spark`:  the same stages on Apache Spark `local[*]` (with --spark; needs Java 17).
+- `local`:  the clean stage (engine.name: local) and split (labels only);
+- `spark`:  the same stages on Apache Spark (with --spark or --paths spark; needs Java 17), once per
+  number of executor cores in --spark-cores: `local[n]`, or with --standalone a real standalone
+  master and worker on 127.0.0.1 (bench/spark_standalone.py) whose executor gets n cores, the
+  driver then being a process (and a JVM) of its own.
 
     python bench/data_stages.py                  # 70,000 and 700,000 rows
-    python bench/data_stages.py --big            # also 7,000,000 rows (streamed only; minutes)
-    python bench/data_stages.py --spark          # also Spark local[*] at each size
+    python bench/data_stages.py --big            # also 7,000,000 rows (not the in-memory path; minutes)
+    python bench/data_stages.py --rows 700000 --paths spark --spark-cores 1 2 --standalone
     python bench/data_stages.py --rows 7000 70000
-    python bench/data_stages.py --rows 700000 --paths local spark   # the engines side by side
 
 Seconds are wall-clock seconds of the stage's work (process start and imports excluded; for
 Spark the session's start too); `cpu s` is user+system CPU of the Python process (Spark's JVM
-works outside it). Spark's peak is the Python driver's, plus its JVM's (which in local mode runs
-the executors too). On a shared machine compare the ratios, not the seconds.
+and its Python workers work outside it). Spark's driver peak is the Python driver's VmHWM plus
+its JVM's (in local mode that JVM runs the executors too; standalone, it is the driver's alone).
+On a shared machine compare the ratios, not the seconds.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -43,7 +48,7 @@ RAW_ROW_GROUP = 65_536
 BIG = 7_000_000
 # Targets of the data-at-scale work, checked on the numbers of this run.
 CLEAN_PEAK_MB_AT_700K = 1_000
-PEAK_GROWTH_700K_TO_7M = 1.3
+PEAK_GROWTH_700K_TO_7M = 1.1
 SPLIT_PEAK_MB_AT_700K = 200
 
 
@@ -92,30 +97,37 @@ def make_table(rows: int, path: Path, seed: int = 0, row_group: int = RAW_ROW_GR
     return found
 
 
-def params(engine: str):
+def params(engine: str, cores: int = 0, master: str = ""):
+    """The bench's params; a Spark engine with `cores` executor cores on `master` (local[n] when empty)."""
     from pipeline.params import CleanParams, EngineParams, Params
 
+    conf = {}
+    if master:  # one executor with `cores` cores; the driver reachable on 127.0.0.1
+        conf = {"spark.cores.max": str(cores), "spark.executor.cores": str(cores), "spark.executor.memory": "3g"}
+        conf["spark.driver.host"] = "127.0.0.1"
     return Params(
         data=contract(),
         clean=CleanParams(min_rows=100, max_quarantine_share=0.05),
-        engine=EngineParams.model_validate({"name": engine, "spark_master": "local[*]"}),  # checks the name
+        engine=EngineParams.model_validate(  # checks the name
+            {"name": engine, "spark_master": master or f"local[{cores or '*'}]", "spark_conf": conf}
+        ),
     )
 
 
-def measure(task: str, raw: Path, workdir: Path) -> dict:
+def measure(task: str, raw: Path, workdir: Path, master: str = "") -> dict:
     """Run one stage in this process (called in a child); returns seconds and counts."""
     path, stage = task.split("-")
-    if path == "spark":  # one session for the stage, whose JVM's peak memory is read before it stops
+    if path.startswith("spark"):  # one session for the stage, whose JVM's peak memory is read before it stops
         from pipeline.engines import spark
 
-        with spark.session(params("spark").engine, f"bench {stage}") as session:
-            result = _run(task, raw, workdir)
+        with spark.session(params("spark", int(path[5:]), master).engine, f"bench {stage}") as session:
+            result = _run(task, raw, workdir, master)
             result["jvm_peak_mb"] = peak_mb(session.sparkContext._gateway.proc.pid)
         return result
     return _run(task, raw, workdir)
 
 
-def _run(task: str, raw: Path, workdir: Path) -> dict:
+def _run(task: str, raw: Path, workdir: Path, master: str = "") -> dict:
     sys.path.insert(0, str(ROOT / "bench"))
     from pipeline.tables import write_parquet
 
@@ -137,16 +149,20 @@ def _run(task: str, raw: Path, workdir: Path) -> dict:
         write_parquet(result["quarantine"], workdir / f"quarantine-{path}.parquet")
         extra = {"kept": result["metrics"]["rows_kept"], "quarantined": result["metrics"]["rows_quarantined"]}
     elif stage == "clean":
-        p = params(path)
+        p = params(*_engine(path, master))
         quarantine = workdir / f"quarantine-{path}.parquet"
         metrics, _ = clean.run_source(str(raw), p.data, p.clean, p.engine, str(out), str(quarantine))
         extra = {"kept": metrics["rows_kept"], "quarantined": metrics["rows_quarantined"]}
     else:
-        p = params(path)
+        p = params(*_engine(path, master))
         # the clean table this path's clean wrote (the engines write the same rows): `--paths spark` alone works too
-        assignment, _ = split.run_file(str(out), p.data, p.split, p.engine)
-        write_parquet(assignment, workdir / f"split-{path}.parquet", **split.WRITE_OPTIONS)
+        split.run_file(str(out), p.data, p.split, p.engine, str(workdir / f"split-{path}.parquet"))
     return {"seconds": time.perf_counter() - start, **extra}
+
+
+def _engine(path: str, master: str) -> tuple[str, int, str]:
+    """`spark2` -> ("spark", 2, master); `local` -> ("local", 0, "")."""
+    return ("spark", int(path[5:]), master) if path.startswith("spark") else (path, 0, "")
 
 
 def child(*args: str) -> dict:
@@ -168,9 +184,9 @@ def peak_mb(pid: int | str = "self") -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def child_main(task: str, raw: str, workdir: str) -> None:
+def child_main(task: str, raw: str, workdir: str, master: str = "") -> None:
     result: dict[str, Any] = (
-        dict(make_table(int(workdir), Path(raw))) if task == "make" else measure(task, Path(raw), Path(workdir))
+        dict(make_table(int(workdir), Path(raw))) if task == "make" else measure(task, Path(raw), Path(workdir), master)
     )
     usage = resource.getrusage(resource.RUSAGE_SELF)
     result.update(peak_mb=peak_mb(), cpu=usage.ru_utime + usage.ru_stime)
@@ -180,19 +196,39 @@ def child_main(task: str, raw: str, workdir: str) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, nargs="+", default=[70_000, 700_000])
-    p.add_argument("--big", action="store_true", help=f"also {BIG:,} rows (streamed paths only)")
-    p.add_argument("--spark", action="store_true", help="also the Spark engine, master local[*]")
+    p.add_argument("--big", action="store_true", help=f"also {BIG:,} rows (not the in-memory path)")
+    p.add_argument("--spark", action="store_true", help="also the Spark engine")
+    p.add_argument("--spark-cores", type=int, nargs="+", default=[2], help="Spark executor cores, one run each")
+    p.add_argument("--standalone", action="store_true", help="Spark on a standalone master and worker, not local[n]")
+    p.add_argument("--repeat", type=int, default=1, help="run the paths this many times, interleaved (shared machines)")
     p.add_argument("--paths", nargs="+", choices=["memory", "local", "spark"], help="only these paths (default: all)")
-    p.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    p.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         child_main(*args.child)
         return
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stopped: still stop the cluster (finally blocks)
     sizes = sorted(set(args.rows + ([BIG] if args.big else [])))
-    paths = args.paths or ["memory", "local"] + (["spark"] if args.spark else [])
+    chosen = args.paths or ["memory", "local"] + (["spark"] if args.spark else [])
+    paths = [q for path in chosen for q in ([f"spark{n}" for n in args.spark_cores] if path == "spark" else [path])]
+    with contextlib.ExitStack() as stack:
+        master = ""
+        if args.standalone and any(q.startswith("spark") for q in paths):
+            sys.path.insert(0, str(ROOT / "bench"))
+            from spark_standalone import standalone
+
+            master = stack.enter_context(standalone(cores=max(args.spark_cores), memory="4g"))
+            print(f"standalone master {master}, one worker with {max(args.spark_cores)} cores")
+        runs = run_all(sizes, paths * args.repeat, master)
+    report(runs, sizes)
+
+
+def run_all(sizes: list[int], paths: list[str], master: str) -> dict[tuple[int, str, str], list[dict]]:
+    """Each size's table made once, then each path's clean and split in order (a path listed
+    again runs again); every run's result, by (rows, path, stage)."""
     header = f"{'rows':>9} {'cells M':>7} {'path':>6} {'stage':>5} {'seconds':>8} {'cpu s':>7} {'s/M cells':>9} {'peak MB':>8} {'MB/M cells':>10}"
     print(header)
-    results: dict[tuple[int, str, str], dict] = {}
+    runs: dict[tuple[int, str, str], list[dict]] = {}
     for rows in sizes:
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp)
@@ -205,20 +241,22 @@ def main() -> None:
                 for stage in ("clean", "split"):
                     if stage == "split" and path == "memory":
                         continue  # split always read only the labels: the same code as `local`
-                    r = results[rows, path, stage] = child(f"{path}-{stage}", str(raw), str(work))
+                    r = child(f"{path}-{stage}", str(raw), str(work), master)
+                    runs.setdefault((rows, path, stage), []).append(r)
                     print(
                         f"{rows:>9,} {cells:>7.1f} {path:>6} {stage:>5} {r['seconds']:>8.2f} {r['cpu']:>7.1f} "
                         f"{r['seconds'] / cells:>9.3f} {r['peak_mb']:>8.0f} {r['peak_mb'] / cells:>10.2f}"
-                        + (f"  (+ Spark JVM {r['jvm_peak_mb']:.0f} MB)" if "jvm_peak_mb" in r else ""),
+                        + (f"  (+ driver JVM {r['jvm_peak_mb']:.0f} MB)" if "jvm_peak_mb" in r else ""),
                         flush=True,
                     )
                     if stage == "clean":
                         expected = planted["duplicates"] + planted["unknown_labels"]
                         print(f"{'':>9} kept {r['kept']:,}, quarantined {r['quarantined']:,} (planted {expected:,})")
-    report(results, sizes)
+    return runs
 
 
-def report(results: dict, sizes: list[int]) -> None:
+def report(runs: dict[tuple[int, str, str], list[dict]], sizes: list[int]) -> None:
+    results = {key: found[0] for key, found in runs.items()}  # the first run of each
     print("\nratios (streamed / in-memory, same run):")
     for rows in sizes:
         old, new = results.get((rows, "memory", "clean")), results.get((rows, "local", "clean"))
@@ -227,12 +265,27 @@ def report(results: dict, sizes: list[int]) -> None:
                 f"  {rows:>9,} rows: clean time x{new['seconds'] / old['seconds']:.2f}, cpu x{new['cpu'] / old['cpu']:.2f}, "
                 f"peak memory x{new['peak_mb'] / old['peak_mb']:.2f}"
             )
-        spark = results.get((rows, "spark", "clean"))
-        if spark and new:
+        sparks = sorted(
+            (int(path[5:]), r)
+            for (n, path, stage), r in results.items()
+            if n == rows and path.startswith("spark") and stage == "clean"
+        )
+        for cores, spark in sparks:
+            driver = spark["peak_mb"] + spark["jvm_peak_mb"]
+            vs_local = f", spark/local clean time x{spark['seconds'] / new['seconds']:.2f}" if new else ""
             print(
-                f"  {rows:>9,} rows: spark/local clean time x{spark['seconds'] / new['seconds']:.2f}, "
-                f"driver peak (Python + JVM) x{(spark['peak_mb'] + spark['jvm_peak_mb']) / new['peak_mb']:.2f}"
+                f"  {rows:>9,} rows: spark with {cores} executor core(s): driver peak (Python + JVM) {driver:.0f} MB{vs_local}"
             )
+        if len(sparks) > 1:
+            few, many = sparks[0][0], sparks[-1][0]
+            for stage in ("clean", "split"):
+                slow, fast = runs[rows, f"spark{few}", stage], runs[rows, f"spark{many}", stage]
+                ratios = [a["seconds"] / b["seconds"] for a, b in zip(slow, fast, strict=False)]
+                each = ", ".join(f"x{r:.2f}" for r in ratios)
+                print(
+                    f"  {rows:>9,} rows: spark {stage} time, {few} core(s) / {many} cores: "
+                    f"median x{float(np.median(ratios)):.2f} ({each})"
+                )
     print("targets:")
     at: dict[int, dict[str, Any]] = {
         rows: found for rows in sizes if (found := results.get((rows, "local", "clean"))) is not None

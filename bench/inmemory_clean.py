@@ -22,6 +22,7 @@ from pipeline.validation import (
     CheckResult,
     GxView,
     describe_failure,
+    duplicate_result,
     expectations,
     render_report,
     row_reason,
@@ -58,11 +59,11 @@ def row_profile(table: pd.DataFrame, features: list[str], label: str, chunk: int
     return pd.DataFrame(
         {
             "label": table[label].to_numpy(),
+            "unparsed": np.full(n, None, object),  # this path reads numeric columns only
             "null_features": nulls,
             "nonfinite_features": nonfinite,
             "feature_min": lo,
             "feature_max": hi,
-            "duplicate": table.duplicated(keep="first").to_numpy(),
         }
     )
 
@@ -71,9 +72,11 @@ def validate(table: pd.DataFrame, contract: DataParams, clean: CleanParams):
     features = feature_columns(list(table.columns), contract)
     checks = expectations(contract, clean, features)
     columns = pd.DataFrame({"column": features, "numeric": [pd.api.types.is_numeric_dtype(table[c]) for c in features]})
+    duplicated = table.duplicated(keep="first").to_numpy()
     views = {"table": table, "columns": columns}
     if columns["numeric"].all() and contract.label in table:
         views["rows"] = row_profile(table, features, contract.label)
+    views["totals"] = pd.DataFrame({"rows": [len(table)], "duplicate_share": [duplicated.mean()]})
     context = silent_context()
     outcome: list[CheckResult] = []
     bad_rows: dict[int, list[str]] = {}
@@ -102,6 +105,10 @@ def validate(table: pd.DataFrame, contract: DataParams, clean: CleanParams):
             if row_level:
                 for index in unexpected:
                     bad_rows.setdefault(int(index), []).append(name)
+        if view == "rows":  # the duplicates: pandas' duplicated() over the whole table
+            outcome.append(duplicate_result(int(duplicated.sum())))
+            for index in np.flatnonzero(duplicated):
+                bad_rows.setdefault(int(index), []).append("not_duplicate")
     return outcome, bad_rows
 
 
@@ -109,7 +116,8 @@ def run(raw: pd.DataFrame, contract: DataParams, params: CleanParams) -> dict:
     """Validate `raw` whole; returns clean and quarantine frames, metrics and the report (or raises
     ValueError listing the problems, where the stage raises its ValidationFailed)."""
     checks, bad_rows = validate(raw, contract, params)
-    reasons = Counter(ROW_REASONS[name] for failed in bad_rows.values() for name in failed)
+    counted = Counter(ROW_REASONS[name] for failed in bad_rows.values() for name in failed)
+    reasons = {ROW_REASONS[c.name]: counted[ROW_REASONS[c.name]] for c in checks if c.row_level and c.unexpected_count}
     share = len(bad_rows) / max(len(raw), 1)
     summary = {
         "rows_in": len(raw),
@@ -117,7 +125,7 @@ def run(raw: pd.DataFrame, contract: DataParams, params: CleanParams) -> dict:
         "rows_quarantined": len(bad_rows),
         "quarantined_share": round(share, 6),
     }
-    report = render_report(checks, summary, dict(reasons))
+    report = render_report(checks, summary, reasons)
     problems = [describe_failure(c, contract, list(raw.columns)) for c in checks if not c.success and not c.row_level]
     if share > params.max_quarantine_share:
         problems.append(f"{share:.1%} of rows would be quarantined")
@@ -133,7 +141,7 @@ def run(raw: pd.DataFrame, contract: DataParams, params: CleanParams) -> dict:
     features = feature_columns(list(raw.columns), contract)
     kept = raw.drop(index=raw.index[bad])[[contract.label, *features]].reset_index(drop=True)
     kept = pd.DataFrame({column: compact(kept[column]) for column in kept.columns})
-    metrics = {**summary, "reasons": dict(reasons), "features": len(features)}
+    metrics = {**summary, "reasons": reasons, "features": len(features)}
     return {"clean": kept, "quarantine": quarantine, "metrics": metrics, "report_html": report, "checks": checks}
 
 

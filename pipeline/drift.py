@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 
+from pipeline import parts
 from pipeline.errors import StageError
 
 EPSILON = 1e-4  # share given to an empty bin in the PSI (the usual choice; 1/EPSILON caps a bin's log ratio)
@@ -134,15 +134,16 @@ def quantile_edges(sample: np.ndarray, bins: int) -> list[float]:
 
 
 # --- reading the table in bounded memory ---------------------------------------------------------
-def _open(path: str | Path) -> pq.ParquetFile:
+def _schema_and_rows(path: str | Path) -> tuple[list[str], int]:
+    """The clean table's columns and row count (a folder of Parquet parts, or one file)."""
     try:
-        return pq.ParquetFile(path)
-    except (OSError, ValueError) as error:
+        return parts.schema(path).names, parts.num_rows(path)
+    except (OSError, ValueError, parts.PartsError) as error:
         raise DriftError(f"{path}: cannot read as Parquet ({error}); rerun clean") from None
 
 
 def _batches(path: str | Path, columns: list[str]) -> Iterator[dict[str, np.ndarray]]:
-    for batch in _open(path).iter_batches(batch_size=BATCH_ROWS, columns=columns):
+    for batch in parts.iter_batches(path, columns, BATCH_ROWS):
         yield {name: batch.column(name).to_numpy(zero_copy_only=False) for name in columns}
 
 
@@ -158,11 +159,10 @@ def profile(
     an evenly spaced sample of at most `sample_rows` rows; and, when a reference profile is given
     `on`, the table's bin counts on the reference's edges (what `compare` needs)."""
     features = list(features)
-    meta = _open(path).metadata
-    missing = [c for c in [label, *features] if c not in meta.schema.names]
+    names, total = _schema_and_rows(path)
+    missing = [c for c in [label, *features] if c not in names]
     if missing:
         raise DriftError(f"{path} has no column(s) {missing}; rerun clean")
-    total = meta.num_rows
     step = max(1, math.ceil(total / max(sample_rows, 1)))
 
     classes: Counter[str] = Counter()

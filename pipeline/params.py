@@ -117,6 +117,7 @@ class EngineParams(Section):
     and gives the same files, so nothing downstream reruns."""
 
     name: Literal["local", "spark"] = "local"
+    unit_mb: Annotated[float, Field(gt=0.0)] = 128.0
     spark_master: str = "local[*]"
     spark_conf: dict[str, str] = {}
 

@@ -13,6 +13,10 @@ keeps, so the data read is the same.
 The file is a path or an open random-access file (`pipeline.sources.open_object`: an object in a
 bucket); an open file is read in place and left open.
 
+`footer_layout` records where each row group is described in the footer, so that another process
+(a Spark executor given a unit of work, `pipeline.units`) reads one row group with `read_group`,
+fetching that group's metadata bytes and the footer's head and tail rather than the whole footer.
+
 Only the top level of the footer is understood here; everything inside a row group is skipped
 by its Thrift type, byte for byte. Any file this cannot cut (an encrypted footer, a Thrift type it
 does not know) is read with pyarrow's own reader instead.
@@ -24,6 +28,7 @@ import contextlib
 import logging
 import struct
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TypeAlias
 
@@ -84,6 +89,13 @@ def read_footer(path: Source) -> bytes:
 def cut_footer(meta: bytes) -> list[bytes]:
     """One serialized FileMetaData per row group: every other field as it is, `row_groups` a list
     of that one group."""
+    head, groups, tail = footer_spans(meta)
+    return [meta[:head] + _ONE_STRUCT + meta[start:end] + meta[tail:] for start, end in groups]
+
+
+def footer_spans(meta: bytes) -> tuple[int, list[tuple[int, int]], int]:
+    """Where the parts of a serialized FileMetaData are: the bytes before the row-group list
+    (`meta[:head]`), each row group's bytes, and the bytes after the list (`meta[tail:]`)."""
     pos, field = 0, 0
     while True:
         header = meta[pos]
@@ -99,7 +111,7 @@ def cut_footer(meta: bytes) -> list[bytes]:
         if field == _ROW_GROUPS_FIELD and kind == _LIST:
             break
         pos = _skip(meta, pos, kind)
-    head = meta[:pos]
+    head = pos
     size, element = meta[pos] >> 4, meta[pos] & 0x0F
     pos += 1
     if size == 15:
@@ -109,10 +121,59 @@ def cut_footer(meta: bytes) -> list[bytes]:
     groups = []
     for _ in range(size):
         end = _skip(meta, pos, _STRUCT)
-        groups.append(meta[pos:end])
+        groups.append((pos, end))
         pos = end
-    tail = meta[pos:]
-    return [head + _ONE_STRUCT + group + tail for group in groups]
+    return head, groups, pos
+
+
+@dataclass(frozen=True)
+class FooterLayout:
+    """Where a Parquet file's row groups are described: enough to read one row group later, by
+    another process, with that group's metadata alone and without reading the rest of the footer."""
+
+    start: int  # file offset of the serialized footer
+    head: int  # its bytes before the row-group list
+    groups: tuple[tuple[int, int], ...]  # each row group's bytes in it
+    tail: tuple[int, int]  # its bytes after the list
+    rows: tuple[int, ...]  # each row group's row count
+    schema: pa.Schema
+
+
+def footer_layout(path: Source) -> FooterLayout:
+    """The layout of the footer of the Parquet file at `path`, a path or an open random-access
+    file (FooterError if it cannot be cut)."""
+    meta = read_footer(path)
+    head, groups, tail = footer_spans(meta)
+    rows, schema = [], None
+    for start, end in groups:  # one group's parsed metadata at a time
+        metadata = _metadata(meta[:head] + _ONE_STRUCT + meta[start:end] + meta[tail:])
+        rows.append(metadata.row_group(0).num_rows)
+        schema = schema or metadata.schema.to_arrow_schema()
+    schema = schema or _metadata(meta).schema.to_arrow_schema()  # no row group: the footer is small
+    start = _size(path) - 8 - len(meta)
+    return FooterLayout(start, head, tuple(groups), (tail, len(meta)), tuple(rows), schema.remove_metadata())
+
+
+def read_group(path: Source, layout: FooterLayout, i: int, columns: list[str] | None = None) -> pa.Table:
+    """Row group `i` of the file (a path or an open file) whose footer `layout` describes,
+    reading only that row group's metadata."""
+    start, end = layout.groups[i]
+    opened = open(path, "rb") if isinstance(path, str | Path) else contextlib.nullcontext(path)  # noqa: SIM115
+    with opened as file:
+        parts = []
+        for lo, hi in ((0, layout.head), (start, end), layout.tail):
+            file.seek(layout.start + lo)
+            parts.append(file.read(hi - lo))
+    footer = parts[0] + _ONE_STRUCT + parts[1] + parts[2]
+    reader = pq.ParquetFile(path, metadata=_metadata(footer))
+    return reader.read_row_group(0, columns=columns)
+
+
+def _size(path: Source) -> int:
+    if isinstance(path, str | Path):
+        return Path(path).stat().st_size
+    path.seek(0, 2)
+    return path.tell()
 
 
 def _metadata(footer: bytes) -> pq.FileMetaData:

@@ -1,10 +1,11 @@
 """Exact-duplicate detection across batches: 64-bit row hashes and a compact set of those seen.
 
 A row's hash depends only on its values and the column types of the stream's schema (which is
-fixed for a run), never on which batch it arrived in: 8-bit columns use a random table per column
-(tabulation hashing), other numbers their float64 value (so 3 == 3.0, and every NaN or null is
-equal, as in `pandas.DataFrame.duplicated`), text pandas' own hash; the columns are combined by
-XOR. Two different rows share a hash with probability about 2^-64, so among 10 million rows the
+fixed for a run), never on which batch or process it was hashed in: 8-bit columns use a random
+table per column (tabulation hashing), other integers their 64-bit value (exactly, at any size:
+an id or a timestamp above 2**53 has no exact double), floats their float64 value (every NaN
+is equal, as in `pandas.DataFrame.duplicated`), text pandas' own hash; a null is one random word
+per column; the columns are combined by XOR. Two different rows share a hash with probability about 2^-64, so among 10 million rows the
 chance that any row is wrongly flagged is about 3 in a million.
 
 `SeenRows` keeps the hashes of the rows seen so far in 256 sorted shards: 8 bytes per distinct
@@ -46,6 +47,7 @@ class RowHasher:
         self._salt = words(len(schema))
         # 8-bit columns: one random word per value (256) and one for null.
         self._tables = {i: words(257) for i, field in enumerate(schema) if field.type in _EIGHT_BIT}
+        self._null = words(len(schema))
 
     def hash(self, batch: pa.RecordBatch) -> np.ndarray:
         out = np.zeros(batch.num_rows, np.uint64)
@@ -64,7 +66,15 @@ class RowHasher:
                     codes = pc.add(codes, 128)
                 index = codes.fill_null(256).to_numpy(zero_copy_only=False)
             return self._tables[i][index]
-        if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind):
+        if pa.types.is_integer(kind):
+            values = column.fill_null(0).to_numpy() if column.null_count else column.to_numpy()
+            hashed = _splitmix(
+                values.astype(np.int64 if kind != pa.uint64() else np.uint64).view(np.uint64) ^ self._salt[i]
+            )
+            if column.null_count:
+                hashed[column.is_null().to_numpy(zero_copy_only=False)] = self._null[i]
+            return hashed
+        if pa.types.is_floating(kind) or pa.types.is_boolean(kind):
             values = column.cast(pa.float64()).to_numpy(zero_copy_only=False) + 0.0  # -0.0 -> 0.0, nulls are NaN
             values[np.isnan(values)] = np.nan  # one NaN bit pattern
             bits = values.view(np.uint64)

@@ -15,7 +15,6 @@ train, crossval, export, evaluate and the gate all get their rows from a `SplitT
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,13 +22,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from pipeline import transform
+from pipeline import parts, transform
 from pipeline.contract import category_values, feature_contracts, is_mixed
 from pipeline.errors import StageError
 from pipeline.params import DataParams
-from pipeline.tables import feature_columns, read_parquet
+from pipeline.tables import feature_columns
 from pipeline.transform import RawRows
 
 # Feature values (in the stored dtype) read at once: columns are read in groups of about this
@@ -75,7 +73,8 @@ def raw_block(block: pa.Table, label: str, numeric: list[str], categorical: list
     """One block of raw rows from the label, numeric and categorical columns of `block`."""
     num = np.empty((block.num_rows, len(numeric)), np.float32)
     for j, name in enumerate(numeric):
-        num[:, j] = block.column(name).cast(pa.float64()).to_numpy(zero_copy_only=False)  # null -> NaN
+        # null -> NaN; an integer above 2**53 becomes its nearest double (then float32, as every feature)
+        num[:, j] = block.column(name).cast(pa.float64(), safe=False).to_numpy(zero_copy_only=False)
     cat = np.empty((block.num_rows, len(categorical)), object)
     for j, name in enumerate(categorical):
         cat[:, j] = category_values(block.column(name).combine_chunks())
@@ -87,11 +86,11 @@ class SplitTable:
     """The clean table (a Parquet file, or an in-memory table in tests) and its split assignment,
     checked to fit each other. Rows are read on demand by `rows` / `split_rows`."""
 
-    def __init__(self, source: pq.ParquetFile | pa.Table, assignment: pd.DataFrame, data: DataParams) -> None:
+    def __init__(self, source: str | Path | pa.Table, assignment: pd.DataFrame, data: DataParams) -> None:
         self._source = source
         self.data = data
-        schema = source.schema_arrow if isinstance(source, pq.ParquetFile) else source.schema
-        n = source.metadata.num_rows if isinstance(source, pq.ParquetFile) else source.num_rows
+        schema = source.schema if isinstance(source, pa.Table) else parts.schema(source)
+        n = source.num_rows if isinstance(source, pa.Table) else parts.num_rows(source)
         rows = assignment["row"].to_numpy()
         if len(rows) != n or not np.array_equal(np.sort(rows), np.arange(n)):
             raise RowsError(
@@ -117,8 +116,9 @@ class SplitTable:
 
     @classmethod
     def open(cls, clean: str | Path, split: str | Path, data: DataParams) -> SplitTable:
-        """The files the stages get from dvc.yaml: reads the assignment and the clean table's footer."""
-        return cls(pq.ParquetFile(clean), read_parquet(split), data)
+        """The tables the stages get from dvc.yaml (folders of Parquet parts, or single files):
+        reads the assignment and the clean table's footers."""
+        return cls(clean, parts.read_table(split).to_pandas(), data)
 
     @classmethod
     def of(cls, table: pd.DataFrame, assignment: pd.DataFrame, data: DataParams) -> SplitTable:
@@ -214,11 +214,10 @@ class SplitTable:
     def _row_groups(self) -> Iterator[tuple[int, Callable[[list[str]], pa.Table]]]:
         """(rows, read(columns) -> those columns of its rows) for each row group of the table."""
         source = self._source
-        if isinstance(source, pq.ParquetFile):
-            for i in range(source.metadata.num_row_groups):
-                yield source.metadata.row_group(i).num_rows, functools.partial(source.read_row_group, i)
-        else:
+        if isinstance(source, pa.Table):
             yield source.num_rows, source.select
+        else:
+            yield from parts.row_groups(source)
 
     @staticmethod
     def _column(block: pa.Table, k: int) -> np.ndarray:

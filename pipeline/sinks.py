@@ -5,10 +5,10 @@
   run leaves nothing behind. Row groups have a fixed number of rows that depends only on the
   schema, so the same rows give the same file whatever the batch size or engine that wrote them.
 - `MemorySink` collects the batches into one table (for tests and small in-memory tables).
-- `CompactTypes` finds, over the rows written, the smallest exact type of each numeric column
-  (uint8 for pixels, else float32), as `pipeline.tables.compact` does for a whole column; `commit`
-  rewrites the file in those types when they differ from the source's (CSV numbers arrive as
-  float64, for example).
+- `CompactTypes` finds, over the rows that will be kept, the smallest exact type of each numeric
+  column (uint8 for pixels, else float32), as `pipeline.tables.compact` does for a whole column;
+  the stats of several pieces of the table merge into those of the whole. The clean table is then
+  written in those types (CSV numbers arrive as float64, for example).
 """
 
 from __future__ import annotations
@@ -22,10 +22,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from pipeline.atomic import atomic_path
+from pipeline.atomic import current_umask
 from pipeline.batches import row_width
 
 # Raw bytes per row group, at most MAX_ROW_GROUP_ROWS rows. The writer keeps every row group's
@@ -41,7 +40,7 @@ class Sink(Protocol):
     schema: pa.Schema
 
     def write(self, batch: pa.RecordBatch) -> None: ...
-    def commit(self, schema: pa.Schema | None = None) -> None: ...
+    def commit(self) -> None: ...
     def abort(self) -> None: ...
 
 
@@ -92,22 +91,13 @@ class ParquetSink:
         assert self._writer is not None, "write after commit or abort"
         self._writer.write(batch)
 
-    def commit(self, schema: pa.Schema | None = None) -> None:
-        """Make the file appear at its path, in `schema`'s types when given."""
+    def commit(self) -> None:
+        """Make the file appear at its path."""
         assert self._writer is not None, "commit after commit or abort"
         self._writer.close()
         self._writer = None
-        if schema is None or schema.equals(self.schema):
-            os.replace(self._tmp, self.path)
-            return
-        try:
-            with atomic_path(self.path) as final:
-                rewriter = _GroupedWriter(final, schema)
-                for batch in ds.dataset(self._tmp).to_batches(batch_size=rewriter.rows):
-                    rewriter.write(batch.cast(schema))
-                rewriter.close()
-        finally:
-            self._tmp.unlink(missing_ok=True)
+        os.chmod(self._tmp, 0o666 & ~current_umask())  # a plain file's mode, not mkstemp's 0600
+        os.replace(self._tmp, self.path)
 
     def abort(self) -> None:
         if self._writer is not None:
@@ -131,9 +121,8 @@ class MemorySink:
     def write(self, batch: pa.RecordBatch) -> None:
         self._batches.append(batch)
 
-    def commit(self, schema: pa.Schema | None = None) -> None:
-        table = pa.Table.from_batches(self._batches, schema=self.schema)
-        self.table = table.cast(schema) if schema is not None else table
+    def commit(self) -> None:
+        self.table = pa.Table.from_batches(self._batches, schema=self.schema)
 
     def abort(self) -> None:
         self._batches = []
@@ -169,6 +158,12 @@ class CompactTypes:
                     self._fractional.add(field.name)
             bounds = pc.min_max(column).as_py()
             self.observe(field.name, bounds["min"], bounds["max"])
+
+    def merge(self, other: CompactTypes) -> None:
+        """Add what `other` saw (another piece of the same table)."""
+        for name in other._lo:
+            self.observe(name, other._lo[name], other._hi[name], name in other._fractional)
+        self._fractional |= other._fractional
 
     def observe(self, name: str, lo: float | None, hi: float | None, fractional: bool = False) -> None:
         """Values from `lo` to `hi` were written to column `name` (some not whole numbers, if

@@ -1,28 +1,55 @@
-"""Stratified shuffle splits and k-fold ids in NumPy, drawing exactly what scikit-learn draws.
+"""The stratified split both engines compute the same way: per-class counts, then keyed ranks.
 
-`shuffle_split` is `sklearn.model_selection.train_test_split(range(n), test_size=..., stratify=y,
-random_state=seed)` and `fold_ids` is `StratifiedKFold(k, shuffle=True, random_state=seed)`'s test
-folds, step for step with the same `RandomState` draws (tests/pipeline/test_stratify.py compares
-them with scikit-learn). Written out because scikit-learn's version builds Python lists of every
-row index (about 60 bytes a row) and its import alone is ~75 MB, which dominated the split stage's
-memory; and because the split of a data version should not change when scikit-learn is upgraded.
+How many rows of each class go to test, val and train is what scikit-learn's stratified
+`train_test_split` draws (train vs the rest, then the rest into val and test, each with
+`random_state=split.seed`): `split_counts`, from the class counts alone. How many training rows
+of each class each of the k folds holds is `StratifiedKFold`'s allocation over the training rows
+in row order (classes in order of first appearance): `fold_counts`.
+
+Which rows: each row's key is draw number `row` of SplitMix64 seeded with `split.seed` (a
+bijection of the row's position, so no two rows tie: `position_keys`); within its class a row's
+rank is its key's place among the class's keys (as signed 64-bit integers). The class's first
+n_test ranks go to test, the next n_val to val, the rest to train, and the training ranks fill
+folds 0..k-1 in order, each with its count (`assign`). A row's split depends on its label, its
+position and the counts, never on the order the rows are processed in: NumPy sorts each class
+here (`pipeline.engines.split_local`), Spark sorts them on its executors
+(`pipeline.engines.spark_split`), and the same rows land in the same places.
 
 Row positions are int32 and class codes the smallest integer type that holds them (`class_codes`),
 worked out a chunk of rows at a time: NumPy's own `unique(return_inverse=True)` and `argsort`
-return int64, 8 bytes a row each, several times the uint8 label column they describe. The draws
-depend only on the counts, never on these types.
+return int64, 8 bytes a row each, several times the uint8 label column they describe.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
 from math import ceil
 
 import numpy as np
 
 from pipeline.errors import StageError
+from pipeline.rowhash import _splitmix
 
 CHUNK_ROWS = 1 << 16  # rows coded at a time: bounds NumPy's int64 temporaries to 512 KB
 MASKED_CLASSES = 64  # up to this many classes, each class's rows are found by a pass over the codes
+GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # SplitMix64's increment
+SPLITS = ("train", "val", "test")  # split codes 0, 1, 2
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """Rows per class (classes sorted) in each split, and per fold of the training rows."""
+
+    classes: np.ndarray
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+    folds: np.ndarray  # (k, classes)
+
+    def cuts(self, c: int) -> tuple[int, int, np.ndarray]:
+        """Class c's first val rank, first train rank, and each fold's first training rank after the first."""
+        return int(self.test[c]), int(self.test[c] + self.val[c]), np.cumsum(self.folds[:, c])[:-1]
 
 
 def approximate_mode(class_counts: np.ndarray, n_draws: int, rng: np.random.RandomState) -> np.ndarray:
@@ -43,54 +70,69 @@ def approximate_mode(class_counts: np.ndarray, n_draws: int, rng: np.random.Rand
     return floored.astype(int)
 
 
-def shuffle_split(y: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Positions of the train and test rows: a stratified split holding out `test_fraction`."""
-    n = len(y)
-    if not 0 < test_fraction < 1:
-        raise StageError(f"a split needs a held-out share between 0 and 1, got {test_fraction:g}")
-    n_test = ceil(test_fraction * n)
+def two_way(counts: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows per class kept and held out by a stratified `train_test_split(test_size=fraction,
+    random_state=seed)` of rows with these class counts (classes absent here stay at 0)."""
+    present = np.flatnonzero(counts)
+    n = int(counts.sum())
+    if not 0 < fraction < 1:
+        raise StageError(f"a split needs a held-out share between 0 and 1, got {fraction:g}")
+    n_test = ceil(fraction * n)
     n_train = n - n_test
-    classes, y_indices, class_counts, _ = class_codes(y)
-    if min(n_train, n_test) < len(classes):
+    if min(n_train, n_test) < len(present):
         raise StageError(
-            f"{n} rows cannot be split {n_train}/{n_test} with every one of the {len(classes)} classes on both sides; "
+            f"{n} rows cannot be split {n_train}/{n_test} with every one of the {len(present)} classes on both sides; "
             "add data or change split.val_fraction / split.test_fraction"
         )
-    if len(classes) <= MASKED_CLASSES:
-        class_indices = [positions(y_indices == i) for i in range(len(classes))]
-    else:  # one pass over the rows per class would cost more than a sort
-        order = np.argsort(y_indices, kind="stable")
-        class_indices = np.split(order.astype(np.int32) if len(y) < 2**31 else order, np.cumsum(class_counts)[:-1])
     rng = np.random.RandomState(seed)
-    n_i = approximate_mode(class_counts, n_train, rng)
-    t_i = approximate_mode(class_counts - n_i, n_test, rng)
-    train, test = [], []
-    for i in range(len(classes)):
-        rows = class_indices[i].take(rng.permutation(class_counts[i]), mode="clip")
-        train.append(rows[: n_i[i]])
-        test.append(rows[n_i[i] : n_i[i] + t_i[i]])
-    return rng.permutation(np.concatenate(train)), rng.permutation(np.concatenate(test))
+    kept = approximate_mode(counts[present], n_train, rng)
+    held = approximate_mode(counts[present] - kept, n_test, rng)
+    out = np.zeros((2, len(counts)), np.int64)
+    out[0, present], out[1, present] = kept, held
+    return out[0], out[1]
 
 
-def fold_ids(y: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """The fold (0..k-1) each row is held out in, stratified by label."""
-    rng = np.random.RandomState(seed)
-    _, inverse, counts, first = class_codes(y)
-    _, class_perm = np.unique(first, return_inverse=True)
-    encoded = class_perm.astype(inverse.dtype)[inverse]  # classes numbered in order of first appearance
-    n_classes = len(first)
-    # np.sort(encoded)[i::k] counted per class, from the counts alone: the sorted codes are runs of
-    # each class's count, and row j of the sorted array goes to fold j % k.
-    runs = np.zeros(n_classes, np.int64)
-    runs[class_perm] = counts
+def allocate(classes: np.ndarray, counts: np.ndarray, val: float, test: float, seed: int) -> Allocation:
+    """The split counts per class (no folds yet: they depend on which rows train)."""
+    held = val + test
+    train, rest = two_way(counts, held, seed)
+    val_counts, test_counts = two_way(rest, test / held, seed)
+    return Allocation(classes, train, val_counts, test_counts, np.zeros((0, len(classes)), np.int64))
+
+
+def with_folds(allocation: Allocation, first_train_row: np.ndarray, k: int) -> Allocation:
+    """`allocation` with StratifiedKFold(k)'s per-fold counts of each class's training rows;
+    `first_train_row[c]`: the position of class c's first training row (the class order)."""
+    order = np.argsort(first_train_row, kind="stable")  # classes by first appearance
+    runs = allocation.train[order]
     starts = np.cumsum(runs) - runs
-    allocation = np.asarray([[_count_congruent(starts[c], runs[c], i, k) for c in range(n_classes)] for i in range(k)])
-    folds = np.empty(len(y), dtype=np.int8)
-    for c in range(n_classes):
-        for_class = np.arange(k).repeat(allocation[:, c])
-        rng.shuffle(for_class)
-        folds[encoded == c] = for_class
-    return folds
+    folds = np.zeros((k, len(runs)), np.int64)
+    for i in range(k):  # np.sort(encoded)[i::k] counted per class, from the runs alone
+        for j, (start, length) in enumerate(zip(starts, runs, strict=True)):
+            folds[i, order[j]] = _count_congruent(int(start), int(length), i, k)
+    return Allocation(allocation.classes, allocation.train, allocation.val, allocation.test, folds)
+
+
+def position_keys(rows: np.ndarray, seed: int) -> np.ndarray:
+    """Each row position's key: draw number `row` (from 0) of SplitMix64 seeded with `seed`, as int64."""
+    with np.errstate(over="ignore"):
+        state = np.uint64(seed % 2**64) + (rows.astype(np.uint64) + np.uint64(1)) * GOLDEN
+    return _splitmix(state).view(np.int64)
+
+
+def ranks(keys: np.ndarray) -> np.ndarray:
+    """Each key's place among `keys` (0 = the smallest), as int64."""
+    out = np.empty(len(keys), np.int64)
+    out[np.argsort(keys)] = np.arange(len(keys))
+    return out
+
+
+def assign(rank: np.ndarray, allocation: Allocation, c: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split codes (0 train, 1 val, 2 test) and folds (-1 outside train) of class c's rows by rank."""
+    first_val, first_train, fold_starts = allocation.cuts(c)
+    split = np.where(rank < first_val, 2, np.where(rank < first_train, 1, 0)).astype(np.int8)
+    fold = np.searchsorted(fold_starts, rank - first_train, side="right").astype(np.int8)
+    return split, np.where(split == 0, fold, -1).astype(np.int8)
 
 
 def class_codes(y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -110,6 +152,17 @@ def class_codes(y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
         new = first[seen] < 0
         first[seen[new]] = at[new] + start
     return classes, codes, counts, first
+
+
+def class_positions(codes: np.ndarray, counts: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """(class, its rows' positions ascending) for each class."""
+    if len(counts) <= MASKED_CLASSES:
+        for c in range(len(counts)):
+            yield c, positions(codes == c)
+        return
+    order = np.argsort(codes, kind="stable")  # one pass over the rows per class would cost more than a sort
+    order = order.astype(np.int32) if len(codes) < 2**31 else order
+    yield from enumerate(np.split(order, np.cumsum(counts)[:-1]))
 
 
 def positions(mask: np.ndarray) -> np.ndarray:

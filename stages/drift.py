@@ -114,8 +114,8 @@ def score_novelty(clean: str | Path, features: list[str], novelty_file: str | Pa
     """The novelty line of the clean table under a served version's autoencoder; None when that
     version was exported without one (or no version is served yet). Reads a row group at a time."""
     import numpy as np
-    import pyarrow.parquet as pq
 
+    from pipeline import parts
     from pipeline.novelty_format import is_disabled
 
     if not Path(novelty_file).exists():
@@ -134,11 +134,11 @@ def score_novelty(clean: str | Path, features: list[str], novelty_file: str | Pa
             f"{len(features)}; pass the novelty file of a version trained on this data contract"
         )
     threshold = float(blob["threshold"])
-    parts = []
-    for batch in pq.ParquetFile(clean).iter_batches(batch_size=BATCH_ROWS, columns=features):
+    found = []
+    for batch in parts.iter_batches(clean, features, BATCH_ROWS):
         x = np.column_stack([batch.column(i).to_numpy(zero_copy_only=False) for i in range(len(features))])
-        parts.append(autoencoder.errors(model, x) / threshold)
-    ratios = np.concatenate(parts) if parts else np.zeros(0)
+        found.append(autoencoder.errors(model, x) / threshold)
+    ratios = np.concatenate(found) if found else np.zeros(0)
     return novelty_line(ratios, float(blob["metrics"]["quantile"]), Path(novelty_file).as_posix())
 
 
@@ -152,11 +152,12 @@ def run(
     """Profile the clean table and compare it with the reference (when there is one); with a
     novelty file, add the share of rows above its threshold."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
+
+    from pipeline import parts
 
     try:
-        schema = pq.read_schema(clean)
-    except (OSError, ValueError) as error:
+        schema = parts.schema(clean)
+    except (OSError, ValueError, parts.PartsError) as error:
         raise DriftError(f"{clean}: cannot read as Parquet ({error}); rerun clean") from None
     # Numeric features only: categorical columns (text) have no quantile bins.
     numeric = {f.name for f in schema if pa.types.is_integer(f.type) or pa.types.is_floating(f.type)}

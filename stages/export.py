@@ -237,7 +237,17 @@ def golden_samples(
 
 
 def file_md5(path: str | Path) -> str:
-    """The md5 DVC 3 records for a file (of its bytes, as they are)."""
+    """The md5 DVC 3 records for a file (of its bytes, as they are), or for a folder (the tables
+    clean and split write: `<md5 of its listing>.dir`, the listing being each file's md5 and path
+    in it, sorted by path, as JSON)."""
+    path = Path(path)
+    if path.is_dir():
+        listing = [
+            {"md5": file_md5(f), "relpath": f.relative_to(path).as_posix()}
+            for f in sorted(path.rglob("*"), key=lambda f: f.relative_to(path).as_posix())
+            if f.is_file()
+        ]
+        return hashlib.md5(json.dumps(listing, sort_keys=True).encode("utf-8")).hexdigest() + ".dir"
     digest = hashlib.md5()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):

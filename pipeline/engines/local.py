@@ -1,126 +1,77 @@
-"""The local engine: clean and split in one process, in memory bounded by the batch, not the table.
+"""The local engine: clean in one process, in memory bounded by the batch, not the table.
 
-clean reads the raw table batch by batch (`pipeline.batches`), validates each batch with the GX
-suite (`pipeline.validation.StreamValidation`), flags rows that repeat an earlier row by their
-64-bit hash (`pipeline.rowhash`), and writes kept and quarantined rows as it goes. Nothing becomes
-visible before every batch has been read and the whole-table checks have passed.
+The source is cut into units (`pipeline.units`) and read twice, batch by batch:
 
-split reads the label column of the clean table and nothing else (`pipeline.tables.read_column`;
-this module's imports are clean's).
+1. every unit is checked (`pipeline.engines.inspect`): row checks through the GX suite, each
+   row's 64-bit hash to a bucket file on disk, the bad rows' reasons to a small file per unit;
+2. the buckets give the exact duplicates (`pipeline.engines.duplicates`), one bucket in memory at
+   a time; the units' reports and the duplicates give the verdict (`pipeline.engines.verdict`);
+3. if it passes, every unit is read again and written as one part of the clean table and one of
+   the quarantine (`pipeline.engines.write`), in the types the verdict fixed.
+
+Nothing becomes visible before step 3 has written every part: the staged folders then replace the
+outputs all at once (`pipeline.engines.outputs`). What this process holds between batches is one
+report per unit and the duplicates' row numbers, not a byte per row of the table.
+The Spark engine runs the same three steps, the first and last on its executors.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from functools import partial
+from pathlib import Path
+from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
-from pipeline.batches import NonNumericColumn, RawStream
-from pipeline.engines import OpenSink, quarantine_schema
-from pipeline.params import CleanParams, DataParams
-from pipeline.rowhash import RowHasher, SeenRows
-from pipeline.sinks import CompactTypes
-from pipeline.tables import TableError
-from pipeline.validation import StreamValidation, Tally, describe_failure, judge, row_reason, validation_failed
+from pipeline import units
+from pipeline.batches import RawStream
+from pipeline.engines.duplicates import HashBuckets
+from pipeline.engines.inspect import inspect_unit, read_bad_rows
+from pipeline.engines.outputs import FolderOutputs, MemoryOutputs
+from pipeline.engines.verdict import check_schema, judge_units
+from pipeline.engines.write import quarantined_rows, write_unit
+from pipeline.params import CleanParams, DataParams, EngineParams
+from pipeline.validation import RowChecks
 
 log = logging.getLogger(__name__)
 
 
-# Which rows of a batch (its first row being row `offset` of the table) go to quarantine, and
-# the checks each failed: {row: [check names]}.
-BadRows = Callable[[pa.RecordBatch, int], dict[int, list[str]]]
-
-
-def clean(stream: RawStream, contract: DataParams, params: CleanParams, open_sink: OpenSink) -> tuple[dict, str]:
+def clean(
+    stream: RawStream,
+    contract: DataParams,
+    params: CleanParams,
+    engine: EngineParams,
+    outputs: FolderOutputs | MemoryOutputs,
+) -> tuple[dict[str, Any], str]:
     """Validate every row of `stream`; write kept and quarantined rows; return (metrics, report).
 
-    Raises ValidationFailed (or TableError) naming every problem; the sinks are then aborted."""
-    validation = StreamValidation(stream.schema, contract, params)
-    check_schema(validation, stream, contract)
-    hasher, seen = RowHasher(stream.schema), SeenRows()
-
-    def bad_rows(batch: pa.RecordBatch, offset: int) -> dict[int, list[str]]:
-        return validation.validate_batch(batch, seen.add(hasher.hash(batch)))
-
-    metrics, report = write(stream, validation, contract, open_sink, bad_rows, validation.finish)
+    Raises ValidationFailed (or TableError) naming every problem; nothing is written then."""
+    try:
+        checks = RowChecks(stream.schema, contract, params)
+        schema_results = check_schema(checks, stream, contract)
+        plan = units.plan(stream, engine.unit_mb)
+        buckets = HashBuckets(Path(outputs.work) / "hashes")
+        try:
+            reports = [inspect_unit(stream, unit, checks, buckets, outputs.work) for unit in plan]
+        finally:
+            buckets.close()
+        duplicates = buckets.duplicates()
+        verdict = judge_units(stream, checks, schema_results, reports, duplicates, params)
+        for unit in plan:
+            quarantined = quarantined_rows(
+                *read_bad_rows(outputs.work, unit.index), duplicates.by_unit.get(unit.index, np.empty(0, np.int64))
+            )
+            write_unit(stream, unit, verdict.offsets[unit.index], quarantined, verdict.kept, outputs.open_part)
+        outputs.commit()
+    finally:
+        outputs.abort()
+    metrics = verdict.metrics
     log.info(
-        "kept %d rows, quarantined %d (%.2f%%) in %d-row batches",
+        "kept %d rows, quarantined %d (%.2f%%) in %d units of %d-row batches",
         metrics["rows_kept"],
         metrics["rows_quarantined"],
         100 * metrics["quarantined_share"],
+        len(plan),
         stream.batch_rows,
     )
-    return metrics, report
-
-
-def check_schema(validation: StreamValidation, stream: RawStream, contract: DataParams) -> None:
-    """The column checks, before any row is read; a failure stops here."""
-    failures = validation.check_schema()
-    if failures:
-        raise validation_failed([describe_failure(c, contract, stream.schema.names) for c in failures])
-    for path, rows in stream.large_row_groups():
-        log.warning(
-            "%s: row groups of %d rows; reading one takes memory for all of it whatever clean.batch_mb says "
-            "(rewrite the file with smaller row groups to use less)",
-            path,
-            rows,
-        )
-
-
-def write(
-    stream: RawStream,
-    validation: StreamValidation,
-    contract: DataParams,
-    open_sink: OpenSink,
-    bad_rows: BadRows,
-    finish: Callable[[], Tally],
-) -> tuple[dict, str]:
-    """One pass over the rows: kept rows to the clean sink, bad ones with their reasons to the
-    quarantine; then the verdict (`finish` gives every check's result) and, if it passes, commit."""
-    kept_schema = pa.schema([stream.schema.field(name) for name in (contract.label, *validation.features)])
-    kept, quarantine = open_sink("clean", kept_schema), open_sink("quarantine", quarantine_schema(stream.schema))
-    types = CompactTypes(kept_schema)
-    pool = pa.default_memory_pool()
-    offset = 0
-    try:
-        for batch in stream.batches():
-            n = batch.num_rows
-            bad = bad_rows(batch, offset)
-            if bad:
-                rows = sorted(bad)
-                taken = batch.take(pa.array(np.asarray(rows) - offset))
-                frame = taken.to_pandas()
-                reasons = [row_reason(frame, i, bad[row], contract) for i, row in enumerate(rows)]
-                validation.count_quarantined(bad, partial(_reason, frame, rows, contract))
-                columns = [pa.array(rows, pa.int64()), *taken.columns, pa.array(reasons, pa.string())]
-                quarantine.write(pa.RecordBatch.from_arrays(columns, schema=quarantine.schema))
-                keep = np.ones(batch.num_rows, bool)
-                keep[np.asarray(rows) - offset] = False
-                batch = batch.filter(pa.array(keep))
-            offset += n
-            batch = batch.select(kept_schema.names)
-            types.update(batch)
-            kept.write(batch)
-            # Arrow's allocator (mimalloc) keeps freed pages for reuse; the decoded row groups and
-            # the writer's buffered rows come and go in sizes it reuses poorly, which held ~60 MB
-            # more at the peak (measured at 700k rows). Handing them back per batch costs nothing
-            # measurable.
-            pool.release_unused()
-        if offset == 0:
-            raise TableError("the table is empty (no rows)")
-        metrics, report = judge(finish(), contract, validation.params)
-        kept.commit(types.types())
-        quarantine.commit()
-    except NonNumericColumn as error:
-        raise validation_failed([str(error)]) from None
-    finally:
-        kept.abort()  # a no-op after a commit
-        quarantine.abort()
-    return metrics, report
-
-
-def _reason(frame, rows: list[int], contract: DataParams, row: int, names: list[str]) -> str:
-    return row_reason(frame, rows.index(row), names, contract)
+    return metrics, verdict.report

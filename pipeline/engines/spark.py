@@ -1,313 +1,221 @@
-"""The Spark engine: clean and split on Apache Spark, for tables that outgrow one machine.
+"""The Spark engine's clean: the local engine's three steps, with the passes over the data on the executors.
 
-The contract and its checks are the local engine's: the schema checks run on the schema (as
-there), the row profile and the row hashes are the local engine's own code run on the executors
-(over Arrow batches), the duplicate flags a Spark window over those hashes, and the same Great
-Expectations suite validates them through GX's Spark data source, on the cluster.
-What comes back to the driver is small: every check's result and the numbers of the rows to
-quarantine. The driver then streams the source once, in bounded memory, and writes the files the
-pipeline versions with the local engine's writer (`pipeline.engines.local.write`): one Parquet
-file per output at its dvc.yaml path, in the same types and row groups, so the same rows give
-the same files, byte for byte, whichever engine ran. (Spark's own writer would give a folder of
-part files, which DVC would version differently and every reader downstream would need to
-reassemble in row order; for 785-column tables it was also the slowest step here.)
+The driver lists the source and reads its footers (`pipeline.batches.open_source`), cuts it into
+units (`pipeline.units`: a file, or a run of Parquet row groups) and hands one unit to each task:
 
-Rows keep their position in the source (the `row` the quarantine reports and split assigns by).
-Spark orders a scan's partitions by size, not position, so the position is rebuilt from each
-row's file, the byte offset of its split and its rank inside the split.
+1. executors read their unit with pyarrow (local files, or objects in a bucket through
+   `pipeline.sources`), run the row checks and hash the rows (`pipeline.engines.inspect`), and
+   write the hashes and the bad rows' reasons to the work folder; each returns a small report;
+2. Spark finds the exact duplicates with a window over the hashes (a shuffle on the executors);
+   the driver collects their totals and, with the reports, judges the table
+   (`pipeline.engines.verdict`), raising before anything is written if it fails;
+3. executors read their unit again and write its part of the clean table and of the quarantine
+   (`pipeline.engines.write`), getting the rows to quarantine from the work folder and the
+   duplicates of their unit from the shuffle.
 
-The master is `SPARK_MASTER` from the environment when set (what an Airflow task takes from the
-Connection `spark_default`), else `engine.spark_master` in params. On a cluster the source must
-be on a filesystem the driver and every executor see (the shared workspace, HDFS, S3).
+The driver never holds a row: what it gets back is one report per unit and a few totals, so its
+memory does not grow with the table. The work folder and the staged outputs sit beside the
+outputs, which must be on storage every executor can write (a local run, or a shared filesystem
+on a cluster); executors need this project installed (`pip install -e '.[spark]'`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import shutil
-import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlparse
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.batches import open_source
-from pipeline.contract import is_mixed
-from pipeline.engines import OpenSink, local
+from pipeline import units
+from pipeline.batches import RawStream, open_source
+from pipeline.engines.duplicates import Duplicates
+from pipeline.engines.inspect import UnitReport, inspect_unit, read_bad_rows
+from pipeline.engines.outputs import FolderOutputs
+from pipeline.engines.spark_session import MASTER_ENV, master, require_spark, session, size_shuffles
+from pipeline.engines.verdict import check_schema, judge_units
+from pipeline.engines.write import quarantined_rows, write_unit
 from pipeline.errors import StageError
 from pipeline.params import CleanParams, DataParams, EngineParams
-from pipeline.tables import TableError
-from pipeline.validation import (
-    ROW_REASONS,
-    GxView,
-    StreamValidation,
-    check_result,
-    expectations,
-    silent_context,
-)
+from pipeline.units import Unit
+from pipeline.validation import RowChecks
+
+__all__ = ["MASTER_ENV", "clean", "master", "session"]
 
 log = logging.getLogger(__name__)
 
-MASTER_ENV = "SPARK_MASTER"
-ROW = "__row"
-BAD = "__bad"
-
-
-def master(engine: EngineParams) -> str:
-    return os.environ.get(MASTER_ENV) or engine.spark_master
-
-
-@contextlib.contextmanager
-def session(engine: EngineParams, app: str) -> Iterator:
-    """A Spark session on the configured master, stopped on exit (an active one is reused as is)."""
-    try:
-        from pyspark.sql import SparkSession
-    except ImportError:
-        raise TableError(
-            "engine.name is spark but PySpark is not installed: install the project with its `spark` extra "
-            "(pip install -e '.[spark]'), or set engine.name: local"
-        ) from None
-    active = SparkSession.getActiveSession()
-    if active is not None:
-        yield active
-        return
-    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
-        raise TableError(
-            "engine.name is spark but no Java runtime was found: install Java 17, or set engine.name: local"
-        )
-    url = master(engine)
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # executors run the same interpreter
-    conf = {
-        "spark.ui.enabled": "false",  # a batch job: no web UI on port 4040, no progress bars
-        "spark.ui.showConsoleProgress": "false",
-        # Let adaptive execution shrink the 200 default shuffle partitions of the cached profile.
-        "spark.sql.optimizer.canChangeCachedPlanOutputPartitioning": "true",
-        "spark.sql.session.timeZone": "UTC",
-    }
-    if url.startswith("local"):
-        conf.update({"spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1"})
-    builder = SparkSession.builder.master(url).appName(f"triton-retrain {app}")
-    for key, value in {**conf, **engine.spark_conf}.items():
-        builder = builder.config(key, value)
-    log.info("Spark master %s", url)
-    # py4j's finalizers log "Closing down clientserver connection" at INFO, even at interpreter exit
-    # after the log streams are closed ("--- Logging error ---"); the line tells a user nothing.
-    logging.getLogger("py4j").setLevel(logging.WARNING)
-    spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel("WARN")
-    try:
-        yield spark
-    finally:
-        spark.stop()
-
-
-def _col(name: str):
-    from pyspark.sql import functions as F
-
-    return F.col(f"`{name}`")
-
-
-def _with_positions(spark, frame, files: list[Path], located=None):
-    """`frame` (with the scan's file, split offset and monotonically increasing id) plus ROW, the
-    row's position in the source, files in the order `files` lists them.
-
-    Within a file split the rows are read in order and their ids are consecutive; so ROW = (rows in
-    the splits before this one) + (id - the split's first id). `located`: the same scan's
-    locating columns, when `frame` is costly to compute twice (Parquet reads only those)."""
-    from pyspark.sql import functions as F
-
-    splits = (
-        (frame if located is None else located)
-        .groupBy("__file", "__block")
-        .agg(F.min("__rank").alias("__first"), F.count("*").alias("__n"))
-    )
-    order = {p.resolve().as_uri(): i for i, p in enumerate(files)}
-
-    def position(r) -> tuple[int, int]:
-        return order.get(Path(unquote(urlparse(r["__file"]).path)).resolve().as_uri(), len(order)), r["__block"]
-
-    offsets, total = [], 0
-    for r in sorted(splits.collect(), key=position):
-        offsets.append((r["__file"], r["__block"], r["__first"], total))
-        total += r["__n"]
-    table = spark.createDataFrame(offsets, "__file string, __block long, __first long, __offset long")
-    return (
-        frame.join(F.broadcast(table), ["__file", "__block"])
-        .withColumn(ROW, F.col("__offset") + F.col("__rank") - F.col("__first"))
-        .drop("__file", "__block", "__rank", "__first", "__offset")
-    )
-
-
-def _scan(reader, columns: list[str]):
-    from pyspark.sql import functions as F
-
-    return reader.select(
-        *[_col(name) for name in columns],
-        F.col("_metadata.file_path").alias("__file"),
-        F.col("_metadata.file_block_start").alias("__block"),
-        F.monotonically_increasing_id().alias("__rank"),
-    )
-
-
-def _read(spark, files: list[Path], schema: pa.Schema):
-    """The source as one DataFrame, with what locates each row (its file, split and rank)."""
-    parquet = [str(p) for p in files if p.suffix.lower() == ".parquet"]
-    csv = [str(p) for p in files if p.suffix.lower() != ".parquet"]
-    frames = []
-    if parquet:
-        frames.append(spark.read.option("mergeSchema", "true").parquet(*parquet))
-    if csv:  # the types the local engine reads CSV with (features as float64)
-        frames.append(spark.read.csv(csv, header=True, schema=_spark_schema(schema), mode="FAILFAST"))
-    frame = frames[0] if len(frames) == 1 else frames[0].unionByName(frames[1], allowMissingColumns=True)
-    return _scan(frame, schema.names)
-
-
-def _spark_schema(schema: pa.Schema):
-    from pyspark.sql import types as T
-
-    def spark_type(t: pa.DataType):
-        if pa.types.is_floating(t):
-            return T.DoubleType()
-        if pa.types.is_integer(t):
-            return T.LongType()
-        if pa.types.is_boolean(t):
-            return T.BooleanType()
-        return T.StringType()
-
-    return T.StructType([T.StructField(f.name, spark_type(f.type), True) for f in schema])
-
-
-def _profile(spark, scan, files: list[Path], names: list[str], label: str, features: list[str]):
-    """The rows view, computed by the local engine's own code on the executors: for each Arrow
-    batch of the source, `pipeline.validation.profile_batch` (label, null and non-finite counts,
-    min, max) and `pipeline.rowhash.RowHasher` (a 64-bit hash of the whole row); then every row's
-    position (ROW) and the duplicate flag (a row with the same hash as a row before it).
-
-    Only these few columns leave the Python workers, so Spark never plans an expression over the
-    785 columns of an image table (as SQL, the analyser and code generator took minutes for it,
-    whatever the row count). Executors import `pipeline`: on a cluster, install the project there.
-    """
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
-    label_type = scan.schema[label].dataType.simpleString()
-    out = (
-        "__file string, __block long, __rank long, "
-        f"label {label_type}, null_features int, nonfinite_features int, feature_min double, feature_max double, "
-        "__hash long"
-    )
-
-    def profile(batches):  # runs on the executors
-        from pipeline.rowhash import RowHasher
-        from pipeline.validation import profile_batch
-
-        hasher = None
-        for batch in batches:
-            row = batch.select(names)
-            hasher = hasher or RowHasher(row.schema)  # the scan's types: the same on every executor
-            rows = profile_batch(row, label, features)
-            yield pa.RecordBatch.from_arrays(
-                [
-                    batch.column("__file"),
-                    batch.column("__block"),
-                    batch.column("__rank"),
-                    batch.column(label),
-                    pa.array(rows["null_features"].to_numpy(), pa.int32()),
-                    pa.array(rows["nonfinite_features"].to_numpy(), pa.int32()),
-                    pa.array(rows["feature_min"].to_numpy(), pa.float64()),
-                    pa.array(rows["feature_max"].to_numpy(), pa.float64()),
-                    pa.array(hasher.hash(row).view(np.int64)),
-                ],
-                names=["__file", "__block", "__rank", "label", "null_features", "nonfinite_features"]
-                + ["feature_min", "feature_max", "__hash"],
-            )
-
-    located = scan.select("__file", "__block", "__rank")
-    narrow = _with_positions(spark, scan.mapInArrow(profile, out), files, located)
-    first = Window.partitionBy("__hash").orderBy(ROW)
-    return narrow.withColumn("duplicate", F.row_number().over(first) > 1).drop("__hash")
+HASHES = pa.schema(
+    [
+        pa.field("unit", pa.int32()),
+        pa.field("row", pa.int64()),
+        pa.field("hash", pa.int64()),
+        pa.field("bad", pa.bool_()),
+    ]
+)
+HASHES_ROW_BYTES = 24  # what a row takes in the duplicates' shuffle
+_CHECKS: dict[str, RowChecks] = {}  # per Python worker: the GX views, built once for a table
 
 
 def clean(
-    source: str, contract: DataParams, params: CleanParams, engine: EngineParams, open_sink: OpenSink
-) -> tuple[dict, str]:
+    source: str, contract: DataParams, params: CleanParams, engine: EngineParams, paths: dict[str, str]
+) -> tuple[dict[str, Any], str]:
     """The Spark counterpart of pipeline.engines.local.clean: the same checks and the same files."""
+    require_spark()
+    stream = open_source(source, contract, params.batch_mb)
+    checks = RowChecks(stream.schema, contract, params)
+    schema_results = check_schema(checks, stream, contract)
+    plan = units.plan(stream, engine.unit_mb)
+    outputs = FolderOutputs.create(paths)
+    job = CleanJob(stream, contract, params, outputs.work)
+    try:
+        with session(engine, "clean") as spark:
+            sc = spark.sparkContext
+            reports: list[UnitReport] = sc.parallelize(plan, len(plan)).mapPartitions(job.inspect).collect()
+            log.info("step 1: %d units checked", len(reports))
+            rows = sum(r.rows for r in reports)
+            size_shuffles(spark, engine, rows, HASHES_ROW_BYTES)
+            duplicates = _duplicates(spark, outputs.work) if rows else Duplicates()
+            log.info("step 2: %d exact duplicates", duplicates.count)
+            verdict = judge_units(stream, checks, schema_results, reports, duplicates, params)
+            writer = UnitWriter(job, verdict.offsets, verdict.kept, outputs)
+            written = sc.parallelize(plan, len(plan)).mapPartitions(writer.run).collect()
+        _check_written(written, verdict.metrics, len(plan))
+        outputs.commit()
+    finally:
+        outputs.abort()
+    log.info(
+        "cleaned %d rows on Spark (%s) in %d units: %d quarantined",
+        verdict.metrics["rows_in"],
+        master(engine),
+        len(plan),
+        verdict.metrics["rows_quarantined"],
+    )
+    return verdict.metrics, verdict.report
+
+
+@dataclass(frozen=True)
+class CleanJob:
+    """What an executor needs for a unit: the stream (its objects and footer layouts), the
+    contract and the work folder. Small and picklable; no rows."""
+
+    stream: RawStream
+    contract: DataParams
+    params: CleanParams
+    work: str
+
+    def checks(self) -> RowChecks:
+        key = repr((self.stream.schema.to_string(), self.contract.model_dump_json(), self.params.model_dump_json()))
+        if key not in _CHECKS:
+            _CHECKS.clear()
+            _CHECKS[key] = RowChecks(self.stream.schema, self.contract, self.params)
+        return _CHECKS[key]
+
+    def inspect(self, plan: Iterable[Unit]) -> Iterator[UnitReport]:
+        """Step 1, on an executor: each unit's checks, its hashes to the work folder."""
+        for unit in plan:
+            sink = HashFile(Path(self.work) / "hashes" / f"unit-{unit.index:06d}.parquet")
+            try:
+                yield inspect_unit(self.stream, unit, self.checks(), sink, self.work)
+            finally:
+                sink.close()
+
+
+@dataclass(frozen=True)
+class UnitWriter:
+    job: CleanJob
+    offsets: list[int]
+    kept: pa.Schema
+    outputs: FolderOutputs
+
+    def run(self, plan: Iterable[Unit]) -> Iterator[tuple[int, int, int]]:
+        """Step 3, on an executor: write each unit's parts; yields (unit, kept rows, quarantined rows)."""
+        for unit in plan:
+            found = _unit_duplicates(self.job.work, unit.index)
+            quarantined = quarantined_rows(*read_bad_rows(self.job.work, unit.index), found)
+            kept, bad = write_unit(
+                self.job.stream, unit, self.offsets[unit.index], quarantined, self.kept, self.outputs.open_part
+            )
+            yield unit.index, kept, bad
+
+
+class HashFile:
+    """The hash sink of one unit on an executor: a Parquet file in the work folder."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._writer: pq.ParquetWriter | None = None
+
+    def write(self, unit: int, start: int, hashes: np.ndarray, bad: np.ndarray) -> None:
+        if self._writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._writer = pq.ParquetWriter(self.path, HASHES)
+        columns = [
+            pa.array(np.full(len(hashes), unit, np.int32)),
+            pa.array(np.arange(start, start + len(hashes), dtype=np.int64)),
+            pa.array(hashes.view(np.int64)),
+            pa.array(bad),
+        ]
+        self._writer.write_table(pa.Table.from_arrays(columns, schema=HASHES))
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+def _duplicates(spark, work: str) -> Duplicates:
+    """Step 2: the rows whose hash an earlier row has, found on the executors and written to the
+    work folder by unit (`dups/unit=<i>/`); only their totals come to the driver."""
     from pyspark import StorageLevel
-
-    stream = open_source(source, contract, params.batch_mb)  # the schema, as the local engine reads it
-    validation = StreamValidation(stream.schema, contract, params)
-    local.check_schema(validation, stream, contract)
-    if is_mixed(validation.contracts):
-        # The Spark rows view profiles numeric features only; categorical columns, category sets
-        # and missing-value policies are checked by the local engine for now.
-        raise StageError(
-            "engine spark does not support categorical columns or missing-value policies (data.missing, "
-            "data.columns) yet; set engine.name: local for this table (it streams in bounded memory)"
-        )
-    with session(engine, "clean") as spark:
-        scan = _read(spark, list(stream.files), stream.schema)
-        files = list(stream.files)
-        profile = _profile(spark, scan, files, stream.schema.names, contract.label, validation.features).persist(
-            StorageLevel.MEMORY_AND_DISK
-        )
-        try:
-            bad, rows_in = _validate(profile, validation, contract, params)
-        finally:
-            profile.unpersist()
-    log.info("validated %d rows on Spark (%s): %d to quarantine", rows_in, master(engine), len(bad))
-    keys = np.array(sorted(bad), dtype=np.int64)
-
-    def bad_rows(batch: pa.RecordBatch, offset: int) -> dict[int, list[str]]:
-        lo, hi = np.searchsorted(keys, [offset, offset + batch.num_rows])
-        return {int(row): bad[int(row)] for row in keys[lo:hi]}
-
-    def finish():
-        validation.rows_in = rows_in
-        return validation.tally()
-
-    return local.write(stream, validation, contract, open_sink, bad_rows, finish)
-
-
-def _validate(
-    profile, validation: StreamValidation, contract: DataParams, params: CleanParams
-) -> tuple[dict[int, list[str]], int]:
-    """The rows suite through GX's Spark data source, and the whole-table checks on the same
-    frame; records every result in `validation`; returns the bad rows {row: failed checks, in the
-    suite's order} and the row count."""
+    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    suite = expectations(contract, params, validation.features)
-    context = silent_context()
-    keyed = {"result_format": "COMPLETE", "unexpected_index_column_names": [ROW]}
-    row_checks = [c for c in suite["rows"] if c[0] in ROW_REASONS]
-    bad: dict[int, list[str]] = {}
-    for name, res in GxView(context, "spark_rows", row_checks, source="spark").run(profile, keyed):
-        found = sorted((res.result or {}).get("unexpected_index_list") or [], key=lambda d: d[ROW])
-        column = res.expectation_config.kwargs["column"]
-        validation.record("rows", name, check_result("rows", name, res, [d[column] for d in found[:5]]))
-        for entry in found:
-            bad.setdefault(int(entry[ROW]), []).append(name)
-    counted = [c for c in suite["table"] if c[0] == "enough rows"]
-    rows_in = None
-    for name, res in GxView(context, "spark_count", counted, source="spark").run(profile.select(ROW)):
-        validation.record("table", name, check_result("table", name, res))
-        rows_in = (res.result or {}).get("observed_value")
-    share = [c for c in suite["rows"] if c[0] not in ROW_REASONS]
-    flags = profile.select(F.col("duplicate").cast("int").alias("duplicate"))
-    for name, res in GxView(context, "spark_share", share, source="spark").run(flags):
-        validation.record("rows", name, check_result("rows", name, res))
-    return bad, int(profile.count() if rows_in is None else rows_in)
+    hashes = spark.read.schema("unit int, row long, hash long, bad boolean").parquet(str(Path(work) / "hashes"))
+    first = Window.partitionBy("hash").orderBy("unit", "row")
+    dups = (
+        hashes.withColumn("n", F.row_number().over(first))
+        .where(F.col("n") > 1)
+        .select("unit", "row", "bad")
+        .persist(StorageLevel.MEMORY_AND_DISK)
+    )
+    totals = dups.agg(
+        F.count(F.lit(1)).alias("count"),
+        F.count(F.when(~F.col("bad"), 1)).alias("only"),
+        F.min(F.struct("unit", "row")).alias("first"),
+    ).collect()[0]
+    if totals["count"]:
+        dups.select("unit", "row").repartition("unit").write.partitionBy("unit").parquet(str(Path(work) / "dups"))
+    dups.unpersist()
+    first_dup = totals["first"]
+    return Duplicates(
+        int(totals["count"]),
+        int(totals["only"]),
+        None if first_dup is None else (int(first_dup["unit"]), int(first_dup["row"])),
+    )
 
 
-def read_labels(clean_path: str, label: str, engine: EngineParams) -> np.ndarray:
-    """The label column of the clean table in row order, read by Spark (and nothing else of it)."""
-    with session(engine, "split") as spark:
-        path = Path(clean_path)
-        frame = _with_positions(spark, _scan(spark.read.parquet(str(path)), [label]), [path])
-        table = frame.orderBy(ROW).select(_col(label)).toArrow()
-    return table.column(label).cast(pq.read_schema(path).field(label).type).to_numpy()
+def _unit_duplicates(work: str, unit: int) -> np.ndarray:
+    """The duplicates of one unit (rows in the unit, ascending), from the work folder."""
+    folder = Path(work) / "dups" / f"unit={unit}"
+    if not folder.is_dir():
+        return np.empty(0, np.int64)
+    rows = [pq.read_table(p, columns=["row"]).column("row").to_numpy() for p in sorted(folder.glob("*.parquet"))]
+    return np.sort(np.concatenate(rows)) if rows else np.empty(0, np.int64)
+
+
+def _check_written(written: list[tuple[int, int, int]], metrics: dict[str, Any], units_planned: int) -> None:
+    """Every unit wrote its parts, with the rows the verdict counted (else a task was lost or ran twice)."""
+    kept = sum(w[1] for w in written)
+    bad = sum(w[2] for w in written)
+    if sorted(w[0] for w in written) != list(range(units_planned)) or (kept, bad) != (
+        metrics["rows_kept"],
+        metrics["rows_quarantined"],
+    ):
+        raise StageError(
+            f"the executors wrote {kept} kept and {bad} quarantined rows in {len(written)} of {units_planned} units; "
+            f"the verdict counted {metrics['rows_kept']} and {metrics['rows_quarantined']}. Nothing was committed; rerun"
+        )

@@ -206,7 +206,7 @@ def test_push_records_what_serves_as_an_asset_event(first: Run, env) -> None:
     assert extra["git_tag"] == "model-v1" and re.fullmatch(r"[0-9a-f]{40}", extra["git_commit"])
     assert extra["metrics"]["accuracy"] >= 0.85 and "f1_macro" in extra["metrics"]
     assert set(extra["data"]) == {"clean", "split"}
-    assert all(re.fullmatch(r"[0-9a-f]{32}", row["md5"]) for row in extra["data"].values())
+    assert all(re.fullmatch(r"[0-9a-f]{32}\.dir", row["md5"]) for row in extra["data"].values())  # folders of parts
 
 
 # What each task's "Reports" page must show, and a text only that report has.

@@ -7,8 +7,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import batches, row_groups
-from pipeline.sources import list_source
+from pipeline import batches, row_groups, units
+from pipeline.params import DataParams
 
 
 def table(rows: int = 1_000) -> pa.Table:
@@ -66,7 +66,10 @@ def test_the_raw_stream_reads_through_cut_footers(tmp_path, monkeypatch):
         return real(source, *args, metadata=metadata, **kwargs)
 
     monkeypatch.setattr(row_groups.pq, "ParquetFile", spy)
-    read = list(batches._parquet_batches(list_source(path)[0], 128))
+    stream = batches.open_source(path, DataParams(source="", label="label", classes=[0, 1]), batch_mb=0.001)
+    plan = units.plan(stream, unit_mb=0.003)  # 349 rows of 9 bytes a unit: one 300-row group each
+    assert [u.groups for u in plan] == [(0,), (1,), (2,), (3,)]
+    read = [batch.rows for unit in plan for batch in units.read(stream, unit)]
     assert opened == [1, 1, 1, 1]  # never a reader holding the whole footer
     assert pa.Table.from_batches(read).equals(written)
 

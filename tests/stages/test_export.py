@@ -264,3 +264,21 @@ def test_file_md5_is_what_dvc_records(tmp_path):
     path = tmp_path / "file.bin"
     path.write_bytes(b"PAR1 hello\r\n" * 1000)  # DVC 3 hashes the bytes as they are
     assert export.file_md5(path) == file_md5(str(path))
+
+
+def test_a_folder_md5_is_what_dvc_records(tmp_path):
+    """clean and split write folders of parts; DVC records a folder as the md5 of its listing."""
+    from dvc_data.hashfile.hash import file_md5
+    from dvc_data.hashfile.hash_info import HashInfo
+    from dvc_data.hashfile.meta import Meta
+    from dvc_data.hashfile.tree import Tree
+
+    folder = tmp_path / "clean.parquet"
+    folder.mkdir()
+    for i in (0, 1, 10):
+        (folder / f"part-{i:06d}.parquet").write_bytes(b"PAR1 part %d" % i)
+    tree = Tree()
+    for part in folder.iterdir():
+        tree.add((part.name,), Meta(), HashInfo("md5", file_md5(str(part))))
+    tree.digest()
+    assert export.file_md5(folder) == tree.hash_info.value

@@ -17,7 +17,6 @@ from mixed_data import GAPPY, data_section, mixed_table
 
 from pipeline import atomic, transform
 from pipeline.candidate import GoldenSamples
-from pipeline.errors import StageError
 from pipeline.models import load_model
 from pipeline.params import CleanParams, Params, parse_params
 from pipeline.rows import Rows, SplitTable
@@ -102,19 +101,6 @@ def test_csv_text_columns_stream_as_categories(tmp_path):
     assert metrics["rows_quarantined"] == 0 and metrics["categorical_features"] == 2
     # A CSV gap in a text column reads as an empty string: a gap to the transform, as None is.
     assert kept["island"].dtype == object and (kept["sex"].isna() | (kept["sex"] == "")).any()
-
-
-def test_spark_engine_refuses_a_categorical_contract_before_starting(tmp_path):
-    pytest.importorskip("pyspark", reason="the spark extra is not installed")
-    raw = tmp_path / "penguins.parquet"
-    mixed_table().to_parquet(raw)
-    params = mixed_params("impute")
-    spark = params.engine.model_copy(update={"name": "spark"})
-    with pytest.raises(StageError, match="engine spark does not support categorical columns"):
-        clean.run_source(
-            str(raw), params.data, LENIENT, spark, str(tmp_path / "c.parquet"), str(tmp_path / "q.parquet")
-        )
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["penguins.parquet"]
 
 
 # --- the transform: fitted on training rows only ----------------------------------------------

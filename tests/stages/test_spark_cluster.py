@@ -1,76 +1,35 @@
-"""The cluster path: a standalone Spark master and one worker, started here from PySpark's own
-launcher classes on 127.0.0.1, run clean and split; the files are the local engine's."""
+"""The cluster path: a standalone Spark master and one worker, started on 127.0.0.1 from PySpark's
+own launcher classes (bench/spark_standalone.py), run clean and split with the executors in a JVM
+of their own; the files are the local engine's, part for part."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
+import importlib.util
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
-import pyspark
 import pytest
 from spark_support import assert_same_outputs, needs_java, planted_folder, run_stages
-from support import free_ports
+from support import ROOT
 
 from pipeline.engines import spark as spark_engine
 from pipeline.params import EngineParams
 
 pytestmark = [pytest.mark.spark, pytest.mark.integration, needs_java]
 
-SPARK_HOME = Path(pyspark.__file__).parent
 
-
-def _start(log: Path, *args: str) -> subprocess.Popen:
-    env = {**os.environ, "SPARK_HOME": str(SPARK_HOME), "PYSPARK_PYTHON": sys.executable}
-    with log.open("w") as out:
-        return subprocess.Popen(
-            [str(SPARK_HOME / "bin" / "spark-class"), *args], env=env, stdout=out, stderr=subprocess.STDOUT
-        )
-
-
-def _alive_workers(ui_port: int) -> int:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{ui_port}/json/", timeout=5) as answer:
-            return int(json.load(answer).get("aliveworkers", 0))
-    except OSError:
-        return 0
+def _launcher():
+    spec = importlib.util.spec_from_file_location("spark_standalone", ROOT / "bench" / "spark_standalone.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["spark_standalone"] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
 def standalone(tmp_path_factory) -> Iterator[str]:
-    logs = tmp_path_factory.mktemp("spark-logs")
-    port, ui, worker_ui = free_ports(3)
-    url = f"spark://127.0.0.1:{port}"
-    master = _start(
-        logs / "master.log",
-        "org.apache.spark.deploy.master.Master",
-        *("--host", "127.0.0.1", "--port", str(port), "--webui-port", str(ui)),
-    )
-    worker = _start(
-        logs / "worker.log",
-        "org.apache.spark.deploy.worker.Worker",
-        *("--host", "127.0.0.1", "--cores", "2", "--memory", "1g", "--webui-port", str(worker_ui), url),
-    )
-    try:
-        deadline = time.monotonic() + 180
-        while _alive_workers(ui) < 1:
-            if time.monotonic() > deadline or master.poll() is not None or worker.poll() is not None:
-                pytest.fail(f"the standalone cluster did not come up; logs in {logs}")
-            time.sleep(1)
+    with _launcher().standalone(cores=2, memory="1g", logs=tmp_path_factory.mktemp("spark-logs")) as url:
         yield url
-    finally:
-        for process in (worker, master):
-            process.terminate()
-        for process in (worker, master):
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
 
 
 def test_standalone_master_and_worker_run_the_job(standalone, params, tmp_path, monkeypatch):
