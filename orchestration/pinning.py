@@ -4,11 +4,12 @@ commit is prepared, and the run reads exactly that listing.
 `pin_checkout` lists the bucket prefix (each object's key, size, version id or ETag, partition),
 writes the listing to `PIN_FILE` in the checkout and points the checkout's `data.source` at it. The
 run's commit then holds both: DVC tracks the small pin file as the clean stage's input (it never
-hashes the bucket itself, which would read every object), `dvc.lock` records the pin's hash, the
-model card lists the objects, and the published tag `model-v<N>` keeps the pin beside the lock.
+hashes the bucket itself, which would read every object), and as a params file of clean's, so
+`dvc.lock` names every object (URL, version id or ETag, size) beside the pin's hash; the model card
+lists the same objects, and the published tag `model-v<N>` keeps the pin beside the lock.
 The same listing writes the same bytes, so an unchanged prefix changes nothing and DVC reruns
 nothing. A local `data.source` (the embedded data set, a folder every worker mounts) is left as
-it is: DVC hashes it as before.
+it is: DVC hashes it as before, and the pin file holds no objects.
 
 The bucket's credentials come from the Airflow Connection `airflow.source_conn_id` (`aws_default`;
 `connection_env` reads it as Airflow's Amazon provider does) or the worker's own environment.
@@ -33,7 +34,7 @@ from pipeline.params import load_params
 
 log = logging.getLogger(__name__)
 
-PIN_FILE = "source.pin.json"  # in the project root: git tracks it (data/ is DVC's)
+PIN_FILE = "source.pin.json"  # in the project root: git tracks it (data/ is DVC's); dvc.yaml names it too
 
 
 def pin_checkout(root: Path) -> dict[str, Any] | None:
@@ -43,6 +44,7 @@ def pin_checkout(root: Path) -> dict[str, Any] | None:
     params_path = root / "params.yaml"
     source = load_params(params_path).data.source
     if not (sources.is_remote(source) or sources.is_pin(source)):
+        sources.write_pin(root / PIN_FILE, sources.NO_PIN)  # dvc.lock then lists no objects, not stale ones
         return None
     pinned = sources.pin(source if sources.is_remote(source) else root / source)
     changed = sources.write_pin(root / PIN_FILE, pinned)

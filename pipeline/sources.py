@@ -130,6 +130,9 @@ class Pin:
         return {"source": self.source, "objects": [obj.to_dict() for obj in self.objects]}
 
 
+NO_PIN = Pin("", ())  # what the pin file holds while data.source is a local path
+
+
 def pin(source: str | Path, env: Mapping[str, str] | None = None) -> Pin:
     """List `source` now (a pin file: list the source it was written from, again); `env` as for
     `list_source`."""
