@@ -72,8 +72,12 @@ java:
 
 # The suite (about 40 minutes on two cores) leaves out the tests marked `slow` (over ten minutes
 # each); `make test-slow` runs those, `make test-all` everything.
+# Test files run TEST_WORKERS at a time (pytest-xdist); a file stays on one worker, so its
+# module-scoped servers and runs start once. TEST_WORKERS=0 runs them one by one.
+TEST_WORKERS ?= 2
+
 test: install lint browser cluster-deps java
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m "not slow"
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m "not slow" -n $(TEST_WORKERS) --dist loadfile --durations=30
 	@echo "left out: the tests marked slow (pytest --markers); run them with make test-slow"
 
 test-slow: install browser cluster-deps java
