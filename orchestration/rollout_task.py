@@ -1,5 +1,6 @@
 """The rollout in the retrain DAG (params `rollout.mode` shadow or canary): the push task starts it
-(`start`), and the `rollout` task watches it to its end without holding a worker slot.
+(orchestration/rollout_start.py), and the `rollout` task watches it to its end without holding a
+worker slot.
 
 The rollout task (`RolloutOperator`):
 1. asks a person, through Airflow's human-in-the-loop form on the task (options Promote and Abort),
@@ -33,29 +34,6 @@ log = logging.getLogger(__name__)
 
 PROMOTE, ABORT = "Promote", "Abort"
 XCOM_KEY = ROLLOUT_KEY  # the Reports page reads the state from there
-
-
-def start(root: Path, candidate: str, metrics: str, settings: Any, params: Any) -> PushedVersion:
-    """The push task in rollout mode: put the candidate behind the router (or push it directly when
-    there is no champion to measure it against)."""
-    from serving.rollout.operations import start_rollout
-
-    started = start_rollout(root / candidate, settings, params.rollout, metrics=root / metrics)
-    if started.state is None:
-        assert started.pushed is not None
-        result = started.pushed
-        return PushedVersion(
-            result.model,
-            result.version,
-            result.serving,
-            result.previous,
-            result.status == "pushed",
-            round(result.seconds.get("total", 0.0), 2),
-        )
-    state = started.state
-    log.info("%s", state.describe())
-    rollout = {"id": state.id, "mode": state.mode, "status": state.status}
-    return PushedVersion(state.model, state.candidate, state.champion, state.champion, True, 0.0, rollout)
 
 
 class RolloutOperator(BaseOperator):

@@ -294,7 +294,7 @@ def push(
     served: Any = None,
 ) -> dict[str, Any]:
     """Push the run's candidate with the serving code; an identical model pushes nothing. In a
-    shadow or canary rollout (params `rollout.mode`), start it instead (orchestration/rollout_task.py).
+    shadow or canary rollout (params `rollout.mode`), start it instead (orchestration/rollout_start.py).
     `served` (the DAG's `triton://<model>` asset) gets an event whose extra says what serves now.
     An unreachable server raises for Airflow to retry; a candidate that fails to load or answers
     wrongly fails the task at once (the serving code has put the previous version back)."""
@@ -314,7 +314,7 @@ def push(
     )
     try:
         if params.rollout.mode != "direct":  # the rollout task watches it and publishes the outcome
-            from orchestration.rollout_task import start
+            from orchestration.rollout_start import start
 
             return start(root, evaluate_args["candidate"], evaluate_args["metrics"], settings, params).to_xcom()
         result = push_candidate(root / evaluate_args["candidate"], settings, metrics=root / evaluate_args["metrics"])

@@ -6,9 +6,9 @@ answers the task's human-in-the-loop form with Abort, which resumes it at once a
 test: the candidate is rolled back, the outcome is the task's value and the served-model asset
 event's extra, and the Reports page showed the live comparison while it ran.
 
-The DAG is a toy: a `push` task that returns what the retrain DAG's push returns after starting the
-rollout (the test starts it), and the retrain DAG's RolloutOperator. Triton is reached through the
-Connection triton_default only.
+The DAG is a toy: a `push` task that runs what the retrain DAG's push runs in rollout mode
+(orchestration/rollout_start.py, with the test's rollout params), and the retrain DAG's
+RolloutOperator. Triton is reached through the Connection triton_default only.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ from serving import loading
 from serving.client import ClientSettings, TritonClient
 from serving.push import push_candidate
 from serving.repository import TritonRepository
-from serving.rollout import operations
 from serving.rollout.params import LatencyParams, RolloutParams
 from serving.rollout.state import load_state
 from serving.settings import ServingSettings
@@ -42,7 +41,7 @@ DAG_ID = "toy_rollout"
 MODEL = "r_airflow"
 
 TOY_DAG = f'''
-"""A toy with the retrain DAG's rollout task after a push that started the rollout."""
+"""A toy: the retrain DAG's push in rollout mode, then its rollout task."""
 import datetime as dt
 import json
 from pathlib import Path
@@ -53,9 +52,20 @@ from orchestration.rollout_task import RolloutOperator
 
 with DAG("{DAG_ID}", schedule=None, start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC), catchup=False):
 
-    @task(multiple_outputs=False)
+    @task
     def push() -> dict:
-        return json.loads((Path(__file__).parent / "pushed.json").read_text())
+        # What the retrain DAG's push runs in rollout mode (orchestration/tasks.py), with the
+        # test's rollout params in place of params.yaml's (direct) and Triton from the Connection.
+        from types import SimpleNamespace
+
+        from orchestration import tasks
+        from orchestration.rollout_start import start
+        from serving.rollout.params import RolloutParams
+
+        given = json.loads((Path(__file__).parent / "push.json").read_text())
+        settings = tasks.serving_settings("{ROOT}", "triton_default", tasks.project_params("{ROOT}"))
+        params = SimpleNamespace(rollout=RolloutParams.model_validate(given["rollout"]))
+        return start(Path(given["root"]), "candidate", "metrics.json", settings, params).to_xcom()
 
     push() >> RolloutOperator(
         task_id="rollout",
@@ -131,12 +141,9 @@ def test_the_rollout_task_defers_resumes_on_the_test_and_a_person_overrides_it(
                 mode="canary", canary_steps=[30.0, 60.0], poll_s=1.0, min_requests=50, latency=LatencyParams(margin=1.0)
             )
             traffic = Traffic(client, MODEL, {"champion": champion, "candidate": candidate}, rows=rows)
+            (tmp_path / "metrics.json").write_text(json.dumps({"accuracy": 0.99}))
+            (dags / "push.json").write_text(json.dumps({"root": str(tmp_path), "rollout": params.model_dump()}))
             with traffic:
-                state = operations.start_rollout(candidate, settings, params).state
-                assert state is not None
-                pushed = {"model": MODEL, "version": 2, "serving": 1, "previous": 1, "created": True, "seconds": 0.0}
-                pushed["rollout"] = {"id": state.id, "mode": "canary", "status": "running"}
-                (dags / "pushed.json").write_text(json.dumps(pushed))
                 api.set_paused(DAG_ID, False)
                 run_id = api.trigger(DAG_ID, "rollout-1", None)["dag_run_id"]
 
@@ -146,6 +153,8 @@ def test_the_rollout_task_defers_resumes_on_the_test_and_a_person_overrides_it(
                     return state
 
                 wait_for("the task deferred", lambda: rollout_state() == "deferred", log)
+                pushed = api.xcom(DAG_ID, run_id, "push")
+                assert (pushed["version"], pushed["serving"], pushed["rollout"]["status"]) == (2, 1, "running"), pushed
                 # The triggerer decides step 1 passed; the task resumes, moves on, and defers again.
                 wait_for("the second step", lambda: load_state(repo, MODEL).step == 1, log)
                 wait_for("deferred again", lambda: rollout_state() == "deferred", log)
