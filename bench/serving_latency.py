@@ -1,7 +1,7 @@
 """Serving speed: the local Triton stack against its own ceiling and against in-process onnxruntime.
 
     python bench/serving_latency.py [--candidate models/candidate] [--protocol grpc|http|both]
-                                    [--repeats 3] [--levers [NAME ...]] [--perf-analyzer PATH]
+                                    [--repeats 3] [--levers [NAME ...]] [--rollout] [--perf-analyzer PATH]
 
 Starts a local Triton on free 127.0.0.1 ports with a scratch repository (the project's own
 `serving start` code) and loads, side by side:
@@ -12,6 +12,13 @@ Starts a local Triton on free 127.0.0.1 ports with a scratch repository (the pro
 - `ort-defaults`: ours with onnxruntime's own thread defaults (a thread per core, spinning), what
   the backend ran before the thread settings existed;
 - with --levers, one variant per other setting: threads, spinning, queue delay, instances, no batching.
+
+With --rollout, `canary` and `shadow` are the rollout's router (serving/backend/router.py) in front
+of two copies of ours (`backing_champion`, `backing_candidate`, as a rollout loads the champion and
+the candidate): canary sends half the requests to each, shadow each request to both (the client
+waits for the champion's answer only). Their lines say what the router adds to the request path
+against ours served directly (throughput ratio and p50 added, at c=1 and c=16); outside a rollout
+nothing is added.
 
 `ours_shm` is ours again, with the input and output tensors in system shared memory (tritonclient's
 `utils.shared_memory`, one pair of regions per client thread) instead of the request and response
@@ -67,6 +74,8 @@ import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from google.protobuf import text_format  # noqa: E402
 
 from devtools.ports import free_ports  # noqa: E402
 from devtools.toy import BACKEND, NOOP_BACKEND, build_candidate  # noqa: E402
@@ -137,6 +146,23 @@ def variants(base: ExportParams, levers: list[str] | None) -> list[Variant]:
     if unknown:
         raise SystemExit(f"unknown lever(s) {unknown}; with these params: {[lever.name for lever in every]}")
     return chosen + [lever for lever in every if not levers or lever.name in levers]
+
+
+ROUTERS = ("canary", "shadow")
+BACKING = ("backing_champion", "backing_candidate")
+
+
+def install_routers(repository: Path, base: ExportParams) -> None:
+    """The rollout's router as `canary` (50%) and `shadow`, each in front of the two backing copies."""
+    from serving.rollout.router_config import ROUTER_FILE, ROUTER_SOURCE, Routing, router_config
+
+    champion = parse_config((repository / "ours" / "config.pbtxt").read_text())
+    for mode in ROUTERS:
+        routing = Routing(f"bench-{mode}", 0, mode, 50.0, (BACKING[0], 1), (BACKING[1], 1), shadow_in_flight=64)
+        folder = repository / mode
+        (folder / "1").mkdir(parents=True)
+        (folder / "1" / ROUTER_FILE).write_text(ROUTER_SOURCE.read_text())
+        (folder / "config.pbtxt").write_text(text_format.MessageToString(router_config(champion, mode, 1, routing)))
 
 
 def install(repository: Path, candidate: Path, variant: Variant, signature: configs.Signature) -> None:
@@ -248,10 +274,12 @@ def cpu_per_request(before: dict[str, float], after: dict[str, float], model: st
     if not requests:
         nan = float("nan")
         return {"server_cpu_ms": nan, "client_cpu_ms": nan, "triton_queue_ms": nan, "triton_compute_ms": nan}
-    # ours_shm is ours driven another way: its stub and Triton's counters are ours'.
+    # ours_shm is ours driven another way: its stub and Triton's counters are ours'. A router's
+    # requests run in its own stub and in both backing copies' stubs.
     counted = "ours" if model == SHM else model
+    stubs = [counted, *BACKING] if model in ROUTERS else [counted]
     server = after.get("server", 0.0) - before.get("server", 0.0)
-    server += after.get(f"stub:{counted}", 0.0) - before.get(f"stub:{counted}", 0.0)
+    server += sum(after.get(f"stub:{stub}", 0.0) - before.get(f"stub:{stub}", 0.0) for stub in stubs)
 
     def triton(key: str) -> float:
         name = f"{key}:{counted}"
@@ -475,8 +503,23 @@ def report(results: dict[str, dict[str, list[dict]]], names: list[str], protocol
             if f"noop_{key}" in ratios:  # a goal the no-op model misses too is out of reach on this machine
                 mark += f" (the no-op model: {ratios[f'noop_{key}']:.3f})"
         print(f"  {key:<28}{value:>8.3f}{mark}")
+    for name in [n for n in ROUTERS if n in names]:
+        cost = {}
+        for c in (1, 16):
+            routed, direct = results[name][f"{c}x1"], ours[f"{c}x1"]
+            cost[f"c{c}_throughput"] = median(routed, "requests_per_s") / median(direct, "requests_per_s")
+            cost[f"c{c}_p50_added_ms"] = median(routed, "p50_ms") - median(direct, "p50_ms")
+            cost[f"c{c}_cpu_ratio"] = cpu_total(routed) / cpu_total(direct)
+            ratios[f"router_{name}_c{c}_throughput"] = cost[f"c{c}_throughput"]
+            ratios[f"router_{name}_c{c}_p50_added_ms"] = cost[f"c{c}_p50_added_ms"]
+        print(
+            f"  router {name:<7} 1-row requests against ours served directly: throughput c=1 "
+            f"{cost['c1_throughput']:.3f} c=16 {cost['c16_throughput']:.3f}; p50 added c=1 "
+            f"{cost['c1_p50_added_ms']:+.3f} ms c=16 {cost['c16_p50_added_ms']:+.3f} ms; CPU per request "
+            f"c=1 {cost['c1_cpu_ratio']:.2f}x c=16 {cost['c16_cpu_ratio']:.2f}x"
+        )
     for name in names:
-        if name in ("ours", "noop"):
+        if name in ("ours", "noop", *ROUTERS, *BACKING):
             continue
         eff = [median(results[name][k], "requests_per_s") / median(noop[k], "requests_per_s") for k in ("1x1", "16x1")]
         rows64 = median(results[name]["16x64"], "rows_per_s") / median(inproc["16x64"], "rows_per_s")
@@ -503,6 +546,11 @@ def main() -> None:
         metavar="NAME",
         help="also measure one variant per setting (or only the named ones, e.g. threads_2 delay_0)",
     )
+    p.add_argument(
+        "--rollout",
+        action="store_true",
+        help="also the rollout's router (canary, shadow) in front of two copies of ours",
+    )
     p.add_argument("--perf-analyzer", help="path to a perf_analyzer binary to run beside our figures")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -519,11 +567,23 @@ def main() -> None:
         signature = configs.Signature(int(config.input[0].dims[0]), int(config.output[0].dims[0]))
         export = load_params(args.params).export
         chosen = variants(export, args.levers)
+        if args.rollout:
+            source = BACKEND.read_text()
+            chosen += [
+                Variant(name, export.model_copy(update={"model_name": name}), source, "ours, behind a router")
+                for name in BACKING
+            ]
         start_local_server(server)
         repository = server.repository
         assert isinstance(repository, Path), "the bench runs its own server on a local repository"
         for variant in chosen:
             install(repository, candidate, variant, signature)
+        if args.rollout:
+            install_routers(repository, export)
+            chosen += [
+                Variant(mode, export, "", f"the rollout's router, {mode} (serving/backend/router.py)")
+                for mode in ROUTERS
+            ]
         protocols: list[Protocol] = ["grpc", "http"] if args.protocol == "both" else [args.protocol]
         with TritonClient(ClientSettings.local(server, timeout_s=120)) as client:
             for variant in chosen:
@@ -540,7 +600,7 @@ def main() -> None:
             r: [rng.uniform(0, 16, (r, signature.n_features)).astype(np.float32) for _ in range(64)] for r in (1, 64)
         }
         onnx_path = repository / "ours" / "1" / ENTRY_ONNX_FILE
-        names = [v.name for v in chosen]
+        names = [v.name for v in chosen if v.name not in BACKING]  # the backing copies are driven through the routers
         everything: dict[str, Any] = {}
         for protocol in protocols:
             settings = ClientSettings.local(server, protocol=protocol, timeout_s=30, retries=0)

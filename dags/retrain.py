@@ -11,9 +11,11 @@ its `dvc.lock` entry.
 
 Then **gate** (the candidate's test metrics against the model Triton serves now, scored live on the
 same rows, with the floors and maximum regression of `gate:` in params.yaml), an optional human
-**approve**al, **push** to Triton, and **publish** (one `dvc.lock` merged from every stage's entry,
-committed, tagged `model-v<N>` and `<model>@vN.0.0`, assigned `#prod`, pushed to the git remote).
-A rejected candidate skips the push and the champion keeps serving.
+**approve**al, **push** to Triton, with `rollout.mode` shadow or canary a **rollout** decided by live
+traffic (deferred to the triggerer while it bakes; a person may promote or abort it in its form),
+and **publish** (one `dvc.lock` merged from every stage's entry, committed, tagged `model-v<N>` and
+`<model>@vN.0.0`, assigned `#prod`, pushed to the git remote). A rejected candidate skips the push,
+a rolled-back one the publish, and the champion keeps serving.
 
 Configured by `airflow:` in params.yaml: schedule and data asset (watched when `data.source` is in
 S3: new objects start a run), GPU stages, queue and pool, approval, git and DVC remotes, the worker
@@ -32,6 +34,7 @@ from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, CronTriggerTimetable, P
 from orchestration.approval import RunApproval
 from orchestration.notify import failure_callback
 from orchestration.reports_ui import ReportsLink
+from orchestration.rollout_task import RolloutOperator
 from orchestration.source_trigger import data_asset
 from orchestration.spec import pipeline_spec
 
@@ -42,6 +45,8 @@ STAGE_IDS = [t.full_id for t in SPEC.stage_tasks]  # whose results carry the run
 TASK_IDS = {t.stage.name: t.full_id for t in SPEC.stage_tasks}
 # What Triton serves: each push records version, metrics, data hashes and git tag on the Assets page.
 SERVED = Asset(uri=f"triton://{SPEC.params.export.model_name}", group="model")
+# A shadow or canary rollout after the push (params rollout.mode); direct: the push serves it, as before.
+ROLLOUT = SPEC.params.rollout.mode != "direct"
 
 INFRA_RETRIES: dict[str, Any] = {
     "retries": AF.infra_retries,
@@ -113,14 +118,17 @@ the previous version keeps serving, smoke-tests it with the golden samples, then
 on any failure the previous version stays. Pushing an identical model creates no new version.
 Triton from the Airflow Connection `airflow.triton_conn_id`, else `TRITON_*` / params `serving:`.
 Retries with exponential backoff. Emits an event of the asset `triton://<model>` (version, test
-metrics, data hashes, git tag): the Assets page lists what was served and from which run.""",
-    outlets=[SERVED],
+metrics, data hashes, git tag): the Assets page lists what was served and from which run.
+With `rollout.mode` shadow or canary it puts the candidate behind the rollout's router instead (the
+champion keeps answering); the rollout task decides and emits the event.""",
+    outlets=[] if ROLLOUT else [SERVED],
     **INFRA_RETRIES,
 )
 def push(**context) -> dict:
     from orchestration import tasks
 
-    return tasks.push(PROJECT, SPEC.evaluate_args(), AF.triton_conn_id, STAGE_IDS, context, served=SERVED)
+    served = None if ROLLOUT else SERVED
+    return tasks.push(PROJECT, SPEC.evaluate_args(), AF.triton_conn_id, STAGE_IDS, context, served=served)
 
 
 @task(
@@ -222,4 +230,20 @@ with DAG(
     )
     pushed = push()
     checked >> approval >> pushed
-    publish(pushed, prepared)  # type: ignore[arg-type]  # TaskFlow resolves each XComArg to its dict at run time
+    if ROLLOUT:
+        rollout = RolloutOperator(
+            task_id="rollout",
+            project=PROJECT,
+            conn_id=AF.triton_conn_id,
+            response_timeout=dt.timedelta(hours=AF.approval_timeout_h),
+            outlets=[SERVED],
+            doc_md="### Rollout\nThe candidate behind the router (`rollout.mode` shadow or canary) meets live "
+            "traffic; the sequential test in the triggerer promotes it or rolls it back (no worker slot is held "
+            "meanwhile). **Promote** or **Abort** in this task's form overrides the test at any point. Reports: "
+            "the live comparison. Emits the `triton://<model>` event with the outcome; a rollback skips publish.",
+        )
+        rollout.operator_extra_links = (ReportsLink(),)
+        pushed >> rollout
+        publish(rollout.output, prepared)  # type: ignore[arg-type]
+    else:
+        publish(pushed, prepared)  # type: ignore[arg-type]  # TaskFlow resolves each XComArg to its dict at run time

@@ -141,6 +141,17 @@ class AirflowApi:
         }
         return self._request("POST", f"/api/v2/dags/{self._q(dag_id)}/clearTaskInstances", body)
 
+    def respond(self, dag_id: str, run_id: str, task_id: str, options: list[str]) -> dict[str, Any]:
+        """A person's answer to a task's human-in-the-loop form (what the Required Action tab sends)."""
+        path = (
+            f"/api/v2/dags/{self._q(dag_id)}/dagRuns/{self._q(run_id)}/taskInstances/{self._q(task_id)}/-1/hitlDetails"
+        )
+        return self._request("PATCH", path, {"chosen_options": options})
+
+    def get_page(self, path: str) -> str:
+        """A page of the api-server (a plugin's app), as this client's user sees it."""
+        return self._request("GET", path)
+
     def runs(self, dag_id: str) -> list[dict[str, Any]]:
         return self._request("GET", f"/api/v2/dags/{self._q(dag_id)}/dagRuns?limit=100")["dag_runs"]
 

@@ -35,14 +35,30 @@ class TritonPythonModel:
 """
 
 
-def toy_onnx(path: Path, n_features: int, n_classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """softmax(x @ w + b) as an ONNX file with a dynamic batch axis; returns (w, b)."""
+def toy_onnx(
+    path: Path,
+    n_features: int,
+    n_classes: int,
+    seed: int,
+    *,
+    retrained: int | None = None,
+    shuffled_class: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """softmax(x @ w + b) as an ONNX file with a dynamic batch axis; returns (w, b).
+
+    retrained=k: the same weights with a tiny noise seeded by k (a retrain of the same model with
+    another seed: other bytes, the same answers but for a rare near-tie). shuffled_class=c: the
+    weights of output c shuffled across the features (the model answers wrong on that class)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
     w = (rng.standard_normal((n_features, n_classes)) * 0.1).astype(np.float32)
     b = (rng.standard_normal(n_classes) * 0.1).astype(np.float32)
+    if retrained is not None:
+        w += (np.random.default_rng(retrained).standard_normal(w.shape) * 1e-5).astype(np.float32)
+    if shuffled_class is not None:
+        w[:, shuffled_class] = np.random.default_rng(seed + 1).permutation(w[:, shuffled_class])
     graph = helper.make_graph(
         [
             helper.make_node("MatMul", ["input", "w"], ["logits0"]),
@@ -73,6 +89,8 @@ def build_candidate(
     export: ExportParams | None = None,
     backend_source: str | None = None,
     gpu_entries: bool = False,
+    retrained: int | None = None,
+    shuffled_class: int | None = None,
 ) -> Path:
     """Write a candidate folder in the export stage's layout.
 
@@ -81,13 +99,14 @@ def build_candidate(
     `export` (its model_name is replaced by `name`) overrides the batching arguments;
     `backend_source` replaces serving/backend/model.py (e.g. NOOP_BACKEND).
     gpu_entries: also the GPU server's entries (gpu/<name>/ for onnxruntime, gpu/<name>_torchscript/).
+    retrained, shuffled_class: see toy_onnx (the rollout tests' equal and wrong candidates).
     """
     import onnxruntime as ort
 
     out.mkdir(parents=True, exist_ok=True)
     version = out / "triton" / name / "1"
     version.mkdir(parents=True, exist_ok=True)
-    toy_onnx(out / "model.onnx", n_features, n_classes, seed)
+    toy_onnx(out / "model.onnx", n_features, n_classes, seed, retrained=retrained, shuffled_class=shuffled_class)
     shutil.copyfile(out / "model.onnx", version / "model.onnx")
     if broken == "load":
         (version / "model.py").write_text(FAILING_BACKEND)
@@ -160,3 +179,48 @@ class TritonPythonModel:
             responses.append(pb_utils.InferenceResponse([pb_utils.Tensor(self.output_name, zeros)]))
         return responses
 """
+
+
+# serving/backend/model.py, with every fifth request answered with an error: a candidate that
+# fails 20% of its requests (the rollout tests).
+FLAKY_BACKEND = (
+    BACKEND.read_text()
+    + """
+
+_Working = TritonPythonModel
+
+
+class TritonPythonModel(_Working):
+    def initialize(self, args):
+        super().initialize(args)
+        self.seen = 0
+
+    def execute(self, requests):
+        responses = []
+        for response in super().execute(requests):
+            self.seen += 1
+            failed = pb_utils.TritonError("deliberate failure: one request in five")
+            responses.append(pb_utils.InferenceResponse(error=failed) if self.seen % 5 == 0 else response)
+        return responses
+"""
+)
+
+# serving/backend/model.py, waiting SLOW_EXTRA_S after each run: several times slower than the
+# same model's whole round trip through the router (the rollout tests check how many times).
+SLOW_EXTRA_S = 0.004
+SLOW_BACKEND = (
+    BACKEND.read_text()
+    + f"""
+
+import time as _time
+
+_Quick = TritonPythonModel
+
+
+class TritonPythonModel(_Quick):
+    def execute(self, requests):
+        responses = super().execute(requests)
+        _time.sleep({SLOW_EXTRA_S!r})
+        return responses
+"""
+)

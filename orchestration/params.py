@@ -1,8 +1,8 @@
 """The `airflow:` section of params.yaml, and the whole file as the orchestration reads it.
 
 `ProjectParams` checks every section, each with its owner's schema: the pipeline's
-(pipeline/params.py), `serving:` (serving/params.py), `gate:` (stages/gate.py) and `airflow:`
-(here). The DAG file, the Airflow tasks and the local tooling load it; a DVC stage loads only the
+(pipeline/params.py), `serving:` (serving/params.py), `rollout:` (serving/rollout/params.py),
+`gate:` (stages/gate.py) and `airflow:` (here). The DAG file, the Airflow tasks and the local tooling load it; a DVC stage loads only the
 pipeline's sections, so a change to these schemas reruns no stage.
 """
 
@@ -17,6 +17,7 @@ from pydantic import Field, model_validator
 
 from pipeline.params import DEFAULT_PATH, PipelineParams, Positive, Section, parse_as, read_params
 from serving.params import ServingParams
+from serving.rollout.params import RolloutParams
 from stages.gate import GateParams
 
 
@@ -70,6 +71,7 @@ class ProjectParams(PipelineParams):
     """All of params.yaml, every section checked by its owner's schema."""
 
     serving: ServingParams = ServingParams()
+    rollout: RolloutParams = RolloutParams()
     gate: GateParams = GateParams()
     airflow: AirflowParams = AirflowParams()
 

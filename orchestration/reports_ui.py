@@ -5,7 +5,8 @@ that shows them.
 Workers share no disk, so the page never reads a worker's checkout: a stage task's result (its
 XCom) holds its `dvc.lock` entry, whose outputs carry their md5; the page reads those objects
 from the DVC remote (`airflow.dvc_remote`, a folder or S3), the same bytes `dvc pull` would bring.
-The gate's decision is its XCom itself.
+The gate's decision is its XCom itself. The rollout task's page is its live comparison
+(orchestration/rollout_page.py).
 
     /retrain-reports/<dag_id>/<run_id>/<task_id>   the task's reports (HTML as is; DVCLive curves as
                                                    charts; CSV, JSON and other TSV as text)
@@ -33,6 +34,7 @@ from orchestration import ending
 log = logging.getLogger(__name__)
 
 URL_PREFIX = "/retrain-reports"
+ROLLOUT_KEY = "rollout"  # the rollout task's XCom of its state (orchestration/rollout_task.py)
 # Outputs worth a person's look, by folder: validation report, confusion matrix and class report,
 # training curves. Data, models and checkpoints are not shown.
 REPORT_FOLDERS = ("reports/", "dvclive/")
@@ -275,6 +277,11 @@ def create_app(project: Path) -> Any:
 
     @app.get("/{dag_id}/{run_id}/{task_id}", response_class=HTMLResponse, dependencies=can_read_dag)
     def task_reports(dag_id: str, run_id: str, task_id: str) -> str:
+        rollout = task_result(dag_id, run_id, task_id, key=ROLLOUT_KEY)
+        if isinstance(rollout, Mapping):  # the rollout task: live while it runs
+            from orchestration import rollout_page
+
+            return rollout_page.render(task_id, run_id, *rollout_page.live_view(rollout))
         result = task_result(dag_id, run_id, task_id)
         if not isinstance(result, Mapping):
             ended = task_result(dag_id, run_id, task_id, key=ending.KEY)

@@ -56,6 +56,7 @@ class PushedVersion(_Value):
     previous: int | None  # what served before
     created: bool  # a new version was stored (False: the same content was there already)
     seconds: float
+    rollout: dict[str, Any] | None = None  # shadow/canary: the rollout (id, mode, status; how it ended)
 
 
 @dataclass(frozen=True)
@@ -71,3 +72,4 @@ class ServedEvent(_Value):
     metrics: dict[str, Any]  # evaluate's test metrics
     data: dict[str, Any]  # the data it was trained on: DVC md5s (its model card's)
     run_id: str
+    rollout: dict[str, Any] | None = None  # the rollout's outcome (status, decided_by, reason), if one ran

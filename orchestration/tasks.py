@@ -293,7 +293,8 @@ def push(
     context: Mapping[str, Any],
     served: Any = None,
 ) -> dict[str, Any]:
-    """Push the run's candidate with the serving code; an identical model pushes nothing.
+    """Push the run's candidate with the serving code; an identical model pushes nothing. In a
+    shadow or canary rollout (params `rollout.mode`), start it instead (orchestration/rollout_start.py).
     `served` (the DAG's `triton://<model>` asset) gets an event whose extra says what serves now.
     An unreachable server raises for Airflow to retry; a candidate that fails to load or answers
     wrongly fails the task at once (the serving code has put the previous version back)."""
@@ -312,21 +313,22 @@ def push(
         "pushing %s to %s (repository %s)", evaluate_args["candidate"], settings.client.describe(), settings.repository
     )
     try:
+        if params.rollout.mode != "direct":  # the rollout task watches it and publishes the outcome
+            from orchestration.rollout_start import start
+
+            return start(root, evaluate_args["candidate"], evaluate_args["metrics"], settings, params).to_xcom()
         result = push_candidate(root / evaluate_args["candidate"], settings, metrics=root / evaluate_args["metrics"])
     except PushError as error:
         if isinstance(error.__cause__, ServerUnreachable):
             raise  # infrastructure: Airflow retries with backoff
         raise AirflowFailException(str(error)) from error
     created = result.status == "pushed"
-    if created:
-        log.info("%s version %d is serving (was %s)", result.model, result.version, result.previous)
-    else:
-        log.info(
-            "%s: the candidate is stored already as version %d; nothing pushed, version %s keeps serving",
-            result.model,
-            result.version,
-            result.serving,
-        )
+    log.info(
+        "%s version %d is serving (was %s)" if created else "%s: version %d holds the candidate already; %s serves",
+        result.model,
+        result.version,
+        result.previous if created else result.serving,
+    )
     pushed = PushedVersion(
         model=result.model,
         version=result.version,
@@ -378,6 +380,10 @@ def publish_run(
     from orchestration.workspace import remote_ref
 
     pushed, prepared = PushedVersion.from_xcom(pushed_value), PreparedRun.from_xcom(prepared_value)
+    if pushed.rollout is not None and pushed.rollout.get("status") != "promoted":
+        raise AirflowSkipException(
+            f"the rollout of {pushed.model} version {pushed.version} was not promoted: {pushed.rollout}"
+        )
     setup = fleet(project, project_params(project))
     tag = f"{setup.ws.params.tag_prefix}{pushed.version}"
     if not pushed.created and remote_ref(setup.ws, f"refs/tags/{tag}"):

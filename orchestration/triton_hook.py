@@ -13,7 +13,8 @@ else from the type (`http`, `https`). TLS is on for https/grpcs and whenever an 
 `allow_insecure_token: true` says otherwise. Other extras: `headers` (JSON object),
 `model_repository` (the live repository the push writes to), `ssl_ca_file`, `ssl_cert_file`,
 `ssl_key_file`, `ssl_insecure`, `control_key` (the server's model-control key), `candidate_entry`
-(`gpu` for a server on GPUs: the candidate's KIND_GPU entry is pushed).
+(`gpu` for a server on GPUs: the candidate's KIND_GPU entry is pushed), `metrics_url` (its
+Prometheus endpoint: status counters, and what a rollout decides on).
 
 With no such Connection, the environment and params.yaml `serving:` apply (the local server). A
 relative repository or state folder is relative to the project, so that a task running in another
@@ -147,7 +148,7 @@ def connection_overrides(conn: Any, conn_id: str) -> Overrides:
         "headers": headers or None,
         "auth_token": conn.password or None,
         "ssl": True if tls else None,
-        **{key: _text(extra.get(key)) for key in (*SSL_EXTRAS, "control_key")},
+        **{key: _text(extra.get(key)) for key in (*SSL_EXTRAS, "control_key", "metrics_url")},
         "ssl_insecure": True if _truthy(extra.get("ssl_insecure")) else None,
         "allow_insecure_token": True if allow_insecure else None,
     }

@@ -342,8 +342,9 @@ class PipelineParams(Section):
 
 # Sections other parts own: a stage reads none of them, so their schemas are not the stages'
 # dependencies (a change to the Airflow schema reruns no stage). Their owners check them:
-# serving/params.py, stages/gate.py, orchestration/params.py (the whole file: ProjectParams).
-OTHER_OWNERS = ("serving", "gate", "airflow")
+# serving/params.py, serving/rollout/params.py, stages/gate.py, orchestration/params.py (the whole
+# file: ProjectParams).
+OTHER_OWNERS = ("serving", "rollout", "gate", "airflow")
 
 
 class Params(PipelineParams):
@@ -351,6 +352,7 @@ class Params(PipelineParams):
     (OTHER_OWNERS) kept as they are, for their owners to check."""
 
     serving: dict[str, Any] = {}
+    rollout: dict[str, Any] = {}
     gate: dict[str, Any] = {}
     airflow: dict[str, Any] = {}
 

@@ -1,4 +1,5 @@
-"""`python -m serving start|stop|status|push|rollback|prune|sample`: thin CLI over serving.push / status / server.
+"""`python -m serving start|stop|status|push|rollback|prune|sample|rollout`: thin CLI over serving.push /
+status / server / rollout.
 
 Human-readable tables by default; `--json` prints one JSON object as the last stdout line (for
 Airflow and scripts). Expected failures exit 1 with a one-paragraph message, no traceback.
@@ -84,6 +85,8 @@ def format_status(
         )
         if model.problem:
             lines.append(f"  PROBLEM: {model.problem}")
+        if model.rollout:
+            lines.append(f"  rollout: {model.rollout}")
         header = (
             f"  {'':1} {'version':>7}  {'state':<11} {'verdict':<10} {'requests':>9} {'failures':>8} "
             f"{'queue ms':>9} {'compute ms':>10}  {'commit':<10} {'data':<22} {'pushed_at':<25} metrics"
@@ -209,6 +212,12 @@ def cmd_sample(args: argparse.Namespace, params: Params) -> dict[str, Any]:
     return {"model": name, "version": version, "expected": golden.labels, "predicted": predicted}
 
 
+def cmd_rollout(args: argparse.Namespace, params: Params) -> dict[str, Any]:
+    from serving.rollout import cli as rollout_cli
+
+    return rollout_cli.run(args, ServingSettings.from_params(params.serving), params.model_name)
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, Params], dict[str, Any]]] = {
     "start": cmd_start,
     "stop": cmd_stop,
@@ -217,6 +226,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Params], dict[str, Any]]] = {
     "rollback": cmd_rollback,
     "prune": cmd_prune,
     "sample": cmd_sample,
+    "rollout": cmd_rollout,
 }
 
 
@@ -255,7 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sample = sub.add_parser("sample", help="a sample prediction of the serving version's golden rows")
     sample.add_argument("--model", help="model name (default: export.model_name)")
-    for command in (sub.choices["start"], sub.choices["stop"], status, push, rollback, prune, sample):
+    from serving.rollout.cli import add_commands
+
+    rollout = add_commands(sub)
+    for command in (sub.choices["start"], sub.choices["stop"], status, push, rollback, prune, sample, *rollout):
         command.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return p
 

@@ -47,6 +47,7 @@ from serving.repository import (
     load_candidate,
     validate_model_name,
 )
+from serving.rollout.state import load_state, recover, refuse_during_rollout
 from serving.settings import ServingSettings
 from serving.transaction import EXPECTED, check_server, keeps_serving, reconcile, serving_now, transaction
 
@@ -96,6 +97,42 @@ def read_metrics(path: str | Path | None) -> dict[str, Any] | None:
     return value
 
 
+@dataclass(frozen=True)
+class Stored:
+    """The candidate in the repository, ready to be verified and served."""
+
+    version: int
+    unchanged: bool  # its content is the serving version: nothing to do
+    discard: bool  # written by this call and never verified: removed again when it fails
+    write_s: float = 0.0
+
+
+def store_candidate(
+    repo: TritonRepository, candidate: Candidate, previous: int | None, evaluate: dict[str, Any] | None
+) -> Stored:
+    """Write the candidate as the next version, whole or not at all; or find its content stored
+    already (the serving version: unchanged; another one: served again under its number)."""
+    name = candidate.name
+    for leftover in repo.incomplete_versions(name):  # an upload cut off by a crash
+        repo.remove_version(name, leftover)
+    same = repo.find_by_hash(name, candidate.digest)
+    if same is not None and same == previous:
+        log.info("%s: the candidate is version %d, which serves already; nothing pushed", name, same)
+        return Stored(same, unchanged=True, discard=False)
+    started = time.perf_counter()
+    if same is not None:
+        # Stored, but not serving: left by a push cut off before its commit, or served once and
+        # replaced since. Verified and served under that number; a leftover is removed on failure.
+        log.info("%s: the candidate is stored already as version %d, which does not serve; serving it", name, same)
+        return Stored(same, unchanged=False, discard=not repo.history(name).was_pinned(same))
+    version = repo.next_version(name)
+    try:
+        repo.write_version(candidate, version, _version_card(candidate, version, evaluate))
+    except RepositoryFull as error:
+        raise PushError(f"{error}; nothing was written; {keeps_serving(previous, name)}") from error
+    return Stored(version, unchanged=False, discard=True, write_s=time.perf_counter() - started)
+
+
 def push_candidate(
     candidate_dir: str | Path,
     settings: ServingSettings,
@@ -111,29 +148,12 @@ def push_candidate(
     repo = settings.open_repository()
     with TritonClient(settings.client) as client, repo.lock(name, settings.lock_timeout_s):
         check_server(client, repo, name)
+        refuse_during_rollout(repo, name, "push")
         previous = reconcile(client, repo, name, settings.load_timeout_s)
-        for leftover in repo.incomplete_versions(name):  # an upload cut off by a crash
-            repo.remove_version(name, leftover)
-        same = repo.find_by_hash(name, candidate.digest)
-        if same is not None and same == previous:
-            log.info("%s: the candidate is version %d, which serves already; nothing pushed", name, same)
-            return PushResult(name, "unchanged", same, previous, previous, [], _total(started))
-
-        write_started = time.perf_counter()
-        if same is None:
-            version = repo.next_version(name)
-            try:
-                repo.write_version(candidate, version, _version_card(candidate, version, evaluate))
-            except RepositoryFull as error:
-                raise PushError(f"{error}; nothing was written; {keeps_serving(previous, name)}") from error
-            discard = True
-        else:
-            # Stored, but not serving: left by a push cut off before its commit, or served once and
-            # replaced since. Verified and served under that number; a leftover is removed on failure.
-            version = same
-            discard = not repo.history(name).was_pinned(same)
-            log.info("%s: the candidate is stored already as version %d, which does not serve; serving it", name, same)
-        write_s = time.perf_counter() - write_started
+        stored = store_candidate(repo, candidate, previous, evaluate)
+        if stored.unchanged:
+            return PushResult(name, "unchanged", stored.version, previous, previous, [], _total(started))
+        version, discard, write_s = stored.version, stored.discard, stored.write_s
         try:
             seconds, diff = transaction(
                 client,
@@ -171,6 +191,7 @@ def rollback(name: str, settings: ServingSettings, *, to: int | None = None) -> 
     repo = settings.open_repository()
     with TritonClient(settings.client) as client, repo.lock(name, settings.lock_timeout_s):
         check_server(client, repo, name)
+        refuse_during_rollout(repo, name, "rollback")
         current = reconcile(client, repo, name, settings.load_timeout_s)
         target = to if to is not None else repo.rollback_target(name)
         if target is None:
@@ -229,6 +250,7 @@ def prune_versions(name: str, settings: ServingSettings, retention: int | None =
     repo = settings.open_repository()
     with TritonClient(settings.client) as client, repo.lock(name, settings.lock_timeout_s):
         check_server(client, repo, name)
+        refuse_during_rollout(repo, name, "prune")
         return _prune(client, repo, name, settings.retention)
 
 
@@ -240,6 +262,8 @@ def restore_pinned(settings: ServingSettings) -> dict[str, int]:
     loaded: dict[str, int] = {}
     with TritonClient(settings.client) as client:
         for name in repo.models():
+            if (state := load_state(repo, name)) is not None and state.active and recover(client, repo, name) is None:
+                continue  # the server runs this model's rollout: the router holds its name
             version = repo.serving_version(name)
             if version is None or served_versions(client, name) == [version]:
                 continue

@@ -9,6 +9,7 @@ from typing import Any
 from pipeline.candidate import ModelCard
 from serving.client import ClientError, ServerUnreachable, TritonClient
 from serving.repository import validate_model_name
+from serving.rollout.state import load_state
 from serving.settings import ServingSettings
 
 
@@ -35,6 +36,7 @@ class ModelStatus:
     live_versions: list[int] | None = None  # what the server has READY; None when unreachable
     rollback_target: int | None = None  # what a plain `rollback` would serve
     problem: str | None = None  # where the server and the repository disagree, and what to do
+    rollout: str | None = None  # the model's rollout, while one runs (or how the last one ended)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -118,5 +120,10 @@ def serving_status(settings: ServingSettings, name: str | None = None) -> Status
         served = sorted(v for (m, v), state in live.items() if m == model and state == "READY") if reachable else None
         ready = live.get((model, pinned)) == "READY" if reachable and pinned is not None else None
         target = history.rollback_target(stored)
-        models.append(ModelStatus(model, pinned, ready, rows, served, target, _problem(model, pinned, served, stored)))
+        problem = _problem(model, pinned, served, stored)
+        rollout = load_state(repo, model)
+        if rollout is not None and rollout.active and served == [rollout.candidate]:
+            problem = None  # the router holds the name, as the candidate's version number: not a cut-off push
+        described = rollout.describe() if rollout is not None else None
+        models.append(ModelStatus(model, pinned, ready, rows, served, target, problem, described))
     return Status(server, models)

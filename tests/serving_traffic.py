@@ -30,33 +30,47 @@ def true_outputs(candidate: Path, rows: np.ndarray) -> np.ndarray:
 
 class Traffic(threading.Thread):
     """Unversioned requests for `name` until stopped. `models` maps a label to a candidate folder;
-    each answer counts for the model whose true outputs it matches, else as "unknown"."""
+    each answer counts for the model whose true outputs it matches, else as "unknown". Each
+    request sends the first model's golden rows, or (with `rows`) the next 4 of `rows` in turn."""
 
-    def __init__(self, settings: ClientSettings, name: str, models: dict[str, Path], limit_s: float = 600.0):
+    def __init__(
+        self,
+        settings: ClientSettings,
+        name: str,
+        models: dict[str, Path],
+        limit_s: float = 600.0,
+        rows: np.ndarray | None = None,
+    ):
         super().__init__(daemon=True)
         first = next(iter(models.values()))
         self.settings, self.name, self.limit_s = settings, name, limit_s
-        self.rows = golden_rows(first)
-        self.expected = {label: true_outputs(folder, self.rows) for label, folder in models.items()}
+        every = golden_rows(first) if rows is None else rows
+        self.chunks = [every[i : i + 4] for i in range(0, len(every), 4)]
+        self.expected = {
+            label: [true_outputs(folder, chunk) for chunk in self.chunks] for label, folder in models.items()
+        }
         self.answers: Counter[str] = Counter()
         self.failures: list[tuple[float, str]] = []  # (time.monotonic(), error)
         self.timeline: list[tuple[float, str]] = []  # (time.monotonic(), label) when the label changes
         self.stopped = threading.Event()
         self.slowest = (0.0, 0.0)  # (when it started, seconds) of the slowest answered request
 
-    def classify(self, got: np.ndarray) -> str:
+    def classify(self, got: np.ndarray, chunk: int = 0) -> str:
         return next(
-            (label for label, outputs in self.expected.items() if np.allclose(got, outputs, atol=1e-5)), "unknown"
+            (label for label, outputs in self.expected.items() if np.allclose(got, outputs[chunk], atol=1e-5)),
+            "unknown",
         )
 
     def run(self) -> None:
         deadline = time.monotonic() + self.limit_s  # bounded even if a test forgets to stop it
         # A slow answer is still an answer: the timeout only catches a request that hangs for good.
         with TritonClient(dataclasses.replace(self.settings, retries=0, timeout_s=120.0)) as client:
+            sent = 0
             while not self.stopped.is_set() and time.monotonic() < deadline:
                 started = time.monotonic()
+                chunk, sent = sent % len(self.chunks), sent + 1
                 try:
-                    label = self.classify(client.predict(self.name, self.rows))
+                    label = self.classify(client.predict(self.name, self.chunks[chunk]), chunk)
                     if time.monotonic() - started > self.slowest[1]:
                         self.slowest = (started, time.monotonic() - started)
                 except Exception as error:  # every failure counts, whatever its type

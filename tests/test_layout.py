@@ -24,6 +24,7 @@ TEST_MODULES = {p.stem for p in (ROOT / "tests").rglob("*.py")} | {"tests"}
 NAMED_ENTRY_POINTS = {
     "orchestration.hostname": "Airflow's [core] hostname_callable (a setting, devtools/cluster/services.py)",
     "serving.backend.model": "Triton's Python backend (the export stage copies it into the candidate)",
+    "serving.backend.router": "Triton's Python backend (a rollout loads it in front of the model: serving/rollout/router_config.py)",
 }
 
 

@@ -18,7 +18,7 @@ from support import ROOT, copy_project
 
 pytestmark = pytest.mark.integration  # the real DVC CLI
 
-OTHER_SCHEMAS = ("AirflowParams", "ServingParams", "GateParams")
+OTHER_SCHEMAS = ("AirflowParams", "ServingParams", "RolloutParams", "GateParams")
 PACKAGES = ("pipeline", "stages", "serving", "orchestration")
 
 

@@ -194,3 +194,23 @@ def test_trigger_form_params_failure_callback_and_served_asset(parsed: dict, spe
     # (Airflow normalizes the URI with a trailing slash)
     outlets = [uri.rstrip("/") for uri in parsed["tasks"]["push"]["outlets"]]
     assert outlets == [f"triton://{spec.params.export.model_name}"]
+
+
+def test_a_shadow_or_canary_rollout_sits_between_push_and_publish_and_emits_the_served_event(
+    project_copy: Path, make_airflow_home, spec
+) -> None:
+    params = project_copy / "params.yaml"
+    params.write_text(params.read_text().replace("  mode: direct ", "  mode: canary ", 1))
+    env = make_airflow_home(project_copy / "dags")
+    script = PARSE.format(heavy=HEAVY, dags=str(project_copy / "dags"))
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    parsed = json.loads(next(x for x in result.stdout.splitlines() if x.startswith("JSON"))[4:])
+    assert parsed["import_errors"] == {} and parsed["heavy"] == []
+    tasks = parsed["tasks"]
+    assert tasks["rollout"]["upstream"] == ["push"]
+    assert "rollout" in tasks["publish"]["upstream"] and "push" not in tasks["publish"]["upstream"]
+    # the push only starts the rollout: the rollout task says what serves, with the outcome
+    assert tasks["push"]["outlets"] == []
+    assert [uri.rstrip("/") for uri in tasks["rollout"]["outlets"]] == [f"triton://{spec.params.export.model_name}"]
+    assert tasks["rollout"]["links"] == ["Reports"] and "Promote" in tasks["rollout"]["doc_md"]

@@ -107,3 +107,22 @@ def test_rendered_text_is_the_canonical_form_of_its_message(params, render):
     stored version without a recorded hash. The hand-written f-string renderer failed this."""
     text = render(params.export, SIGNATURE)
     assert text_format.MessageToString(configs.check_config(text)) == text
+
+
+@pytest.mark.parametrize("entry", ["onnxruntime", "libtorch"])
+def test_the_rollout_router_fronts_gpu_backends_from_the_cpu(params, entry):
+    """The router is a CPU Python model with the champion's tensors, whatever backend serves the
+    versions behind it; versions on the same backend fit behind it, a switch of tensor names does not."""
+    from serving.rollout.router_config import Routing, incompatible, router_config
+
+    gpu = configs.onnx_gpu_config if entry == "onnxruntime" else configs.libtorch_gpu_config
+    champion = candidate = configs.check_config(gpu(params.export, SIGNATURE))
+    routing = Routing("r1", 0, "canary", 5.0, (f"{champion.name}.champion", 3), (f"{champion.name}.candidate", 4), 64)
+    router = configs.check_config(text_format.MessageToString(router_config(champion, champion.name, 4, routing)))
+    assert (router.name, router.backend, router.platform) == (champion.name, "python", "")
+    assert [(g.kind, g.count) for g in router.instance_group] == [(pb.ModelInstanceGroup.KIND_CPU, 1)]
+    assert list(router.input) == list(champion.input) and list(router.output) == list(champion.output)
+    assert router.parameters["rollout_candidate_model"].string_value == f"{champion.name}.candidate"
+    assert incompatible(champion, candidate) is None
+    cpu = configs.check_config(configs.python_backend_config(params.export, SIGNATURE))
+    assert (incompatible(cpu, candidate) is None) == (entry == "onnxruntime")  # libtorch names its tensors input__0
