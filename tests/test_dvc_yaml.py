@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import shlex
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +70,25 @@ def test_every_module_a_stage_imports_is_a_dep(stages):
         if absent := sorted(p for p in code if not _covered(p, stage.deps)):
             missing[stage.name] = absent
     assert missing == {}, f"add these to the stages' deps in dvc.yaml: {missing}"
+
+
+def test_a_code_folder_dep_hashes_its_sources_not_the_bytecode_cache(stages):
+    """A folder of modules is a dep (pipeline/models, pipeline/validation); Python writes its
+    `__pycache__` there on import. Hashed, the lock would change with whoever last imported the code
+    and with the interpreter's version: DVC must ignore it (asked of the real DVC CLI)."""
+    folders = sorted(
+        {d for stage in stages for d in stage.deps if (ROOT / d).is_dir() and any((ROOT / d).glob("*.py"))}
+    )
+    assert folders, "no folder of modules among the deps: is the reading of dvc.yaml broken?"
+    caches = [f"{folder}/__pycache__/module.cpython-311.pyc" for folder in folders]
+    done = subprocess.run(
+        [sys.executable, "-m", "dvc", "check-ignore", "--non-matching", "--details", *caches],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    not_ignored = [line.split()[-1] for line in done.stdout.splitlines() if line.startswith("::")]
+    assert not_ignored == [], f"DVC hashes these bytecode caches in code deps; ignore them in .dvcignore: {not_ignored}"
 
 
 def test_every_code_dep_is_code_the_stage_runs(stages):
