@@ -30,7 +30,7 @@ from pipeline.params import load_params  # noqa: E402
 from pipeline.rows import Rows  # noqa: E402
 from pipeline.training import fit  # noqa: E402
 from serving import configs  # noqa: E402
-from stages import export  # noqa: E402
+from stages import _parity, export  # noqa: E402
 
 
 def legacy_export(module: torch.nn.Module, n_features: int, path: Path, opset: int) -> None:
@@ -82,7 +82,7 @@ def main() -> None:
         config = config_for(train_params.model, params.data, train.x.shape[1])
         model = fit(config, train, val, train_params, params.data, progress=False).model
         module = export.Probabilities(model).eval()
-        expected = export.torch_probabilities(module, test)
+        expected = _parity.torch_probabilities(module, test)
         best = {}
         with tempfile.TemporaryDirectory() as tmp:
             for name, write in exporters.items():
@@ -92,7 +92,7 @@ def main() -> None:
                     started = time.perf_counter()
                     write(module, config.n_features, path, params.export.opset)
                     times.append(time.perf_counter() - started)
-                parity = float(np.abs(export.onnx_probabilities(path, test) - expected).max())
+                parity = float(np.abs(_parity.onnx_probabilities(path, test) - expected).max())
                 best[name] = min(times[1:] or times)
                 ratio = f"{best[name] / best['legacy']:>10.1f}" if name != "legacy" else f"{'1.0':>10}"
                 print(f"{arch:>5} {name:>8} {times[0]:>8.2f} {best[name]:>7.2f} {parity:>9.1e} {ratio}", flush=True)

@@ -25,14 +25,12 @@ import hashlib
 import json
 import logging
 import shutil
-import subprocess
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 import pandas as pd
 import torch
 from torch import nn
@@ -54,21 +52,18 @@ from pipeline.candidate import (
     TensorSpec,
 )
 from pipeline.errors import StageError
+from pipeline.lineage import file_md5, git_commit
 from pipeline.models import ModelConfig, load_model
 from pipeline.params import DataParams, ExportParams
 from pipeline.rows import Rows, SplitTable
 from pipeline.transform import RawRows
 from serving import configs, gpu_entries
 from stages import _cli
+from stages._parity import check_parity, onnx_outputs, onnx_probabilities, torch_outputs
 
 log = logging.getLogger(__name__)
 
 BACKEND_SOURCE = Path(__file__).resolve().parents[1] / "serving" / "backend" / "model.py"
-BATCH_ROWS = 4096  # test rows per forward pass in the parity checks: bounded memory on a large split
-
-
-class ParityError(StageError):
-    """An exported file disagrees with the PyTorch model beyond export.parity_tolerance."""
 
 
 class Probabilities(nn.Module):
@@ -139,62 +134,6 @@ def export_torchscript(module: nn.Module, n_features: int, path: Path) -> None:
     torch.jit.save(traced, str(path))
 
 
-def batched(predict, rows: Rows) -> np.ndarray:
-    """`predict` (float32 rows -> probabilities) over all rows, a batch at a time."""
-    return np.concatenate([predict(rows.float32(i, i + BATCH_ROWS)) for i in range(0, len(rows), BATCH_ROWS)])
-
-
-def _tensors(result: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-    return result if isinstance(result, tuple) else (result,)
-
-
-def torch_outputs(module: nn.Module, rows: Rows, count: int = 1) -> list[np.ndarray]:
-    """Each of the module's `count` outputs over all rows."""
-    with torch.no_grad():
-        return [batched(lambda x, k=k: _tensors(module(torch.from_numpy(x)))[k].numpy(), rows) for k in range(count)]
-
-
-def onnx_outputs(path: Path, rows: Rows, names: list[str]) -> list[np.ndarray]:
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return [batched(lambda x, n=n: session.run([n], {configs.INPUT_NAME: x})[0], rows) for n in names]
-
-
-def torch_probabilities(module: nn.Module, rows: Rows) -> np.ndarray:
-    return torch_outputs(module, rows)[0]
-
-
-def onnx_probabilities(path: Path, rows: Rows | RawRows) -> np.ndarray:
-    """The ONNX file's probabilities: on float32 rows, or on raw rows (a mixed table's model, whose
-    graph holds the transform) fed as the served model's inputs."""
-    if not isinstance(rows, RawRows):
-        return onnx_outputs(path, rows, [configs.OUTPUT_NAME])[0]
-    from pipeline.transform_onnx import feeds
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    parts = [
-        session.run([configs.OUTPUT_NAME], feeds(rows.take(np.arange(i, min(i + BATCH_ROWS, len(rows))))))[0]
-        for i in range(0, len(rows), BATCH_ROWS)
-    ]
-    return np.concatenate(parts)
-
-
-def torchscript_probabilities(path: Path, rows: Rows) -> np.ndarray:
-    return torch_probabilities(torch.jit.load(str(path), map_location="cpu").eval(), rows)
-
-
-def check_parity(fmt: str, expected: np.ndarray, actual: np.ndarray, tolerance: float) -> float:
-    """Max abs difference of two probability tables; ParityError when above the tolerance."""
-    if actual.shape != expected.shape:
-        raise ParityError(f"{fmt} output has shape {actual.shape}, the PyTorch model gives {expected.shape}")
-    diff = float(np.max(np.abs(actual.astype(np.float64) - expected.astype(np.float64))))
-    if not diff <= tolerance:  # also catches NaN
-        raise ParityError(
-            f"{fmt} export differs from the PyTorch model on the test split: max abs diff {diff:.3g} > "
-            f"export.parity_tolerance {tolerance:g}. Check the exporter (export.opset) or raise the tolerance."
-        )
-    return diff
-
-
 def golden_indices(labels: np.ndarray, count: int) -> np.ndarray:
     """Up to `count` test rows, taking classes in turn so that the smoke test covers many of them."""
     rank = pd.Series(labels).groupby(labels).cumcount().to_numpy()
@@ -234,34 +173,6 @@ def golden_samples(
         atol=export.parity_tolerance,
         more_outputs={name: values[picks].tolist() for name, values in more.items()} if more else None,
     )
-
-
-def file_md5(path: str | Path) -> str:
-    """The md5 DVC 3 records for a file (of its bytes, as they are), or for a folder (the tables
-    clean and split write: `<md5 of its listing>.dir`, the listing being each file's md5 and path
-    in it, sorted by path, as JSON)."""
-    path = Path(path)
-    if path.is_dir():
-        listing = [
-            {"md5": file_md5(f), "relpath": f.relative_to(path).as_posix()}
-            for f in sorted(path.rglob("*"), key=lambda f: f.relative_to(path).as_posix())
-            if f.is_file()
-        ]
-        return hashlib.md5(json.dumps(listing, sort_keys=True).encode("utf-8")).hexdigest() + ".dir"
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def git_commit() -> str | None:
-    """HEAD of the repository the stage runs in; None outside git (e.g. an unpacked release)."""
-    try:
-        done = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip() or None
 
 
 def write_entries(

@@ -31,7 +31,7 @@ from support import GIT_ENV, S3_ENV, copy_project, edit_params, moto_s3
 
 from orchestration import pinning, steps
 from orchestration.workspace import dvc_command, tool_env
-from stages.export import file_md5
+from pipeline.lineage import file_md5
 
 pytestmark = [pytest.mark.integration, pytest.mark.s3]
 

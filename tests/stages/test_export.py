@@ -16,12 +16,12 @@ import torch
 from conftest import tiny_image_table
 from tritonclient.grpc import model_config_pb2 as pb
 
-from pipeline import atomic
+from pipeline import atomic, lineage
 from pipeline.models import CNNConfig, build_model
 from pipeline.params import ParamsError, parse_params
 from pipeline.rows import Rows, SplitTable
 from serving import configs
-from stages import _cli, export
+from stages import _cli, _parity, export
 
 
 def assignment_for(table: pd.DataFrame) -> pd.DataFrame:
@@ -214,11 +214,11 @@ def test_parity_failure_stops_the_export(tmp_path, image_table, params, monkeypa
 
 def test_check_parity_reports_diff_and_key():
     expected = np.full((3, 2), 0.5, np.float32)
-    assert export.check_parity("ONNX", expected, expected + 1e-6, 1e-4) == pytest.approx(1e-6, rel=0.1)
-    with pytest.raises(export.ParityError, match=r"max abs diff 0\.01 > export\.parity_tolerance 0\.0001"):
-        export.check_parity("ONNX", expected, expected + 0.01, 1e-4)
-    with pytest.raises(export.ParityError, match="parity_tolerance"):
-        export.check_parity("ONNX", expected, expected * np.nan, 1e-4)
+    assert _parity.check_parity("ONNX", expected, expected + 1e-6, 1e-4) == pytest.approx(1e-6, rel=0.1)
+    with pytest.raises(_parity.ParityError, match=r"max abs diff 0\.01 > export\.parity_tolerance 0\.0001"):
+        _parity.check_parity("ONNX", expected, expected + 0.01, 1e-4)
+    with pytest.raises(_parity.ParityError, match="parity_tolerance"):
+        _parity.check_parity("ONNX", expected, expected * np.nan, 1e-4)
 
 
 def test_model_for_other_classes_is_refused(tmp_path, image_table, params):
@@ -263,7 +263,7 @@ def test_file_md5_is_what_dvc_records(tmp_path):
 
     path = tmp_path / "file.bin"
     path.write_bytes(b"PAR1 hello\r\n" * 1000)  # DVC 3 hashes the bytes as they are
-    assert export.file_md5(path) == file_md5(str(path))
+    assert lineage.file_md5(path) == file_md5(str(path))
 
 
 def test_a_folder_md5_is_what_dvc_records(tmp_path):
@@ -281,4 +281,4 @@ def test_a_folder_md5_is_what_dvc_records(tmp_path):
     for part in folder.iterdir():
         tree.add((part.name,), Meta(), HashInfo("md5", file_md5(str(part))))
     tree.digest()
-    assert export.file_md5(folder) == tree.hash_info.value
+    assert lineage.file_md5(folder) == tree.hash_info.value
