@@ -15,9 +15,11 @@ import logging
 import shutil
 import subprocess
 import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from subprocess import PIPE
+from typing import Any
 
 from orchestration import dvc_runner, workspace
 from orchestration.steps import Fleet
@@ -78,6 +80,40 @@ def dvc(root: Path, *commands: Sequence[str]) -> list[str]:
     return outputs
 
 
+def metrics_lines(shown: str, width: int = 110) -> list[str]:
+    """`dvc metrics show --json` as a few lines per metrics file (`key=value`, nested keys dotted,
+    numbers to 4 significant digits), wrapped to `width`: DVC's own table has a column per key of
+    every file, about 150 for this pipeline, too wide to read in a terminal."""
+    try:
+        workspaces = json.loads(shown)
+    except ValueError:
+        return [f"  {shown.strip()}"]  # a failed command says so in its place
+    workspace: dict[str, Any] = next(iter(workspaces.values()), {})
+    lines: list[str] = []
+    for path, entry in workspace.get("data", {}).items():
+        pairs = [f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}" for key, value in _flat(entry)]
+        lines += textwrap.wrap(
+            "  ".join(pairs) or "(no metrics)",
+            width,
+            initial_indent=f"  {path:<28} ",
+            subsequent_indent=" " * 31,
+            break_long_words=False,
+            break_on_hyphens=False,
+        )
+    return lines
+
+
+def _flat(entry: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    data = entry.get("data", entry) if not prefix else entry
+    pairs: list[tuple[str, Any]] = []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            pairs += _flat(value, f"{prefix}{key}.")
+        else:
+            pairs.append((f"{prefix}{key}", value))
+    return pairs
+
+
 def report_lines(root: Path, outputs: Sequence[str], gate: Path | None) -> list[str]:
     """Where each report is, as paths a person can open from the project folder."""
     lines = []
@@ -109,8 +145,10 @@ def show(project: Path, run_id: str | None = None) -> int:
         return 1
     relative = root.relative_to(project)
     print(f"\nThe published version {version}, checked out with its metrics and reports in {relative}/:")
-    metrics, plots = dvc(root, ("metrics", "show", "--md"), ("plots", "show", "-o", "dvc_plots"))
-    print(metrics.rstrip())
+    metrics, plots = dvc(root, ("metrics", "show", "--json"), ("plots", "show", "-o", "dvc_plots"))
+    print("\nmetrics:")
+    for line in metrics_lines(metrics):
+        print(line)
     index = root / "dvc_plots" / "index.html"
     print("\nreports:")
     for line in report_lines(root, shown_outputs(fleet), gates[-1] if gates else None):

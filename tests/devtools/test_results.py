@@ -47,3 +47,24 @@ def test_results_check_out_the_published_version_with_its_shown_outputs(
     assert json.loads((checkout / "summary.json").read_text())["folds"] == ["0.json", "1.json", "2.json"]
     assert not (checkout / "data.txt").exists()  # data and models stay on the remote
     assert (checkout / "dvc.lock").is_file()  # the published lock: dvc metrics/plots show work there
+
+
+def test_metrics_read_as_lines_per_file_not_one_table_a_column_per_key() -> None:
+    shown = json.dumps(
+        {
+            "": {
+                "data": {
+                    "metrics/evaluate.json": {"data": {"accuracy": 0.98888888, "test_rows": 270}},
+                    "metrics/split.json": {"data": {f"train.{c}": 100 + c for c in range(40)} | {"rows": {"test": 27}}},
+                }
+            }
+        }
+    )
+    lines = results.metrics_lines(shown, width=80)
+    assert lines[0] == f"  {'metrics/evaluate.json':<28} accuracy=0.9889  test_rows=270"
+    split = lines[1:]
+    assert split[0].startswith(f"  {'metrics/split.json':<28} train.0=100  ") and len(split) > 3
+    assert all(len(line) <= 80 and line.startswith(" " * 31) for line in split[1:])  # wrapped under its file
+    assert " ".join(split).split()[-1] == "rows.test=27"  # nested keys dotted, no pair cut in two
+    failed = "(dvc metrics show --json failed: no dvc.lock)"
+    assert results.metrics_lines(failed) == [f"  {failed}"]
