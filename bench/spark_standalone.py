@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,22 +21,13 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+from devtools.ports import free_ports
+
 
 def spark_home() -> Path:
     import pyspark
 
     return Path(pyspark.__file__).parent
-
-
-def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def _start(log: Path, *args: str) -> subprocess.Popen:
@@ -61,7 +51,7 @@ def standalone(cores: int = 2, memory: str = "2g", logs: Path | None = None, tim
     """A master and a worker with `cores` cores and `memory`; yields the master URL."""
     folder = Path(logs or tempfile.mkdtemp(prefix="spark-logs-"))
     folder.mkdir(parents=True, exist_ok=True)
-    port, ui, worker_ui = _free_ports(3)
+    port, ui, worker_ui = free_ports(3)
     url = f"spark://127.0.0.1:{port}"
     master = _start(
         folder / "master.log",
