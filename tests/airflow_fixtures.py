@@ -217,6 +217,34 @@ def api_server(env: dict[str, str], port: int, log: Path) -> Iterator[Any]:
         yield api
 
 
+@contextlib.contextmanager
+def standalone_api(env: dict[str, str], log: Path, cwd: Path, port: int, dag_id: str) -> Iterator[Any]:
+    """`airflow standalone` (scheduler, triggerer, dag-processor, api-server on `port`) until the
+    block ends: an AirflowApi on it once the api-server answers and `dag_id` has been parsed."""
+    from devtools.airflow_api import AirflowApi, AirflowApiError
+
+    with started([str(BIN / "airflow"), "standalone"], env, log, cwd=cwd) as process:
+        api = AirflowApi(f"http://127.0.0.1:{port}")
+        deadline = time.monotonic() + 300
+        while True:
+            assert process.poll() is None, log.read_text()[-4000:]
+            with contextlib.suppress(AirflowApiError):
+                api.dag(dag_id)
+                break
+            assert time.monotonic() < deadline, f"the DAG {dag_id} never appeared:\n{log.read_text()[-4000:]}"
+            time.sleep(2)
+        yield api
+
+
+def wait_for(what: str, check: Callable[[], Any], log: Path, timeout_s: float = 180, poll_s: float = 0.5) -> Any:
+    """`check()`'s first true value, polled every `poll_s`; fails with `log`'s tail after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not (found := check()):
+        assert time.monotonic() < deadline, f"{what}: not within {timeout_s:.0f}s\n{log.read_text()[-4000:]}"
+        time.sleep(poll_s)
+    return found
+
+
 # Airflow set up for a team, as the docs' team-setup page describes: the simple auth manager with
 # users and passwords (no all-admins), multi-team mode, and the DAG folder's bundle owned by TEAM.
 # alice may read TEAM's DAGs; mallory is a viewer of another team's.
@@ -250,6 +278,8 @@ def helpers() -> SimpleNamespace:
         airflow=airflow,
         airflow_env=airflow_env,
         api_server=api_server,
+        standalone_api=standalone_api,
+        wait_for=wait_for,
         dags_test=dags_test,
         dags_test_run=dags_test_run,
         free_ports=free_ports,

@@ -12,16 +12,15 @@ import contextlib
 import json
 import os
 import shutil
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from support import edit_params, local_triton, started
+from support import edit_params, local_triton
 
-from devtools.airflow_api import AirflowApi, AirflowApiError
+from devtools.airflow_api import AirflowApi
 from devtools.airflow_home import airflow_env, prepare_airflow
 from orchestration.params import load_project_params
 
@@ -65,17 +64,7 @@ def standalone(project: Path, triton, migrated_db: Path, helpers, log: Path) -> 
     home.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(migrated_db, home / "airflow.db")  # migrated once per session; migrate is then a no-op
     prepare_airflow(env, load_project_params(project / "params.yaml").airflow)
-    cmd = [str(Path(sys.executable).parent / "airflow"), "standalone"]
-    with started(cmd, env, log, cwd=project) as process:
-        api = AirflowApi(f"http://127.0.0.1:{api_port}")
-        deadline = time.monotonic() + 300
-        while True:  # the api-server answers and the dag-processor has parsed the DAG
-            assert process.poll() is None, log.read_text()[-4000:]
-            with contextlib.suppress(AirflowApiError):
-                api.dag(DAG_ID)
-                break
-            assert time.monotonic() < deadline, f"the retrain DAG never appeared:\n{log.read_text()[-4000:]}"
-            time.sleep(2)
+    with helpers.standalone_api(env, log, project, api_port, DAG_ID) as api:
         yield api
 
 

@@ -15,17 +15,15 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from serving_traffic import Traffic
-from support import ROOT, local_triton, started
+from support import ROOT, local_triton
 
-from devtools.airflow_api import AirflowApi, AirflowApiError
+from devtools.airflow_api import AirflowApi
 from devtools.toy import build_candidate
 from serving import loading
 from serving.client import ClientSettings, TritonClient
@@ -89,25 +87,8 @@ def standalone(dags: Path, connection: dict, helpers, make_airflow_home, log: Pa
         AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT=str(trigger_log_port),
         AIRFLOW_CONN_TRITON_DEFAULT=json.dumps(connection),
     )
-    with started([str(Path(sys.executable).parent / "airflow"), "standalone"], env, log, cwd=dags) as process:
-        api = AirflowApi(f"http://127.0.0.1:{api_port}")
-        deadline = time.monotonic() + 300
-        while True:  # the api-server answers and the dag-processor has parsed the DAG
-            assert process.poll() is None, log.read_text()[-4000:]
-            with contextlib.suppress(AirflowApiError):
-                api.dag(DAG_ID)
-                break
-            assert time.monotonic() < deadline, f"the DAG never appeared:\n{log.read_text()[-4000:]}"
-            time.sleep(2)
+    with helpers.standalone_api(env, log, dags, api_port, DAG_ID) as api:
         yield api
-
-
-def wait_for(what: str, check, log: Path, timeout_s: float = 180):
-    deadline = time.monotonic() + timeout_s
-    while not (found := check()):
-        assert time.monotonic() < deadline, f"{what}: not within {timeout_s:.0f}s\n{log.read_text()[-4000:]}"
-        time.sleep(0.5)
-    return found
 
 
 def test_the_rollout_task_defers_resumes_on_the_test_and_a_person_overrides_it(
@@ -152,12 +133,12 @@ def test_the_rollout_task_defers_resumes_on_the_test_and_a_person_overrides_it(
                     assert state not in ("failed", "upstream_failed"), log.read_text()[-6000:]
                     return state
 
-                wait_for("the task deferred", lambda: rollout_state() == "deferred", log)
+                helpers.wait_for("the task deferred", lambda: rollout_state() == "deferred", log)
                 pushed = api.xcom(DAG_ID, run_id, "push")
                 assert (pushed["version"], pushed["serving"], pushed["rollout"]["status"]) == (2, 1, "running"), pushed
                 # The triggerer decides step 1 passed; the task resumes, moves on, and defers again.
-                wait_for("the second step", lambda: load_state(repo, MODEL).step == 1, log)
-                wait_for("deferred again", lambda: rollout_state() == "deferred", log)
+                helpers.wait_for("the second step", lambda: load_state(repo, MODEL).step == 1, log)
+                helpers.wait_for("deferred again", lambda: rollout_state() == "deferred", log)
                 page = api.get_page(f"/retrain-reports/{DAG_ID}/{run_id}/rollout")
             assert traffic.failures == [] and traffic.answers["unknown"] == 0
             assert "Sequential test" in page and "step 2 of 2" in page and "<svg" in page  # the live comparison
@@ -166,7 +147,7 @@ def test_the_rollout_task_defers_resumes_on_the_test_and_a_person_overrides_it(
             # scheduler has taken in that the deferred worker exited (an answer before that races
             # Airflow's own bookkeeping: it takes the late exit for the resumed task's and fails it).
             exited = f"TaskInstance Finished: dag_id={DAG_ID}, task_id=rollout,"
-            wait_for("the worker's exit seen", lambda: log.read_text().count(exited) >= 2, log)
+            helpers.wait_for("the worker's exit seen", lambda: log.read_text().count(exited) >= 2, log)
             api.respond(DAG_ID, run_id, "rollout", ["Abort"])
             finished = api.wait_for_run(DAG_ID, run_id, timeout_s=180, poll_s=1)
             assert finished["state"] == "success", api.task_instances(DAG_ID, run_id)

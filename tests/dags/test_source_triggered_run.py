@@ -14,8 +14,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +21,7 @@ import boto3
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from support import S3_ENV, moto_s3, started
+from support import S3_ENV, moto_s3
 
 from devtools.airflow_api import AirflowApi, AirflowApiError
 from orchestration.source_trigger import STATE_KEY
@@ -99,26 +97,8 @@ def standalone(dags: Path, endpoint: str, helpers, make_airflow_home, log: Path)
         AIRFLOW_CONN_AWS_DEFAULT=json.dumps(connection),
     )
     env = {k: v for k, v in env.items() if not k.startswith("AWS_")}  # the Connection is the only way in
-    cmd = [str(Path(sys.executable).parent / "airflow"), "standalone"]
-    with started(cmd, env, log, cwd=dags) as process:
-        api = AirflowApi(f"http://127.0.0.1:{api_port}")
-        deadline = time.monotonic() + 300
-        while True:  # the api-server answers and the dag-processor has parsed the DAG
-            assert process.poll() is None, log.read_text()[-4000:]
-            with contextlib.suppress(AirflowApiError):
-                api.dag(DAG_ID)
-                break
-            assert time.monotonic() < deadline, f"the DAG never appeared:\n{log.read_text()[-4000:]}"
-            time.sleep(2)
+    with helpers.standalone_api(env, log, dags, api_port, DAG_ID) as api:
         yield api
-
-
-def wait_for(what: str, check, log: Path, timeout_s: float = 180):
-    deadline = time.monotonic() + timeout_s
-    while not (found := check()):
-        assert time.monotonic() < deadline, f"{what}: not within {timeout_s:.0f}s\n{log.read_text()[-4000:]}"
-        time.sleep(1)
-    return found
 
 
 def test_a_new_partition_starts_a_run_that_trains_on_it_and_an_unchanged_prefix_starts_none(
@@ -139,16 +119,18 @@ def test_a_new_partition_starts_a_run_that_trains_on_it_and_an_unchanged_prefix_
         s3.put_object(Bucket=BUCKET, Key="digits/day=2026-01-05/part-0.parquet", Body=digits_part(slice(0, 150)))
         with standalone(dags, endpoint, helpers, make_airflow_home, log) as api:
             api.set_paused(DAG_ID, False)
-            asset = wait_for("the data asset", lambda: _asset(api), log)
+            asset = helpers.wait_for("the data asset", lambda: _asset(api), log, poll_s=1)
 
             def looks() -> int:
                 return int((api.asset_state(asset["id"]).get(STATE_KEY) or {}).get("looks", 0))
 
-            wait_for("the trigger's first look", lambda: looks() >= 2, log)  # the first and an unchanged one
+            helpers.wait_for(
+                "the trigger's first look", lambda: looks() >= 2, log, poll_s=1
+            )  # the first and an unchanged one
             assert api.runs(DAG_ID) == []  # what was there before starts nothing
 
             s3.put_object(Bucket=BUCKET, Key="digits/day=2026-01-12/part-0.parquet", Body=digits_part(slice(150, 300)))
-            (run,) = wait_for("a run", lambda: api.runs(DAG_ID), log)
+            (run,) = helpers.wait_for("a run", lambda: api.runs(DAG_ID), log, poll_s=1)
             assert run["run_type"] == "asset_triggered", run
             finished = api.wait_for_run(DAG_ID, run["dag_run_id"], timeout_s=180, poll_s=1)
             assert finished["state"] == "success", api.task_instances(DAG_ID, run["dag_run_id"])
@@ -156,7 +138,7 @@ def test_a_new_partition_starts_a_run_that_trains_on_it_and_an_unchanged_prefix_
             assert trained["objects"] == 2 and trained["rows"] == 300 and trained["accuracy"] > 0.9
 
             seen = looks()
-            wait_for("three more looks at the unchanged prefix", lambda: looks() >= seen + 3, log)
+            helpers.wait_for("three more looks at the unchanged prefix", lambda: looks() >= seen + 3, log, poll_s=1)
             assert [r["dag_run_id"] for r in api.runs(DAG_ID)] == [run["dag_run_id"]]
 
 
