@@ -39,7 +39,7 @@ def print_served(params: ProjectParams) -> None:
     tritonclient. Whatever state the server is in (down, serving nothing, serving another
     version), each problem is one line, never a traceback."""
     from pipeline.errors import StageError
-    from serving.client import ClientError, ServerUnreachable, TritonClient
+    from serving.client import INTERNAL_REQUEST_ID, ClientError, ServerUnreachable, TritonClient
     from serving.loading import golden_inputs
     from serving.settings import ServingSettings
     from serving.status import serving_status
@@ -71,7 +71,7 @@ def print_served(params: ProjectParams) -> None:
         rows = {k: v[:3] for k, v in inputs.items()} if isinstance(inputs, dict) else inputs[:3]
         try:
             with TritonClient(settings.client) as client:
-                probabilities = client.predict(model.model, rows, version=model.serving)
+                probabilities = client.predict(model.model, rows, version=model.serving, request_id=INTERNAL_REQUEST_ID)
         except (ClientError, ServerUnreachable) as error:
             print(f"  sample prediction: none ({error})")
             continue

@@ -17,7 +17,7 @@ from typing import Any
 
 from pipeline.errors import StageError
 from pipeline.params import DEFAULT_PATH, load_params
-from serving.client import ClientError, ServerUnreachable, TritonClient
+from serving.client import INTERNAL_REQUEST_ID, ClientError, ServerUnreachable, TritonClient
 from serving.errors import PushError
 from serving.loading import golden_inputs
 from serving.metrics import MetricsUnavailable, VersionCounters, live_counters
@@ -201,7 +201,7 @@ def cmd_sample(args: argparse.Namespace, params: Params) -> dict[str, Any]:
     if version is None or golden is None:
         raise PushError(f"{name} has no serving version with golden samples in {repo.root}; push one first")
     with TritonClient(settings.client) as client:
-        probabilities = client.predict(name, golden_inputs(golden))
+        probabilities = client.predict(name, golden_inputs(golden), request_id=INTERNAL_REQUEST_ID)
     card = repo.card(name, version)
     classes = (card.classes if card else None) or list(range(probabilities.shape[1]))
     predicted = [classes[i] for i in probabilities.argmax(axis=1)]

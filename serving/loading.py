@@ -17,7 +17,7 @@ from typing import TypeVar
 import numpy as np
 
 from pipeline.candidate import GoldenSamples
-from serving.client import TritonClient
+from serving.client import INTERNAL_REQUEST_ID, TritonClient
 from serving.errors import PushError
 from serving.repository import TritonRepository, config_json, pin_versions
 
@@ -58,7 +58,14 @@ def smoke_test(client: TritonClient, name: str, version: int, golden: GoldenSamp
     diffs: list[float] = []
     for output_name, values in outputs.items():
         expected = np.asarray(values, dtype=np.float64)
-        got = client.infer(name, inputs, version=version, input_name=golden.input_name, output_name=output_name)
+        got = client.infer(
+            name,
+            inputs,
+            version=version,
+            input_name=golden.input_name,
+            output_name=output_name,
+            request_id=INTERNAL_REQUEST_ID,
+        )
         what = "" if not diffs else f" {output_name}"  # the first output's messages stay as they were
         if got.shape != expected.shape:
             raise PushError(

@@ -18,6 +18,18 @@ Port = Annotated[int, Field(ge=1, le=65535)]
 Seconds = Annotated[float, Field(gt=0.0)]
 
 
+class SampleParams(Section):
+    """A share of live requests kept on the server's host as Parquet parts (docs/live.md): what
+    the live loop's drift check and labelled accuracy read. Requests are user data: they stay in
+    `dir`, and parts older than `retention_days` are deleted."""
+
+    rate: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0  # share of requests kept (0 = off)
+    dir: str = ".triton/live"  # folder of the kept rows, one subfolder per served name
+    rotate_rows: Positive = 10000  # a part is written once this many rows wait...
+    rotate_s: Seconds = 300.0  # ...or this many seconds after the previous one
+    retention_days: Seconds = 30.0  # parts older than this are deleted (by the server, at each write)
+
+
 class ServingParams(Section):
     """The Triton server and the push/rollback commands. Environment variables and an Airflow
     Connection override its keys (serving/overrides.py); credentials come only from there."""
@@ -36,6 +48,7 @@ class ServingParams(Section):
     backoff_s: Annotated[float, Field(ge=0.0)] = 0.5
     retention: Positive = 5
     candidate_entry: Literal["triton", "gpu", "gpu_torchscript"] = "triton"
+    sample: SampleParams = SampleParams()
 
     @model_validator(mode="after")
     def _check(self) -> ServingParams:

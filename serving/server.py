@@ -37,8 +37,9 @@ from pathlib import Path
 
 from pipeline.atomic import write_text
 from serving import control
+from serving.live.sample import with_sample
 from serving.overrides import Overrides
-from serving.params import ServingParams
+from serving.params import SampleParams, ServingParams
 from serving.process import ServerError, prepare_backends, server_environment, wheel_dir
 from serving.repository import open_store
 
@@ -63,6 +64,7 @@ class ServerSettings:
     stop_timeout_s: float = 15.0
     # The model-control key to start with; None = a fresh one per start (serving.control).
     control_key: str | None = field(default=None, repr=False)
+    sample: SampleParams = SampleParams()  # live requests its model entries keep (rate 0: none)
 
     @classmethod
     def resolve(cls, params: ServingParams, overrides: Overrides) -> ServerSettings:
@@ -77,6 +79,7 @@ class ServerSettings:
             metrics_port=params.metrics_port,
             start_timeout_s=params.start_timeout_s,
             control_key=overrides.control_key,
+            sample=params.sample,
         )
 
     @classmethod
@@ -328,7 +331,7 @@ def start_server(settings: ServerSettings) -> ServerState:
                 stdout=log_stream,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env=server_environment(),
+                env=with_sample(server_environment(), settings.sample),
                 start_new_session=True,  # a Ctrl-C in the caller's terminal does not reach the server
             )
         write_text(settings.pid_file, f"{process.pid}\n")

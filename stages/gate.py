@@ -219,15 +219,20 @@ def champion_probabilities(
 ) -> np.ndarray:
     """Probabilities from the served model, in requests no larger than its max batch size;
     `features` are float rows, or {input name: rows} (a mixed table's numbers and categories)."""
+    from serving.client import INTERNAL_REQUEST_ID as INTERNAL  # not kept in the live sample
+
     if isinstance(features, dict):
         n = len(next(iter(features.values())))
         parts = [
-            client.predict(model, {k: v[i : i + batch] for k, v in features.items()}, version=version)
+            client.predict(
+                model, {k: v[i : i + batch] for k, v in features.items()}, version=version, request_id=INTERNAL
+            )
             for i in range(0, n, batch)
         ]
     else:
         parts = [
-            client.predict(model, features[i : i + batch], version=version) for i in range(0, len(features), batch)
+            client.predict(model, features[i : i + batch], version=version, request_id=INTERNAL)
+            for i in range(0, len(features), batch)
         ]
     return np.concatenate(parts, axis=0)
 

@@ -114,13 +114,17 @@ class TritonPythonModel:
             point = (self.sequence * SPREAD) % 1.0 * 100.0
         return point < self.share
 
-    async def call(self, role, tensors):
+    async def call(self, role, tensors, request_id=""):
         """One BLS request to a version, in a thread of the pool (its time is taken there, as soon
         as the answer is back, whatever the event loop is busy with); counted. Returns (response or
         None, error text or None)."""
         model, version = self.versions[role]
         request = pb_utils.InferenceRequest(
-            model_name=model, model_version=version, requested_output_names=self.outputs, inputs=tensors
+            model_name=model,
+            model_version=version,
+            requested_output_names=self.outputs,
+            inputs=tensors,
+            request_id=request_id,  # the client's id: the version's live sample keeps it
         )
         response, error, seconds = await asyncio.get_running_loop().run_in_executor(self.pool, self.exec, request)
         labels = {"version": str(version), "role": role}
@@ -149,10 +153,10 @@ class TritonPythonModel:
         values = pb_utils.get_output_tensor_by_name(response, self.outputs[0]).as_numpy()
         return np.argmax(values, axis=-1).ravel() if values.ndim == 2 else np.zeros(0, dtype=np.int64)
 
-    async def shadow(self, copies, champion_classes):
+    async def shadow(self, copies, champion_classes, request_id):
         """The candidate's copy of a request: counted, compared with the champion's answer, dropped."""
         try:
-            response, error = await self.call("candidate", copies)
+            response, error = await self.call("candidate", copies, request_id)
             if error is None:
                 mine, theirs = self.top_classes(response), await champion_classes
                 if len(mine) == len(theirs) and len(mine):
@@ -166,25 +170,26 @@ class TritonPythonModel:
 
     async def route(self, request):
         tensors = [pb_utils.get_input_tensor_by_name(request, name) for name in self.inputs]
+        request_id = request.request_id()
         if self.mode == "canary":
             role = "candidate" if self.goes_to_candidate(request) else "champion"
-            response, error = await self.call(role, tensors)
+            response, error = await self.call(role, tensors, request_id)
             return self.answer(response, error)
         # Shadow: both calls leave at once, which one first alternating (neither queues behind the
         # other more often); the client waits for the champion's only.
         champion_classes = asyncio.get_running_loop().create_future()
         self.sequence += 1
-        champion_call = asyncio.ensure_future(self.call("champion", tensors)) if self.sequence % 2 else None
+        champion_call = asyncio.ensure_future(self.call("champion", tensors, request_id)) if self.sequence % 2 else None
         if self.in_flight < self.shadow_limit:
             self.in_flight += 1
             # Copies: the request's own tensors are freed once the client has its answer.
             copies = [pb_utils.Tensor(t.name(), t.as_numpy().copy()) for t in tensors]
-            task = asyncio.ensure_future(self.shadow(copies, champion_classes))
+            task = asyncio.ensure_future(self.shadow(copies, champion_classes, request_id))
             self.background.add(task)
             task.add_done_callback(self.background.discard)
         else:
             self.count("rollout_shadow_skipped_total")
-        response, error = await (champion_call or self.call("champion", tensors))
+        response, error = await (champion_call or self.call("champion", tensors, request_id))
         champion_classes.set_result(self.top_classes(response) if error is None else np.zeros(0, dtype=np.int64))
         return self.answer(response, error)
 

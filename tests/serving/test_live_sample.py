@@ -1,0 +1,164 @@
+"""The live sample on a real local Triton: the server keeps a share of the requests it answers, with
+their ids, the version that answered and the answer, as Parquet parts; old parts are deleted; the
+project's own requests are never kept; during a rollout each row says which version answered."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from serving_traffic import true_outputs
+from support import free_ports
+
+from serving import control
+from serving.client import ClientSettings, TritonClient
+from serving.live.sample import ENV_NAMES, ENV_RATE, read_sample, sample_parts, with_sample
+from serving.params import SampleParams
+from serving.push import push_candidate
+from serving.rollout import operations
+from serving.rollout.params import RolloutParams
+from serving.server import ServerSettings, stop_server
+from serving.settings import ServingSettings
+from serving.startup import start_local_server
+
+pytestmark = pytest.mark.triton
+
+RATE = 0.5
+ROWS = np.random.default_rng(3).uniform(0, 16, (400, 64)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Iterator[ServerSettings]:
+    """A server of this module's own, started keeping half of the requests; parts every 0.5 s or
+    60 rows, and a retention of one day."""
+    root = tmp_path_factory.mktemp("live")
+    http, grpc, metrics = free_ports(3)
+    sample = SampleParams(rate=RATE, dir=str(root / "live"), rotate_rows=60, rotate_s=0.5, retention_days=1.0)
+    settings = ServerSettings(
+        root / "models",
+        root / "state",
+        http,
+        grpc,
+        metrics,
+        start_timeout_s=60.0,
+        control_key=control.new_key(),
+        sample=sample,
+    )
+    start_local_server(settings)
+    try:
+        yield settings
+    finally:
+        stop_server(settings)
+
+
+@pytest.fixture(scope="module")
+def settings(server) -> ServingSettings:
+    client = ClientSettings.local(server, timeout_s=30.0, retries=2, backoff_s=0.2)
+    return ServingSettings(client=client, repository=server.repository, load_timeout_s=60.0, retention=5)
+
+
+def send(settings: ServingSettings, name: str, prefix: str, n: int) -> dict[str, np.ndarray]:
+    """n requests of 2 rows each, ids `<prefix><i>`; what each was answered."""
+    answers = {}
+    with TritonClient(settings.client) as client:
+        for i in range(n):
+            rows = ROWS[(2 * i) % len(ROWS) : (2 * i) % len(ROWS) + 2]
+            answers[f"{prefix}{i}"] = client.predict(name, rows, request_id=f"{prefix}{i}")
+    return answers
+
+
+def kept(folder: Path, name: str, ids: set[str], timeout_s: float = 20.0) -> pa.Table:
+    """The kept rows of `ids` once the server has written them all (a part at most 0.5 s later)."""
+    deadline = time.monotonic() + timeout_s
+    previous = -1
+    while True:
+        table = read_sample(folder, name)
+        rows = table.filter(pc.is_in(table["request_id"], pa.array(sorted(ids)))) if table.num_rows else table
+        if rows.num_rows == previous or time.monotonic() > deadline:  # two reads 1 s apart agree
+            return rows
+        previous = rows.num_rows
+        time.sleep(1.0)
+
+
+def test_half_the_requests_are_kept_with_their_id_version_inputs_and_answer(server, settings, make_candidate):
+    name = "live_digits"
+    candidate = make_candidate(name=name, seed=11)
+    push_candidate(candidate, settings)  # its smoke test's requests are the project's own: not kept
+    answers = send(settings, name, "req-", 300)
+    folder = Path(server.sample.dir)
+    table = kept(folder, name, set(answers))
+
+    ids = set(table["request_id"].to_pylist())
+    # Each request is kept with probability 1/2: 300 requests give 150 +- 8.7 (5 sigma: 107..193).
+    assert 107 <= len(ids) <= 193, len(ids)
+    assert table.num_rows == 2 * len(ids)  # every row of a kept request
+    assert set(read_sample(folder, name)["request_id"].to_pylist()) == ids  # nothing else: no smoke test rows
+    assert set(table["model"].to_pylist()) == {name} and set(table["version"].to_pylist()) == {1}
+    now = time.time()
+    for record in table.to_pylist():
+        i = int(record["request_id"].removeprefix("req-"))
+        sent = ROWS[(2 * i) % len(ROWS) + record["row"]]
+        np.testing.assert_array_equal(np.asarray(record["input"], dtype=np.float32), sent)
+        answer = answers[record["request_id"]][record["row"]]
+        np.testing.assert_allclose(record["probabilities"], answer, atol=1e-6)
+        assert record["top_class"] == int(np.argmax(answer))
+        assert now - 120 < record["time"].timestamp() <= now
+    assert len(sample_parts(folder, name)) >= 2  # rotated: at most 60 rows wait for a part
+
+
+def test_parts_older_than_the_retention_are_deleted_at_the_next_write(server, settings, make_candidate):
+    name = "live_retention"
+    folder = Path(server.sample.dir) / name
+    folder.mkdir(parents=True)
+    old, recent = folder / "part-old.parquet", folder / "part-recent.parquet"
+    for part in (old, recent):
+        pq.write_table(pa.table({"request_id": ["x"]}), part)
+    two_days_ago = time.time() - 2 * 86400
+    os.utime(old, (two_days_ago, two_days_ago))
+    push_candidate(make_candidate(name=name, seed=12), settings)
+    send(settings, name, "r-", 40)
+    deadline = time.monotonic() + 20
+    while old.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not old.exists()  # older than retention_days (1): deleted
+    assert recent.exists()  # within it: kept
+
+
+def test_during_a_canary_each_row_names_the_version_that_answered(server, settings, make_candidate):
+    name = "live_canary"
+    champion = make_candidate(name=name, seed=13)
+    candidate = make_candidate(name=name, seed=14)  # other weights: answers tell the versions apart
+    push_candidate(champion, settings)
+    params = RolloutParams(mode="canary", canary_steps=[50.0], poll_s=0.3, min_requests=10**6, max_requests=10**7)
+    started = operations.start_rollout(candidate, settings, params)
+    assert started.state is not None
+    try:
+        answers = send(settings, name, "c-", 200)
+    finally:
+        operations.roll_back(settings, name, "test", "the test is over")
+    folder = Path(server.sample.dir)
+    tables = {role: kept(folder, f"{name}.{role}", set(answers)) for role in ("champion", "candidate")}
+    assert {r: set(t["version"].to_pylist()) for r, t in tables.items()} == {"champion": {1}, "candidate": {2}}
+    ids = {role: set(t["request_id"].to_pylist()) for role, t in tables.items()}
+    assert ids["champion"] and ids["candidate"] and not ids["champion"] & ids["candidate"]
+    assert 65 <= len(ids["champion"] | ids["candidate"]) <= 135  # half of 200 +- 7.1, 5 sigma
+    for role, folder_of in (("champion", champion), ("candidate", candidate)):
+        table = tables[role]
+        for record in table.to_pylist()[:20]:  # the rows the version really answered
+            i = int(record["request_id"].removeprefix("c-"))
+            sent = ROWS[(2 * i) % len(ROWS) + record["row"]][None, :]
+            np.testing.assert_allclose(record["probabilities"], true_outputs(folder_of, sent)[0], atol=1e-5)
+
+
+def test_rate_zero_starts_a_server_that_keeps_nothing_even_with_the_variables_inherited():
+    inherited = {ENV_RATE: "1.0", "PATH": "/bin"}
+    assert with_sample(inherited, SampleParams()) == {"PATH": "/bin"}
+    on = with_sample(inherited, SampleParams(rate=0.25, dir="live"))
+    assert on[ENV_RATE] == "0.25" and set(ENV_NAMES) <= set(on) and Path(on["LIVE_SAMPLE_DIR"]).is_absolute()
