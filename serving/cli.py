@@ -1,5 +1,5 @@
-"""`python -m serving start|stop|status|push|rollback|prune|sample|rollout`: thin CLI over serving.push /
-status / server / rollout.
+"""`python -m serving start|stop|status|push|rollback|prune|sample|rollout|labels|label`: thin CLI over
+serving.push / status / server / rollout / live.
 
 Human-readable tables by default; `--json` prints one JSON object as the last stdout line (for
 Airflow and scripts). Expected failures exit 1 with a one-paragraph message, no traceback.
@@ -13,6 +13,7 @@ import logging
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pipeline.errors import StageError
@@ -123,11 +124,12 @@ class Params:
 
     serving: ServingParams
     model_name: str  # export.model_name
+    classes: list[int | str]  # data.classes: the labels the label service accepts
 
 
 def read_params(path: str) -> Params:
     loaded = load_params(path)
-    return Params(serving_params(loaded, path), loaded.export.model_name)
+    return Params(serving_params(loaded, path), loaded.export.model_name, list(loaded.data.classes))
 
 
 # --- commands -------------------------------------------------------------------------------------
@@ -218,6 +220,32 @@ def cmd_rollout(args: argparse.Namespace, params: Params) -> dict[str, Any]:
     return rollout_cli.run(args, ServingSettings.from_params(params.serving), params.model_name)
 
 
+def cmd_labels(args: argparse.Namespace, params: Params) -> dict[str, Any]:
+    """Run the label service in the foreground (Ctrl-C stops it)."""
+    from serving.live.label_service import serve, service_key
+
+    sample, labels = params.serving.sample, params.serving.labels
+    key = service_key(Path(params.serving.state_dir), create=True)
+    assert key is not None
+    print(f"label service on http://{labels.host}:{labels.port}, sample and labels in {sample.dir}")
+    serve(Path(sample.dir), params.classes, sample.retention_days, key, labels.host, labels.port)
+    return {}
+
+
+def cmd_label(args: argparse.Namespace, params: Params) -> dict[str, Any]:
+    """Send the true class of one kept request to the label service."""
+    from serving.live.label_service import ENV_KEY, KEY_FILE, send_label, service_key
+
+    labels = params.serving.labels
+    url = args.url or f"http://{labels.host}:{labels.port}"
+    key = service_key(Path(params.serving.state_dir))
+    if key is None:
+        raise StageError(f"no key for the label service: set {ENV_KEY}, or run this beside it ({KEY_FILE})")
+    stored = send_label(url, key, args.model or params.model_name, args.request_id, args.label, args.row)
+    print(f"labelled {stored['model']} request {stored['request_id']} row {stored['row']}: {stored['label']}")
+    return {"label": stored}
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, Params], dict[str, Any]]] = {
     "start": cmd_start,
     "stop": cmd_stop,
@@ -227,6 +255,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Params], dict[str, Any]]] = {
     "prune": cmd_prune,
     "sample": cmd_sample,
     "rollout": cmd_rollout,
+    "labels": cmd_labels,
+    "label": cmd_label,
 }
 
 
@@ -265,10 +295,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sample = sub.add_parser("sample", help="a sample prediction of the serving version's golden rows")
     sample.add_argument("--model", help="model name (default: export.model_name)")
+    labels = sub.add_parser("labels", help="the label service: true classes of kept requests, sent later")
+    labels.add_argument("action", choices=["serve"], help="serve: run it in the foreground")
+    label = sub.add_parser("label", help="send the true class of a kept request to the label service")
+    label.add_argument("--request-id", required=True, help="the id the request was sent with")
+    label.add_argument("--label", required=True, help="its true class (one of data.classes)")
+    label.add_argument("--row", type=int, default=0, help="the row of the request (default: 0)")
+    label.add_argument("--model", help="model name (default: export.model_name)")
+    label.add_argument("--url", help="the label service (default: http://<serving.labels.host>:<port>)")
     from serving.rollout.cli import add_commands
 
     rollout = add_commands(sub)
-    for command in (sub.choices["start"], sub.choices["stop"], status, push, rollback, prune, sample, *rollout):
+    commands = (sub.choices["start"], sub.choices["stop"], status, push, rollback, prune, sample, labels, label)
+    for command in (*commands, *rollout):
         command.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return p
 

@@ -40,15 +40,15 @@ def server_flags(key: str) -> list[str]:
     return [f"--http-restricted-api={restriction}", f"--grpc-restricted-protocol={restriction}"]
 
 
-def key_path(state_dir: Path) -> Path:
-    return Path(state_dir) / KEY_FILE
+def key_path(state_dir: Path, name: str = KEY_FILE) -> Path:
+    return Path(state_dir) / name
 
 
-def write_key(state_dir: Path, key: str) -> Path:
+def write_key(state_dir: Path, key: str, name: str = KEY_FILE) -> Path:
     """Write the key readable by its owner only (0600 from creation on, then one rename)."""
-    path = key_path(state_dir)
+    path = key_path(state_dir, name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{KEY_FILE}.", dir=path.parent)  # mkstemp creates it 0600
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=path.parent)  # mkstemp creates it 0600
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(key + "\n")
@@ -60,10 +60,10 @@ def write_key(state_dir: Path, key: str) -> Path:
     return path
 
 
-def read_key(state_dir: Path) -> str | None:
+def read_key(state_dir: Path, name: str = KEY_FILE) -> str | None:
     """The key of the server whose state folder is `state_dir`, or None when it has none."""
     try:
-        return key_path(state_dir).read_text().strip() or None
+        return key_path(state_dir, name).read_text().strip() or None
     except (FileNotFoundError, NotADirectoryError):
         return None
 

@@ -30,6 +30,14 @@ class SampleParams(Section):
     retention_days: Seconds = 30.0  # parts older than this are deleted (by the server, at each write)
 
 
+class LabelsParams(Section):
+    """The label service (`python -m serving labels serve`): clients send the true class of a kept
+    request by its id (docs/live.md). Its key: LIVE_LABELS_KEY, else <state_dir>/labels.key."""
+
+    host: str = "127.0.0.1"  # address it binds (and `serving label` sends to)
+    port: Port = 8003
+
+
 class ServingParams(Section):
     """The Triton server and the push/rollback commands. Environment variables and an Airflow
     Connection override its keys (serving/overrides.py); credentials come only from there."""
@@ -49,6 +57,7 @@ class ServingParams(Section):
     retention: Positive = 5
     candidate_entry: Literal["triton", "gpu", "gpu_torchscript"] = "triton"
     sample: SampleParams = SampleParams()
+    labels: LabelsParams = LabelsParams()
 
     @model_validator(mode="after")
     def _check(self) -> ServingParams:

@@ -4,8 +4,12 @@ project's own requests are never kept; during a rollout each row says which vers
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,11 +18,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from ruamel.yaml import YAML
 from serving_traffic import true_outputs
 from support import free_ports
 
 from serving import control
 from serving.client import ClientSettings, TritonClient
+from serving.live.label_service import send_label
+from serving.live.labels import LabelRefused, LabelStore, labelled
 from serving.live.sample import ENV_NAMES, ENV_RATE, read_sample, sample_parts, with_sample
 from serving.params import SampleParams
 from serving.push import push_candidate
@@ -31,6 +38,8 @@ from serving.startup import start_local_server
 pytestmark = pytest.mark.triton
 
 RATE = 0.5
+ROOT = Path(__file__).resolve().parents[2]
+PARAMS = ROOT / "params.yaml"
 ROWS = np.random.default_rng(3).uniform(0, 16, (400, 64)).astype(np.float32)
 
 
@@ -162,3 +171,101 @@ def test_rate_zero_starts_a_server_that_keeps_nothing_even_with_the_variables_in
     assert with_sample(inherited, SampleParams()) == {"PATH": "/bin"}
     on = with_sample(inherited, SampleParams(rate=0.25, dir="live"))
     assert on[ENV_RATE] == "0.25" and set(ENV_NAMES) <= set(on) and Path(on["LIVE_SAMPLE_DIR"]).is_absolute()
+
+
+# --- labels that come back later ----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def label_service(server, tmp_path_factory) -> Iterator[tuple[Path, str, subprocess.Popen]]:
+    """`python -m serving labels serve` as a process of its own, over this module's sample; returns
+    (its params file, its URL, its process). Its key file is made at its first start."""
+    root = tmp_path_factory.mktemp("labels")
+    params = YAML().load(PARAMS.read_text())
+    params["serving"]["sample"]["dir"] = server.sample.dir
+    params["serving"]["state_dir"] = str(root / "state")
+    params["serving"]["labels"]["port"] = free_ports(1)[0]
+    path = root / "params.yaml"
+    YAML().dump(params, path)
+    url = f"http://127.0.0.1:{params['serving']['labels']['port']}"
+    process = start_label_service(path, url)
+    try:
+        yield path, url, process
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def start_label_service(params: Path, url: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "serving", "--params", str(params), "labels", "serve"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=2):
+                return process
+        except OSError:
+            time.sleep(0.2)
+    process.kill()
+    raise AssertionError("the label service did not answer within 60 s")
+
+
+def refused(url: str, key: str, **label) -> tuple[int, str]:
+    with pytest.raises(LabelRefused) as caught:
+        send_label(url, key, **label)
+    return caught.value.status, str(caught.value)
+
+
+def test_labels_are_refused_with_a_reason_and_kept_across_a_restart(server, settings, make_candidate, label_service):
+    params, url, process = label_service
+    name = "live_labels"
+    push_candidate(make_candidate(name=name, seed=15), settings)
+    answers = send(settings, name, "l-", 120)
+    table = kept(Path(server.sample.dir), name, set(answers))
+    ids = sorted(set(table["request_id"].to_pylist()))
+    assert len(ids) >= 10
+    key = (params.parent / "state" / "labels.key").read_text().strip()  # made 0600 at the first start
+    assert oct((params.parent / "state" / "labels.key").stat().st_mode & 0o777) == "0o600"
+
+    # Through the CLI, as a client would: the true class of the first row of a kept request.
+    first = ids[0]
+    truth = int(np.argmax(answers[first][0]))
+    cli = [sys.executable, "-m", "serving", "--params", str(params), "--json", "label"]
+    done = subprocess.run(
+        [*cli, "--model", name, "--request-id", first, "--label", str(truth)], cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1])["label"]["label"] == str(truth)
+
+    # Refused, each with its reason.
+    assert refused(url, key, model=name, request_id=first, label=truth)[0] == 409  # labelled already
+    status, reason = refused(url, key, model=name, request_id="never-sent", label=1)
+    assert status == 404 and "not in live_labels's live sample" in reason
+    status, reason = refused(url, key, model=name, request_id=ids[1], label="cat")
+    assert status == 422 and "not one of data.classes" in reason
+    assert refused(url, key, model=name, request_id=ids[1], label=1, row=2)[0] == 422  # requests had 2 rows
+    assert refused(url, "wrong-key", model=name, request_id=ids[1], label=1)[0] == 401
+    failed = subprocess.run(
+        [*cli, "--model", name, "--request-id", "never-sent", "--label", "1"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert failed.returncode == 1 and "not in live_labels's live sample" in failed.stderr
+
+    # The rest of the kept requests: a wrong label on every third one.
+    wrong = set(ids[1::3])
+    for request_id in ids[1:]:
+        top = int(np.argmax(answers[request_id][0]))
+        send_label(url, key, name, request_id, (top + 1) % 10 if request_id in wrong else top)
+
+    # A restart loses nothing: the labels are there, and a duplicate is still refused.
+    process.terminate()
+    process.wait(timeout=30)
+    restarted = start_label_service(params, url)
+    try:
+        assert refused(url, key, model=name, request_id=first, label=truth)[0] == 409
+        store = LabelStore(Path(server.sample.dir), name, list(range(10)), retention_days=1.0)
+        joined = labelled(Path(server.sample.dir), name, store)
+        assert joined.num_rows == len(ids)  # one labelled row per kept request
+        assert set(joined["version"].to_pylist()) == {1}
+        correct = dict(zip(joined["request_id"].to_pylist(), joined["correct"].to_pylist(), strict=True))
+        assert {i for i, ok in correct.items() if not ok} == wrong
+    finally:
+        restarted.terminate()
+        restarted.wait(timeout=30)
