@@ -1,4 +1,4 @@
-"""`python -m serving start|stop|status|push|rollback|prune|sample|rollout|labels|label`: thin CLI over
+"""`python -m serving start|stop|status|push|rollback|prune|sample|rollout|labels|label|live-report`: thin CLI over
 serving.push / status / server / rollout / live.
 
 Human-readable tables by default; `--json` prints one JSON object as the last stdout line (for
@@ -246,6 +246,28 @@ def cmd_label(args: argparse.Namespace, params: Params) -> dict[str, Any]:
     return {"label": stored}
 
 
+def cmd_live_report(args: argparse.Namespace, params: Params) -> dict[str, Any]:
+    """The served model over time, from the live sample and its labels: HTML and JSON."""
+    from pipeline.atomic import write_text
+    from serving.live.labels import LabelStore, labelled
+    from serving.live.report import live_report, render
+
+    name = args.model or params.model_name
+    sample = params.serving.sample
+    store = LabelStore(Path(sample.dir), name, params.classes, sample.retention_days)
+    report = live_report(labelled(Path(sample.dir), name, store), params.classes, name)
+    write_text(Path(args.out), render(report))
+    write_text(Path(args.json_out), json.dumps(report, indent=2) + "\n")
+    if not args.json:
+        for row in report["rows"]:
+            print(
+                f"{row['day']} {row['served_as']} v{row['version']}: {row['labelled']} labelled, "
+                f"accuracy {row['accuracy']:.4f}, macro F1 {row['f1_macro']:.4f}"
+            )
+        print(f"wrote {args.out} and {args.json_out}" + ("" if report["rows"] else " (no labelled requests yet)"))
+    return {"report": str(args.out), "rows": report["rows"]}
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, Params], dict[str, Any]]] = {
     "start": cmd_start,
     "stop": cmd_stop,
@@ -257,6 +279,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Params], dict[str, Any]]] = {
     "rollout": cmd_rollout,
     "labels": cmd_labels,
     "label": cmd_label,
+    "live-report": cmd_live_report,
 }
 
 
@@ -303,10 +326,14 @@ def build_parser() -> argparse.ArgumentParser:
     label.add_argument("--row", type=int, default=0, help="the row of the request (default: 0)")
     label.add_argument("--model", help="model name (default: export.model_name)")
     label.add_argument("--url", help="the label service (default: http://<serving.labels.host>:<port>)")
+    live = sub.add_parser("live-report", help="the served model over time, from the live sample and its labels")
+    live.add_argument("--model", help="model name (default: export.model_name)")
+    live.add_argument("--out", default="reports/live.html", help="HTML report (default: %(default)s)")
+    live.add_argument("--json-out", default="reports/live.json", help="the same as JSON (default: %(default)s)")
     from serving.rollout.cli import add_commands
 
     rollout = add_commands(sub)
-    commands = (sub.choices["start"], sub.choices["stop"], status, push, rollback, prune, sample, labels, label)
+    commands = (sub.choices["start"], sub.choices["stop"], status, push, rollback, prune, sample, labels, label, live)
     for command in (*commands, *rollout):
         command.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return p

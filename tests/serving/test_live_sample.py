@@ -266,6 +266,19 @@ def test_labels_are_refused_with_a_reason_and_kept_across_a_restart(server, sett
         assert set(joined["version"].to_pylist()) == {1}
         correct = dict(zip(joined["request_id"].to_pylist(), joined["correct"].to_pylist(), strict=True))
         assert {i for i, ok in correct.items() if not ok} == wrong
+        # The report over time: one day, version 1, the accuracy the labels give.
+        out = params.parent / "live.html"
+        shown = subprocess.run(
+            [*cli[:-1], "live-report", "--model", name, "--out", str(out), "--json-out", str(out.with_suffix(".json"))],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+        assert shown.returncode == 0, shown.stderr
+        (row,) = json.loads(shown.stdout.splitlines()[-1])["rows"]
+        assert (row["version"], row["labelled"]) == (1, len(ids))
+        assert row["accuracy"] == pytest.approx(1 - len(wrong) / len(ids))
+        assert sum(map(sum, row["confusion"])) == len(ids) and f"{row['accuracy']:.4f}" in out.read_text()
     finally:
         restarted.terminate()
         restarted.wait(timeout=30)
