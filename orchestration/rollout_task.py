@@ -97,7 +97,8 @@ class RolloutOperator(BaseOperator):
         url = settings.client.metrics_url
         context["ti"].xcom_push(key=XCOM_KEY, value={"state": state.model_dump(mode="json"), "metrics_url": url})
         until = (dt.datetime.now(dt.UTC) + self.response_timeout).isoformat() if waiting else None
-        trigger = RolloutTrigger(state.model_dump(mode="json"), url or "", waiting_until=until)
+        sample = str(settings.sample_dir) if settings.sample_dir else None
+        trigger = RolloutTrigger(state.model_dump(mode="json"), url or "", waiting_until=until, sample_dir=sample)
         self.defer(trigger=trigger, method_name="resume")
 
     def resume(self, context: Any, event: dict[str, Any]) -> Any:

@@ -45,10 +45,16 @@ class RolloutTrigger(BaseTrigger):
     """Fires with {"action", "decided_by", "reason", "snapshot"} when the rollout has something to do."""
 
     def __init__(
-        self, state: dict[str, Any], metrics_url: str, waiting_until: str | None = None, poll_s: float | None = None
+        self,
+        state: dict[str, Any],
+        metrics_url: str,
+        waiting_until: str | None = None,
+        poll_s: float | None = None,
+        sample_dir: str | None = None,  # the live sample, when labelled accuracy is one of the signals
     ) -> None:
         super().__init__()
         self.state, self.metrics_url, self.waiting_until, self.poll_s = state, metrics_url, waiting_until, poll_s
+        self.sample_dir = sample_dir
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -58,6 +64,7 @@ class RolloutTrigger(BaseTrigger):
                 "metrics_url": self.metrics_url,
                 "waiting_until": self.waiting_until,
                 "poll_s": self.poll_s,
+                "sample_dir": self.sample_dir,
             },
         )
 
@@ -93,7 +100,7 @@ class RolloutTrigger(BaseTrigger):
                 await asyncio.sleep(poll_s)
                 continue
             unreachable_since = None
-            observation = await asyncio.to_thread(live.observe, text, state, params)
+            observation = await asyncio.to_thread(live.observe, text, state, params, self.sample_dir)
             requests = int(observation.evidence.candidate.requests) + int(observation.evidence.champion.requests)
             if requests < seen:
                 yield TriggerEvent({"action": "lost", "reason": "the router's counts were reset: the server restarted"})

@@ -249,13 +249,12 @@ def cmd_label(args: argparse.Namespace, params: Params) -> dict[str, Any]:
 def cmd_live_report(args: argparse.Namespace, params: Params) -> dict[str, Any]:
     """The served model over time, from the live sample and its labels: HTML and JSON."""
     from pipeline.atomic import write_text
-    from serving.live.labels import LabelStore, labelled
+    from serving.live.labels import labelled
     from serving.live.report import live_report, render
 
     name = args.model or params.model_name
     sample = params.serving.sample
-    store = LabelStore(Path(sample.dir), name, params.classes, sample.retention_days)
-    report = live_report(labelled(Path(sample.dir), name, store), params.classes, name)
+    report = live_report(labelled(Path(sample.dir), name), params.classes, name)
     write_text(Path(args.out), render(report))
     write_text(Path(args.json_out), json.dumps(report, indent=2) + "\n")
     if not args.json:

@@ -23,6 +23,7 @@ class ServingSettings:
     load_timeout_s: float = 60.0
     retention: int = 5
     candidate_entry: str = "triton"  # which entry of the candidate to push (see serving.repository.candidate)
+    sample_dir: Path | None = None  # the live sample (serving.sample.dir) when it is on: labelled accuracy reads it
 
     @classmethod
     def resolve(cls, params: ServingParams, overrides: Overrides, root: Path | None = None) -> ServingSettings:
@@ -40,6 +41,7 @@ class ServingSettings:
             load_timeout_s=resolved.load_timeout_s,
             retention=resolved.retention,
             candidate_entry=resolved.candidate_entry,
+            sample_dir=_sample_dir(resolved, root),
         )
 
     @classmethod
@@ -64,3 +66,10 @@ class ServingSettings:
 
     def open_repository(self) -> TritonRepository:
         return TritonRepository(self.repository, lease_s=self.lock_timeout_s)
+
+
+def _sample_dir(params: ServingParams, root: Path | None) -> Path | None:
+    if params.sample.rate == 0.0:
+        return None
+    folder = Path(params.sample.dir)
+    return folder if folder.is_absolute() or root is None else root / folder

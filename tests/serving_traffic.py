@@ -31,7 +31,8 @@ def true_outputs(candidate: Path, rows: np.ndarray) -> np.ndarray:
 class Traffic(threading.Thread):
     """Unversioned requests for `name` until stopped. `models` maps a label to a candidate folder;
     each answer counts for the model whose true outputs it matches, else as "unknown". Each
-    request sends the first model's golden rows, or (with `rows`) the next 4 of `rows` in turn."""
+    request sends the first model's golden rows, or (with `rows`) the next 4 of `rows` in turn; with
+    `id_prefix`, request n has the id `<id_prefix><n>` (its rows: `chunks[n % len(chunks)]`)."""
 
     def __init__(
         self,
@@ -40,10 +41,11 @@ class Traffic(threading.Thread):
         models: dict[str, Path],
         limit_s: float = 600.0,
         rows: np.ndarray | None = None,
+        id_prefix: str | None = None,
     ):
         super().__init__(daemon=True)
         first = next(iter(models.values()))
-        self.settings, self.name, self.limit_s = settings, name, limit_s
+        self.settings, self.name, self.limit_s, self.id_prefix = settings, name, limit_s, id_prefix
         every = golden_rows(first) if rows is None else rows
         self.chunks = [every[i : i + 4] for i in range(0, len(every), 4)]
         self.expected = {
@@ -70,7 +72,9 @@ class Traffic(threading.Thread):
                 started = time.monotonic()
                 chunk, sent = sent % len(self.chunks), sent + 1
                 try:
-                    label = self.classify(client.predict(self.name, self.chunks[chunk]), chunk)
+                    request_id = "" if self.id_prefix is None else f"{self.id_prefix}{sent - 1}"
+                    got = client.predict(self.name, self.chunks[chunk], request_id=request_id)
+                    label = self.classify(got, chunk)
                     if time.monotonic() - started > self.slowest[1]:
                         self.slowest = (started, time.monotonic() - started)
                 except Exception as error:  # every failure counts, whatever its type

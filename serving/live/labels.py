@@ -86,14 +86,15 @@ class LabelStore:
         self.folder, self.model = Path(folder), model
         self.classes = [str(c) for c in classes]
         self.retention = dt.timedelta(days=retention_days)
-        self.path = self.folder / "labels" / f"{model}.sqlite"
+        self.path = labels_path(self.folder, model)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.index = SampleIndex(self.folder, model)
         self.lock = threading.Lock()
         with self._connect() as db:
             db.execute(
                 "CREATE TABLE IF NOT EXISTS labels (request_id TEXT NOT NULL, row INTEGER NOT NULL, "
-                "label TEXT NOT NULL, received_at TEXT NOT NULL, PRIMARY KEY (request_id, row))"
+                "label TEXT NOT NULL, label_index INTEGER NOT NULL, received_at TEXT NOT NULL, "
+                "PRIMARY KEY (request_id, row))"
             )
 
     def _connect(self) -> sqlite3.Connection:
@@ -127,31 +128,43 @@ class LabelStore:
                 raise LabelRefused(
                     409, f"request {request_id!r} row {row} was labelled {earlier[0]!r} at {earlier[1]} already"
                 )
-            db.execute("INSERT INTO labels VALUES (?, ?, ?, ?)", (request_id, row, str(label), now.isoformat()))
+            db.execute(
+                "INSERT INTO labels VALUES (?, ?, ?, ?, ?)",
+                (request_id, row, str(label), self.classes.index(str(label)), now.isoformat()),
+            )
             db.execute("DELETE FROM labels WHERE received_at < ?", ((now - self.retention).isoformat(),))
         return Label(self.model, request_id, row, str(label), now.isoformat())
 
-    def table(self) -> pa.Table:
-        """Every stored label: request_id, row, label, received_at."""
-        with self._connect() as db:
-            rows = db.execute("SELECT request_id, row, label, received_at FROM labels").fetchall()
-        columns: list[Any] = list(zip(*rows, strict=True)) if rows else [[], [], [], []]
-        return pa.table(
-            {
-                "request_id": pa.array(columns[0], pa.string()),
-                "row": pa.array(columns[1], pa.int32()),
-                "label": pa.array(columns[2], pa.string()),
-                "received_at": pa.array(columns[3], pa.string()),
-            }
-        )
+
+def labels_path(folder: str | Path, model: str) -> Path:
+    return Path(folder) / "labels" / f"{model}.sqlite"
 
 
-def labelled(folder: str | Path, model: str, store: LabelStore) -> pa.Table:
-    """The kept rows of every name the model answered under, with their labels (rows without one
-    left out), and `correct`: whether the top class is the label."""
-    tables = [read_sample(folder, name) for name in served_names(model)]
+def read_labels(folder: str | Path, model: str) -> pa.Table:
+    """Every stored label of a model: request_id, row, label, label_index, received_at."""
+    path = labels_path(folder, model)
+    rows: list[Any] = []
+    if path.exists():
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30.0) as db:
+            rows = db.execute("SELECT request_id, row, label, label_index, received_at FROM labels").fetchall()
+    columns: list[Any] = list(zip(*rows, strict=True)) if rows else [[], [], [], [], []]
+    return pa.table(
+        {
+            "request_id": pa.array(columns[0], pa.string()),
+            "row": pa.array(columns[1], pa.int32()),
+            "label": pa.array(columns[2], pa.string()),
+            "label_index": pa.array(columns[3], pa.int32()),
+            "received_at": pa.array(columns[4], pa.string()),
+        }
+    )
+
+
+def labelled(folder: str | Path, model: str, names: Sequence[str] | None = None) -> pa.Table:
+    """The kept rows of every name the model answered under (or of `names`), with their labels
+    (rows without one left out), and `correct`: whether the top class is the label."""
+    tables = [read_sample(folder, name) for name in (names or served_names(model))]
     tables = [t.select(["request_id", "row", "model", "version", "time", "top_class"]) for t in tables if t.num_rows]
-    labels = store.table()
+    labels = read_labels(folder, model)
     if not tables or labels.num_rows == 0:
         return pa.table(
             {
@@ -166,7 +179,7 @@ def labelled(folder: str | Path, model: str, store: LabelStore) -> pa.Table:
             }
         )
     joined = pa.concat_tables(tables).join(
-        labels.select(["request_id", "row", "label"]), ["request_id", "row"], join_type="inner"
+        labels.select(["request_id", "row", "label", "label_index"]), ["request_id", "row"], join_type="inner"
     )
-    predicted = pc.take(pa.array(store.classes), joined["top_class"])
-    return joined.append_column("correct", pc.equal(predicted, joined["label"]))
+    correct = pc.equal(joined["top_class"], joined["label_index"])
+    return joined.drop_columns(["label_index"]).append_column("correct", correct)

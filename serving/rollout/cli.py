@@ -77,7 +77,12 @@ def _status(settings: ServingSettings, name: str, as_json: bool) -> dict[str, An
         raise PushError(f"{name} has had no rollout")
     result: dict[str, Any] = {"state": state.model_dump(mode="json")}
     if state.active:
-        observation = live.read(settings.client.metrics_url, state, RolloutParams.model_validate(state.params))
+        observation = live.read(
+            settings.client.metrics_url,
+            state,
+            RolloutParams.model_validate(state.params),
+            sample_dir=settings.sample_dir,
+        )
         result["live"] = observation.snapshot()
     if not as_json:
         print(state.describe())

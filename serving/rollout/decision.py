@@ -13,7 +13,10 @@ the candidate, between H0 "as good as the champion" and H1 "worse by the margin"
   computed from the champion's own latency histogram, so no shape of the distribution is assumed.
 - agreement (shadow): the share of predictions whose top class differs from the champion's. H0:
   1 - `agreement.baseline`, H1: that + `agreement.margin`.
-A later signal (labelled correctness, once labels come back) is one more share of this kind.
+- accuracy (when `accuracy.min_labels` > 0): of the candidate's kept rows whose labels came back,
+  the share it answered wrong. H0: the champion's share in the same step, H1: that +
+  `accuracy.margin`. It decides once each version has `min_labels` labelled rows in the step, and
+  a step waits for it.
 
 Each test's log-likelihood ratio (LLR) is compared with Wald's bounds: at or above
 log((1 - beta) / alpha') the candidate is worse (roll back), at or below log(beta / (1 - alpha'))
@@ -58,6 +61,16 @@ class Arm:
 
 
 @dataclass(frozen=True)
+class Labels:
+    """Each version's labelled rows in a step (labels sent back later) and how many it got wrong."""
+
+    champion_labelled: np.ndarray
+    champion_wrong: np.ndarray
+    candidate_labelled: np.ndarray
+    candidate_wrong: np.ndarray
+
+
+@dataclass(frozen=True)
 class Evidence:
     """What the router counted in one step (serving/rollout/live.py reads it from Triton's metrics)."""
 
@@ -66,6 +79,7 @@ class Evidence:
     bounds: np.ndarray  # upper bound of each latency bucket, seconds, increasing
     compared: np.ndarray | None = None  # shadow: predictions both versions answered
     disagreed: np.ndarray | None = None  # of which the top classes differ
+    labels: Labels | None = None  # labelled rows per version, once labels come back
 
 
 @dataclass(frozen=True)
@@ -206,6 +220,19 @@ def latency_test(evidence: Evidence, q: float, margin: float) -> Test:
     return Test("latency", pi0, pi1, k1, k0 + k1, bernoulli_llr(k1, k0 + k1, pi0, pi1), _undecided(k1), notes)
 
 
+def accuracy_test(evidence: Evidence, margin: float) -> Test:
+    """The candidate's wrong answers among its labelled rows. H0: the champion's share of wrong
+    answers in the same step (at least FAILURE_FLOOR), H1: that + `margin`."""
+    labels = evidence.labels
+    if labels is None:
+        zero = np.zeros(np.shape(evidence.candidate.answered))
+        labels = Labels(zero, zero, zero, zero)
+    p0 = np.maximum((labels.champion_wrong + 0.5) / (labels.champion_labelled + 1.0), FAILURE_FLOOR)
+    p1 = np.minimum(p0 + margin, 0.999)
+    k, n = np.asarray(labels.candidate_wrong, np.float64), np.asarray(labels.candidate_labelled, np.float64)
+    return Test("accuracy", p0, p1, k, n, bernoulli_llr(k, n, p0, p1), _undecided(k))
+
+
 def _undecided(like: np.ndarray) -> np.ndarray:
     return np.full(np.shape(like), CONTINUE, dtype=object)
 
@@ -234,10 +261,14 @@ def decide(evidence: Evidence, params: RolloutParams, tests_in_rollout: int | No
         elif signal == "latency":
             test = latency_test(evidence, params.latency.quantile, params.latency.margin)
             seen = np.minimum(evidence.champion.answered, evidence.candidate.answered)
+        elif signal == "accuracy":
+            test = accuracy_test(evidence, params.accuracy.margin)
+            labels = evidence.labels
+            seen = np.minimum(labels.champion_labelled, labels.candidate_labelled) if labels else test.n
         else:
             test = agreement_test(evidence, params.agreement.baseline, params.agreement.margin)
             seen = test.n
-        ready = seen >= params.min_requests
+        ready = seen >= (params.accuracy.min_labels if signal == "accuracy" else params.min_requests)
         state = np.where(ready & (test.llr >= upper), FAIL, np.where(ready & (test.llr <= lower), PASS, CONTINUE))
         tests.append(Test(test.signal, test.p0, test.p1, test.k, test.n, test.llr, state, test.notes))
     states = np.stack([t.state for t in tests])

@@ -89,7 +89,7 @@ def watch(
     while True:
         state = operations.active_state(repo, name)
         params = RolloutParams.model_validate(state.params)
-        observation = live.read(settings.client.metrics_url, state, params)
+        observation = live.read(settings.client.metrics_url, state, params, sample_dir=settings.sample_dir)
         action = next_action(state, observation, params, elapsed_s(state))
         if on_observation is not None:
             on_observation(state, observation, action)

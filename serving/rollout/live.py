@@ -9,13 +9,15 @@ in TRITON_METRICS_URL (or the Airflow Connection's extra `metrics_url`).
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from serving import metrics
-from serving.rollout.decision import Arm, Evidence, Verdict, decide, quantile
+from serving.rollout.decision import Arm, Evidence, Labels, Verdict, decide, quantile
 from serving.rollout.params import RolloutParams
 from serving.rollout.router_config import latency_bounds
 from serving.rollout.state import RolloutState, backing_names
@@ -105,9 +107,33 @@ def parse(text: str, state: RolloutState) -> tuple[Evidence, dict[str, dict[str,
     return evidence, dict(predictions), pairs, skipped
 
 
-def observe(text: str, state: RolloutState, params: RolloutParams) -> Observation:
-    """The current step's evidence and the test's verdict on it, from one read of the metrics."""
+def label_counts(sample_dir: str | Path, state: RolloutState) -> Labels:
+    """Each version's rows kept since the step started whose labels came back, and how many of
+    them it answered wrong (serving/live/labels.py)."""
+    import datetime as dt
+
+    import pyarrow.compute as pc
+
+    from serving.live.labels import labelled
+
+    names = backing_names(state.model)
+    joined = labelled(sample_dir, state.model, [names["champion"], names["candidate"]])
+    since = dt.datetime.fromisoformat(state.step_started_at)
+    joined = joined.filter(pc.greater_equal(joined["time"], pa.scalar(since, pa.timestamp("us", tz="UTC"))))
+    counts = {}
+    for role, version in (("champion", state.champion), ("candidate", state.candidate)):
+        mine = joined.filter(pc.and_(pc.equal(joined["model"], names[role]), pc.equal(joined["version"], version)))
+        wrong = mine.num_rows - int(pc.sum(mine["correct"]).as_py() or 0)
+        counts[role] = (np.asarray(mine.num_rows), np.asarray(wrong))
+    return Labels(*counts["champion"], *counts["candidate"])
+
+
+def observe(text: str, state: RolloutState, params: RolloutParams, sample_dir: str | Path | None = None) -> Observation:
+    """The current step's evidence and the test's verdict on it, from one read of the metrics (and,
+    with labelled accuracy on, of the labels that came back for the sample in `sample_dir`)."""
     evidence, predictions, pairs, skipped = parse(text, state)
+    if "accuracy" in params.signals and sample_dir is not None:
+        evidence = replace(evidence, labels=label_counts(sample_dir, state))
     verdict = decide(evidence, params, len(params.signals) * len(state.steps))
     names = backing_names(state.model)
     counters = metrics.parse(text)
@@ -119,9 +145,15 @@ def observe(text: str, state: RolloutState, params: RolloutParams) -> Observatio
     return Observation(evidence, verdict, predictions, pairs, skipped, triton)
 
 
-def read(url: str | None, state: RolloutState, params: RolloutParams, timeout_s: float = 5.0) -> Observation:
+def read(
+    url: str | None,
+    state: RolloutState,
+    params: RolloutParams,
+    timeout_s: float = 5.0,
+    sample_dir: str | Path | None = None,
+) -> Observation:
     if not url:
         raise metrics.MetricsUnavailable(
             "a rollout reads Triton's metrics: set TRITON_METRICS_URL (or the Connection's extra metrics_url)"
         )
-    return observe(metrics.fetch(url, timeout_s), state, params)
+    return observe(metrics.fetch(url, timeout_s), state, params, sample_dir)

@@ -40,6 +40,16 @@ class AgreementParams(Section):
     margin: Rate = 0.01  # absolute: agreeing this much less (0.01 = 1 point below the baseline) is rolled back
 
 
+class AccuracyParams(Section):
+    """Labelled accuracy: the candidate's share of wrong answers against the champion's, on the
+    kept requests whose labels came back (docs/live.md)."""
+
+    min_labels: Annotated[int, Field(ge=0)] = (
+        0  # labelled rows each version needs in a step before this signal decides; 0 = off
+    )
+    margin: Rate = 0.02  # absolute: 2 points more wrong answers than the champion is rolled back
+
+
 class RolloutParams(Section):
     """How a push meets live traffic: direct (today's push), shadow or canary, decided by a
     sequential test with the error rates and margins below."""
@@ -57,6 +67,7 @@ class RolloutParams(Section):
     failures: FailureParams = FailureParams()
     latency: LatencyParams = LatencyParams()
     agreement: AgreementParams = AgreementParams()
+    accuracy: AccuracyParams = AccuracyParams()
 
     @model_validator(mode="after")
     def _check(self) -> RolloutParams:
@@ -75,9 +86,10 @@ class RolloutParams(Section):
 
     @property
     def signals(self) -> list[str]:
-        """The live signals the decision tests in this mode (labelled correctness joins them once
-        labels come back)."""
-        return ["failures", "latency", "agreement"] if self.mode == "shadow" else ["failures", "latency"]
+        """The live signals the decision tests in this mode, and labelled accuracy when it is on
+        (accuracy.min_labels)."""
+        signals = ["failures", "latency", "agreement"] if self.mode == "shadow" else ["failures", "latency"]
+        return signals + (["accuracy"] if self.accuracy.min_labels else [])
 
 
 def rollout_params(params: Params, source: str = "params.yaml") -> RolloutParams:

@@ -4,10 +4,12 @@ project's own requests are never kept; during a rollout each row says which vers
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -19,7 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from ruamel.yaml import YAML
-from serving_traffic import true_outputs
+from serving_traffic import Traffic, true_outputs
 from support import free_ports
 
 from serving import control
@@ -29,8 +31,8 @@ from serving.live.labels import LabelRefused, LabelStore, labelled
 from serving.live.sample import ENV_NAMES, ENV_RATE, read_sample, sample_parts, with_sample
 from serving.params import SampleParams
 from serving.push import push_candidate
-from serving.rollout import operations
-from serving.rollout.params import RolloutParams
+from serving.rollout import driver, operations
+from serving.rollout.params import AccuracyParams, LatencyParams, RolloutParams
 from serving.server import ServerSettings, stop_server
 from serving.settings import ServingSettings
 from serving.startup import start_local_server
@@ -70,7 +72,13 @@ def server(tmp_path_factory) -> Iterator[ServerSettings]:
 @pytest.fixture(scope="module")
 def settings(server) -> ServingSettings:
     client = ClientSettings.local(server, timeout_s=30.0, retries=2, backoff_s=0.2)
-    return ServingSettings(client=client, repository=server.repository, load_timeout_s=60.0, retention=5)
+    return ServingSettings(
+        client=client,
+        repository=server.repository,
+        load_timeout_s=60.0,
+        retention=5,
+        sample_dir=Path(server.sample.dir),  # the rollout's labelled accuracy reads it
+    )
 
 
 def send(settings: ServingSettings, name: str, prefix: str, n: int) -> dict[str, np.ndarray]:
@@ -260,8 +268,7 @@ def test_labels_are_refused_with_a_reason_and_kept_across_a_restart(server, sett
     restarted = start_label_service(params, url)
     try:
         assert refused(url, key, model=name, request_id=first, label=truth)[0] == 409
-        store = LabelStore(Path(server.sample.dir), name, list(range(10)), retention_days=1.0)
-        joined = labelled(Path(server.sample.dir), name, store)
+        joined = labelled(Path(server.sample.dir), name)
         assert joined.num_rows == len(ids)  # one labelled row per kept request
         assert set(joined["version"].to_pylist()) == {1}
         correct = dict(zip(joined["request_id"].to_pylist(), joined["correct"].to_pylist(), strict=True))
@@ -282,3 +289,61 @@ def test_labels_are_refused_with_a_reason_and_kept_across_a_restart(server, sett
     finally:
         restarted.terminate()
         restarted.wait(timeout=30)
+
+
+class Labeller(threading.Thread):
+    """Sends the true class (the champion's answer) of every kept row of a rollout's versions, as
+    a client that learns the truth a little later would; until stopped."""
+
+    def __init__(self, folder: Path, name: str, traffic: Traffic, truth: Path):
+        super().__init__(daemon=True)
+        self.folder, self.name, self.traffic = folder, name, traffic
+        self.truth = [np.argmax(true_outputs(truth, chunk), axis=1) for chunk in traffic.chunks]
+        self.store = LabelStore(folder, name, list(range(10)), retention_days=1.0)
+        self.sent: set[tuple[str, int]] = set()
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(0.3):
+            for role in ("champion", "candidate"):
+                table = read_sample(self.folder, f"{self.name}.{role}")
+                if not table.num_rows:
+                    continue
+                for request_id, row in zip(table["request_id"].to_pylist(), table["row"].to_pylist(), strict=True):
+                    if (request_id, row) in self.sent:
+                        continue
+                    n = int(request_id.removeprefix("t-"))
+                    with contextlib.suppress(LabelRefused):  # kept by both versions (shadow): labelled once
+                        self.store.add(request_id, int(self.truth[n % len(self.truth)][row]), row)
+                    self.sent.add((request_id, row))
+
+
+def test_a_canary_wrong_on_one_class_is_rolled_back_on_labelled_accuracy(server, settings, make_candidate):
+    name = "live_accuracy"
+    champion = make_candidate(name=name, seed=16)
+    wrong = make_candidate(name=name, seed=16, shuffled_class=3)  # same failures and speed, wrong on class 3
+    push_candidate(champion, settings)
+    accuracy = AccuracyParams(min_labels=40, margin=0.02)
+    params = RolloutParams(
+        mode="canary",
+        canary_steps=[50.0],  # even: both versions equally busy (test_rollout_live.py says why)
+        poll_s=0.3,
+        min_requests=50,
+        max_requests=20000,
+        latency=LatencyParams(margin=1.0),  # this machine's margin (test_rollout_live.py)
+        accuracy=accuracy,
+    )
+    traffic = Traffic(settings.client, name, {"champion": champion, "wrong": wrong}, rows=ROWS, id_prefix="t-")
+    with traffic:
+        labeller = Labeller(Path(server.sample.dir), name, traffic, champion)
+        labeller.start()
+        try:
+            operations.start_rollout(wrong, settings, params)
+            final = driver.watch(settings, name, poll_s=params.poll_s)
+        finally:
+            labeller.stopped.set()
+            labeller.join(timeout=30)
+    tests = {t["signal"]: t for t in final.last["test"]["tests"]}
+    assert (final.status, final.decided_by) == ("rolled back", "test"), final.reason
+    assert tests["accuracy"]["state"] == "fail", final.reason
+    assert tests["accuracy"]["n"] >= accuracy.min_labels and tests["accuracy"]["k"] > 0

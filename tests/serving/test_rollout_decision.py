@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from rollout_simulation import Behaviour, simulate
 
-from serving.rollout.decision import CONTINUE, FAIL, PASS, Arm, Evidence, cdf, decide, quantile
+from serving.rollout.decision import CONTINUE, FAIL, PASS, Arm, Evidence, Labels, cdf, decide, quantile
 from serving.rollout.router_config import latency_bounds
 
 ROLLOUTS = 500
@@ -99,3 +99,23 @@ def test_nothing_is_decided_before_each_version_has_min_requests(params):
     shadow = params.rollout.model_copy(update={"mode": "shadow", "min_requests": 500})
     verdict = decide(evidence(candidate_failed=80, n=400), shadow)
     assert verdict.state == CONTINUE, verdict.reason()
+
+
+def test_labelled_accuracy_fails_a_candidate_wrong_more_often_and_a_step_waits_for_its_labels(params):
+    canary = params.rollout.model_copy(
+        update={"mode": "canary", "accuracy": params.rollout.accuracy.model_copy(update={"min_labels": 100})}
+    )
+    assert "accuracy" in canary.signals and "accuracy" not in params.rollout.signals  # off by default
+
+    def labelled(n, champion_wrong, candidate_wrong):
+        return Labels(*(np.asarray(v) for v in (n, champion_wrong, n, candidate_wrong)))
+
+    base = evidence(n=3000)
+    waiting = decide(base, canary)  # the other signals pass, the labels have not come back
+    assert waiting.state == CONTINUE and {t.signal: t.state for t in waiting.tests}["accuracy"] == CONTINUE
+    few = decide(Evidence(base.champion, base.candidate, base.bounds, labels=labelled(60, 0, 30)), canary)
+    assert few.state == CONTINUE  # 30 of 60 wrong, but fewer than min_labels
+    worse = decide(Evidence(base.champion, base.candidate, base.bounds, labels=labelled(400, 4, 40)), canary)
+    assert worse.state == FAIL and [t.signal for t in worse.tests if t.state == FAIL] == ["accuracy"]
+    equal = decide(Evidence(base.champion, base.candidate, base.bounds, labels=labelled(1000, 10, 10)), canary)
+    assert equal.state == PASS, equal.reason()
