@@ -19,7 +19,7 @@ import pytest
 from serving_traffic import Traffic
 from support import free_ports
 
-from devtools.toy import FLAKY_BACKEND, SLOW_BACKEND
+from devtools.toy import FLAKY_BACKEND, SLOW_BACKEND, SLOW_EXTRA_S
 from serving import control, loading
 from serving.client import ClientSettings, TritonClient
 from serving.errors import PushError
@@ -170,7 +170,7 @@ def test_a_candidate_wrong_on_one_class_is_rolled_back_in_shadow_having_answered
     assert_ended(settings, name, final, 1)
 
 
-def test_a_candidate_three_times_slower_is_rolled_back_on_latency(settings, make_candidate):
+def test_a_candidate_slower_by_4_ms_a_request_is_rolled_back_on_latency(settings, make_candidate):
     name = "r_slow"
     champion = make_candidate(name=name, seed=5)
     slow = make_candidate(name=name, seed=5, retrained=2, backend_source=SLOW_BACKEND)
@@ -182,7 +182,9 @@ def test_a_candidate_three_times_slower_is_rolled_back_on_latency(settings, make
     # The signal this case is about caught it (on a loaded machine another may fail at the same poll).
     assert "latency" in [t["signal"] for t in final.last["test"]["tests"] if t["state"] == "fail"]
     versions = final.last["versions"]
-    assert versions["candidate"]["p95_ms"] >= 3 * versions["champion"]["p95_ms"]  # really 3x slower
+    # Really slower, by most of the SLOW_EXTRA_S it sleeps: an added delay, so the ratio of the two
+    # p95s shrinks as load grows the champion's own (3x when idle, 2.6x in a CI run under load).
+    assert versions["candidate"]["p95_ms"] >= versions["champion"]["p95_ms"] + 0.75 * SLOW_EXTRA_S * 1000
     assert traffic.failures == []
     assert_ended(settings, name, final, 1)
 
