@@ -1,17 +1,17 @@
 """
 ### Live drift: the served model's live requests start the retrain
 
-Every `live_drift.interval_s` seconds, **check** reads the live sample parts (`serving.sample`)
+Every `airflow.live_drift.interval_s` seconds, **check** reads the live sample parts (`serving.sample`)
 the server wrote since the previous check, profiles those rows and compares them with the
 reference of the version Triton serves (the profile of its training data, on the published branch)
 by the drift stage's own comparison, `drift.threshold` and `drift.class_threshold`. Its log and
 Reports page say why a retrain starts or not; its value (XCom) is the decision.
 
-When the live rows drift, **start_retrain** emits an event of the Asset `live_drift.asset`, which
+When the live rows drift, **start_retrain** emits an event of the Asset `airflow.live_drift.asset`, which
 the retrain DAG's schedule includes: one retrain run starts. No drift, fewer rows than
-`live_drift.min_rows` or no reference yet: start_retrain is skipped and nothing starts.
+`airflow.live_drift.min_rows` or no reference yet: start_retrain is skipped and nothing starts.
 
-Off (no schedule) while `serving.sample.rate` is 0 or `live_drift.interval_s` is null.
+Off (no schedule) while `serving.sample.rate` is 0 or `airflow.live_drift.interval_s` is null.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from orchestration.reports_ui import ReportsLink
 
 PROJECT = Path(os.environ.get("RETRAIN_PROJECT_DIR") or Path(__file__).resolve().parents[1])
 PARAMS = load_project_params(PROJECT / "params.yaml")  # the only I/O at parse time
-LIVE = PARAMS.live_drift
+LIVE = PARAMS.airflow.live_drift
 RETRAIN = Asset(name=LIVE.asset, group="live")
 
 

@@ -61,12 +61,12 @@ def schedule():
     data.source in S3 the data asset is watched: the triggerer lists the prefix every
     airflow.source_poll_s seconds, and a changed listing (a new partition, a rewritten object) is an
     event of the asset. With the live sample on, the live drift check (dags/live_drift.py) emits an
-    event of `live_drift.asset` when the live requests drift."""
+    event of `airflow.live_drift.asset` when the live requests drift."""
     assets = []
     if AF.data_asset:
         assets.append(data_asset(AF.data_asset, SPEC.params.data.source, PROJECT, AF.source_poll_s, AF.source_conn_id))
     if SPEC.params.live_drift_on:
-        assets.append(Asset(name=SPEC.params.live_drift.asset, group="live"))
+        assets.append(Asset(name=AF.live_drift.asset, group="live"))
     asset = None if not assets else assets[0] if len(assets) == 1 else AssetAny(*assets)
     if AF.schedule and asset:
         return AssetOrTimeSchedule(timetable=CronTriggerTimetable(AF.schedule, timezone="UTC"), assets=asset)

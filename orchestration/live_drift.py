@@ -9,7 +9,7 @@ The pure core of the live check (dags/live_drift.py runs it through orchestratio
   code (`pipeline.drift.profile` and `compare`, `stages.drift.metrics_of` with `drift.threshold` and
   `drift.class_threshold`). The live rows have no label: the class balance compared is the served
   model's answers (`top_class`, as `data.classes`) against the training labels. Fewer rows than
-  `live_drift.min_rows`, or no reference yet (nothing published), start nothing.
+  `airflow.live_drift.min_rows`, or no reference yet (nothing published), start nothing.
 - `decide` turns a list of reasons into "start a retrain?": one asking reason is enough. The
   drift check is one reason; another check (labelled accuracy) adds its own to the list.
 
@@ -147,7 +147,9 @@ def check_sample(
         why = "no reference yet (no version published): nothing to compare the live rows with"
         return LiveCheck(rows, Reason("drift", False, why), None, simple_page(rows, why))
     if rows < min_rows:
-        why = f"{rows} live rows since the last check, fewer than live_drift.min_rows ({min_rows}): not compared"
+        why = (
+            f"{rows} live rows since the last check, fewer than airflow.live_drift.min_rows ({min_rows}): not compared"
+        )
         return LiveCheck(rows, Reason("drift", False, why), None, simple_page(rows, why))
     features = list(reference.profile.features)
     with tempfile.TemporaryDirectory() as tmp:

@@ -95,7 +95,7 @@ def check(project: str | Path, context: Mapping[str, Any]) -> dict[str, Any]:
     fleet = tasks.fleet(project, params)
     reference = served_reference(project, params, fleet)
     result = live_drift.check_sample(
-        live_drift.read_parts(parts), reference, params.data, params.drift, params.live_drift.min_rows
+        live_drift.read_parts(parts), reference, params.data, params.drift, params.airflow.live_drift.min_rows
     )
     decision = live_drift.decide([result.reason])
     log.info("live drift check of %s .. %s (%d parts): %s", since, until, len(parts), decision.message)

@@ -85,7 +85,7 @@ def test_the_input_row_maps_to_the_features_in_table_order_not_the_references_so
 def test_too_few_rows_or_no_reference_start_nothing(reference) -> None:
     few = check_sample(sample_of(shifted(rows(100))), reference, CONTRACT, DRIFT, min_rows=500)
     assert not few.reason.start and few.metrics is None
-    assert "fewer than live_drift.min_rows (500)" in few.reason.message
+    assert "fewer than airflow.live_drift.min_rows (500)" in few.reason.message
     nothing = check_sample(sample_of(shifted(rows(600))), Reference(None, None), CONTRACT, DRIFT, min_rows=500)
     assert not nothing.reason.start and "no reference yet" in nothing.reason.message
     empty = check_sample(pa.table({}), reference, CONTRACT, DRIFT, min_rows=1)
@@ -126,14 +126,14 @@ def test_a_check_reads_the_parts_written_in_its_interval_once(tmp_path: Path) ->
 def with_keys(serving_sample: dict, live: dict) -> dict:
     raw = read_params(ROOT / "params.yaml")
     raw["serving"]["sample"].update(serving_sample)
-    raw["live_drift"].update(live)
+    raw["airflow"]["live_drift"].update(live)
     return raw
 
 
 def test_the_check_is_on_only_with_a_sample_and_an_interval() -> None:
     assert not PARAMS.live_drift_on  # the project's default: serving.sample.rate 0, nothing to read
     on = parse_project_params(with_keys({"rate": 0.1}, {"interval_s": 60}))
-    assert on.live_drift_on and on.live_drift.min_rows == 500 and on.live_drift.asset == "live_drift"
+    assert on.live_drift_on and on.airflow.live_drift.min_rows == 500 and on.airflow.live_drift.asset == "live_drift"
     assert not parse_project_params(with_keys({"rate": 0.1}, {"interval_s": None})).live_drift_on
     with pytest.raises(ParamsError, match="min_row"):
         parse_project_params(with_keys({}, {"min_row": 5}))
