@@ -29,7 +29,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, TaskGroup, task
+from airflow.sdk import DAG, Asset, AssetAny, AssetOrTimeSchedule, CronTriggerTimetable, Param, TaskGroup, task
 
 from orchestration.approval import RunApproval
 from orchestration.notify import failure_callback
@@ -57,15 +57,22 @@ INFRA_RETRIES: dict[str, Any] = {
 
 
 def schedule():
-    """The weekly cron, the raw-data asset, or whichever comes first. With data.source in S3 the
-    asset is watched: the triggerer lists the prefix every airflow.source_poll_s seconds, and a
-    changed listing (a new partition, a rewritten object) is an event of the asset."""
-    asset = None
+    """The weekly cron, the raw-data asset, the live drift asset, or whichever comes first. With
+    data.source in S3 the data asset is watched: the triggerer lists the prefix every
+    airflow.source_poll_s seconds, and a changed listing (a new partition, a rewritten object) is an
+    event of the asset. With the live sample on, the live drift check (dags/live_drift.py) emits an
+    event of `airflow.live_drift.asset` when the live requests drift."""
+    assets = []
     if AF.data_asset:
-        asset = data_asset(AF.data_asset, SPEC.params.data.source, PROJECT, AF.source_poll_s, AF.source_conn_id)
+        assets.append(data_asset(AF.data_asset, SPEC.params.data.source, PROJECT, AF.source_poll_s, AF.source_conn_id))
+    if SPEC.params.live_drift_on:
+        assets.append(Asset(name=AF.live_drift.asset, group="live"))
+    asset = None if not assets else assets[0] if len(assets) == 1 else AssetAny(*assets)
     if AF.schedule and asset:
         return AssetOrTimeSchedule(timetable=CronTriggerTimetable(AF.schedule, timezone="UTC"), assets=asset)
-    return [asset] if asset else AF.schedule
+    if asset is None:
+        return AF.schedule
+    return [asset] if isinstance(asset, Asset) else asset
 
 
 # Each task returns one dict, kept as one XCom. (TaskFlow's default for a `-> dict` task is one XCom

@@ -2,7 +2,7 @@
 
 `ProjectParams` checks every section, each with its owner's schema: the pipeline's
 (pipeline/params.py), `serving:` (serving/params.py), `rollout:` (serving/rollout/params.py),
-`gate:` (stages/gate.py) and `airflow:` (here). The DAG file, the Airflow tasks and the local tooling load it; a DVC stage loads only the
+`gate:` (stages/gate.py) and `airflow:` (here, with its `live_drift:`). The DAG file, the Airflow tasks and the local tooling load it; a DVC stage loads only the
 pipeline's sections, so a change to these schemas reruns no stage.
 """
 
@@ -19,6 +19,16 @@ from pipeline.params import DEFAULT_PATH, PipelineParams, Positive, Section, par
 from serving.params import ServingParams
 from serving.rollout.params import RolloutParams
 from stages.gate import GateParams
+
+
+class LiveDriftParams(Section):
+    """The live drift check (dags/live_drift.py, orchestration/live_drift.py): the live sample against
+    the serving version's reference, every `interval_s`; a drift starts the retrain DAG."""
+
+    interval_s: Annotated[float, Field(gt=0.0)] | None = 3600.0
+    min_rows: Positive = 500
+    dag_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")] = "live_drift"
+    asset: Annotated[str, Field(min_length=1)] = "live_drift"
 
 
 class AirflowParams(Section):
@@ -55,6 +65,7 @@ class AirflowParams(Section):
     tag_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")] = "model-v"
     registry_stage: Annotated[str, Field(pattern=r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")] = "prod"
     git_author: str = "retrain-bot <retrain-bot@localhost>"
+    live_drift: LiveDriftParams = LiveDriftParams()
 
     @model_validator(mode="after")
     def _check(self) -> AirflowParams:
@@ -74,6 +85,11 @@ class ProjectParams(PipelineParams):
     rollout: RolloutParams = RolloutParams()
     gate: GateParams = GateParams()
     airflow: AirflowParams = AirflowParams()
+
+    @property
+    def live_drift_on(self) -> bool:
+        """The live check runs only while the server keeps a sample and an interval is set."""
+        return self.serving.sample.rate > 0.0 and self.airflow.live_drift.interval_s is not None
 
 
 def parse_project_params(raw: Any, source: str = "params") -> ProjectParams:
