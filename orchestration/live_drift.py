@@ -10,8 +10,10 @@ The pure core of the live check (dags/live_drift.py runs it through orchestratio
   `drift.class_threshold`). The live rows have no label: the class balance compared is the served
   model's answers (`top_class`, as `data.classes`) against the training labels. Fewer rows than
   `airflow.live_drift.min_rows`, or no reference yet (nothing published), start nothing.
-- `decide` turns a list of reasons into "start a retrain?": one asking reason is enough. The
-  drift check is one reason; another check (labelled accuracy) adds its own to the list.
+- `labelled_reason` holds the served version's answers on the labels that came back in the
+  interval (serving/live/labels.py) to `gate.floors` (accuracy, macro F1); fewer than
+  `airflow.live_drift.min_labels` labels ask for nothing.
+- `decide` turns the list of reasons into "start a retrain?": one asking reason is enough.
 
 The model's input row is the clean table's feature columns in table order. A plain table's model has
 one input, `input` (each row a list); the reference keeps its features by name, so they are put in
@@ -25,7 +27,7 @@ from __future__ import annotations
 import html
 import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -173,6 +175,33 @@ def check_sample(
         "<h1>Data drift report</h1>", f"<h1>Live drift check</h1>\n<p>{html.escape(reason.message)}</p>"
     )
     return LiveCheck(rows, reason, metrics, page.replace("<title>Data drift report", "<title>Live drift check"))
+
+
+def labelled_reason(
+    joined: pa.Table, classes: Sequence[int | str], floors: Mapping[str, float], min_labels: int
+) -> Reason:
+    """The served version's answers on the labels that came back in the interval (`joined`, from
+    serving.live.labels.labelled) held to `gate.floors` (accuracy, f1_macro): one below its floor
+    asks for a retrain; fewer than `min_labels` labels ask for nothing."""
+    from sklearn.metrics import f1_score
+
+    n = joined.num_rows
+    if n < min_labels:
+        why = f"{n} labels came back since the last check, fewer than airflow.live_drift.min_labels ({min_labels})"
+        return Reason("accuracy", False, why)
+    index = {str(c): i for i, c in enumerate(classes)}
+    truth = np.array([index[label] for label in joined["label"].to_pylist()])
+    predicted = np.asarray(joined["top_class"].to_pylist())
+    measured = {
+        "accuracy": float(np.mean(truth == predicted)),
+        "f1_macro": float(f1_score(truth, predicted, average="macro", zero_division=0)),
+    }
+    below = {k: v for k, v in measured.items() if k in floors and v < floors[k]}
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in measured.items())
+    if below:
+        floors_text = ", ".join(f"{k} {v:.4f} < gate.floors.{k} {floors[k]}" for k, v in below.items())
+        return Reason("accuracy", True, f"on {n} labelled live rows: {floors_text}")
+    return Reason("accuracy", False, f"on {n} labelled live rows: {shown}, every gate floor met")
 
 
 def drift_sentence(metrics: dict[str, Any]) -> str:

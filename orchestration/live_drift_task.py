@@ -14,6 +14,7 @@ folder is (the server's host, or a shared mount of it).
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import logging
 import subprocess
@@ -81,6 +82,16 @@ def write_object(remote: Any, data: bytes) -> str:
     return md5
 
 
+def labels_in(folder: Path, model: str, since: Any, until: Any) -> Any:
+    """The serving version's labelled rows whose labels came in [since, until)."""
+    from orchestration.live_drift import served_names
+    from serving.live.labels import labelled
+
+    joined = labelled(folder, model, served_names(model))
+    came = [since <= dt.datetime.fromisoformat(at) < until for at in joined["received_at"].to_pylist()]
+    return joined.filter(came) if joined.num_rows else joined
+
+
 def check(project: str | Path, context: Mapping[str, Any]) -> dict[str, Any]:
     """One check of the live sample of the run's data interval: the decision, as the task's XCom."""
     from orchestration import live_drift, tasks
@@ -97,7 +108,11 @@ def check(project: str | Path, context: Mapping[str, Any]) -> dict[str, Any]:
     result = live_drift.check_sample(
         live_drift.read_parts(parts), reference, params.data, params.drift, params.airflow.live_drift.min_rows
     )
-    decision = live_drift.decide([result.reason])
+    labelled = labels_in(folder, params.export.model_name, since, until)
+    accuracy = live_drift.labelled_reason(
+        labelled, params.data.classes, params.gate.floors, params.airflow.live_drift.min_labels
+    )
+    decision = live_drift.decide([result.reason, accuracy])
     log.info("live drift check of %s .. %s (%d parts): %s", since, until, len(parts), decision.message)
     value: dict[str, Any] = {
         **decision.to_json(),

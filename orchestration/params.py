@@ -23,10 +23,12 @@ from stages.gate import GateParams
 
 class LiveDriftParams(Section):
     """The live drift check (dags/live_drift.py, orchestration/live_drift.py): the live sample against
-    the serving version's reference, every `interval_s`; a drift starts the retrain DAG."""
+    the serving version's reference, every `interval_s`; a drift starts the retrain DAG, and so does
+    labelled accuracy below `gate.floors` on the labels that came back in the interval."""
 
     interval_s: Annotated[float, Field(gt=0.0)] | None = 3600.0
     min_rows: Positive = 500
+    min_labels: Positive = 200
     dag_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")] = "live_drift"
     asset: Annotated[str, Field(min_length=1)] = "live_drift"
 

@@ -160,8 +160,8 @@ def read_labels(folder: str | Path, model: str) -> pa.Table:
 
 
 def labelled(folder: str | Path, model: str, names: Sequence[str] | None = None) -> pa.Table:
-    """The kept rows of every name the model answered under (or of `names`), with their labels
-    (rows without one left out), and `correct`: whether the top class is the label."""
+    """The kept rows of every name the model answered under (or of `names`), with their labels and
+    when each came (rows without one left out), and `correct`: whether the top class is the label."""
     tables = [read_sample(folder, name) for name in (names or served_names(model))]
     tables = [t.select(["request_id", "row", "model", "version", "time", "top_class"]) for t in tables if t.num_rows]
     labels = read_labels(folder, model)
@@ -175,11 +175,14 @@ def labelled(folder: str | Path, model: str, names: Sequence[str] | None = None)
                 "time": pa.array([], pa.timestamp("us", tz="UTC")),
                 "top_class": pa.array([], pa.int32()),
                 "label": pa.array([], pa.string()),
+                "received_at": pa.array([], pa.string()),
                 "correct": pa.array([], pa.bool_()),
             }
         )
     joined = pa.concat_tables(tables).join(
-        labels.select(["request_id", "row", "label", "label_index"]), ["request_id", "row"], join_type="inner"
+        labels.select(["request_id", "row", "label", "label_index", "received_at"]),
+        ["request_id", "row"],
+        join_type="inner",
     )
     correct = pc.equal(joined["top_class"], joined["label_index"])
     return joined.drop_columns(["label_index"]).append_column("correct", correct)

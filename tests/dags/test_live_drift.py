@@ -16,7 +16,15 @@ import pytest
 from drift_data import FEATURES, digits_table, shifted, write
 from support import ROOT
 
-from orchestration.live_drift import Reason, check_sample, decide, live_table, parts_between, served_names
+from orchestration.live_drift import (
+    Reason,
+    check_sample,
+    decide,
+    labelled_reason,
+    live_table,
+    parts_between,
+    served_names,
+)
 from orchestration.params import load_project_params, parse_project_params
 from pipeline.drift import profile
 from pipeline.params import ParamsError, read_params
@@ -137,3 +145,24 @@ def test_the_check_is_on_only_with_a_sample_and_an_interval() -> None:
     assert not parse_project_params(with_keys({"rate": 0.1}, {"interval_s": None})).live_drift_on
     with pytest.raises(ParamsError, match="min_row"):
         parse_project_params(with_keys({}, {"min_row": 5}))
+
+
+def labelled_rows(labels: list[int], answers: list[int]) -> pa.Table:
+    """Joined sample and labels as serving.live.labels.labelled returns them (the columns read here)."""
+    return pa.table({"label": [str(v) for v in labels], "top_class": pa.array(answers, pa.int32())})
+
+
+def test_labelled_accuracy_below_a_gate_floor_asks_for_a_retrain_and_enough_labels_are_needed() -> None:
+    classes, floors = list(range(10)), PARAMS.gate.floors  # accuracy and f1_macro at 0.95
+    truth = [i % 10 for i in range(300)]
+    right = labelled_reason(labelled_rows(truth, truth), classes, floors, min_labels=200)
+    assert right.source == "accuracy" and not right.start and "every gate floor met" in right.message
+    # One answer in ten wrong: accuracy 0.9 < 0.95.
+    wrong = [(t + 1) % 10 if i % 10 == 0 else t for i, t in enumerate(truth)]
+    low = labelled_reason(labelled_rows(truth, wrong), classes, floors, min_labels=200)
+    assert low.start and "accuracy 0.9000 < gate.floors.accuracy 0.95" in low.message
+    few = labelled_reason(labelled_rows(truth[:100], wrong[:100]), classes, floors, min_labels=200)
+    assert not few.start and "fewer than airflow.live_drift.min_labels" in few.message
+    # Drift quiet, accuracy low: one retrain, and the message names the labels.
+    decision = decide([Reason("drift", False, "no drift"), low])
+    assert decision.start and decision.message.startswith("start a retrain: accuracy: on 300 labelled")

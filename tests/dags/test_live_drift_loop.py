@@ -1,8 +1,9 @@
 """The live loop for real: a real Triton keeping every request, a client thread sending digits,
 the live drift DAG and the retrain DAG (the project's own files) under Airflow's real scheduler
-and triggerer (`airflow standalone` on SQLite). Unshifted traffic starts no retrain; traffic
-shifted like the drift stage's test shift (tests/drift_data.py) makes the retrain DAG get one
-asset-triggered run within one check interval.
+and triggerer (`airflow standalone` on SQLite). Unshifted traffic starts no retrain; labels that
+come back saying the served model is wrong (`serving label`'s store) start one; traffic shifted like
+the drift stage's test shift (tests/drift_data.py) makes the retrain DAG get one asset-triggered
+run within one check interval.
 
 The served model is a multinomial logistic regression fitted on the digits (softmax(x @ w + b) as
 ONNX, the toy candidate's graph with fitted weights), so its answers have the class balance of the
@@ -34,6 +35,8 @@ from devtools.toy import build_candidate
 from pipeline.drift import profile
 from serving import control
 from serving.client import ClientSettings, TritonClient
+from serving.live.labels import LabelStore
+from serving.live.sample import read_sample
 from serving.params import SampleParams
 from serving.push import push_candidate
 from serving.server import ServerSettings, stop_server
@@ -45,6 +48,7 @@ pytestmark = [pytest.mark.airflow, pytest.mark.triton, pytest.mark.integration]
 MODEL = "live_loop_digits"
 INTERVAL_S = 30  # between two checks
 MIN_ROWS = 200
+MIN_LABELS = 100
 
 
 def fitted_candidate(out: Path) -> Path:
@@ -88,7 +92,7 @@ def configure(project: Path, live: Path) -> None:
     params["export"]["model_name"] = MODEL
     params["serving"]["sample"].update(rate=1.0, dir=str(live), rotate_rows=60, rotate_s=0.5)
     params["airflow"].update(schedule=None, data_asset=None)
-    params["airflow"]["live_drift"].update(interval_s=INTERVAL_S, min_rows=MIN_ROWS)
+    params["airflow"]["live_drift"].update(interval_s=INTERVAL_S, min_rows=MIN_ROWS, min_labels=MIN_LABELS)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
@@ -131,6 +135,46 @@ class Traffic:
                 time.sleep(0.05)
 
 
+class WrongLabels:
+    """A client sending, for every kept row, a label that is not the served model's answer: the
+    labels of a model that has gone wrong on live data."""
+
+    def __init__(self, live: Path):
+        self.store = LabelStore(live, MODEL, list(range(10)), retention_days=1.0)
+        self.live, self.stop, self.sent = live, threading.Event(), set()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        while not self.stop.wait(0.5):
+            table = read_sample(self.live, MODEL)
+            if not table.num_rows:
+                continue
+            for request_id, row, top in zip(
+                *(table[c].to_pylist() for c in ("request_id", "row", "top_class")), strict=True
+            ):
+                if (request_id, row) not in self.sent:
+                    self.store.add(request_id, (top + 1) % 10, row)
+                    self.sent.add((request_id, row))
+
+
+def started_by(api: AirflowApi, source: str) -> list[dict]:
+    """The retrain runs whose asset event came from a check that `source` ("accuracy", "drift") decided."""
+    found = []
+    for run in api.runs("retrain"):
+        events = api._request("GET", f"/api/v2/dags/retrain/dagRuns/{run['dag_run_id']}/upstreamAssetEvents")
+        messages = [(e.get("extra") or {}).get("message", "") for e in events.get("asset_events", [])]
+        if any(f"start a retrain: {source}:" in m or f"; {source}:" in m for m in messages):
+            found.append(run)
+    return found
+
+
+def stop_runs(api: AirflowApi) -> None:
+    """Mark every queued or running retrain run failed: what they would retrain is not under test."""
+    for run in api.runs("retrain"):
+        if run["state"] in ("queued", "running"):
+            api._request("PATCH", f"/api/v2/dags/retrain/dagRuns/{run['dag_run_id']}", {"state": "failed"})
+
+
 @contextlib.contextmanager
 def triton(root: Path, live: Path) -> Iterator[ServingSettings]:
     http, grpc, metrics = free_ports(3)
@@ -162,7 +206,7 @@ def checks(api: AirflowApi, dag_id: str) -> list[dict]:
     return found
 
 
-def test_shifted_live_traffic_starts_one_retrain_run_and_unshifted_traffic_none(
+def test_unshifted_traffic_starts_no_retrain_wrong_labels_start_one_and_shifted_traffic_one(
     tmp_path: Path, project_copy: Path, helpers, make_airflow_home
 ) -> None:
     live = tmp_path / "live"
@@ -200,18 +244,43 @@ def test_shifted_live_traffic_starts_one_retrain_run_and_unshifted_traffic_none(
                 assert not quiet[0]["start"] and quiet[0]["metrics"]["status"] == "ok", quiet[0]
                 assert api.runs("retrain") == []
 
+                # Labels saying the served model is wrong, traffic unshifted: labelled accuracy starts one.
+                labels = WrongLabels(live)
+                labels.thread.start()
+                try:
+                    (wrong_run, *_) = helpers.wait_for(
+                        "a retrain run started by labelled accuracy",
+                        lambda: started_by(api, "accuracy"),
+                        log,
+                        timeout_s=2 * INTERVAL_S + 120,
+                        poll_s=2,
+                    )
+                finally:
+                    labels.stop.set()
+                    labels.thread.join(timeout=30)
+                stop_runs(api)
+                assert wrong_run["run_type"] == "asset_triggered", wrong_run
+                by_labels = [c for c in checks(api, "live_drift") if c["start"]][0]
+                reasons = {r["source"]: r for r in by_labels["reasons"]}
+                assert reasons["accuracy"]["start"] and not reasons["drift"]["start"], by_labels
+                assert "accuracy 0.0000 < gate.floors.accuracy" in reasons["accuracy"]["message"]
+
                 traffic.shift.set()
                 shifted_at = time.monotonic()
+
+                def by_drift() -> list[dict]:
+                    stop_runs(api)  # a later check of the wrong labels' last interval may have started one more
+                    return started_by(api, "drift")
+
                 (run,) = helpers.wait_for(
-                    "a retrain run", lambda: api.runs("retrain"), log, timeout_s=2 * INTERVAL_S + 120, poll_s=1
+                    "a retrain run started by drift", by_drift, log, timeout_s=2 * INTERVAL_S + 120, poll_s=1
                 )
                 # The first interval holding only shifted rows ends at most 2 intervals after the shift.
                 started_after = time.monotonic() - shifted_at
-                api._request("PATCH", f"/api/v2/dags/retrain/dagRuns/{run['dag_run_id']}", {"state": "failed"})
+                stop_runs(api)
                 api.set_paused("retrain", True)
                 assert run["run_type"] == "asset_triggered", run
-                assert run["state"] in ("queued", "running"), run
-                drifted = [c for c in checks(api, "live_drift") if c["start"]]
+                drifted = [c for c in checks(api, "live_drift") if c["start"] and c["metrics"]["status"] == "drift"]
                 assert drifted and drifted[0]["metrics"]["status"] == "drift", drifted
                 assert drifted[0]["metrics"]["drifted_features"] > 0
                 assert started_after < 2 * INTERVAL_S + 120, started_after
