@@ -26,6 +26,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 REPORT_PATH = "reports/live_drift.html"  # the report's name on the task's Reports page
+LIVE_REPORT_PATH = "reports/live.html"  # the served model over time (serving/live/report.py), beside it
 
 
 def served_reference(project: Path, params: Any, fleet: Any) -> Any:
@@ -92,6 +93,15 @@ def labels_in(folder: Path, model: str, since: Any, until: Any) -> Any:
     return joined.filter(came) if joined.num_rows else joined
 
 
+def live_page(folder: Path, params: Any) -> str:
+    """The served model over time on every label kept so far (`python -m serving live-report`'s page)."""
+    from serving.live.labels import labelled
+    from serving.live.report import live_report, render
+
+    model = params.export.model_name
+    return render(live_report(labelled(folder, model), params.data.classes, model))
+
+
 def check(project: str | Path, context: Mapping[str, Any]) -> dict[str, Any]:
     """One check of the live sample of the run's data interval: the decision, as the task's XCom."""
     from orchestration import live_drift, tasks
@@ -123,10 +133,11 @@ def check(project: str | Path, context: Mapping[str, Any]) -> dict[str, Any]:
         "metrics": result.metrics,
     }
     if fleet.dvc.remote is None:
-        log.info("airflow.dvc_remote is not set: the report is not kept")
+        log.info("airflow.dvc_remote is not set: the reports are not kept")
     else:
-        md5 = write_object(fleet.dvc.remote, result.report_html.encode())
-        value["lock"] = {"live_drift": {"outs": [{"path": REPORT_PATH, "md5": md5}]}}  # reports_ui reads it
+        pages = {REPORT_PATH: result.report_html, LIVE_REPORT_PATH: live_page(folder, params)}
+        outs = [{"path": path, "md5": write_object(fleet.dvc.remote, page.encode())} for path, page in pages.items()]
+        value["lock"] = {"live_drift": {"outs": outs}}  # reports_ui reads it
     return value
 
 

@@ -161,7 +161,7 @@ def started_by(api: AirflowApi, source: str) -> list[dict]:
     """The retrain runs whose asset event came from a check that `source` ("accuracy", "drift") decided."""
     found = []
     for run in api.runs("retrain"):
-        events = api._request("GET", f"/api/v2/dags/retrain/dagRuns/{run['dag_run_id']}/upstreamAssetEvents")
+        events = api._request("GET", f"/api/v2/dags/retrain/dagRuns/{api._q(run['dag_run_id'])}/upstreamAssetEvents")
         messages = [(e.get("extra") or {}).get("message", "") for e in events.get("asset_events", [])]
         if any(f"start a retrain: {source}:" in m or f"; {source}:" in m for m in messages):
             found.append(run)
@@ -172,7 +172,7 @@ def stop_runs(api: AirflowApi) -> None:
     """Mark every queued or running retrain run failed: what they would retrain is not under test."""
     for run in api.runs("retrain"):
         if run["state"] in ("queued", "running"):
-            api._request("PATCH", f"/api/v2/dags/retrain/dagRuns/{run['dag_run_id']}", {"state": "failed"})
+            api._request("PATCH", f"/api/v2/dags/retrain/dagRuns/{api._q(run['dag_run_id'])}", {"state": "failed"})
 
 
 @contextlib.contextmanager
@@ -260,10 +260,18 @@ def test_unshifted_traffic_starts_no_retrain_wrong_labels_start_one_and_shifted_
                     labels.thread.join(timeout=30)
                 stop_runs(api)
                 assert wrong_run["run_type"] == "asset_triggered", wrong_run
-                by_labels = [c for c in checks(api, "live_drift") if c["start"]][0]
+                # The check's run is marked done just after its event started the retrain run.
+                by_labels = helpers.wait_for(
+                    "the check that started it", lambda: [c for c in checks(api, "live_drift") if c["start"]], log
+                )[0]
                 reasons = {r["source"]: r for r in by_labels["reasons"]}
                 assert reasons["accuracy"]["start"] and not reasons["drift"]["start"], by_labels
                 assert "accuracy 0.0000 < gate.floors.accuracy" in reasons["accuracy"]["message"]
+                # Its Reports: the drift report and the served model over time, in the DVC remote.
+                outs = {o["path"]: o["md5"] for o in by_labels["lock"]["live_drift"]["outs"]}
+                md5 = outs["reports/live.html"]
+                page = (project_copy / ".dvc-remote" / "files" / "md5" / md5[:2] / md5[2:]).read_text()
+                assert f"<td>{MODEL}</td><td>1</td>" in page and "<td>0.0000</td>" in page
 
                 traffic.shift.set()
                 shifted_at = time.monotonic()
@@ -280,7 +288,11 @@ def test_unshifted_traffic_starts_no_retrain_wrong_labels_start_one_and_shifted_
                 stop_runs(api)
                 api.set_paused("retrain", True)
                 assert run["run_type"] == "asset_triggered", run
-                drifted = [c for c in checks(api, "live_drift") if c["start"] and c["metrics"]["status"] == "drift"]
+                drifted = helpers.wait_for(
+                    "the check that found drift",
+                    lambda: [c for c in checks(api, "live_drift") if c["start"] and c["metrics"]["status"] == "drift"],
+                    log,
+                )
                 assert drifted and drifted[0]["metrics"]["status"] == "drift", drifted
                 assert drifted[0]["metrics"]["drifted_features"] > 0
                 assert started_after < 2 * INTERVAL_S + 120, started_after
