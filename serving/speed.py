@@ -2,7 +2,7 @@
 
 The tune stage (each setting of the candidate's config) and the gate's speed check (the candidate
 against the champion) both measure here, the same way. The scratch server is a real
-`tritonserver`, started with the project's own code on free 127.0.0.1 ports with an empty
+`tritonserver`, started with the project's own code (serving/server.py) on free 127.0.0.1 ports with an empty
 repository in a temporary folder, and stopped afterwards: the models are loaded with their bytes
 sent in the load request under names no user request names (`<model>.staging-<k>`), so nothing
 reaches the production server, its users, or any repository.
@@ -24,20 +24,25 @@ from typing import Any
 import numpy as np
 
 from pipeline.candidate import GoldenSamples
+from pipeline.errors import StageError
 from pipeline.params import TuneParams
-from serving.client import INTERNAL_REQUEST_ID, ClientSettings, TritonClient
+from serving.client import INTERNAL_REQUEST_ID, ClientError, ClientSettings, TritonClient
 from serving.loadgen import alternate, drive
 from serving.loading import golden_inputs, staging_name, wait_version_ready
 from serving.ports import free_ports
+from serving.process import ServerError
 from serving.repository import config_json, pin_versions
-from serving.server import ServerSettings, stop_server
-from serving.startup import start_local_server
+from serving.server import ServerSettings, start_server, stop_server
 from serving.tuning import Cells
 
 log = logging.getLogger(__name__)
 
 VERSION = 1  # every model loads as version 1 on the scratch server
 BATCHES = 16  # distinct request bodies cycled through
+
+
+class SpeedError(StageError):
+    """The scratch server could not start, or a model to measure did not load there."""
 
 
 @contextlib.contextmanager
@@ -47,7 +52,7 @@ def scratch_server(start_timeout_s: float = 60.0) -> Iterator[ServerSettings]:
     http, grpc, metrics = free_ports(3)
     server = ServerSettings(scratch / "models", scratch / "state", http, grpc, metrics, start_timeout_s=start_timeout_s)
     try:
-        start_local_server(server)
+        start_server(server)  # serving/startup.py's first step; its second (reload what is pinned) has nothing to do
         yield server
     finally:
         stop_server(server)
@@ -70,7 +75,22 @@ def measure(
 ) -> Cells:
     """Load each of `models` ({label: (ModelConfig, {file in the version folder: bytes})}) on a
     scratch server and drive them alternately (serving/loadgen.py `alternate`) at every
-    `tune.concurrency`, `tune.rounds` times. Returns the cells by label."""
+    `tune.concurrency`, `tune.rounds` times. Returns the cells by label; SpeedError when the
+    server does not start or a model does not load (the message says which)."""
+    try:
+        return _measure(models, golden, tune, load_timeout_s)
+    except (ServerError, ClientError) as error:
+        raise SpeedError(
+            f"measuring serving speed on a scratch Triton failed: {error}. A model that does not load "
+            "there would not load on the production server either; fix the candidate or its config "
+            "(set tune.enabled: false, or gate.max_latency_regression / max_throughput_regression to null, "
+            "to skip the measurement)"
+        ) from error
+
+
+def _measure(
+    models: dict[str, tuple[Any, dict[str, bytes]]], golden: GoldenSamples, tune: TuneParams, load_timeout_s: float
+) -> Cells:
     base = staging_name(golden.model_name)
     names = {label: f"{base}-{k}" for k, label in enumerate(models)}
     with scratch_server() as server:
