@@ -142,3 +142,22 @@ def test_a_queue_delay_without_a_dynamic_batcher_is_refused():
     config.instance_group.add(count=1)
     with pytest.raises(TuneError, match="dynamic_batching"):
         apply_setting(config, {**BASE, "max_batch_size": 8})
+
+
+def test_requests_carry_the_golden_rows_as_a_client_sends_them():
+    from pipeline.candidate import GoldenSamples
+    from serving.speed import BATCHES, request_batches
+
+    rows = GoldenSamples(model_name="m", inputs=[[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], outputs=[[1.0]] * 3, atol=1e-4)
+    batches = request_batches(rows, 4)
+    assert len(batches) == BATCHES and batches[0].shape == (4, 2) and batches[0].dtype.name == "float32"
+    assert batches[0][:, 0].tolist() == [1.0, 3.0, 5.0, 1.0]  # fewer golden rows than asked: they repeat
+    mixed = GoldenSamples(
+        model_name="m",
+        inputs={"age": [[30.0], [40.0]], "city": [["a"], ["b"]]},
+        input_datatypes={"age": "FP32", "city": "BYTES"},
+        outputs=[[1.0]] * 2,
+        atol=1e-4,
+    )
+    first = request_batches(mixed, 3)[0]
+    assert first["age"].shape == (3, 1) and first["city"].dtype == object
