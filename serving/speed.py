@@ -2,7 +2,7 @@
 
 The tune stage (each setting of the candidate's config) and the gate's speed check (the candidate
 against the champion) both measure here, the same way. The scratch server is a real
-`tritonserver`, started with the project's own code (serving/server.py) on free 127.0.0.1 ports with an empty
+`tritonserver`, started with the project's own code (serving/startup.py) on free 127.0.0.1 ports with an empty
 repository in a temporary folder, and stopped afterwards: the models are loaded with their bytes
 sent in the load request under names no user request names (`<model>.staging-<k>`), so nothing
 reaches the production server, its users, or any repository.
@@ -32,7 +32,8 @@ from serving.loading import golden_inputs, staging_name, wait_version_ready
 from serving.ports import free_ports
 from serving.process import ServerError
 from serving.repository import config_json, pin_versions
-from serving.server import ServerSettings, start_server, stop_server
+from serving.server import ServerSettings, stop_server
+from serving.startup import start_local_server
 from serving.tuning import Cells
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ def scratch_server(start_timeout_s: float = 60.0) -> Iterator[ServerSettings]:
     http, grpc, metrics = free_ports(3)
     server = ServerSettings(scratch / "models", scratch / "state", http, grpc, metrics, start_timeout_s=start_timeout_s)
     try:
-        start_server(server)  # serving/startup.py's first step; its second (reload what is pinned) has nothing to do
+        start_local_server(server)  # the one way every command starts it; its repository is empty
         yield server
     finally:
         stop_server(server)

@@ -36,7 +36,7 @@ from pydantic import Field, model_validator
 from pipeline import atomic
 from pipeline.params import DataParams, Fraction, Section, TuneParams, parse_as
 from stages import _cli
-from stages.gate_speed import judge_speed, speed_judged
+from stages.gate_speed import judge_speed
 
 if TYPE_CHECKING:  # serving/ (and tritonclient) load only when the champion is scored
     from serving.settings import ServingSettings
@@ -57,6 +57,10 @@ class GateParams(Section):
     # Speed against the champion (stages/gate_speed.py), measured as tune: says; None: not judged.
     max_latency_regression: Annotated[float, Field(ge=0.0)] | None = None  # p99 at most (1 + this) x the champion's
     max_throughput_regression: Fraction | None = None  # rows/s at least (1 - this) x the champion's
+
+    @property
+    def speed_allowances(self) -> tuple[float | None, float | None]:
+        return self.max_latency_regression, self.max_throughput_regression
 
     @model_validator(mode="after")
     def _check(self) -> GateParams:
@@ -313,8 +317,8 @@ def run(
     champion = score_champion(serving, list(data.classes), model, test)
     privacy = candidate.card.privacy if candidate.card else None
     speed = None
-    if champion is not None and speed_judged(gate):  # the first deployment has no champion to be slower than
-        speed = judge_speed(Path(args.candidate), serving, champion[0], gate, tune or TuneParams())
+    if champion is not None and gate.speed_allowances != (None, None):  # a first deployment: no champion to compare
+        speed = judge_speed(Path(args.candidate), serving, champion[0], gate.speed_allowances, tune or TuneParams())
     decision = decide(challenger, None if champion is None else champion[1], gate, privacy, speed)
     return Decision(
         passed=decision.passed,

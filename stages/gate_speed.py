@@ -20,15 +20,10 @@ from pipeline.params import TuneParams
 
 if TYPE_CHECKING:
     from serving.settings import ServingSettings
-    from stages.gate import GateParams
 
 log = logging.getLogger(__name__)
 
 CANDIDATE, CHAMPION = "candidate", "champion"
-
-
-def speed_judged(gate: GateParams) -> bool:
-    return gate.max_latency_regression is not None or gate.max_throughput_regression is not None
 
 
 def measure_pair(
@@ -50,8 +45,13 @@ def measure_pair(
     return measure(models, candidate.golden, tune, serving.load_timeout_s)
 
 
-def compare(cells: dict[str, dict[int, list[dict[str, Any]]]], gate: GateParams) -> dict[str, Any]:
-    """The speed part of the gate's report: figures, ratios and the problems (empty: passed)."""
+def compare(
+    cells: dict[str, dict[int, list[dict[str, Any]]]],
+    max_latency_regression: float | None,
+    max_throughput_regression: float | None,
+) -> dict[str, Any]:
+    """The speed part of the gate's report: figures, ratios and the problems (empty: passed), with
+    the allowances of gate.max_latency_regression / max_throughput_regression (None: not judged)."""
     from serving.tuning import paired_ratio
 
     concurrencies = list(cells[CANDIDATE])
@@ -63,7 +63,7 @@ def compare(cells: dict[str, dict[int, list[dict[str, Any]]]], gate: GateParams)
     problems = []
     if errors[CANDIDATE] and not errors[CHAMPION]:
         problems.append(f"the candidate failed {errors[CANDIDATE]} requests that the champion answered")
-    allowed = gate.max_latency_regression
+    allowed = max_latency_regression
     if allowed is not None:
         for c, ratio in p99_ratio.items():
             if ratio > 1.0 + allowed:
@@ -71,7 +71,7 @@ def compare(cells: dict[str, dict[int, list[dict[str, Any]]]], gate: GateParams)
                     f"p99 at {c} concurrent clients is {ratio:.2f}x the champion's (at most {1 + allowed:.2f}x "
                     "allowed by gate.max_latency_regression)"
                 )
-    floor = gate.max_throughput_regression
+    floor = max_throughput_regression
     if floor is not None and rows_ratio < 1.0 - floor:
         problems.append(
             f"rows/s is {rows_ratio:.2f}x the champion's (at least {1 - floor:.2f}x required by "
@@ -96,10 +96,15 @@ def compare(cells: dict[str, dict[int, list[dict[str, Any]]]], gate: GateParams)
 
 
 def judge_speed(
-    candidate_dir: Path, serving: ServingSettings, champion_version: int, gate: GateParams, tune: TuneParams
+    candidate_dir: Path,
+    serving: ServingSettings,
+    champion_version: int,
+    allowances: tuple[float | None, float | None],
+    tune: TuneParams,
 ) -> dict[str, Any]:
-    """Measure and compare (see the module's docstring)."""
-    speed = compare(measure_pair(candidate_dir, serving, champion_version, tune), gate)
+    """Measure and compare (see the module's docstring); `allowances` = (gate.max_latency_regression,
+    gate.max_throughput_regression)."""
+    speed = compare(measure_pair(candidate_dir, serving, champion_version, tune), *allowances)
     log.info("speed against champion v%d: %s", champion_version, speed)
     return speed
 

@@ -23,7 +23,7 @@ def cells(candidate: list[tuple[float, float]], champion: list[tuple[float, floa
 def test_twice_as_slow_is_refused_and_the_reason_says_why():
     gate = GateParams(max_latency_regression=0.5, max_throughput_regression=0.3)
     # A burst in round 2 triples both p99s: the paired ratio stays 2x.
-    speed = compare(cells([(50, 20), (17, 60), (50, 21)], [(100, 10), (33, 30), (100, 10)]), gate)
+    speed = compare(cells([(50, 20), (17, 60), (50, 21)], [(100, 10), (33, 30), (100, 10)]), *gate.speed_allowances)
     assert not speed["passed"]
     assert speed["p99_ratio"]["1"] == pytest.approx(2.0, rel=0.05)
     decision = decide(METRICS, METRICS, gate, speed=speed)
@@ -35,7 +35,7 @@ def test_twice_as_slow_is_refused_and_the_reason_says_why():
 
 def test_noise_within_the_allowance_passes():
     gate = GateParams(max_latency_regression=0.5)
-    speed = compare(cells([(95, 12), (30, 40), (105, 9)], [(100, 10), (33, 30), (100, 10)]), gate)
+    speed = compare(cells([(95, 12), (30, 40), (105, 9)], [(100, 10), (33, 30), (100, 10)]), *gate.speed_allowances)
     assert speed["passed"], speed["problems"]
     decision = decide(METRICS, METRICS, gate, speed=speed)
     assert decision.passed and "nor its speed" in decision.reason
@@ -43,14 +43,14 @@ def test_noise_within_the_allowance_passes():
 
 def test_only_the_named_allowance_is_judged():
     slow_but_same_throughput = cells([(100, 40)] * 3, [(100, 10)] * 3)
-    assert compare(slow_but_same_throughput, GateParams(max_throughput_regression=0.1))["passed"]
-    assert not compare(slow_but_same_throughput, GateParams(max_latency_regression=1.0))["passed"]
+    assert compare(slow_but_same_throughput, None, 0.1)["passed"]
+    assert not compare(slow_but_same_throughput, 1.0, None)["passed"]
 
 
 def test_a_candidate_failing_requests_the_champion_answers_is_refused():
     measured = cells([(100, 10)] * 3, [(100, 10)] * 3)
     measured[CANDIDATE][1][0]["errors"] = 5
-    speed = compare(measured, GateParams(max_latency_regression=0.5))
+    speed = compare(measured, 0.5, None)
     assert speed["problems"] == ["the candidate failed 5 requests that the champion answered"]
 
 

@@ -95,7 +95,7 @@ def test_the_gate_refuses_a_right_but_slow_candidate_on_latency(tmp_path):
         settings = ServingSettings(client=ClientSettings.local(server), repository=server.repository)
         champion = push_candidate(build_candidate(tmp_path / "champion", name="toy"), settings).version
         slow = build_candidate(tmp_path / "slow", name="toy", backend_source=SLOW_MODEL)
-        speed = judge_speed(slow, settings, champion, gate, tune)
+        speed = judge_speed(slow, settings, champion, gate.speed_allowances, tune)
         decision = decide(metrics, metrics, gate, speed=speed)
         assert not decision.passed, decision.reason
         assert "p99 at 1 concurrent clients is" in decision.reason
@@ -105,7 +105,7 @@ def test_the_gate_refuses_a_right_but_slow_candidate_on_latency(tmp_path):
         # allowance is wider (2x), as the p99 of half-second cells on shared cores is noisy.
         quick = build_candidate(tmp_path / "quick", name="toy", retrained=1)
         wide = GateParams(max_latency_regression=1.0, max_throughput_regression=0.5)
-        same = judge_speed(quick, settings, champion, wide, tune)
+        same = judge_speed(quick, settings, champion, wide.speed_allowances, tune)
         assert same["passed"], same
 
         # Measured on a scratch server: production serves only the champion, nothing staged.
