@@ -62,7 +62,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -84,6 +83,7 @@ from pipeline.params import ExportParams, load_params  # noqa: E402
 from serving import configs, metrics  # noqa: E402
 from serving.client import ClientSettings, Protocol, TritonClient  # noqa: E402
 from serving.live.sample import ENV_DIR, ENV_RATE, ENV_ROTATE_S, read_sample  # noqa: E402
+from serving.loadgen import drive  # noqa: E402
 from serving.process import libs_dir  # noqa: E402
 from serving.repository import load_candidate, parse_config  # noqa: E402
 from serving.server import (  # noqa: E402
@@ -181,70 +181,6 @@ def install(repository: Path, candidate: Path, variant: Variant, signature: conf
 
 
 # --- load generation -------------------------------------------------------------------------------
-def drive(
-    call: Callable[[Any, np.ndarray], None],
-    make_state: Callable[[], Any],
-    batches: list[np.ndarray],
-    concurrency: int,
-    max_requests: int,
-    max_seconds: float,
-    probe: Callable[[], dict[str, float]] | None = None,
-) -> dict[str, Any]:
-    """Run `call(state, batch)` from `concurrency` threads until `max_requests` or `max_seconds`;
-    `probe` snapshots CPU times right before the start and right after the last request."""
-    latencies: list[float] = []
-    errors = [0]
-    counter = iter(range(max_requests))
-    lock = threading.Lock()
-    start = threading.Barrier(concurrency + 1)
-
-    def worker(state: Any) -> None:
-        start.wait()
-        while time.perf_counter() < deadline:
-            with lock:
-                i = next(counter, None)
-            if i is None:
-                return
-            begun = time.perf_counter()
-            try:
-                call(state, batches[i % len(batches)])
-            except Exception:
-                with lock:
-                    errors[0] += 1
-                continue
-            elapsed = time.perf_counter() - begun
-            with lock:
-                latencies.append(elapsed)
-
-    states = [make_state() for _ in range(concurrency)]
-    threads = [threading.Thread(target=worker, args=(state,)) for state in states]
-    for thread in threads:
-        thread.start()
-    before = probe() if probe else {}
-    deadline = time.perf_counter() + max_seconds
-    started = time.perf_counter()
-    start.wait()
-    for thread in threads:
-        thread.join()
-    wall = time.perf_counter() - started
-    after = probe() if probe else {}
-    for state in states:
-        if hasattr(state, "close"):
-            state.close()
-    ms = np.array(latencies) * 1000
-    rows = len(batches[0])
-    return {
-        "requests": len(latencies),
-        "errors": errors[0],
-        "requests_per_s": len(latencies) / wall,
-        "rows_per_s": rows * len(latencies) / wall,
-        "p50_ms": float(np.percentile(ms, 50)) if len(ms) else float("nan"),
-        "p99_ms": float(np.percentile(ms, 99)) if len(ms) else float("nan"),
-        "cpu_before": before,
-        "cpu_after": after,
-    }
-
-
 class CpuProbe:
     """CPU seconds (user + system) of tritonserver, of each model's Python stub, and of this process;
     with `metrics_url`, also Triton's own cumulative queue and compute time of each model (the time

@@ -1,18 +1,5 @@
-"""Free ports on 127.0.0.1, for the local servers of tests and benches."""
+"""Free ports on 127.0.0.1, for the local servers of tests and benches (serving/ports.py)."""
 
-from __future__ import annotations
+from serving.ports import free_ports
 
-import socket
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports nothing listens on right now (bound then released by the OS), for a local server of
-    a test or a benchmark."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
+__all__ = ["free_ports"]

@@ -271,7 +271,7 @@ def gate(
     settings = serving_settings(setup.ws.project, conn_id, project_wide)
     paths = SimpleNamespace(**{key: str(root / path) for key, path in args.items()})
     try:
-        decision = gate_stage.run(paths, params.data, settings, params.gate)
+        decision = gate_stage.run(paths, params.data, settings, params.gate, params.tune)
     except StageError as error:  # an unreachable server, a champion not READY, a missing metric
         ending.record(context, "failed", f"gate failed: {error}")
         raise AirflowFailException(f"gate failed: {error}") from error

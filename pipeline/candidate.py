@@ -91,6 +91,7 @@ class ModelCard(_Record):
     transform: dict[str, Any] | None = None
     source: dict[str, Any] | None = None  # a pinned data source: the exact objects clean read
     serving: ServedRecord | None = None
+    tuning: dict[str, Any] | None = None  # the tune stage's measured table and chosen setting
 
     def to_json(self) -> dict[str, Any]:
         """The card as model_card.json holds it (the keys that were given, by their file names)."""

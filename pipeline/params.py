@@ -284,6 +284,37 @@ class ExportParams(Section):
         return self
 
 
+class TuneGridParams(Section):
+    """The serving settings the tune stage tries, each a list of values; [] keeps the candidate's."""
+
+    instance_count: list[Positive] = []
+    max_batch_size: list[Positive] = []
+    max_queue_delay_microseconds: list[Annotated[int, Field(ge=0)]] = []
+    intra_op_threads: list[Annotated[int, Field(ge=0)]] = []
+
+
+class TuneParams(Section):
+    """tune stage: the candidate's served config measured on a scratch Triton across `grid`; the
+    gate's speed check (gate.max_latency_regression) measures the same way."""
+
+    enabled: bool = False
+    grid: TuneGridParams = TuneGridParams()
+    concurrency: list[Positive] = [1, 8]
+    rows_per_request: Positive = 1
+    p99_budget_ms: Annotated[float, Field(gt=0.0)] = 50.0
+    rounds: Positive = 3
+    seconds_per_cell: Annotated[float, Field(gt=0.0)] = 1.0
+    requests_per_cell: Positive = 400
+    margin: Fraction = 0.1
+    max_settings: Positive = 8
+
+    @model_validator(mode="after")
+    def _check(self) -> TuneParams:
+        if not self.concurrency:
+            raise ValueError("concurrency must name at least one level of concurrent clients")
+        return self
+
+
 class NoveltyParams(Section):
     """novelty stage: an autoencoder whose reconstruction error flags rows unlike the training data."""
 
@@ -323,6 +354,7 @@ class PipelineParams(Section):
     train: TrainParams = TrainParams()
     novelty: NoveltyParams = NoveltyParams()
     export: ExportParams = ExportParams()
+    tune: TuneParams = TuneParams()
     explain: ExplainParams = ExplainParams()
 
     @model_validator(mode="after")

@@ -9,7 +9,10 @@ deployment". Thresholds are TFX-style (`gate:` in params.yaml): absolute floors 
 must reach, and a maximum regression against the champion. With no champion (the first deployment) the floors alone decide.
 With `gate.max_epsilon` set, the candidate must also have been trained with differential privacy
 (its model card's `privacy`) at an epsilon no higher, so a model trained without privacy cannot
-replace one trained with it unless the params drop the requirement.
+replace one trained with it unless the params drop the requirement. With
+`gate.max_latency_regression` or `gate.max_throughput_regression` set, the candidate's p99 and
+rows/s are measured against the champion's in this step (stages/gate_speed.py) and a candidate that
+is right but slower than allowed is refused.
 
 Not a DVC stage: its answer depends on what serves right now. The retraining DAG runs it after
 evaluate; it writes a JSON report (decision, reason, per-metric diff, and with `--drift` the drift
@@ -31,8 +34,9 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from pipeline import atomic
-from pipeline.params import DataParams, Fraction, Section, parse_as
+from pipeline.params import DataParams, Fraction, Section, TuneParams, parse_as
 from stages import _cli
+from stages.gate_speed import judge_speed
 
 if TYPE_CHECKING:  # serving/ (and tritonclient) load only when the champion is scored
     from serving.settings import ServingSettings
@@ -50,6 +54,13 @@ class GateParams(Section):
     max_regression: dict[str, Fraction] = {"accuracy": 0.01, "f1_macro": 0.01}
     report: str = "reports/gate.json"
     max_epsilon: Annotated[float, Field(gt=0.0)] | None = None  # None: privacy not required
+    # Speed against the champion (stages/gate_speed.py), measured as tune: says; None: not judged.
+    max_latency_regression: Annotated[float, Field(ge=0.0)] | None = None  # p99 at most (1 + this) x the champion's
+    max_throughput_regression: Fraction | None = None  # rows/s at least (1 - this) x the champion's
+
+    @property
+    def speed_allowances(self) -> tuple[float | None, float | None]:
+        return self.max_latency_regression, self.max_throughput_regression
 
     @model_validator(mode="after")
     def _check(self) -> GateParams:
@@ -83,6 +94,7 @@ class Decision:
     extra: dict[str, Any] = field(default_factory=dict)
     drift: dict[str, Any] | None = None  # the drift stage's metrics (metrics/drift.json), shown beside the diff
     privacy: dict[str, Any] | None = None  # the candidate card's DP-SGD figures (None: trained without)
+    speed: dict[str, Any] | None = None  # stages/gate_speed.py's figures (None: speed not judged)
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -111,6 +123,14 @@ def diff_markdown(decision: Decision) -> str:
     if decision.privacy is not None:
         spent = decision.privacy
         lines += ["", f"Differential privacy: epsilon {spent['epsilon']:.3f} spent at delta {spent['delta']:.3g}."]
+    if decision.speed is not None:
+        from stages.gate_speed import speed_markdown
+
+        lines += [
+            "",
+            "Speed against the champion (scratch server, alternated rounds, medians):",
+            speed_markdown(decision.speed),
+        ]
     if decision.drift is not None:
         from pipeline.drift import summary_markdown
 
@@ -123,9 +143,11 @@ def decide(
     champion: Mapping[str, Any] | None,
     params: GateParams,
     privacy: Mapping[str, Any] | None = None,
+    speed: Mapping[str, Any] | None = None,
 ) -> Decision:
     """Apply the floors and, when there is a champion, the maximum regression to each metric;
-    with gate.max_epsilon, require `privacy` (the candidate card's) to be within it."""
+    with gate.max_epsilon, require `privacy` (the candidate card's) to be within it; with `speed`
+    (stages/gate_speed.py's comparison), its problems refuse the candidate too."""
     names = list(dict.fromkeys([*params.floors, *params.max_regression]))
     for source, metrics in (("challenger", challenger), ("champion", champion)):
         missing = [n for n in names if metrics is not None and not isinstance(metrics.get(n), int | float)]
@@ -151,13 +173,21 @@ def decide(
         checks.append(Check(name, value, best, floor, allowed, not problems, "; ".join(problems)))
 
     failed = [c.why for c in checks if not c.passed] + privacy_problems(privacy, params.max_epsilon)
+    failed += list(speed["problems"]) if speed else []
     if failed:
         reason = "rejected: " + "; ".join(failed)
     elif champion is None:
         reason = "passed: first deployment (no champion serving), every floor met"
     else:
         reason = "passed: every floor met and no metric regressed beyond its allowance against the champion"
-    return Decision(passed=not failed, reason=reason, checks=checks, privacy=dict(privacy) if privacy else None)
+        reason += " (nor its speed)" if speed else ""
+    return Decision(
+        passed=not failed,
+        reason=reason,
+        checks=checks,
+        privacy=dict(privacy) if privacy else None,
+        speed=dict(speed) if speed else None,
+    )
 
 
 def privacy_problems(privacy: Mapping[str, Any] | None, max_epsilon: float | None) -> list[str]:
@@ -267,7 +297,9 @@ def score_champion(
     return version, metrics
 
 
-def run(args: Any, data: DataParams, serving: ServingSettings, gate: GateParams) -> Decision:
+def run(
+    args: Any, data: DataParams, serving: ServingSettings, gate: GateParams, tune: TuneParams | None = None
+) -> Decision:
     """The gate's decision. Its inputs, given explicitly (it is not a DVC stage): the paths in `args`
     (candidate, clean, split, metrics, drift), the data contract (to read the test rows), where the
     champion serves and the gate's thresholds. The champion is scored in requests of its own served
@@ -284,7 +316,10 @@ def run(args: Any, data: DataParams, serving: ServingSettings, gate: GateParams)
     test = test_rows(SplitTable.open(args.clean, args.split, data))
     champion = score_champion(serving, list(data.classes), model, test)
     privacy = candidate.card.privacy if candidate.card else None
-    decision = decide(challenger, None if champion is None else champion[1], gate, privacy)
+    speed = None
+    if champion is not None and gate.speed_allowances != (None, None):  # a first deployment: no champion to compare
+        speed = judge_speed(Path(args.candidate), serving, champion[0], gate.speed_allowances, tune or TuneParams())
+    decision = decide(challenger, None if champion is None else champion[1], gate, privacy, speed)
     return Decision(
         passed=decision.passed,
         reason=decision.reason,
@@ -294,6 +329,7 @@ def run(args: Any, data: DataParams, serving: ServingSettings, gate: GateParams)
         extra={"test_rows": len(test), "candidate": str(args.candidate)},
         drift=drift,
         privacy=decision.privacy,
+        speed=decision.speed,
     )
 
 
@@ -321,7 +357,8 @@ def main() -> None:
         from serving.settings import ServingSettings
 
         gate = parse_as(GateParams, params.gate, args.params, "gate")
-        decision = run(args, params.data, ServingSettings.from_params(serving_params(params, args.params)), gate)
+        serving = ServingSettings.from_params(serving_params(params, args.params))
+        decision = run(args, params.data, serving, gate, params.tune)
         atomic.write_json(args.report or gate.report, decision.to_json())
         log.info("gate %s\n%s", decision.reason, diff_markdown(decision))
         return decision

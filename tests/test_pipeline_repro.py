@@ -110,13 +110,13 @@ def test_corrupt_raw_file_fails_clean_and_last_good_outputs_restore(repo):
     assert ran(sh(repo, "dvc", "repro")) == set()
 
 
-def test_novelty_on_reruns_novelty_export_evaluate_and_serves_two_outputs(repo):
+def test_novelty_on_reruns_novelty_export_tune_evaluate_and_serves_two_outputs(repo):
     """Turning novelty on retrains nothing but the autoencoder; the candidate then has both outputs."""
     import json
 
     edit_params(repo, novelty__enabled=True, novelty__epochs=5)
     result = sh(repo, "dvc", "repro")
-    assert ran(result) == {"novelty", "export", "evaluate"}, result.stdout
+    assert ran(result) == {"novelty", "export", "tune", "evaluate"}, result.stdout
     card = json.loads((repo / "models" / "candidate" / "model_card.json").read_text())
     assert [o["name"] for o in card["outputs"]] == ["probabilities", "novelty"]
     assert json.loads((repo / "metrics" / "novelty.json").read_text())["threshold"] == card["novelty"]["threshold"]
