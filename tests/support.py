@@ -9,6 +9,7 @@ import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -59,12 +60,14 @@ def edit_params(project: Path, **changes) -> None:
 
 
 @contextlib.contextmanager
-def local_triton(state: Path) -> Iterator:
+def local_triton(state: Path, sample: Any = None) -> Iterator:
     """A real tritonserver on free ports with its repository under `state` (started as every command
-    starts one: serving/startup.py), stopped by its PID.
+    starts one: serving/startup.py), stopped by its PID; keeping a live sample when `sample` (a
+    serving.params.SampleParams) says so.
 
     Its model control is restricted to its key: talk to it with `ClientSettings.local(settings)`,
     or give a Connection the extra `control_key: settings.read_control_key()`."""
+    from serving.params import SampleParams
     from serving.server import ServerSettings, stop_server
     from serving.startup import start_local_server
 
@@ -76,6 +79,7 @@ def local_triton(state: Path) -> Iterator:
         grpc_port=grpc,
         metrics_port=metrics,
         start_timeout_s=60.0,
+        sample=sample or SampleParams(),
     )
     start_local_server(settings)  # the one way every command starts it
     try:

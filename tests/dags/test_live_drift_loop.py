@@ -28,20 +28,17 @@ import numpy as np
 import pytest
 import yaml
 from drift_data import FEATURES, digits_table, shifted, write
-from support import GIT_ENV, free_ports
+from support import GIT_ENV, local_triton
 
-from devtools.airflow_api import AirflowApi
+from devtools.airflow_api import AirflowApi, AirflowApiError
 from devtools.toy import build_candidate
 from pipeline.drift import profile
-from serving import control
 from serving.client import ClientSettings, TritonClient
 from serving.live.labels import LabelStore
 from serving.live.sample import read_sample
 from serving.params import SampleParams
 from serving.push import push_candidate
-from serving.server import ServerSettings, stop_server
 from serving.settings import ServingSettings
-from serving.startup import start_local_server
 
 pytestmark = [pytest.mark.airflow, pytest.mark.triton, pytest.mark.integration]
 
@@ -161,7 +158,11 @@ def started_by(api: AirflowApi, source: str) -> list[dict]:
     """The retrain runs whose asset event came from a check that `source` ("accuracy", "drift") decided."""
     found = []
     for run in api.runs("retrain"):
-        events = api._request("GET", f"/api/v2/dags/retrain/dagRuns/{api._q(run['dag_run_id'])}/upstreamAssetEvents")
+        try:
+            path = f"/api/v2/dags/retrain/dagRuns/{api._q(run['dag_run_id'])}/upstreamAssetEvents"
+            events = api._request("GET", path)
+        except AirflowApiError:  # seen: HTTP 500 for a run the scheduler was creating; asked again at the next poll
+            continue
         messages = [(e.get("extra") or {}).get("message", "") for e in events.get("asset_events", [])]
         if any(f"start a retrain: {source}:" in m or f"; {source}:" in m for m in messages):
             found.append(run)
@@ -177,24 +178,9 @@ def stop_runs(api: AirflowApi) -> None:
 
 @contextlib.contextmanager
 def triton(root: Path, live: Path) -> Iterator[ServingSettings]:
-    http, grpc, metrics = free_ports(3)
-    sample = SampleParams(rate=1.0, dir=str(live), rotate_rows=60, rotate_s=0.5)
-    server = ServerSettings(
-        root / "models",
-        root / "state",
-        http,
-        grpc,
-        metrics,
-        start_timeout_s=60.0,
-        control_key=control.new_key(),
-        sample=sample,
-    )
-    start_local_server(server)
-    try:
+    with local_triton(root, SampleParams(rate=1.0, dir=str(live), rotate_rows=60, rotate_s=0.5)) as server:
         client = ClientSettings.local(server, timeout_s=30.0, retries=2, backoff_s=0.2)
         yield ServingSettings(client=client, repository=server.repository, load_timeout_s=60.0, retention=5)
-    finally:
-        stop_server(server)
 
 
 def checks(api: AirflowApi, dag_id: str) -> list[dict]:
@@ -277,8 +263,9 @@ def test_unshifted_traffic_starts_no_retrain_wrong_labels_start_one_and_shifted_
                 shifted_at = time.monotonic()
 
                 def by_drift() -> list[dict]:
+                    found = started_by(api, "drift")
                     stop_runs(api)  # a later check of the wrong labels' last interval may have started one more
-                    return started_by(api, "drift")
+                    return found
 
                 (run,) = helpers.wait_for(
                     "a retrain run started by drift", by_drift, log, timeout_s=2 * INTERVAL_S + 120, poll_s=1

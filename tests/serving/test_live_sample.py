@@ -22,9 +22,8 @@ import pyarrow.parquet as pq
 import pytest
 from ruamel.yaml import YAML
 from serving_traffic import Traffic, true_outputs
-from support import free_ports
+from support import free_ports, local_triton
 
-from serving import control
 from serving.client import ClientSettings, TritonClient
 from serving.live.label_service import send_label
 from serving.live.labels import LabelRefused, LabelStore, labelled
@@ -33,9 +32,8 @@ from serving.params import SampleParams
 from serving.push import push_candidate
 from serving.rollout import driver, operations
 from serving.rollout.params import AccuracyParams, LatencyParams, RolloutParams
-from serving.server import ServerSettings, stop_server
+from serving.server import ServerSettings
 from serving.settings import ServingSettings
-from serving.startup import start_local_server
 
 pytestmark = pytest.mark.triton
 
@@ -50,23 +48,9 @@ def server(tmp_path_factory) -> Iterator[ServerSettings]:
     """A server of this module's own, started keeping half of the requests; parts every 0.5 s or
     60 rows, and a retention of one day."""
     root = tmp_path_factory.mktemp("live")
-    http, grpc, metrics = free_ports(3)
     sample = SampleParams(rate=RATE, dir=str(root / "live"), rotate_rows=60, rotate_s=0.5, retention_days=1.0)
-    settings = ServerSettings(
-        root / "models",
-        root / "state",
-        http,
-        grpc,
-        metrics,
-        start_timeout_s=60.0,
-        control_key=control.new_key(),
-        sample=sample,
-    )
-    start_local_server(settings)
-    try:
+    with local_triton(root, sample) as settings:
         yield settings
-    finally:
-        stop_server(settings)
 
 
 @pytest.fixture(scope="module")
