@@ -4,8 +4,9 @@ project's own code), sized for `make test`: a toy model, 2 settings, 2 rounds of
 - A candidate exported with a deliberately slow config (a 100 ms queue delay: every lone request
   waits it all) is tuned to the grid's faster setting, written into the tuned copy's config.pbtxt,
   with the measured table in its card.
-- A candidate whose model is made slow (serving/backend/model.py plus a 30 ms sleep per run, same
-  answers) is refused by the gate on latency against the pinned champion.
+- A candidate whose model is made slow (serving/backend/model.py plus a 60 ms sleep per run, same
+  answers) is refused by the gate on latency against the pinned champion, and a retrain at the
+  champion's speed passes the same gate.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ _Quick = TritonPythonModel
 class TritonPythonModel(_Quick):
     def execute(self, requests):
         responses = super().execute(requests)
-        _time.sleep(0.03)
+        _time.sleep(0.06)
         return responses
 """
 )
@@ -86,7 +87,10 @@ def test_the_gate_refuses_a_right_but_slow_candidate_on_latency(tmp_path):
     from stages.gate import GateParams, decide
     from stages.gate_speed import judge_speed
 
-    gate = GateParams(max_latency_regression=0.5, max_throughput_regression=0.3)
+    # One gate for both candidates. Its allowance (4x the champion's p99) is wide because the p99 of
+    # half-second cells on 2 shared cores is noisy: an equal candidate measured 2.28x at c=1 under a
+    # loaded CI. The slow model's added 60 ms is far beyond it (~20x at c=1).
+    gate = GateParams(max_latency_regression=3.0, max_throughput_regression=0.6)
     metrics = {"accuracy": 0.98, "f1_macro": 0.98}  # right: the same answers as the champion
     tune = TuneParams.model_validate(LOAD)
     with local_triton(tmp_path / "production") as server:
@@ -99,13 +103,11 @@ def test_the_gate_refuses_a_right_but_slow_candidate_on_latency(tmp_path):
         decision = decide(metrics, metrics, gate, speed=speed)
         assert not decision.passed, decision.reason
         assert "p99 at 1 concurrent clients is" in decision.reason
-        assert speed["p99_ratio"]["1"] > 1.5
+        assert speed["p99_ratio"]["1"] > 4.0
 
-        # A retrain at the champion's speed passes: the check does not refuse everything. Its
-        # allowance is wider (2x), as the p99 of half-second cells on shared cores is noisy.
+        # A retrain at the champion's speed passes the same gate: the check does not refuse everything.
         quick = build_candidate(tmp_path / "quick", name="toy", retrained=1)
-        wide = GateParams(max_latency_regression=1.0, max_throughput_regression=0.5)
-        same = judge_speed(quick, settings, champion, wide.speed_allowances, tune)
+        same = judge_speed(quick, settings, champion, gate.speed_allowances, tune)
         assert same["passed"], same
 
         # Measured on a scratch server: production serves only the champion, nothing staged.
