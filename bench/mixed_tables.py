@@ -46,6 +46,7 @@ def bench_params(missing: str, name: str, columns: dict | None = None) -> Params
     raw["data"] = data_section(missing, columns, "unused")
     raw["train"] |= {"epochs": 20, "batch_size": 32, "device": "cpu"}
     raw["train"]["model"] = {"arch": "mlp", "hidden": [64], "dropout": 0.1}
+    raw["train"]["families"] = {}  # the small mlp above, not the mlp family's defaults
     raw["export"]["model_name"] = name
     return parse_params(raw)
 

@@ -19,6 +19,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import StageError
+from pipeline.families import effective_key, resolve_family
+
+__all__ = ["effective_key"]  # pipeline.families' helper, for what writes values into params.yaml
 
 DEFAULT_PATH = Path("params.yaml")
 
@@ -168,8 +171,11 @@ class TransformerParams(Section):
         return self
 
 
+Arch = Literal["cnn", "mlp", "rnn", "transformer"]  # pipeline.families.ARCHES
+
+
 class ModelParams(Section):
-    arch: Literal["cnn", "mlp", "rnn", "transformer"] = "cnn"
+    arch: Arch = "cnn"
     channels: list[Positive] = [32, 64]
     hidden: list[Positive] = [128]
     dropout: Fraction = 0.2
@@ -247,6 +253,15 @@ class TrainParams(Section):
     augment: AugmentParams = AugmentParams()
     distributed: DistributedParams = DistributedParams()
     privacy: PrivacyParams = PrivacyParams()
+    # Each family's partial override of the keys above, as written (pipeline/families.py); the
+    # chosen arch's is merged in. Left out of model_dump: model files and checkpoints record the
+    # effective params.
+    families: dict[Arch, dict[str, Any]] = Field(default={}, exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_family(cls, raw: Any) -> Any:
+        return resolve_family(raw, cls) if isinstance(raw, dict) else raw
 
     @model_validator(mode="after")
     def _check(self) -> TrainParams:

@@ -138,6 +138,7 @@ def tiny_params(target: Path, variant: str = "defaults") -> Path:
     raw["split"]["folds"] = [0, 1]
     raw["train"] |= {"epochs": 1, "device": "cpu"}
     raw["train"]["model"] |= {"channels": [4], "hidden": [8]}
+    raw["train"]["families"] = {}  # the sizes above whichever family a variant picks
     if variant == "switched_on":  # differential privacy, the novelty output, the explanations
         raw["train"]["privacy"]["enabled"] = True
         raw["novelty"] |= {"enabled": True, "epochs": 1}

@@ -41,6 +41,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
         data__columns={"island": {"categories": ["Biscoe", "Dream", "Torgersen"]}},
         train__epochs=6,
         train__model__arch="mlp",
+        train__families={},  # the 6 epochs above, not the mlp family's defaults
         split__folds=[0, 1],
         export__model_name="penguins",
         gate__floors={"accuracy": 0.8},

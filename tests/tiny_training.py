@@ -21,6 +21,7 @@ def raw_params(**train_overrides) -> dict:
         "early_stopping": {"metric": "val_accuracy", "patience": 50},
         "device": "cpu",
         "checkpoint_interval_s": 0.0,  # a checkpoint after every epoch
+        "families": {},  # these tiny sizes whichever train.model.arch a test picks
     }
     raw["train"] = {**raw["train"], **tiny, **train_overrides}
     return raw

@@ -34,6 +34,7 @@ def mixed_params(missing: str = "quarantine", columns: dict | None = None, epoch
     raw["data"] = data_section(missing, columns, "raw/penguins.csv")
     raw["train"] |= {"epochs": epochs, "batch_size": 32, "device": "cpu"}
     raw["train"]["model"] = {"arch": "mlp", "hidden": [32], "dropout": 0.0}
+    raw["train"]["families"] = {}  # the small mlp above, not the mlp family's defaults
     raw["split"]["folds"] = [0, 1]
     raw["export"]["model_name"] = "penguins"
     return parse_params(raw)
