@@ -54,6 +54,7 @@ def family_params(arch: str, rows: str, **train) -> Params:
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["train"] |= {"epochs": 4, "batch_size": 16, "device": "cpu", **train}
     raw["train"]["model"] = {"arch": arch, **TINY_MODEL}
+    raw["train"]["families"] = {}  # the tiny sizes above, not each family's defaults
     raw["export"]["model_name"] = f"{arch}_{rows}"
     if rows == "tabular":
         raw["data"] |= {"feature_prefix": "", "image_shape": None, "value_range": None, "classes": [0, 1]}
@@ -174,3 +175,56 @@ def test_the_card_records_the_typed_config_as_plain_data(tmp_path):
     config = card["model_config"]
     assert config == {**config, "arch": "rnn", "cell": "lstm", "image_shape": None, "n_features": 30}
     assert dataclasses.is_dataclass(family_params("rnn", "tabular").train.model) is False  # params stay pydantic
+
+
+# --- each family's defaults (train.families) pass the gate's floors on digits ------------------
+
+
+def digits_split(params: Params) -> SplitTable:
+    """The embedded digits as the pipeline splits them (the embed stage's table, the split stage's
+    assignment): the rows `dvc repro split` gives."""
+    from stages import embed
+
+    table = embed.run(params.embed, params.data)
+    return SplitTable.of(table, split_stratified(table[params.data.label].to_numpy(), params.split), params.data)
+
+
+def committed_family(arch: str) -> Params:
+    """params.yaml as committed with `arch` picked: that family's defaults apply."""
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["train"]["model"]["arch"] = arch
+    return parse_params(raw)
+
+
+def test_the_mlp_defaults_pass_the_gate_on_digits(params, tmp_path):
+    """The cheapest family end to end as a run takes it: trained with its defaults, exported, its
+    ONNX file scored on the test split by the evaluate stage, judged by the gate's floors."""
+    from stages import evaluate, gate
+
+    family = committed_family("mlp")
+    table = digits_split(family)
+    result, config, _ = train.run(table, family.data, family.train, progress=False)
+    model_file = {"config": config, "metrics": result.metrics, "params": family.train.model_dump(mode="json")}
+    hashes = {"clean": {"path": "c", "md5": "0" * 32}, "split": {"path": "s", "md5": "1" * 32}}
+    with atomic.atomic_dir(tmp_path / "candidate") as tmp:
+        export.run(result.model, model_file, table.split_rows("test"), family.data, family.export, Path(tmp), hashes)
+    scores = evaluate.run(tmp_path / "candidate", evaluate.test_rows(table), family.data).metrics
+    decision = gate.decide(scores, None, params.gate)
+    assert decision.passed, decision.reason
+    assert config.arch == "mlp" and config.hidden == (256, 128)  # the family's own sizes, not the shared
+
+
+@pytest.mark.parametrize("arch", ["rnn", "transformer"])  # the mlp's: the test above
+def test_each_familys_defaults_pass_the_floors_on_digits(arch, params):
+    """Trained with its defaults, the family's kept weights score above the gate's floors on the
+    test split (the shared keys alone leave the rnn and the transformer below them)."""
+    from pipeline.compute import device_tensors
+    from pipeline.training import evaluate
+    from stages import gate
+
+    family = committed_family(arch)
+    table = digits_split(family)
+    result, config, _ = train.run(table, family.data, family.train, progress=False)
+    scores = evaluate(result.model, *device_tensors(table.split_rows("test")), config.n_classes)
+    decision = gate.decide(scores, None, params.gate)
+    assert decision.passed, decision.reason
