@@ -31,6 +31,7 @@ deterministic kernels (`compute`), optimizers and schedule (`optimizers`), augme
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -52,6 +53,7 @@ from pipeline.checkpoints import (
 )
 from pipeline.compute import cpu_threads, deterministic_kernels, device_tensors
 from pipeline.distributed import ALONE, World
+from pipeline.errors import StageError
 from pipeline.learner import Learner
 from pipeline.metrics import scores
 from pipeline.models import ModelConfig, build_model
@@ -65,6 +67,10 @@ EVAL_BATCH = 4096  # rows per forward pass when scoring; big enough to be one pa
 
 # Called after each epoch (and for each epoch replayed from a checkpoint): (epoch, metrics row).
 EpochHook = Callable[[int, dict[str, float]], None]
+
+
+class DivergedError(StageError):
+    """The training loss stopped being a number (NaN or infinite): the run cannot recover."""
 
 
 @dataclass
@@ -166,6 +172,12 @@ def fit(
         while not state["done"]:
             epoch = state["epoch"]
             row = {"train_loss": learner.train_epoch(x_train, y_train)}
+            if not math.isfinite(row["train_loss"]):
+                raise DivergedError(
+                    f"training diverged at epoch {epoch + 1}: the training loss is {row['train_loss']}. "
+                    f"Lower train.optimizer.lr (now {params.optimizer.lr}) or raise train.schedule.warmup_fraction; "
+                    "no model was written"
+                )
             learner.sync()
             with learner.autocast():
                 val_scores = evaluate(learner.model, x_val, y_val, config.n_classes, world)

@@ -268,3 +268,15 @@ def test_cli_writes_model_metrics_and_plots(image_table, tmp_path):
     assert summary["step"] == 1 and "val_accuracy" in summary["best"]
     assert (tmp_path / "live" / "plots" / "metrics" / "val_accuracy.tsv").read_text().count("\n") == 3
     assert not (tmp_path / "live" / "dvc.yaml").exists()
+
+
+def test_a_diverged_training_fails_naming_the_learning_rate(image_table, assignment, tmp_path):
+    """A learning rate far too high makes the loss NaN: the stage fails at that epoch, naming the key
+    to change, instead of finishing a model that answers one class (nor a checkpoint of the NaN weights)."""
+    from pipeline.errors import StageError
+
+    params = tiny_params(epochs=3, optimizer={**raw_params()["train"]["optimizer"], "lr": 1e6})
+    with pytest.raises(StageError, match=r"diverged.*epoch 1.*train\.optimizer\.lr") as failed:
+        run_train(image_table, assignment, params, tmp_path / "ckpt.pt")
+    assert "1000000.0" in str(failed.value)
+    assert not (tmp_path / "ckpt.pt").exists()
