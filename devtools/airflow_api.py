@@ -82,6 +82,13 @@ class AirflowApi:
     def dag(self, dag_id: str) -> dict[str, Any]:
         return self._request("GET", f"/api/v2/dags/{self._q(dag_id)}")
 
+    def task_ids(self, dag_id: str) -> list[str]:
+        """The task ids of the DAG as the dag-processor last stored it (a re-parse changes them)."""
+        return [t["task_id"] for t in self._request("GET", f"/api/v2/dags/{self._q(dag_id)}/tasks")["tasks"]]
+
+    def set_pool_slots(self, pool: str, slots: int) -> dict[str, Any]:
+        return self._request("PATCH", f"/api/v2/pools/{self._q(pool)}?update_mask=slots", {"slots": slots})
+
     def set_paused(self, dag_id: str, paused: bool) -> dict[str, Any]:
         return self._request("PATCH", f"/api/v2/dags/{self._q(dag_id)}", {"is_paused": paused})
 
@@ -101,10 +108,11 @@ class AirflowApi:
         path = f"/api/v2/dags/{self._q(dag_id)}/dagRuns/{self._q(run_id)}/taskInstances/{self._q(task_id)}/tries"
         return self._request("GET", path)["task_instances"]
 
-    def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value") -> Any:
+    def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value", map_index: int = -1) -> Any:
+        """One XCom value (None when there is none); `map_index`: an instance of a mapped task."""
         path = (
             f"/api/v2/dags/{self._q(dag_id)}/dagRuns/{self._q(run_id)}/taskInstances/{self._q(task_id)}"
-            f"/xcomEntries/{self._q(key)}?deserialize=true"
+            f"/xcomEntries/{self._q(key)}?deserialize=true&map_index={map_index}"
         )
         try:
             return self._request("GET", path)["value"]
@@ -113,11 +121,11 @@ class AirflowApi:
                 return None
             raise
 
-    def log(self, dag_id: str, run_id: str, task_id: str, try_number: int) -> str:
-        """The text of one try's log (the structured lines joined)."""
+    def log(self, dag_id: str, run_id: str, task_id: str, try_number: int, map_index: int = -1) -> str:
+        """The text of one try's log (the structured lines joined); `map_index`: a mapped task's instance."""
         path = (
             f"/api/v2/dags/{self._q(dag_id)}/dagRuns/{self._q(run_id)}/taskInstances/{self._q(task_id)}"
-            f"/logs/{try_number}?full_content=true"
+            f"/logs/{try_number}?full_content=true&map_index={map_index}"
         )
         content = self._request("GET", path)
         lines = content.get("content", []) if isinstance(content, dict) else [content]

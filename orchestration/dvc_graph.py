@@ -38,6 +38,13 @@ class Stage:
     deps: tuple[str, ...] = ()
     outs: tuple[str, ...] = ()  # outs, metrics and plots: every path the stage writes
     meta: Mapping[str, Any] = field(default_factory=dict)
+    params: tuple[str, ...] = ()  # the params.yaml keys it reads (`train`, `split.folds`); other params files left out
+
+    def reads_params(self, section: str) -> bool:
+        """Whether a change under `section` (a params.yaml key, dotted or not) can change this stage."""
+        return any(
+            key == section or key.startswith(section + ".") or section.startswith(key + ".") for key in self.params
+        )
 
     def cli_args(self) -> dict[str, str]:
         """`--flag value` pairs of the command, so a path declared here is never re-typed elsewhere."""
@@ -187,7 +194,21 @@ def _stage(name: str, group: str, key: str | None, body: Mapping[str, Any], cont
         deps=tuple(_normalise(p) for p in _paths(resolved.get("deps"))),
         outs=tuple(_normalise(p) for p in outs),
         meta=resolved.get("meta") or {},
+        params=tuple(_param_keys(resolved.get("params"))),
     )
+
+
+def _param_keys(params: Any) -> list[str]:
+    """The params.yaml keys of a stage's `params:` (entries naming another file are left out)."""
+    keys: list[str] = []
+    for item in params or []:
+        if isinstance(item, str):
+            keys.append(item)
+        elif isinstance(item, Mapping):
+            for name, value in item.items():
+                if str(name) == "params.yaml":
+                    keys.extend(str(v) for v in value or [])
+    return keys
 
 
 def _context(root: Path, document: Mapping[str, Any]) -> dict[str, Any]:

@@ -44,6 +44,8 @@ class PreparedRun(_Value):
     note: str = ""  # the Trigger form's note
     overrides: dict[str, str | None] = field(default_factory=dict)  # params keys the Trigger form set
     pinned: dict[str, Any] | None = None  # a data source in S3: what was pinned (source, objects, bytes)
+    # With a sweep: its winner (study, trial, params, objective), whose params this run's commit holds
+    sweep: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -154,6 +154,29 @@ def _merged(
     return base, merged
 
 
+def stage_checkout(
+    fleet: Fleet,
+    run_id: str,
+    prepared: PreparedRun,
+    name: str,
+    upstream: Sequence[Mapping[str, Any]],
+    folder: str,
+) -> tuple[Path, dict[str, lockfile.Entry], dict[str, lockfile.Entry]]:
+    """A checkout of the run in `folder` whose dvc.lock holds what stage `name` needs: the entries
+    of its ancestors from `upstream` (their task results) over the run's base lock. Returns the
+    checkout, the base lock and the merged one."""
+    root = workspace.checkout(fleet.ws, workspace.safe_run_key(run_id), folder, prepared.ref, prepared.commit)
+    ancestors = sorted(fleet.graph.ancestors(name))
+    base, merged = _merged(
+        fleet,
+        root,
+        [r for r in upstream if r and r.get("stage") in ancestors],
+        require=ancestors,
+        keep=stage_scope(fleet.graph, name),
+    )
+    return root, base, merged
+
+
 def stage(
     fleet: Fleet,
     run_id: str,
@@ -164,17 +187,8 @@ def stage(
 ) -> dict[str, Any]:
     """Bring stage `name` up to date in a checkout of its own; `upstream` holds the results of
     the tasks of the stages it depends on (all its ancestors)."""
-    root = workspace.checkout(
-        fleet.ws, workspace.safe_run_key(run_id), task_folder(name, try_number), prepared.ref, prepared.commit
-    )
+    root, base, merged = stage_checkout(fleet, run_id, prepared, name, upstream, task_folder(name, try_number))
     ancestors = sorted(fleet.graph.ancestors(name))
-    base, merged = _merged(
-        fleet,
-        root,
-        [r for r in upstream if r and r.get("stage") in ancestors],
-        require=ancestors,
-        keep=stage_scope(fleet.graph, name),
-    )
     paths, covering = inputs(fleet.graph, name)
     # The base lock is a published one: consistent, and its outputs were on the remote when published.
     as_locked = name in base and all(merged.get(a) == base.get(a) for a in ancestors)

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PREPARE_TASK = "prepare_workspace"
+SWEEP_CHOOSE_TASK = "sweep.choose"  # with `sweep.enabled`: the run's commit with the winner's params
 
 
 # --- settings ---------------------------------------------------------------------------------
@@ -72,6 +73,14 @@ def results(context: Mapping[str, Any], task_ids: Sequence[str]) -> list[dict[st
         return []
     pulled = context["ti"].xcom_pull(task_ids=list(task_ids))
     return [value for value in pulled if value]
+
+
+def prepared_run(ti: Any) -> PreparedRun:
+    """The run's commit: prepare_workspace's, or, once a sweep has chosen, the commit that holds
+    its winner's params (the stages that read `train` wait for it; the others may use either: the
+    two differ only in the swept keys)."""
+    chosen = ti.xcom_pull(task_ids=SWEEP_CHOOSE_TASK)  # None: no sweep in this DAG, or not chosen yet
+    return PreparedRun.from_xcom(chosen or ti.xcom_pull(task_ids=PREPARE_TASK))
 
 
 def failing_fast(call: Any, cause_file: Path | None = None) -> Any:
@@ -180,7 +189,7 @@ def stage(project: str | Path, name: str, ancestors: Sequence[str], context: Map
     from stages._cli import FAILURE_FILE_ENV
 
     ti = context["ti"]
-    prepared = PreparedRun.from_xcom(ti.xcom_pull(task_ids=PREPARE_TASK))
+    prepared = prepared_run(ti)
     upstream = results(context, ancestors)
     params = project_params(project)
     setup = fleet(project, params)
@@ -231,7 +240,7 @@ def run_outputs(
         lambda: steps.checkout_outputs(
             setup,
             context["run_id"],
-            PreparedRun.from_xcom(ti.xcom_pull(task_ids=PREPARE_TASK)),
+            prepared_run(ti),
             results(context, stage_ids),
             task,
             list(paths),
