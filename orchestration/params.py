@@ -2,7 +2,8 @@
 
 `ProjectParams` checks every section, each with its owner's schema: the pipeline's
 (pipeline/params.py), `serving:` (serving/params.py), `rollout:` (serving/rollout/params.py),
-`gate:` (stages/gate.py) and `airflow:` (here, with its `live_drift:`). The DAG file, the Airflow tasks and the local tooling load it; a DVC stage loads only the
+`gate:` (stages/gate.py), `sweep:` (orchestration/sweep/params.py) and `airflow:` (here, with its
+`live_drift:`). The DAG file, the Airflow tasks and the local tooling load it; a DVC stage loads only the
 pipeline's sections, so a change to these schemas reruns no stage.
 """
 
@@ -15,6 +16,7 @@ from typing import Annotated, Any
 
 from pydantic import Field, model_validator
 
+from orchestration.sweep.params import SweepParams, space_problems
 from pipeline.params import DEFAULT_PATH, PipelineParams, Positive, Section, parse_as, read_params
 from serving.params import ServingParams
 from serving.rollout.params import RolloutParams
@@ -87,6 +89,15 @@ class ProjectParams(PipelineParams):
     rollout: RolloutParams = RolloutParams()
     gate: GateParams = GateParams()
     airflow: AirflowParams = AirflowParams()
+    sweep: SweepParams = SweepParams()
+
+    @model_validator(mode="after")
+    def _check_sweep(self) -> ProjectParams:
+        # Every value the sweep may write must fit `train:`: a bad space fails here, before any trial.
+        problems = space_problems(self.sweep, self.train)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     @property
     def live_drift_on(self) -> bool:

@@ -389,9 +389,9 @@ class PipelineParams(Section):
 
 # Sections other parts own: a stage reads none of them, so their schemas are not the stages'
 # dependencies (a change to the Airflow schema reruns no stage). Their owners check them:
-# serving/params.py, serving/rollout/params.py, stages/gate.py, orchestration/params.py (the whole
-# file: ProjectParams).
-OTHER_OWNERS = ("serving", "rollout", "gate", "airflow")
+# serving/params.py, serving/rollout/params.py, stages/gate.py, orchestration/sweep/params.py,
+# orchestration/params.py (the whole file: ProjectParams).
+OTHER_OWNERS = ("serving", "rollout", "gate", "airflow", "sweep")
 
 
 class Params(PipelineParams):
@@ -402,6 +402,7 @@ class Params(PipelineParams):
     rollout: dict[str, Any] = {}
     gate: dict[str, Any] = {}
     airflow: dict[str, Any] = {}
+    sweep: dict[str, Any] = {}
 
 
 S = TypeVar("S", bound=BaseModel)
