@@ -47,6 +47,8 @@ TASK_IDS = {t.stage.name: t.full_id for t in SPEC.stage_tasks}
 SERVED = Asset(uri=f"triton://{SPEC.params.export.model_name}", group="model")
 # A shadow or canary rollout after the push (params rollout.mode); direct: the push serves it, as before.
 ROLLOUT = SPEC.params.rollout.mode != "direct"
+# A hyper-parameter sweep before train (params sweep.enabled); off: no sweep task in the DAG.
+SWEEP = SPEC.params.sweep.enabled
 
 INFRA_RETRIES: dict[str, Any] = {
     "retries": AF.infra_retries,
@@ -98,6 +100,53 @@ def dvc_stage(stage: str, ancestors: list[str], **context) -> dict:
     from orchestration import tasks
 
     return tasks.stage(PROJECT, stage, ancestors, context)
+
+
+@task(
+    task_id="plan",
+    doc_md="""### Sweep: plan
+Opens the study of this search space and data (`sweep:` in params.yaml; its storage `sweep.storage`)
+and returns the trials still to run: a rerun with the same space and data retrains nothing finished.""",
+    **INFRA_RETRIES,
+)
+def sweep_plan(ancestors: list[str], **context) -> list:
+    from orchestration import sweep_task
+
+    return sweep_task.plan(PROJECT, ancestors, context)
+
+
+@task(
+    task_id="trial",
+    multiple_outputs=False,
+    queue=AF.gpu_queue,
+    pool=AF.gpu_pool,
+    execution_timeout=dt.timedelta(minutes=AF.stage_timeout_min),
+    doc_md="""### Sweep: one trial
+Trains with the trial's params as a DVC experiment in this worker's checkout (`dvc exp show` in a
+clone of the workspace repository lists it), reporting each epoch's DVCLive value to the study.
+Failed: this task fails, the sweep goes on. Pruned (behind the other trials at the same epoch): skipped.""",
+    **INFRA_RETRIES,
+)
+def sweep_trial(spec: dict, ancestors: list[str], **context) -> dict:
+    from orchestration import sweep_task
+
+    return sweep_task.trial(PROJECT, spec, ancestors, context)
+
+
+@task(
+    task_id="choose",
+    multiple_outputs=False,
+    trigger_rule="all_done",  # failed and pruned trials do not stop it; it fails when none finished
+    doc_md="""### Sweep: choose the winner
+The best finished trial's params go into params.yaml of this run's commit (`<run ref>.sweep`): train,
+crossval, export, the gate, the push and publish build from them, and `model-vN` records them.
+Fails only when no trial finished.""",
+    **INFRA_RETRIES,
+)
+def sweep_choose(**context) -> dict:
+    from orchestration import sweep_task
+
+    return sweep_task.choose(PROJECT, context)
 
 
 @task(
@@ -221,6 +270,18 @@ with DAG(
         for upstream in spec.upstream:
             stage_tasks[upstream] >> stage_tasks[spec.stage.name]
     prepared >> [stage_tasks[name] for name in SPEC.graph.roots()]
+    run_commit = prepared  # what publish commits on: with a sweep, the commit with the winner's params
+    if SWEEP:
+        with TaskGroup("sweep", tooltip="hyper-parameter sweep (params sweep:) before train") as sweep_group:
+            inputs = sorted(SPEC.graph.ancestors("train"))
+            planned = sweep_plan(ancestors=[TASK_IDS[a] for a in inputs])
+            trials = sweep_trial.partial(ancestors=[TASK_IDS[a] for a in inputs]).expand(spec=planned)
+            run_commit = sweep_choose()
+            trials >> run_commit
+        [stage_tasks[a] for a in inputs] >> planned
+        # every stage that reads train params waits for the winner's (the rest run meanwhile)
+        readers = [s.stage.name for s in SPEC.stage_tasks if s.stage.reads_params("train")]
+        run_commit >> [stage_tasks[name] for name in readers]
 
     checked = gate()
     checked.operator.operator_extra_links = (ReportsLink(),)  # type: ignore[attr-defined]  # a PlainXComArg: .operator is the task
@@ -251,6 +312,6 @@ with DAG(
         )
         rollout.operator_extra_links = (ReportsLink(),)
         pushed >> rollout
-        publish(rollout.output, prepared)  # type: ignore[arg-type]
+        publish(rollout.output, run_commit)  # type: ignore[arg-type]
     else:
-        publish(pushed, prepared)  # type: ignore[arg-type]  # TaskFlow resolves each XComArg to its dict at run time
+        publish(pushed, run_commit)  # type: ignore[arg-type]  # TaskFlow resolves each XComArg to its dict at run time

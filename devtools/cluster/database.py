@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 from devtools.cluster.processes import require_free, run_tool
-from devtools.cluster.settings import DATABASE, ClusterError, ClusterSettings, write_private
+from devtools.cluster.settings import DATABASE, SWEEP_DATABASE, ClusterError, ClusterSettings, write_private
 
 log = logging.getLogger(__name__)
 
@@ -113,11 +113,12 @@ def create_database(settings: ClusterSettings, password: str) -> None:
                 cursor.execute(
                     sql.SQL("CREATE ROLE {} LOGIN PASSWORD %s").format(sql.Identifier(DATABASE)), (password,)
                 )
-            cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,))
-            if cursor.fetchone() is None:
-                cursor.execute(
-                    sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(DATABASE), sql.Identifier(DATABASE))
-                )
+            for name in (DATABASE, SWEEP_DATABASE):
+                cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+                if cursor.fetchone() is None:
+                    cursor.execute(
+                        sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(name), sql.Identifier(DATABASE))
+                    )
     finally:
         connection.close()
 

@@ -26,8 +26,17 @@ from devtools.cluster.processes import (
     signal_tree,
     spawn,
 )
-from devtools.cluster.settings import DATABASE, WORKER_ROOT_ENV, ClusterError, ClusterSettings, Worker, cluster_secrets
+from devtools.cluster.settings import (
+    DATABASE,
+    SWEEP_DATABASE,
+    WORKER_ROOT_ENV,
+    ClusterError,
+    ClusterSettings,
+    Worker,
+    cluster_secrets,
+)
 from orchestration.hostname import WORKER_NAME_ENV
+from orchestration.sweep.study import STORAGE_ENV
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +46,8 @@ def airflow_env(settings: ClusterSettings, base: Mapping[str, str] | None = None
     the local one (devtools.airflow_home) with the Celery executor, Postgres and Redis on top."""
     keys = cluster_secrets(settings)
     password = keys["postgres_password"]
-    database = f"{DATABASE}:{password}@127.0.0.1:{settings.postgres_port}/{DATABASE}"
+    server = f"{DATABASE}:{password}@127.0.0.1:{settings.postgres_port}"
+    database = f"{server}/{DATABASE}"
     env = local_airflow_env(settings.project, settings.home, settings.api_port, base)
     env.update(
         {
@@ -54,6 +64,8 @@ def airflow_env(settings: ClusterSettings, base: Mapping[str, str] | None = None
             "AIRFLOW__LOGGING__TRIGGERER_LOG_SERVER_PORT": str(settings.triggerer_log_port),
             "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(settings.heartbeat_timeout_s),
             "PYTHONUNBUFFERED": "1",
+            # Optuna's study storage for the sweeps' trials: every worker reads and writes the same study
+            STORAGE_ENV: f"postgresql+psycopg2://{server}/{SWEEP_DATABASE}",
         }
     )
     return env

@@ -18,6 +18,7 @@ from pipeline.errors import StageError
 STATE_DIR = ".airflow/cluster"  # relative to the project; ignored by git
 DEFAULT_QUEUE = "default"  # Airflow's [operators] default_queue
 DATABASE = "airflow"  # Postgres role and database of the metadata
+SWEEP_DATABASE = "sweeps"  # the hyper-parameter sweeps' Optuna studies (sweep.storage), owned by the same role
 SERVICES = ("api-server", "scheduler", "dag-processor", "triggerer")
 
 

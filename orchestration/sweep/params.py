@@ -93,6 +93,9 @@ class SweepParams(Section):
     pruner: PrunerParams = PrunerParams()
     storage: Annotated[str, Field(min_length=1)] | None = None
     space: dict[str, Dimension] = {}
+    # Trials run first, in order, when the study is created (e.g. today's params, as a baseline); keys
+    # of `space`, a choice among its choices, a range's value may lie outside it. The rest are sampled.
+    enqueue: list[dict[str, Any]] = []
 
     @model_validator(mode="after")
     def _check(self) -> SweepParams:
@@ -113,6 +116,14 @@ class SweepParams(Section):
                 f"pruner.metric {self.pruner.metric!r} is judged in the objective's direction "
                 f"({self.objective.direction}): pick a per-epoch metric that is better the same way"
             )
+        for i, trial in enumerate(self.enqueue):
+            unknown = sorted(set(trial) - set(self.space))
+            if unknown:
+                raise ValueError(f"enqueue[{i}]: {unknown} are not keys of the space")
+            for key, value in trial.items():
+                choices = self.space[key].choices
+                if choices is not None and value not in choices:
+                    raise ValueError(f"enqueue[{i}]: {key} = {value!r} is none of its choices {choices}")
         if self.enabled and not self.space:
             raise ValueError("sweep.enabled needs a `space` with at least one train.* key")
         return self
@@ -138,6 +149,7 @@ def space_problems(sweep: SweepParams, train: TrainParams) -> list[str]:
     problems: list[str] = []
     for key, dim in sweep.space.items():
         values = dim.choices if dim.choices is not None else [dim.low, dim.high]
+        values = [*values, *(trial[key] for trial in sweep.enqueue if key in trial)]
         for value in values:
             try:
                 TrainParams.model_validate(_with(base, key.removeprefix("train."), value))

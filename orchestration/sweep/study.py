@@ -168,6 +168,9 @@ def plan(sweep: SweepParams, storage: str, data_key: str) -> list[TrialSpec]:
         results.tell(dead.number, state=TrialState.FAIL)
         results.enqueue_trial(dict(dead.params), user_attrs={RETRY_OF: dead.number}, skip_if_exists=False)
     study = open_study(sweep, storage, name, seed_offset=len(existing))
+    if not existing:  # a new study: the trials params name run first
+        for values in sweep.enqueue:
+            study.enqueue_trial({key: space.encode(value) for key, value in values.items()})
     dists = space.distributions(sweep)
     waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
     asks = max(target_trials(sweep) - counted(study.get_trials(deepcopy=False)), 0) + waiting

@@ -214,3 +214,37 @@ def test_a_shadow_or_canary_rollout_sits_between_push_and_publish_and_emits_the_
     assert tasks["push"]["outlets"] == []
     assert [uri.rstrip("/") for uri in tasks["rollout"]["outlets"]] == [f"triton://{spec.params.export.model_name}"]
     assert tasks["rollout"]["links"] == ["Reports"] and "Promote" in tasks["rollout"]["doc_md"]
+
+
+def test_a_sweep_plans_maps_its_trials_on_the_gpu_queue_and_chooses_before_the_stages_that_read_train(
+    project_copy: Path, make_airflow_home, spec
+) -> None:
+    params = project_copy / "params.yaml"
+    params.write_text(
+        params.read_text().replace(
+            "  enabled: false            # true = the retrain DAG sweeps",
+            "  enabled: true            # true = the retrain DAG sweeps",
+            1,
+        )
+    )
+    env = make_airflow_home(project_copy / "dags")
+    script = PARSE.format(heavy=HEAVY, dags=str(project_copy / "dags"))
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    parsed = json.loads(next(x for x in result.stdout.splitlines() if x.startswith("JSON"))[4:])
+    assert parsed["import_errors"] == {} and parsed["heavy"] == [], parsed["heavy"]
+    tasks = parsed["tasks"]
+    ids = {t.stage.name: t.full_id for t in spec.stage_tasks}
+    assert tasks["sweep.plan"]["upstream"] == sorted(ids[a] for a in spec.graph.ancestors("train"))
+    assert tasks["sweep.trial"]["upstream"] == ["sweep.plan"]
+    assert (tasks["sweep.trial"]["queue"], tasks["sweep.trial"]["pool"]) == (
+        spec.airflow.gpu_queue,
+        spec.airflow.gpu_pool,
+    )
+    assert tasks["sweep.choose"]["upstream"] == ["sweep.trial"]
+    readers = {ids[n] for n, s in spec.graph.stages.items() if s.reads_params("train")}
+    assert readers >= {ids["train"]} and len(readers) > 1  # train and the cross-validation folds
+    for task, info in tasks.items():
+        assert ("sweep.choose" in info["upstream"]) == (task in readers | {"publish"}), task
+    # publish commits on the winner's commit
+    assert "sweep.choose" in tasks["publish"]["upstream"]

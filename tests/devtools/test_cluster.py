@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -33,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 from support import edit_params, free_ports, local_triton
 
 from devtools.airflow_api import AirflowApi, AirflowApiError
@@ -391,3 +393,156 @@ def test_killing_the_gpu_worker_during_train_still_ends_with_a_served_model(
     assert served(triton) == ([1, 2], [2])
     assert tags(project) == ["model-v1", "model-v2"]
     assert_serves(triton, 2)
+
+
+# --- 4. a sweep before train ----------------------------------------------------------------------
+SWEEP_TASKS = {"sweep.plan", "sweep.trial", "sweep.choose"}
+DIVERGES = 1e6  # the training loss is NaN from the first epoch: the trial fails (pipeline/training.py)
+CRAWLS = 1e-6  # learns next to nothing: behind the finished trials at the same epoch, so pruned
+
+
+def _wait_for_dag_tasks(api: AirflowApi, wanted: set[str], timeout_s: float = 300) -> None:
+    """Until the dag-processor has parsed the DAG again with `wanted` among its tasks (params.yaml
+    changed: the DAG's shape follows it)."""
+    deadline = time.monotonic() + timeout_s
+    while not wanted <= set(api.task_ids(DAG_ID)):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the DAG has no {sorted(wanted)} after {timeout_s:.0f}s: {api.task_ids(DAG_ID)}")
+        time.sleep(3)
+
+
+def mapped(api: AirflowApi, run_id: str, task_id: str) -> list[dict[str, Any]]:
+    """The instances of a mapped task, in map-index order, with each one's value (when it succeeded)."""
+    found = [ti for ti in api.task_instances(DAG_ID, run_id) if ti["task_id"] == task_id and ti["map_index"] >= 0]
+    for ti in found:
+        ti["xcom"] = api.xcom(DAG_ID, run_id, task_id, map_index=ti["map_index"]) if ti["state"] == "success" else None
+    return sorted(found, key=lambda ti: ti["map_index"])
+
+
+def most_at_once(intervals: list[tuple[str, str]]) -> int:
+    """The most intervals (ISO start, end) that overlap at one moment."""
+    edges = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals], key=lambda x: (x[0], x[1]))
+    running = most = 0
+    for _, step in edges:
+        running += step
+        most = max(most, running)
+    return most
+
+
+@pytest.fixture(scope="module")
+def swept(killed: dict[str, Any], running: Cluster, project: Path) -> dict[str, Any]:
+    """Six trials over the learning rate and the CNN's widths, two at a time (two GPU workers, the
+    pool's slots at 2): four as given first (one that diverges, one that crawls), two sampled."""
+    lr, channels = "train.optimizer.lr", "train.model.channels"
+    edit_params(
+        project,
+        train__epochs=6,
+        train__early_stopping__patience=5,
+        sweep__enabled=True,
+        sweep__sampler="random",
+        sweep__trials=6,
+        sweep__parallel=2,
+        sweep__space={lr: {"low": 0.002, "high": 0.02, "log": True}, channels: {"choices": [[8, 16], [16, 32]]}},
+        sweep__enqueue=[
+            {lr: 0.003, channels: [16, 32]},
+            {lr: 0.01, channels: [8, 16]},
+            {lr: DIVERGES, channels: [8, 16]},
+            {lr: CRAWLS, channels: [8, 16]},
+        ],
+        sweep__pruner={"enabled": True, "warmup_epochs": 1, "min_trials": 2, "metric": "val_accuracy"},
+    )
+    api = running.api
+    api.set_pool_slots(pipeline_spec(project).airflow.gpu_pool, 2)
+    (port,) = free_ports(1)
+    second = dataclasses.replace(running.settings.worker("gpu-1"), name="gpu-3", log_port=port)
+    settings = running.settings.with_worker(second)
+    services.start_worker(settings, second, services.airflow_env(settings, running.env), fresh=True)
+    _wait_for_dag_tasks(api, SWEEP_TASKS)
+    run = trigger_and_wait(running, "cluster-sweep", hour=3)
+    planned = api.xcom(DAG_ID, run.run_id, "sweep.plan")
+    trials = mapped(api, run.run_id, "sweep.trial")
+    logs = {t["map_index"]: api.log(DAG_ID, run.run_id, "sweep.trial", t["try_number"], t["map_index"]) for t in trials}
+    # A rerun of the sweep alone (same space, same data): the study has every trial already.
+    api.clear(DAG_ID, run.run_id, sorted(SWEEP_TASKS), downstream=False)
+    deadline = time.monotonic() + 60
+    while api.run(DAG_ID, run.run_id)["state"] == "success" and time.monotonic() < deadline:
+        time.sleep(1)
+    api.wait_for_run(DAG_ID, run.run_id, RUN_TIMEOUT_S)
+    return {
+        "run": run,
+        "planned": planned,
+        "trials": trials,
+        "logs": logs,
+        "replanned": api.xcom(DAG_ID, run.run_id, "sweep.plan"),
+        "rechosen": api.xcom(DAG_ID, run.run_id, "sweep.choose"),
+        "after_rerun": read_run(api, run.run_id),
+    }
+
+
+def test_a_sweep_runs_its_trials_two_at_a_time_on_the_gpu_queue_and_the_winner_serves(
+    swept: dict[str, Any], project: Path, running: Cluster, triton
+) -> None:
+    run: ClusterRun = swept["run"]
+    assert run.state == "success", run.not_successful()
+    planned, trials = swept["planned"], swept["trials"]
+    assert len(planned) == 6 and len(trials) == 6
+    lr = {t["map_index"]: planned[t["map_index"]]["params"]["train.optimizer.lr"] for t in trials}
+    states = {lr[t["map_index"]]: t["state"] for t in trials}
+    # the diverging trial failed (its task, not the sweep), the crawling one was pruned (skipped)
+    assert states.pop(DIVERGES) == "failed" and states.pop(CRAWLS) == "skipped", states
+    assert set(states.values()) == {"success"}, states
+    failed = next(t for t in trials if lr[t["map_index"]] == DIVERGES)
+    assert "diverged" in swept["logs"][failed["map_index"]]
+    pruned = next(t for t in trials if lr[t["map_index"]] == CRAWLS)
+    assert "pruned" in swept["logs"][pruned["map_index"]]
+    # on the GPU queue, each in its own worker's checkout, never more than the pool's 2 slots at once
+    gpu_queue = pipeline_spec(project).airflow.gpu_queue
+    assert {t["queue"] for t in trials} == {gpu_queue}
+    assert {t["hostname"] for t in trials} == {"gpu-2", "gpu-3"}, [t["hostname"] for t in trials]
+    assert most_at_once([(t["start_date"], t["end_date"]) for t in trials]) == 2
+    for t in trials:
+        if t["xcom"]:
+            assert f"/sweep-trial-{t['xcom']['number']}" in swept["logs"][t["map_index"]]
+    # the winner is the best finished trial, and its params are what train used and publish recorded
+    finished = [t["xcom"] for t in trials if t["xcom"]]
+    chosen = run.tasks["sweep.choose"].xcom["sweep"]
+    assert chosen["value"] == max(t["value"] for t in finished)
+    assert run.tasks["train"].xcom["outcome"] == "ran"
+    assert run.tasks["push"].xcom["version"] == 3
+    assert served(triton) == ([1, 2, 3], [3])
+    assert tags(project) == ["model-v1", "model-v2", "model-v3"]
+    assert_serves(triton, 3)
+    remote = Workspace.resolve(project, env={}).git_remote
+    published = yaml.safe_load(
+        subprocess.run(
+            ["git", "show", "model-v3:params.yaml"], cwd=remote, capture_output=True, text=True, check=True
+        ).stdout
+    )
+    assert published["train"]["optimizer"]["lr"] == chosen["params"]["train.optimizer.lr"]
+    assert published["train"]["model"]["channels"] == chosen["params"]["train.model.channels"]
+
+
+def test_every_trial_is_a_dvc_experiment_listed_in_a_clone(
+    swept: dict[str, Any], project: Path, tmp_path: Path
+) -> None:
+    remote = Workspace.resolve(project, env={}).git_remote
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", remote, str(clone)], check=True)
+    subprocess.run(["git", "fetch", "-q", "origin", "refs/exps/*:refs/exps/*"], cwd=clone, check=True)
+    shown = subprocess.run(
+        [sys.executable, "-m", "dvc", "exp", "show", "--json", "--all-commits"],
+        cwd=clone,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    names = {exp["name"] for rev in json.loads(shown) for exp in (rev.get("experiments") or []) if exp.get("name")}
+    study = swept["planned"][0]["study"]
+    for spec in swept["planned"]:
+        assert any(name.startswith(f"{study}-t{spec['number']}") for name in names), (spec, sorted(names))
+
+
+def test_a_rerun_of_the_sweep_retrains_no_finished_trial(swept: dict[str, Any]) -> None:
+    assert swept["after_rerun"].state == "success", swept["after_rerun"].not_successful()
+    assert swept["replanned"] == []
+    assert swept["rechosen"]["commit"] == swept["run"].tasks["sweep.choose"].xcom["commit"]
