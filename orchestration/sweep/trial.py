@@ -41,7 +41,7 @@ from pipeline import atomic
 log = logging.getLogger(__name__)
 
 STAGE = "train"  # the stage each trial runs
-POLL_S = 0.5  # how often the per-epoch values are read while training runs
+POLL_S = 0.2  # how often the per-epoch values are read while training runs
 STOP_GRACE_S = 20.0  # after SIGTERM, how long the training may take to exit before SIGKILL
 ERROR_LINES = 30  # lines of the stage's output kept as a failed trial's error
 
