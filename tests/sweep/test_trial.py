@@ -47,7 +47,7 @@ def ran(tmp_path_factory) -> dict:
     results = [run_trial(repo, spec, GRID, url, git_remote=str(remote), env=env()) for spec in specs]
     (failing,) = studies.plan(FAILING, url, key)
     results.append(run_trial(repo, failing, FAILING, url, git_remote=str(remote), env=env()))
-    return {"repo": repo, "remote": remote, "url": url, "results": results, "base": base}
+    return {"repo": repo, "remote": remote, "url": url, "results": results, "base": base, "specs": specs}
 
 
 def test_complete_trials_are_experiments_with_their_params_and_metrics(ran) -> None:
@@ -94,3 +94,14 @@ def test_every_trial_is_listed_in_a_fresh_clone_of_the_remote(ran) -> None:
     assert shown[pruned["experiment"]]["params"]["optimizer"]["lr"] == 1.0e-6
     # the trained model went to the DVC remote: the clone can fetch the winner's outputs
     assert any((ran["base"] / "dvc-store").rglob("*")), "dvc exp push sent nothing to the DVC remote"
+
+
+def test_a_retried_trial_returns_what_its_first_try_told_and_trains_nothing(ran) -> None:
+    """An Airflow retry of a trial task whose first try told the study (then lost its worker, say)."""
+    before = experiments(ran["repo"])
+    for spec, result in zip(ran["specs"], ran["results"], strict=False):
+        again = run_trial(ran["repo"], spec, GRID, ran["url"], env=env())
+        assert {k: again[k] for k in ("state", "value", "experiment")} == {
+            k: result[k] for k in ("state", "value", "experiment")
+        }
+    assert experiments(ran["repo"]) == before
