@@ -34,15 +34,17 @@ def url() -> Iterator[str]:
         pytest.skip(f"no Postgres server on this machine: {missing}")
     # pytest's temporary folders are private to root; the postgres user must reach its data folder.
     state = Path(tempfile.mkdtemp(prefix="sweep-postgres-"))
-    state.chmod(0o755)
-    (port,) = free_ports(1)
-    settings = ClusterSettings.default(Path(__file__).resolve().parents[2], state, postgres_port=port)
-    password = "sweep-test"
-    start_postgres(settings, password)
     try:
-        yield f"postgresql+psycopg2://{DATABASE}:{password}@127.0.0.1:{port}/{DATABASE}"
+        state.chmod(0o755)
+        (port,) = free_ports(1)
+        settings = ClusterSettings.default(Path(__file__).resolve().parents[2], state, postgres_port=port)
+        password = "sweep-test"
+        try:
+            start_postgres(settings, password)
+            yield f"postgresql+psycopg2://{DATABASE}:{password}@127.0.0.1:{port}/{DATABASE}"
+        finally:
+            stop_postgres(settings)
     finally:
-        stop_postgres(settings)
         shutil.rmtree(state, ignore_errors=True)
 
 
