@@ -18,7 +18,7 @@ from support import ROOT, copy_project
 
 pytestmark = pytest.mark.integration  # the real DVC CLI
 
-OTHER_SCHEMAS = ("AirflowParams", "ServingParams", "RolloutParams", "GateParams")
+OTHER_SCHEMAS = ("AirflowParams", "ServingParams", "RolloutParams", "GateParams", "SweepParams")
 PACKAGES = ("pipeline", "stages", "serving", "orchestration")
 
 

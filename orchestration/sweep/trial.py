@@ -30,9 +30,9 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from orchestration import lockfile
 from orchestration.dvc_graph import read_graph
 from orchestration.sweep import space
+from orchestration.sweep.experiments import STAGE, push_experiment, save_unfinished
 from orchestration.sweep.params import SweepParams
 from orchestration.sweep.study import TrialSpec, open_study
 from orchestration.workspace import dvc_command, tool_env
@@ -40,8 +40,7 @@ from pipeline import atomic
 
 log = logging.getLogger(__name__)
 
-STAGE = "train"  # the stage each trial runs
-POLL_S = 0.5  # how often the per-epoch values are read while training runs
+POLL_S = 0.2  # how often the per-epoch values are read while training runs
 STOP_GRACE_S = 20.0  # after SIGTERM, how long the training may take to exit before SIGKILL
 ERROR_LINES = 30  # lines of the stage's output kept as a failed trial's error
 
@@ -82,13 +81,32 @@ def objective_value(summary: Mapping[str, Any], metric: str) -> float:
     return float(node)
 
 
-def _live_trial(study: optuna.Study, number: int) -> optuna.Trial:
-    """The study's trial `number` as a Trial that can report and be asked to prune (Optuna has no
-    public lookup by number across processes: the frozen trial carries its storage id)."""
-    (frozen,) = [t for t in study.get_trials(deepcopy=False) if t.number == number]
-    if frozen.state != TrialState.RUNNING:
-        raise ValueError(f"trial {number} of {study.study_name} is {frozen.state.name}, not running: plan it again")
+def _frozen(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
+    found = [t for t in study.get_trials(deepcopy=False) if t.number == number]
+    if not found:
+        raise ValueError(f"study {study.study_name} has no trial {number}: plan the sweep first")
+    return found[0]
+
+
+def _live_trial(study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> optuna.Trial:
+    """The planned trial as a Trial that can report and be asked to prune (Optuna has no public
+    lookup by number across processes: the frozen trial carries its storage id)."""
     return optuna.Trial(study, frozen._trial_id)
+
+
+def _told(spec: TrialSpec, frozen: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    """What an earlier try of this trial told the study (a retried task): nothing is trained again."""
+    state = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned"}.get(frozen.state, "failed")
+    name = experiment_name(spec)
+    return {
+        "study": spec["study"],
+        "number": spec["number"],
+        "state": state,
+        "value": frozen.value if state == "complete" else None,
+        "experiment": name if state == "complete" else f"{name}-{state}",
+        "params": spec["params"],
+        "error": None if state != "failed" else f"{name}: an earlier try of this trial failed ({frozen.state.name})",
+    }
 
 
 def _stop(process: subprocess.Popen) -> None:
@@ -157,48 +175,6 @@ def _train(root: Path, name: str, trial: optuna.Trial, curve: Path, env: Mapping
         return ("complete" if process.returncode == 0 else "failed"), _tail(out)
 
 
-def _save_unfinished(root: Path, name: str, summary: Path, env: Mapping[str, str]) -> None:
-    """Record a pruned or failed trial as an experiment: its params and what metrics it logged.
-    The train stage did not finish, so its dvc.lock entry (the base's) is dropped: the experiment
-    claims no model. `dvc exp save` caches the stages before train (their outputs are in place)."""
-    stages = lockfile.read(root)
-    if STAGE in stages:
-        del stages[STAGE]
-        atomic.write_text(root / "dvc.lock", lockfile.dump(stages))
-    targets = sorted(read_graph(root).reduced_upstream(STAGE))
-    extra = ["--include-untracked", str(summary.relative_to(root))] if summary.exists() else []
-    done = subprocess.run(
-        dvc_command("exp", "save", "--force", "--name", name, *extra, *targets),
-        cwd=root,
-        env=tool_env(env),
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode:
-        raise RuntimeError(f"`dvc exp save --name {name}` failed:\n{done.stdout}{done.stderr}")
-
-
-def _has_dvc_remote(root: Path, env: Mapping[str, str]) -> bool:
-    done = subprocess.run(dvc_command("remote", "default"), cwd=root, env=tool_env(env), capture_output=True, text=True)
-    return done.returncode == 0 and bool(done.stdout.strip())
-
-
-def push_experiment(root: Path, git_remote: str, name: str, env: Mapping[str, str] | None = None) -> None:
-    """`dvc exp push <git_remote> <name>`: the experiment's ref to the git remote, its outputs to the
-    checkout's default DVC remote (none configured: the ref alone)."""
-    env = os.environ if env is None else env
-    cache = [] if _has_dvc_remote(root, env) else ["--no-cache"]
-    done = subprocess.run(
-        dvc_command("exp", "push", "--force", *cache, git_remote, name),
-        cwd=root,
-        env=tool_env(env),
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode:
-        raise RuntimeError(f"`dvc exp push {git_remote} {name}` failed:\n{done.stdout}{done.stderr}")
-
-
 def run_trial(
     root: Path,
     spec: TrialSpec,
@@ -212,14 +188,18 @@ def run_trial(
     root = Path(root)
     env = os.environ if env is None else env
     name = experiment_name(spec)
+    study = open_study(sweep, storage, spec["study"])
+    frozen = _frozen(study, spec["number"])
+    if frozen.state.is_finished():
+        log.info("trial %s was already %s: not run again", name, frozen.state.name.lower())
+        return _told(spec, frozen)
     params_path = root / "params.yaml"
     atomic.write_text(params_path, space.apply(params_path.read_text(), spec["params"]))
     curve, summary = curve_path(root, sweep.pruner.metric), live_dir(root) / "metrics.json"
     for stale in (curve, summary):  # a checkout used before: only this run's values count
         stale.unlink(missing_ok=True)
 
-    study = open_study(sweep, storage, spec["study"])
-    trial = _live_trial(study, spec["number"])
+    trial = _live_trial(study, frozen)
     log.info("trial %s started: %s", name, json.dumps(spec["params"]))
     state, output = _train(root, name, trial, curve, env)
     value: float | None = None
@@ -238,7 +218,7 @@ def run_trial(
     else:
         study.tell(spec["number"], state=TrialState.PRUNED if state == "pruned" else TrialState.FAIL)
         experiment = f"{name}-{state}"
-        _save_unfinished(root, experiment, summary, env)
+        save_unfinished(root, experiment, summary, env)
     if git_remote:
         push_experiment(root, git_remote, experiment, env)
     log.info("trial %s ended: %s%s", name, state, "" if value is None else f", {sweep.objective.metric} {value:.4f}")
