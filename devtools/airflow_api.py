@@ -87,7 +87,8 @@ class AirflowApi:
         return [t["task_id"] for t in self._request("GET", f"/api/v2/dags/{self._q(dag_id)}/tasks")["tasks"]]
 
     def set_pool_slots(self, pool: str, slots: int) -> dict[str, Any]:
-        return self._request("PATCH", f"/api/v2/pools/{self._q(pool)}?update_mask=slots", {"slots": slots})
+        body = {"pool": pool, "slots": slots, "include_deferred": False}  # the API wants the whole pool
+        return self._request("PATCH", f"/api/v2/pools/{self._q(pool)}?update_mask=slots", body)
 
     def set_paused(self, dag_id: str, paused: bool) -> dict[str, Any]:
         return self._request("PATCH", f"/api/v2/dags/{self._q(dag_id)}", {"is_paused": paused})

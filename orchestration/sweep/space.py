@@ -20,6 +20,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 from orchestration.sweep.params import Dimension, SweepParams
+from pipeline.params import effective_key
 
 PRIMITIVES = (type(None), bool, int, float, str)
 
@@ -81,8 +82,9 @@ def decode_params(sweep: SweepParams, stored: Mapping[str, Any]) -> dict[str, An
 
 def params_key(raw: Any, key: str) -> str:
     """The params.yaml key a sweep value is written to. Every write goes through here, so a key
-    whose value comes from somewhere else (an override section) is routed in one place."""
-    return key
+    whose value comes from somewhere else is routed in one place: the chosen model family's
+    override (`train.families.<arch>`) when it sets the key, else the key itself."""
+    return effective_key(raw, key)
 
 
 def _set(tree: Any, dotted: str, value: Any) -> None:

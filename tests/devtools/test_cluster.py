@@ -430,7 +430,7 @@ def most_at_once(intervals: list[tuple[str, str]]) -> int:
 
 
 @pytest.fixture(scope="module")
-def swept(killed: dict[str, Any], running: Cluster, project: Path) -> dict[str, Any]:
+def swept(killed: dict[str, Any], running: Cluster, project: Path, triton) -> dict[str, Any]:
     """Six trials over the learning rate and the CNN's widths, two at a time (two GPU workers, the
     pool's slots at 2): four as given first (one that diverges, one that crawls), two sampled."""
     lr, channels = "train.optimizer.lr", "train.model.channels"
@@ -452,6 +452,7 @@ def swept(killed: dict[str, Any], running: Cluster, project: Path) -> dict[str, 
         sweep__pruner={"enabled": True, "warmup_epochs": 1, "min_trials": 2, "metric": "val_accuracy"},
     )
     api = running.api
+    versions_before = served(triton)[0]
     api.set_pool_slots(pipeline_spec(project).airflow.gpu_pool, 2)
     (port,) = free_ports(1)
     second = dataclasses.replace(running.settings.worker("gpu-1"), name="gpu-3", log_port=port)
@@ -470,6 +471,7 @@ def swept(killed: dict[str, Any], running: Cluster, project: Path) -> dict[str, 
     api.wait_for_run(DAG_ID, run.run_id, RUN_TIMEOUT_S)
     return {
         "run": run,
+        "versions_before": versions_before,
         "planned": planned,
         "trials": trials,
         "logs": logs,
@@ -508,14 +510,15 @@ def test_a_sweep_runs_its_trials_two_at_a_time_on_the_gpu_queue_and_the_winner_s
     chosen = run.tasks["sweep.choose"].xcom["sweep"]
     assert chosen["value"] == max(t["value"] for t in finished)
     assert run.tasks["train"].xcom["outcome"] == "ran"
-    assert run.tasks["push"].xcom["version"] == 3
-    assert served(triton) == ([1, 2, 3], [3])
-    assert tags(project) == ["model-v1", "model-v2", "model-v3"]
-    assert_serves(triton, 3)
+    version = max(swept["versions_before"]) + 1
+    assert run.tasks["push"].xcom["version"] == version
+    assert served(triton) == ([*swept["versions_before"], version], [version])
+    assert tags(project)[-1] == f"model-v{version}"
+    assert_serves(triton, version)
     remote = Workspace.resolve(project, env={}).git_remote
     published = yaml.safe_load(
         subprocess.run(
-            ["git", "show", "model-v3:params.yaml"], cwd=remote, capture_output=True, text=True, check=True
+            ["git", "show", f"model-v{version}:params.yaml"], cwd=remote, capture_output=True, text=True, check=True
         ).stdout
     )
     assert published["train"]["optimizer"]["lr"] == chosen["params"]["train.optimizer.lr"]

@@ -106,3 +106,15 @@ def test_floats_are_written_as_yaml_1_1_floats(value: float) -> None:
     small learning rate then failed in train's params check instead of training."""
     read = yaml.safe_load(space.apply(TEXT, {"train.optimizer.lr": value}))["train"]["optimizer"]["lr"]
     assert isinstance(read, float) and read == value
+
+
+def test_a_value_is_written_where_the_chosen_familys_override_would_otherwise_win():
+    """The transformer's family override sets train.optimizer.lr: a trial's lr goes there, so the
+    swept value is the one in effect (and the shared key, which the other families use, is untouched)."""
+    text = (ROOT / "params.yaml").read_text().replace("    arch: cnn ", "    arch: transformer ", 1)
+    raw = yaml.safe_load(text)
+    assert "lr" in raw["train"]["families"]["transformer"]["optimizer"]
+    written = yaml.safe_load(space.apply(text, {"train.optimizer.lr": 0.0123}))
+    assert written["train"]["families"]["transformer"]["optimizer"]["lr"] == 0.0123
+    assert written["train"]["optimizer"]["lr"] == raw["train"]["optimizer"]["lr"]
+    assert parse_params(written).train.optimizer.lr == 0.0123
