@@ -18,8 +18,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -39,8 +37,11 @@ SWEEP_REF_SUFFIX = ".sweep"
 
 # --- without Airflow ---------------------------------------------------------------------------
 def data_key(graph: Any, upstream: Sequence[Mapping[str, Any]], train: Mapping[str, Any]) -> str:
-    """What a trial's result depends on besides its own params: the hashes of the train stage's
-    inputs (from the upstream stages' lock entries) and the train params it starts from."""
+    """What a trial's result depends on besides its own values (`orchestration.sweep.study.key_of`):
+    the hashes of the train stage's inputs, from the upstream stages' lock entries here, and the
+    train params the trials start from."""
+    from orchestration.sweep.study import key_of
+
     entries = lockfile.latest_entries(upstream)
     paths, _ = steps.inputs(graph, STAGE)
     hashes = {
@@ -54,8 +55,7 @@ def data_key(graph: Any, upstream: Sequence[Mapping[str, Any]], train: Mapping[s
         raise lockfile.LockMergeError(
             f"the sweep needs the lock entries that write {missing}; no upstream result has them"
         )
-    text = json.dumps({"inputs": hashes, "train": dict(train)}, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return key_of(hashes, train)
 
 
 def trial_checkout(
@@ -124,7 +124,7 @@ def plan(project: str | Path, ancestors: Sequence[str], context: Mapping[str, An
     log.info("study %s: %d trial(s) to run now, %d in all", study, len(specs), params.sweep.trials)
     for spec in specs:
         log.info("trial %d: %s", spec["number"], spec["params"])
-    return specs
+    return [dict(spec) for spec in specs]  # plain dicts: what XCom carries
 
 
 def _study_name(sweep: Any, key: str) -> str:
@@ -140,6 +140,7 @@ def trial(
     remote. Failed: the task fails (no retry: the same params would fail again). Pruned: skipped."""
     from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+    from orchestration.sweep.study import TrialSpec
     from orchestration.sweep.trial import run_trial
 
     ti = context["ti"]
@@ -150,14 +151,24 @@ def trial(
         lambda: trial_checkout(setup, context["run_id"], prepared_run(ti), results(context, ancestors), folder)
     )
     log.info("trial %d of study %s: %s", spec["number"], spec["study"], spec["params"])
-    result = run_trial(root, dict(spec), params.sweep, _storage(project, params), git_remote=setup.ws.git_remote)
+    result = run_trial(
+        root,
+        TrialSpec(study=spec["study"], number=spec["number"], params=spec["params"]),
+        params.sweep,
+        _storage(project, params),
+        git_remote=setup.ws.git_remote,
+    )
     if result["state"] == "failed":
+        # in the task's log as well as its exception: the log is what the UI shows first
+        log.error("trial %d failed (the sweep goes on): %s", spec["number"], result.get("error"))
         raise AirflowFailException(f"trial {spec['number']} failed (the sweep goes on): {result.get('error')}")
     if result["state"] == "pruned":
-        raise AirflowSkipException(
+        why = (
             f"trial {spec['number']} was pruned: its {params.sweep.pruner.metric} fell behind the other trials' "
             f"at the same epoch (experiment {result.get('experiment')})"
         )
+        log.info("%s", why)
+        raise AirflowSkipException(why)
     log.info("trial %d: %s = %s", spec["number"], params.sweep.objective.metric, result.get("value"))
     return result
 

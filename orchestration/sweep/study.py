@@ -83,8 +83,16 @@ def train_inputs(root: str | Path) -> list[str]:
     return [dep for dep in graph.stages["train"].deps if dep in upstream]
 
 
+def key_of(inputs: Mapping[str, Any], train: Mapping[str, Any]) -> str:
+    """What a trial's result depends on besides its own values: train's input data (path -> hash)
+    and the `train:` params the trials start from (each trial replaces only the swept keys)."""
+    text = json.dumps({"inputs": dict(inputs), "train": dict(train)}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def data_key(root: str | Path) -> str:
-    """The train stage's data inputs with their hashes from dvc.lock (`path:md5` joined)."""
+    """`key_of` the checkout `root`: train's inputs with their hashes from dvc.lock, and the train
+    params of its params.yaml."""
     root = Path(root)
     lock = lockfile.read(root)
     hashes = {out["path"]: out.get("md5") for entry in lock.values() for out in entry.get("outs", []) if "path" in out}
@@ -95,7 +103,10 @@ def data_key(root: str | Path) -> str:
             f"{root / 'dvc.lock'} records no hash of train's inputs {missing or inputs}: "
             "run `dvc repro split` (and commit dvc.lock) before a sweep"
         )
-    return ",".join(f"{dep}:{hashes[dep]}" for dep in inputs)
+    from pipeline.params import load_params
+
+    train = load_params(root / "params.yaml").train.model_dump(mode="json")
+    return key_of({dep: hashes[dep] for dep in inputs}, train)
 
 
 def storage(url: str) -> optuna.storages.RDBStorage:

@@ -492,7 +492,10 @@ def test_a_sweep_runs_its_trials_two_at_a_time_on_the_gpu_queue_and_the_winner_s
     states = {lr[t["map_index"]]: t["state"] for t in trials}
     # the diverging trial failed (its task, not the sweep), the crawling one was pruned (skipped)
     assert states.pop(DIVERGES) == "failed" and states.pop(CRAWLS) == "skipped", states
-    assert set(states.values()) == {"success"}, states
+    # the first two ran together before any trial had finished: nothing to prune them against.
+    # The sampled ones finished, or were pruned when behind the median of the finished at an epoch.
+    assert states[0.003] == states[0.01] == "success", states
+    assert set(states.values()) <= {"success", "skipped"}, states
     failed = next(t for t in trials if lr[t["map_index"]] == DIVERGES)
     assert "diverged" in swept["logs"][failed["map_index"]]
     pruned = next(t for t in trials if lr[t["map_index"]] == CRAWLS)
@@ -500,7 +503,8 @@ def test_a_sweep_runs_its_trials_two_at_a_time_on_the_gpu_queue_and_the_winner_s
     # on the GPU queue, each in its own worker's checkout, never more than the pool's 2 slots at once
     gpu_queue = pipeline_spec(project).airflow.gpu_queue
     assert {t["queue"] for t in trials} == {gpu_queue}
-    assert {t["hostname"] for t in trials} == {"gpu-2", "gpu-3"}, [t["hostname"] for t in trials]
+    hosts = {t["hostname"] for t in trials}  # the two GPU workers then alive, one trial at a time each
+    assert len(hosts) == 2 and all(h.startswith("gpu-") for h in hosts), [t["hostname"] for t in trials]
     assert most_at_once([(t["start_date"], t["end_date"]) for t in trials]) == 2
     for t in trials:
         if t["xcom"]:
