@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,9 @@ SWEEP_REF_SUFFIX = ".sweep"
 
 
 # --- without Airflow ---------------------------------------------------------------------------
-def data_key(graph: Any, upstream: Sequence[Mapping[str, Any]], train: Mapping[str, Any]) -> str:
+def data_key(
+    graph: Any, upstream: Sequence[Mapping[str, Any]], train: Mapping[str, Any], swept: Iterable[str] = ()
+) -> str:
     """What a trial's result depends on besides its own values (`orchestration.sweep.study.key_of`):
     the hashes of the train stage's inputs, from the upstream stages' lock entries here, and the
     train params the trials start from."""
@@ -55,7 +57,7 @@ def data_key(graph: Any, upstream: Sequence[Mapping[str, Any]], train: Mapping[s
         raise lockfile.LockMergeError(
             f"the sweep needs the lock entries that write {missing}; no upstream result has them"
         )
-    return key_of(hashes, train)
+    return key_of(hashes, train, swept)
 
 
 def trial_checkout(
@@ -117,7 +119,8 @@ def plan(project: str | Path, ancestors: Sequence[str], context: Mapping[str, An
 
     params = project_params(project)
     setup = fleet(project, params)
-    key = failing_fast(lambda: data_key(setup.graph, results(context, ancestors), params.train.model_dump(mode="json")))
+    train = params.train.model_dump(mode="json")
+    key = failing_fast(lambda: data_key(setup.graph, results(context, ancestors), train, params.sweep.space))
     specs = plan_trials(params.sweep, _storage(project, params), key)
     study = specs[0]["study"] if specs else _study_name(params.sweep, key)
     context["ti"].xcom_push(key=STUDY_KEY, value=study)

@@ -16,7 +16,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -83,10 +83,19 @@ def train_inputs(root: str | Path) -> list[str]:
     return [dep for dep in graph.stages["train"].deps if dep in upstream]
 
 
-def key_of(inputs: Mapping[str, Any], train: Mapping[str, Any]) -> str:
+def key_of(inputs: Mapping[str, Any], train: Mapping[str, Any], swept: Iterable[str] = ()) -> str:
     """What a trial's result depends on besides its own values: train's input data (path -> hash)
-    and the `train:` params the trials start from (each trial replaces only the swept keys)."""
-    text = json.dumps({"inputs": dict(inputs), "train": dict(train)}, sort_keys=True, default=str)
+    and the `train:` params the trials start from, less the `swept` keys (`train.optimizer.lr`),
+    which each trial sets (so writing the winner into params.yaml keeps the study's key)."""
+    kept = json.loads(json.dumps(dict(train), default=str))
+    for key in swept:
+        *parents, leaf = key.removeprefix("train.").split(".")
+        node = kept
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    text = json.dumps({"inputs": dict(inputs), "train": kept}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -105,8 +114,9 @@ def data_key(root: str | Path) -> str:
         )
     from pipeline.params import load_params
 
-    train = load_params(root / "params.yaml").train.model_dump(mode="json")
-    return key_of({dep: hashes[dep] for dep in inputs}, train)
+    params = load_params(root / "params.yaml")
+    swept = (params.sweep.get("space") or {}).keys()  # the sweep section, raw (its owner checks it)
+    return key_of({dep: hashes[dep] for dep in inputs}, params.train.model_dump(mode="json"), swept)
 
 
 def storage(url: str) -> optuna.storages.RDBStorage:

@@ -131,3 +131,15 @@ def test_write_winner_keeps_comments(tmp_path: Path) -> None:
     assert "    lr: 0.0042              # peak learning rate\n" in text
     assert "    channels: [16, 32]      # cnn: output channels" in text
     assert text.count("#") == original.count("#")
+
+
+def test_the_study_key_follows_the_data_and_the_unswept_train_params_only():
+    """Writing the winner into params.yaml keeps the study (its swept values do not count); more
+    epochs or other data start a new one (a trial's result depends on them)."""
+    from orchestration.sweep.study import key_of
+
+    swept = ["train.optimizer.lr"]
+    base = key_of({"data/split.parquet": "a1"}, {"epochs": 4, "optimizer": {"lr": 0.1}}, swept)
+    assert base == key_of({"data/split.parquet": "a1"}, {"epochs": 4, "optimizer": {"lr": 0.5}}, swept)
+    assert base != key_of({"data/split.parquet": "a1"}, {"epochs": 8, "optimizer": {"lr": 0.1}}, swept)
+    assert base != key_of({"data/split.parquet": "b2"}, {"epochs": 4, "optimizer": {"lr": 0.1}}, swept)
