@@ -60,7 +60,9 @@ def triton_connection(triton) -> str:
             "conn_type": "http",
             "host": "127.0.0.1",
             "port": triton.http_port,
-            "extra": {"model_repository": str(triton.repository)},
+            # the local server restricts model control to its key: the workers get it as a real
+            # deployment's would, through the Connection
+            "extra": {"model_repository": str(triton.repository), "control_key": triton.read_control_key()},
         }
     )
 
