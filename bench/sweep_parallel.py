@@ -58,16 +58,18 @@ def sh(cwd: Path, *cmd: str) -> str:
     return done.stdout
 
 
-def copy_project(target: Path, sweep: dict[str, Any]) -> Path:
-    """The project's tracked files as a new git repository, with `sweep` as its sweep: section
-    and the train inputs made (`dvc repro split`)."""
+def copy_project(target: Path, sweep: dict[str, Any], arch: str | None = None) -> Path:
+    """The project's tracked files as a new git repository, with `sweep` over its sweep: section,
+    `arch` as the model family (None: params.yaml's) and the train inputs made (`dvc repro split`)."""
     listed = sh(ROOT, "git", "ls-files", "-z", "--cached", "--others", "--exclude-standard").split("\0")
     for name in listed:
         if name and (ROOT / name).is_file() and name != "dvc.lock" and "__pycache__" not in name:
             (target / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, target / name)
     params = yaml.safe_load((target / "params.yaml").read_text())
-    params["sweep"] = sweep
+    params["sweep"] = {**params["sweep"], **sweep}
+    if arch is not None:
+        params["train"]["model"]["arch"] = arch
     (target / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh(target, "git", "init", "-q")
     sh(target, sys.executable, "-m", "dvc", "repro", "--quiet", "split")

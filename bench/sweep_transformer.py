@@ -25,18 +25,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from sweep_parallel import copy_project, sh  # noqa: E402  # the scratch copy and its commands
 
 from pipeline.compute import device_tensors  # noqa: E402
 from pipeline.params import Params, TrainParams, effective_key, parse_params, read_params  # noqa: E402
@@ -44,12 +43,6 @@ from pipeline.rows import SplitTable  # noqa: E402
 from pipeline.training import evaluate  # noqa: E402
 from stages import train  # noqa: E402
 
-GIT_IDENTITY = {
-    "GIT_AUTHOR_NAME": "bench",
-    "GIT_AUTHOR_EMAIL": "bench@example.invalid",
-    "GIT_COMMITTER_NAME": "bench",
-    "GIT_COMMITTER_EMAIL": "bench@example.invalid",
-}
 SPACE: dict[str, Any] = {
     "train.optimizer.lr": {"low": 0.0005, "high": 0.008, "log": True},  # the family's 0.002, x4 either way
     "train.model.transformer.depth": {"choices": [1, 2, 3]},  # the shared default is 2
@@ -60,36 +53,6 @@ SPACE: dict[str, Any] = {
 def sweep_section(trials: int, pruner: bool) -> dict[str, Any]:
     section = {"enabled": True, "sampler": "tpe", "trials": trials, "parallel": 1, "seed": 0, "space": SPACE}
     return section if pruner else {**section, "pruner": {"enabled": False}}
-
-
-def env() -> dict[str, str]:
-    return {**os.environ, **GIT_IDENTITY, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-
-
-def sh(cwd: Path, *cmd: str) -> str:
-    done = subprocess.run(cmd, cwd=cwd, env=env(), capture_output=True, text=True)
-    if done.returncode:
-        raise SystemExit(f"{' '.join(cmd)} failed in {cwd}:\n{done.stdout}\n{done.stderr}")
-    return done.stdout
-
-
-def copy_project(target: Path, sweep: dict[str, Any]) -> Path:
-    """The project's tracked files as a new git repository with the transformer as the model,
-    `sweep` as its sweep: section and the train inputs made (`dvc repro split`)."""
-    listed = sh(ROOT, "git", "ls-files", "-z", "--cached", "--others", "--exclude-standard").split("\0")
-    for name in listed:
-        if name and (ROOT / name).is_file() and name != "dvc.lock" and "__pycache__" not in name:
-            (target / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, target / name)
-    params = yaml.safe_load((target / "params.yaml").read_text())
-    params["train"]["model"]["arch"] = "transformer"
-    params["sweep"] = {**params["sweep"], **sweep}
-    (target / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    sh(target, "git", "init", "-q")
-    sh(target, sys.executable, "-m", "dvc", "repro", "--quiet", "split")
-    sh(target, "git", "add", "-A")
-    sh(target, "git", "commit", "-qm", "bench copy")
-    return target
 
 
 def project_params(project: Path) -> Params:
@@ -119,14 +82,14 @@ def main() -> None:
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="sweep-transformer-") as tmp:
         work = Path(tmp)
-        swept = copy_project(work / "swept", sweep_section(args.trials, not args.no_pruner))
+        swept = copy_project(work / "swept", sweep_section(args.trials, not args.no_pruner), arch="transformer")
         raw = read_params(swept / "params.yaml")
         written = {key: effective_key(raw, key) for key in SPACE}
         started = time.perf_counter()
         table = sh(swept, sys.executable, "-m", "orchestration.sweep", "run")
         sweep_s = time.perf_counter() - started
         winner = swept_values(project_params(swept).train)
-        defaults = copy_project(work / "defaults", {"enabled": False})
+        defaults = copy_project(work / "defaults", {"enabled": False}, arch="transformer")
         default_values = swept_values(project_params(defaults).train)
         started = time.perf_counter()
         val_winner, test_winner = scores(swept)
